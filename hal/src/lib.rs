@@ -1,0 +1,88 @@
+//! # imds-hal — the boundary between imds-agent and the machine
+//!
+//! The agent core (`imds-agent`) is sans-IO: it never reads a clock, a random number or a
+//! network card by itself. Everything it needs from the machine comes through the small traits
+//! in this crate, so that the same core runs as a Linux process and as a bare-metal unikernel:
+//!
+//! * [`Clock`] — a monotonic clock (timeouts, rate limits) and the wall clock (token times);
+//! * [`Entropy`] — a cryptographically secure random source (token ids, assertion `jti`s);
+//! * [`ConfigSource`] — where the configuration document comes from (a file, QEMU fw_cfg);
+//! * [`Console`] — where log lines go (stderr, the serial port);
+//! * the NIC is a [`smoltcp::phy::Device`], taken generically by the network loop.
+//!
+//! Backends: `host` (feature `std`) and, on `target_os = "none"`, the bare-metal x86_64
+//! backends. All `unsafe` of the project lives in backends of this crate and in the boot code.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+#[cfg(feature = "std")]
+pub mod host;
+
+pub use smoltcp::phy::Device as NetDevice;
+
+/// Time as the agent sees it.
+pub trait Clock {
+    /// Microseconds since an arbitrary fixed point; never goes backwards.
+    fn monotonic_us(&self) -> u64;
+    /// Wall-clock time: seconds since the Unix epoch (UTC).
+    fn unix_time_s(&self) -> u64;
+}
+
+/// Why random bytes could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntropyError {
+    /// The machine has no secure entropy source (e.g. no RDRAND).
+    Unavailable,
+    /// The source failed (e.g. RDRAND kept returning CF=0).
+    Failed,
+}
+
+impl core::fmt::Display for EntropyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EntropyError::Unavailable => f.write_str("no secure entropy source on this machine"),
+            EntropyError::Failed => f.write_str("the entropy source failed"),
+        }
+    }
+}
+
+impl core::error::Error for EntropyError {}
+
+/// A cryptographically secure random source.
+pub trait Entropy {
+    /// Fill `buf` with random bytes.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError>;
+}
+
+/// Why the configuration document could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSourceError {
+    /// No configuration was supplied.
+    Missing,
+    /// The document is larger than the buffer given (its size is carried).
+    TooLarge(usize),
+    /// The source exists but reading it failed.
+    Io,
+}
+
+impl core::fmt::Display for ConfigSourceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigSourceError::Missing => f.write_str("no configuration supplied"),
+            ConfigSourceError::TooLarge(n) => write!(f, "configuration too large ({n} bytes)"),
+            ConfigSourceError::Io => f.write_str("reading the configuration failed"),
+        }
+    }
+}
+
+impl core::error::Error for ConfigSourceError {}
+
+/// Where the configuration document comes from.
+pub trait ConfigSource {
+    /// Read the whole document into `buf`; return the filled prefix.
+    fn read_config<'a>(&mut self, buf: &'a mut [u8]) -> Result<&'a [u8], ConfigSourceError>;
+}
+
+/// Where log lines go. Lines never contain secrets: that is the caller's duty.
+pub trait Console: core::fmt::Write {}
+
+impl<T: core::fmt::Write> Console for T {}
