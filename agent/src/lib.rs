@@ -1,3 +1,5 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+pub mod http;
 pub mod limits;
+pub mod query;

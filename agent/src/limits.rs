@@ -1,1 +1,62 @@
+//! Every capacity of the agent, in one place.
+//!
+//! The core allocates nothing: each table and buffer below is a fixed array whose size is one
+//! of these constants. What happens when one is full is part of the behaviour (and tested):
+//! the comment on each says what the agent answers then.
 
+/// User-assigned identities the agent can hold (plus one system-assigned).
+/// Full: the config is rejected with an error naming `identities`.
+pub const MAX_USER_IDENTITIES: usize = 32;
+/// All identities (user-assigned + the optional system-assigned one).
+pub const MAX_IDENTITIES: usize = MAX_USER_IDENTITIES + 1;
+
+/// Cached tokens, keyed by (identity, resource).
+/// Full: the entry that expires soonest is evicted to make room.
+pub const TOKEN_CACHE_CAPACITY: usize = 64;
+
+/// Longest access token the agent stores or serves (bytes). A longer upstream token is an
+/// upstream error (500), never truncated.
+pub const TOKEN_MAX: usize = 2048;
+
+/// Longest `resource` value (after URL-decoding). Longer: 400 `invalid_request`.
+pub const RESOURCE_MAX: usize = 256;
+
+/// Longest ARM resource id of an identity (config and `msi_res_id`).
+pub const RESOURCE_ID_MAX: usize = 256;
+
+/// Longest issuer URL / tenant id / host name kept from the config.
+pub const URL_MAX: usize = 256;
+
+/// Request head (request line + headers) limit. Larger: 431, then close.
+pub const REQUEST_HEAD_MAX: usize = 4096;
+/// Request target (path + query) limit. Longer: 414, then close.
+pub const REQUEST_TARGET_MAX: usize = 2048;
+/// Headers in one request. More: 431, then close.
+pub const MAX_HEADERS: usize = 32;
+/// Request body limit (form `POST` to the legacy endpoint). Larger: 413, then close.
+pub const REQUEST_BODY_MAX: usize = 1024;
+/// Receive buffer of one connection: a whole request must fit.
+pub const CONN_RX_BUF: usize = REQUEST_HEAD_MAX + REQUEST_BODY_MAX;
+/// Send buffer of one connection: one whole response must fit.
+pub const CONN_TX_BUF: usize = TOKEN_MAX + RESOURCE_MAX + RESOURCE_ID_MAX + 1024;
+
+/// Query / form parameters in one request. More: 400 `invalid_request`.
+pub const MAX_PARAMS: usize = 16;
+/// Bytes of decoded query / form values of one request.
+pub const PARAM_DECODE_BUF: usize = REQUEST_TARGET_MAX;
+
+/// Listening TCP sockets of the unikernel (smoltcp has no backlog: this is its concurrency).
+pub const LISTEN_SOCKETS: usize = 16;
+/// Connections the host daemon keeps at once. Full: the longest-idle one is closed.
+pub const HOST_MAX_CONNECTIONS: usize = 4096;
+/// A connection with no traffic for this long is closed.
+pub const IDLE_TIMEOUT_US: u64 = 30_000_000;
+/// A request head must arrive completely within this time of its first byte (slowloris).
+pub const HEAD_DEADLINE_US: u64 = 10_000_000;
+
+/// Largest configuration document.
+pub const CONFIG_MAX: usize = 64 * 1024;
+/// Scratch space for unescaping one JSON string of the config (a PEM key or certificate).
+pub const CONFIG_STRING_MAX: usize = 4096;
+/// Longest PEM document in the config.
+pub const PEM_MAX: usize = 4096;
