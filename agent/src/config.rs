@@ -1,0 +1,851 @@
+//! The configuration document: one JSON object, the same for the host daemon and the unikernel.
+//!
+//! Parsed with serde-json-core into fixed-capacity types. Every problem is reported with the
+//! path of the field (`identities[1].client_id`) and what is wrong with it; nothing panics.
+//! Secret material (the signing key PEM) is unescaped into a scratch buffer that is zeroized
+//! before this module returns.
+
+use crate::limits::{
+    CONFIG_STRING_MAX, MAX_IDENTITIES, MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
+};
+use core::cell::RefCell;
+use core::fmt;
+use core::net::{Ipv4Addr, SocketAddr};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use zeroize::Zeroize;
+
+/// Default `token_lifetime_s`: Azure's managed-identity tokens live about 24 h.
+pub const DEFAULT_TOKEN_LIFETIME_S: u32 = 86_400;
+/// Default `refresh_margin_s`: clients refresh their copy when less than 5 minutes remain.
+pub const DEFAULT_REFRESH_MARGIN_S: u32 = 300;
+/// Default IMDS listener of the host daemon.
+pub const DEFAULT_IMDS_LISTEN: &str = "169.254.169.254:80";
+/// Default legacy (VM extension) listener of the host daemon.
+pub const DEFAULT_LEGACY_LISTEN: &str = "127.0.0.1:50342";
+
+pub type Guid = heapless::String<36>;
+
+/// Whose identity it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    System,
+    User,
+}
+
+/// One identity of the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    pub kind: IdentityKind,
+    pub client_id: Guid,
+    pub object_id: Guid,
+    pub resource_id: heapless::String<RESOURCE_ID_MAX>,
+}
+
+/// Where the host daemon listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenConfig {
+    pub imds: SocketAddr,
+    /// `None` when the config sets `"legacy": null`.
+    pub legacy: Option<SocketAddr>,
+}
+
+/// Static address of the unikernel (DHCP when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// The P-256 signing key of issuer mode. `Debug` never shows it; dropped keys are zeroized
+/// (p256's `SigningKey` zeroizes on drop).
+#[derive(Clone)]
+pub struct SigningKey(pub p256::ecdsa::SigningKey);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(<redacted>)")
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tenant_id: Guid,
+    pub issuer: heapless::String<URL_MAX>,
+    pub token_lifetime_s: u32,
+    pub refresh_margin_s: u32,
+    pub signing_key: SigningKey,
+    pub listen: ListenConfig,
+    pub network: Option<NetworkConfig>,
+    pub identities: heapless::Vec<IdentityConfig, MAX_IDENTITIES>,
+}
+
+/// Where in the document a problem is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldPath {
+    pub field: heapless::String<40>,
+    pub index: Option<usize>,
+    pub sub: Option<heapless::String<40>>,
+}
+
+impl FieldPath {
+    fn top(name: &str) -> Self {
+        FieldPath {
+            field: truncated(name),
+            ..Default::default()
+        }
+    }
+    fn nested(name: &str, index: Option<usize>, sub: &str) -> Self {
+        FieldPath {
+            field: truncated(name),
+            index,
+            sub: Some(truncated(sub)),
+        }
+    }
+}
+
+fn truncated<const N: usize>(s: &str) -> heapless::String<N> {
+    let mut out = heapless::String::new();
+    for c in s.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.field)?;
+        if let Some(i) = self.index {
+            write!(f, "[{i}]")?;
+        }
+        if let Some(sub) = &self.sub {
+            write!(f, ".{sub}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The document is not valid JSON (or a value has the wrong JSON type); `at` is the field
+    /// being read when it went wrong, if any.
+    Syntax {
+        at: Option<FieldPath>,
+        detail: &'static str,
+    },
+    /// A required field is absent.
+    Missing(FieldPath),
+    /// A field is present but its value is wrong.
+    Invalid { field: FieldPath, why: &'static str },
+    /// A field the agent does not know (a typo?).
+    Unknown(FieldPath),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Syntax { at: Some(p), detail } => {
+                write!(f, "config: field `{p}`: {detail}")
+            }
+            ConfigError::Syntax { at: None, detail } => write!(f, "config: {detail}"),
+            ConfigError::Missing(p) => write!(f, "config: field `{p}` is required"),
+            ConfigError::Invalid { field, why } => write!(f, "config: field `{field}`: {why}"),
+            ConfigError::Unknown(p) => write!(f, "config: unknown field `{p}`"),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+fn json_detail(e: &serde_json_core::de::Error) -> &'static str {
+    use serde_json_core::de::Error as E;
+    match e {
+        E::InvalidType => "has the wrong type",
+        E::InvalidNumber => "is not a valid number",
+        E::InvalidUnicodeCodePoint => "has an invalid \\u escape",
+        E::EscapedStringIsTooLong => "string too long",
+        E::EofWhileParsingString
+        | E::EofWhileParsingValue
+        | E::EofWhileParsingObject
+        | E::EofWhileParsingList
+        | E::EofWhileParsingNumber => "unexpected end of the document",
+        E::ExpectedColon => "expected `:`",
+        E::ExpectedListCommaOrEnd => "expected `,` or `]`",
+        E::ExpectedObjectCommaOrEnd => "expected `,` or `}`",
+        E::ExpectedSomeIdent => "expected `true`, `false` or `null`",
+        E::ExpectedSomeValue => "expected a value",
+        E::KeyMustBeAString => "object keys must be strings",
+        E::TrailingCharacters => "trailing characters after the document",
+        E::TrailingComma => "trailing comma",
+        E::CustomError => "invalid value",
+        _ => "is not valid JSON here",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw document: what serde reads, before validation.
+
+type Str<const N: usize> = heapless::String<N>;
+
+#[derive(Default)]
+struct RawIdentity {
+    kind: Option<Str<16>>,
+    client_id: Option<Str<64>>,
+    object_id: Option<Str<64>>,
+    resource_id: Option<Str<RESOURCE_ID_MAX>>,
+}
+
+#[derive(Default)]
+struct RawListen {
+    imds: Option<Str<64>>,
+    legacy: Option<Option<Str<64>>>,
+}
+
+#[derive(Default)]
+struct RawNetwork {
+    address: Option<Str<32>>,
+    gateway: Option<Str<32>>,
+}
+
+#[derive(Default)]
+struct Raw {
+    tenant_id: Option<Str<64>>,
+    issuer: Option<Str<URL_MAX>>,
+    token_lifetime_s: Option<u32>,
+    refresh_margin_s: Option<u32>,
+    signing_key: Option<Str<PEM_MAX>>,
+    listen: Option<RawListen>,
+    network: Option<RawNetwork>,
+    identities: Option<heapless::Vec<RawIdentity, MAX_IDENTITIES>>,
+    identities_overflow: bool,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        if let Some(k) = self.signing_key.as_mut() {
+            // SAFETY-free zeroization through the zeroize crate (heapless::String is not
+            // Zeroize itself: clear its bytes through a mutable byte view).
+            zeroize_string(k);
+        }
+    }
+}
+
+fn zeroize_string<const N: usize>(s: &mut heapless::String<N>) {
+    let mut bytes = core::mem::take(s).into_bytes();
+    bytes.as_mut_slice().zeroize();
+    bytes.clear();
+}
+
+/// Records which field was being read when an error surfaced.
+struct Tracker {
+    at: RefCell<Option<FieldPath>>,
+    unknown: RefCell<Option<FieldPath>>,
+}
+
+impl Tracker {
+    fn set(&self, p: FieldPath) {
+        *self.at.borrow_mut() = Some(p);
+    }
+}
+
+/// Read a map, calling `field` for each key.
+fn read_map<'de, A, F>(mut map: A, mut field: F) -> Result<(), A::Error>
+where
+    A: MapAccess<'de>,
+    F: FnMut(&str, &mut A) -> Result<(), A::Error>,
+{
+    while let Some(key) = map.next_key::<Str<64>>()? {
+        field(key.as_str(), &mut map)?;
+    }
+    Ok(())
+}
+
+struct RawSeed<'t>(&'t Tracker);
+
+impl<'de> DeserializeSeed<'de> for RawSeed<'_> {
+    type Value = Raw;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Raw, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RawSeed<'_> {
+    type Value = Raw;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Raw, A::Error> {
+        let t = self.0;
+        let mut raw = Raw::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::top(key));
+            match key {
+                "tenant_id" => raw.tenant_id = Some(map.next_value()?),
+                "issuer" => raw.issuer = Some(map.next_value()?),
+                "token_lifetime_s" => raw.token_lifetime_s = Some(map.next_value()?),
+                "refresh_margin_s" => raw.refresh_margin_s = Some(map.next_value()?),
+                "signing_key" => raw.signing_key = Some(map.next_value()?),
+                "listen" => raw.listen = Some(map.next_value_seed(ListenSeed(t))?),
+                "network" => raw.network = map.next_value_seed(OptNetworkSeed(t))?,
+                "identities" => {
+                    let (list, overflow) = map.next_value_seed(IdentitiesSeed(t))?;
+                    raw.identities = Some(list);
+                    raw.identities_overflow = overflow;
+                }
+                // Documentation fields are allowed anywhere a human might want them.
+                k if k.starts_with('_') || k.starts_with('#') => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+                other => {
+                    t.unknown.borrow_mut().get_or_insert(FieldPath::top(other));
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        })?;
+        t.at.borrow_mut().take();
+        Ok(raw)
+    }
+}
+
+struct ListenSeed<'t>(&'t Tracker);
+
+impl<'de> DeserializeSeed<'de> for ListenSeed<'_> {
+    type Value = RawListen;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawListen, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListenSeed<'_> {
+    type Value = RawListen;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `imds` and `legacy`")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawListen, A::Error> {
+        let t = self.0;
+        let mut raw = RawListen::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested("listen", None, key));
+            match key {
+                "imds" => raw.imds = Some(map.next_value()?),
+                "legacy" => raw.legacy = Some(map.next_value()?),
+                other => {
+                    t.unknown
+                        .borrow_mut()
+                        .get_or_insert(FieldPath::nested("listen", None, other));
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(raw)
+    }
+}
+
+struct OptNetworkSeed<'t>(&'t Tracker);
+
+impl<'de> DeserializeSeed<'de> for OptNetworkSeed<'_> {
+    type Value = Option<RawNetwork>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OptNetworkSeed<'_> {
+    type Value = Option<RawNetwork>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("null or an object with `address` and `gateway`")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let t = self.0;
+        let mut raw = RawNetwork::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested("network", None, key));
+            match key {
+                "address" => raw.address = Some(map.next_value()?),
+                "gateway" => raw.gateway = map.next_value()?,
+                other => {
+                    t.unknown
+                        .borrow_mut()
+                        .get_or_insert(FieldPath::nested("network", None, other));
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Some(raw))
+    }
+}
+
+struct IdentitiesSeed<'t>(&'t Tracker);
+
+impl<'de> DeserializeSeed<'de> for IdentitiesSeed<'_> {
+    type Value = (heapless::Vec<RawIdentity, MAX_IDENTITIES>, bool);
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IdentitiesSeed<'_> {
+    type Value = (heapless::Vec<RawIdentity, MAX_IDENTITIES>, bool);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of identities")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut list = heapless::Vec::new();
+        let mut overflow = false;
+        let mut index = 0;
+        while let Some(item) = seq.next_element_seed(IdentitySeed(self.0, index))? {
+            if list.push(item).is_err() {
+                overflow = true;
+            }
+            index += 1;
+        }
+        Ok((list, overflow))
+    }
+}
+
+struct IdentitySeed<'t>(&'t Tracker, usize);
+
+impl<'de> DeserializeSeed<'de> for IdentitySeed<'_> {
+    type Value = RawIdentity;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawIdentity, D::Error> {
+        self.0.set(FieldPath {
+            field: truncated("identities"),
+            index: Some(self.1),
+            sub: None,
+        });
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IdentitySeed<'_> {
+    type Value = RawIdentity;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an identity object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawIdentity, A::Error> {
+        let (t, i) = (self.0, self.1);
+        let mut raw = RawIdentity::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested("identities", Some(i), key));
+            match key {
+                "kind" => raw.kind = Some(map.next_value()?),
+                "client_id" => raw.client_id = Some(map.next_value()?),
+                "object_id" => raw.object_id = Some(map.next_value()?),
+                "resource_id" => raw.resource_id = Some(map.next_value()?),
+                k if k.starts_with('_') => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+                other => {
+                    t.unknown
+                        .borrow_mut()
+                        .get_or_insert(FieldPath::nested("identities", Some(i), other));
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(raw)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+/// Whether `s` is a GUID in the 8-4-4-4-12 hex form.
+pub fn is_guid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn guid(value: Option<&Str<64>>, path: FieldPath) -> Result<Guid, ConfigError> {
+    let v = value.ok_or_else(|| ConfigError::Missing(path.clone()))?;
+    if !is_guid(v) {
+        return Err(ConfigError::Invalid {
+            field: path,
+            why: "must be a GUID like 00000000-0000-0000-0000-000000000000",
+        });
+    }
+    let mut out = Guid::new();
+    for c in v.chars() {
+        let _ = out.push(c.to_ascii_lowercase());
+    }
+    Ok(out)
+}
+
+fn socket_addr(v: &str, path: FieldPath) -> Result<SocketAddr, ConfigError> {
+    v.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+        field: path,
+        why: "must be an address and port like 127.0.0.1:8080",
+    })
+}
+
+/// Decode a PKCS#8 PEM P-256 private key.
+pub fn parse_signing_key(pem: &str) -> Result<p256::ecdsa::SigningKey, &'static str> {
+    use p256::pkcs8::DecodePrivateKey;
+    let mut der = [0u8; PEM_MAX];
+    let result = (|| {
+        let (label, der) = pem_rfc7468::decode(pem.trim().as_bytes(), &mut der)
+            .map_err(|_| "is not a PEM document")?;
+        if label != "PRIVATE KEY" {
+            return Err("must be a PKCS#8 PEM (-----BEGIN PRIVATE KEY-----)");
+        }
+        p256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(|_| "is not a PKCS#8 P-256 private key")
+    })();
+    der.zeroize();
+    result
+}
+
+fn validate_identities(raw: &Raw) -> Result<heapless::Vec<IdentityConfig, MAX_IDENTITIES>, ConfigError> {
+    let list = raw
+        .identities
+        .as_ref()
+        .ok_or_else(|| ConfigError::Missing(FieldPath::top("identities")))?;
+    if raw.identities_overflow {
+        return Err(ConfigError::Invalid {
+            field: FieldPath::top("identities"),
+            why: "too many identities: at most 1 system-assigned and 32 user-assigned (MAX_USER_IDENTITIES)",
+        });
+    }
+    let mut out: heapless::Vec<IdentityConfig, MAX_IDENTITIES> = heapless::Vec::new();
+    let (mut systems, mut users) = (0usize, 0usize);
+    for (i, r) in list.iter().enumerate() {
+        let p = |sub: &str| FieldPath::nested("identities", Some(i), sub);
+        let kind = match r.kind.as_deref() {
+            Some("system") => IdentityKind::System,
+            Some("user") => IdentityKind::User,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    field: p("kind"),
+                    why: "must be \"system\" or \"user\"",
+                })
+            }
+            None => return Err(ConfigError::Missing(p("kind"))),
+        };
+        match kind {
+            IdentityKind::System => systems += 1,
+            IdentityKind::User => users += 1,
+        }
+        if systems > 1 {
+            return Err(ConfigError::Invalid {
+                field: p("kind"),
+                why: "only one system-assigned identity is allowed",
+            });
+        }
+        if users > MAX_USER_IDENTITIES {
+            return Err(ConfigError::Invalid {
+                field: FieldPath::top("identities"),
+                why: "too many user-assigned identities: at most 32 (MAX_USER_IDENTITIES)",
+            });
+        }
+        let client_id = guid(r.client_id.as_ref(), p("client_id"))?;
+        let object_id = guid(r.object_id.as_ref(), p("object_id"))?;
+        let resource_id = r
+            .resource_id
+            .clone()
+            .ok_or_else(|| ConfigError::Missing(p("resource_id")))?;
+        if !resource_id.starts_with('/') || resource_id.len() < 2 {
+            return Err(ConfigError::Invalid {
+                field: p("resource_id"),
+                why: "must be an ARM resource id like /subscriptions/<sub>/resourceGroups/<rg>/providers/...",
+            });
+        }
+        for (j, prev) in out.iter().enumerate() {
+            let dup = if prev.client_id == client_id {
+                Some("client_id")
+            } else if prev.object_id == object_id {
+                Some("object_id")
+            } else if prev.resource_id.eq_ignore_ascii_case(&resource_id) {
+                Some("resource_id")
+            } else {
+                None
+            };
+            if let Some(which) = dup {
+                let _ = j;
+                return Err(ConfigError::Invalid {
+                    field: p(which),
+                    why: "is the same as an earlier identity's",
+                });
+            }
+        }
+        // Cannot overflow: the list itself has this capacity.
+        let _ = out.push(IdentityConfig {
+            kind,
+            client_id,
+            object_id,
+            resource_id,
+        });
+    }
+    if out.is_empty() {
+        return Err(ConfigError::Invalid {
+            field: FieldPath::top("identities"),
+            why: "must list at least one identity",
+        });
+    }
+    Ok(out)
+}
+
+fn validate_network(raw: &RawNetwork) -> Result<NetworkConfig, ConfigError> {
+    let p = |sub| FieldPath::nested("network", None, sub);
+    let addr = raw
+        .address
+        .as_ref()
+        .ok_or_else(|| ConfigError::Missing(p("address")))?;
+    let bad = || ConfigError::Invalid {
+        field: p("address"),
+        why: "must be an IPv4 address with a prefix length like 10.0.2.15/24",
+    };
+    let (ip, len) = addr.split_once('/').ok_or_else(bad)?;
+    let address: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let prefix_len: u8 = len.parse().map_err(|_| bad())?;
+    if prefix_len == 0 || prefix_len > 32 {
+        return Err(bad());
+    }
+    let gateway = match raw.gateway.as_ref() {
+        Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| ConfigError::Invalid {
+            field: p("gateway"),
+            why: "must be an IPv4 address",
+        })?),
+        None => None,
+    };
+    Ok(NetworkConfig {
+        address,
+        prefix_len,
+        gateway,
+    })
+}
+
+impl Config {
+    /// Parse and validate a configuration document.
+    pub fn parse(doc: &[u8]) -> Result<Config, ConfigError> {
+        let tracker = Tracker {
+            at: RefCell::new(None),
+            unknown: RefCell::new(None),
+        };
+        let mut scratch = [0u8; CONFIG_STRING_MAX];
+        let parsed = {
+            let mut de = serde_json_core::de::Deserializer::new(doc, Some(&mut scratch));
+            RawSeed(&tracker)
+                .deserialize(&mut de)
+                .and_then(|raw| de.end().map(|_| raw))
+        };
+        scratch.zeroize();
+        let raw = parsed.map_err(|e| ConfigError::Syntax {
+            at: tracker.at.borrow().clone(),
+            detail: json_detail(&e),
+        })?;
+        if let Some(u) = tracker.unknown.into_inner() {
+            return Err(ConfigError::Unknown(u));
+        }
+        Self::validate(&raw)
+    }
+
+    fn validate(raw: &Raw) -> Result<Config, ConfigError> {
+        let tenant_id = guid(raw.tenant_id.as_ref(), FieldPath::top("tenant_id"))?;
+        let issuer = match &raw.issuer {
+            Some(i) => {
+                if !(i.starts_with("https://") || i.starts_with("http://")) {
+                    return Err(ConfigError::Invalid {
+                        field: FieldPath::top("issuer"),
+                        why: "must be an http:// or https:// URL",
+                    });
+                }
+                i.clone()
+            }
+            None => {
+                let mut s = heapless::String::new();
+                let _ = fmt::write(&mut s, format_args!("https://sts.windows.net/{tenant_id}/"));
+                s
+            }
+        };
+        let token_lifetime_s = raw.token_lifetime_s.unwrap_or(DEFAULT_TOKEN_LIFETIME_S);
+        if !(600..=7 * 86_400).contains(&token_lifetime_s) {
+            return Err(ConfigError::Invalid {
+                field: FieldPath::top("token_lifetime_s"),
+                why: "must be between 600 (10 minutes) and 604800 (7 days)",
+            });
+        }
+        let refresh_margin_s = raw.refresh_margin_s.unwrap_or(DEFAULT_REFRESH_MARGIN_S);
+        if refresh_margin_s >= token_lifetime_s / 2 {
+            return Err(ConfigError::Invalid {
+                field: FieldPath::top("refresh_margin_s"),
+                why: "must be less than half of token_lifetime_s",
+            });
+        }
+        let pem = raw
+            .signing_key
+            .as_ref()
+            .ok_or_else(|| ConfigError::Missing(FieldPath::top("signing_key")))?;
+        let signing_key = parse_signing_key(pem).map_err(|why| ConfigError::Invalid {
+            field: FieldPath::top("signing_key"),
+            why,
+        })?;
+        let listen = {
+            let l = raw.listen.as_ref();
+            let imds = match l.and_then(|l| l.imds.as_ref()) {
+                Some(a) => socket_addr(a, FieldPath::nested("listen", None, "imds"))?,
+                None => socket_addr(DEFAULT_IMDS_LISTEN, FieldPath::top("listen"))?,
+            };
+            let legacy = match l.and_then(|l| l.legacy.as_ref()) {
+                Some(Some(a)) => Some(socket_addr(a, FieldPath::nested("listen", None, "legacy"))?),
+                Some(None) => None,
+                None => Some(socket_addr(DEFAULT_LEGACY_LISTEN, FieldPath::top("listen"))?),
+            };
+            ListenConfig { imds, legacy }
+        };
+        let network = match &raw.network {
+            Some(n) => Some(validate_network(n)?),
+            None => None,
+        };
+        let identities = validate_identities(raw)?;
+        Ok(Config {
+            tenant_id,
+            issuer,
+            token_lifetime_s,
+            refresh_margin_s,
+            signing_key: SigningKey(signing_key),
+            listen,
+            network,
+            identities,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A fixed P-256 test key (PKCS#8 PEM), used only by tests.
+    pub const TEST_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgevZzL1gdAFr88hb2\\nOF/2NxApJCzGCEDdfSp6VQO30hyhRANCAAQRWz+jn65BtOMvdyHKcvjBeBSDZH2r\\n1RTwjmYSi9R/zpBnuQ4EiMnCqfMPWiZqB4QdbAd0E7oH50VpuZ1P087G\\n-----END PRIVATE KEY-----\\n";
+
+    pub fn doc(extra: &str, identities: &str) -> heapless::String<8192> {
+        let mut s = heapless::String::new();
+        fmt::write(
+            &mut s,
+            format_args!(
+                "{{\"tenant_id\":\"72f988bf-86f1-41af-91ab-2d7cd011db47\",\"signing_key\":\"{TEST_KEY_PEM}\",{extra}\"identities\":[{identities}]}}"
+            ),
+        )
+        .unwrap();
+        s
+    }
+
+    pub const SYS: &str = r#"{"kind":"system","client_id":"11111111-1111-1111-1111-111111111111","object_id":"21111111-1111-1111-1111-111111111111","resource_id":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"}"#;
+    pub const USER1: &str = r#"{"kind":"user","client_id":"12222222-2222-2222-2222-222222222222","object_id":"22222222-2222-2222-2222-222222222222","resource_id":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/one"}"#;
+    pub const USER2: &str = r#"{"kind":"user","client_id":"13333333-3333-3333-3333-333333333333","object_id":"23333333-3333-3333-3333-333333333333","resource_id":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/two"}"#;
+
+    fn err(d: &str) -> heapless::String<256> {
+        let e = Config::parse(d.as_bytes()).unwrap_err();
+        let mut s = heapless::String::new();
+        fmt::write(&mut s, format_args!("{e}")).unwrap();
+        s
+    }
+
+    #[test]
+    fn parses_a_full_document() {
+        let d = doc(
+            r#""issuer":"https://sts.windows.net/t/","token_lifetime_s":3600,"listen":{"imds":"127.0.0.1:8080","legacy":null},"network":{"address":"10.0.2.15/24","gateway":"10.0.2.2"},"#,
+            &[SYS, USER1, USER2].join(","),
+        );
+        let c = Config::parse(d.as_bytes()).unwrap();
+        assert_eq!(c.identities.len(), 3);
+        assert_eq!(c.token_lifetime_s, 3600);
+        assert_eq!(c.refresh_margin_s, DEFAULT_REFRESH_MARGIN_S);
+        assert_eq!(c.listen.imds, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.listen.legacy, None);
+        let n = c.network.unwrap();
+        assert_eq!((n.address, n.prefix_len), (Ipv4Addr::new(10, 0, 2, 15), 24));
+        assert_eq!(c.issuer.as_str(), "https://sts.windows.net/t/");
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::parse(doc("", SYS).as_bytes()).unwrap();
+        assert_eq!(c.token_lifetime_s, DEFAULT_TOKEN_LIFETIME_S);
+        assert_eq!(
+            c.issuer.as_str(),
+            "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/"
+        );
+        assert_eq!(c.listen.legacy, Some("127.0.0.1:50342".parse().unwrap()));
+        assert!(c.network.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(err("{").as_str(), "config: unexpected end of the document");
+        assert_eq!(err("[]").as_str(), "config: has the wrong type");
+        assert_eq!(
+            err(&doc(r#""token_lifetime_s":"x","#, SYS)).as_str(),
+            "config: field `token_lifetime_s`: has the wrong type"
+        );
+        assert_eq!(
+            err(&doc(r#""token_lifetime_s":5,"#, SYS)).as_str(),
+            "config: field `token_lifetime_s`: must be between 600 (10 minutes) and 604800 (7 days)"
+        );
+        assert!(err(&doc(r#""tokn_lifetime_s":5,"#, SYS)).contains("unknown field `tokn_lifetime_s`"));
+        let bad_guid = USER1.replace("12222222-2222", "zz");
+        assert!(err(&doc("", &bad_guid)).starts_with("config: field `identities[0].client_id`: must be a GUID"));
+        let no_kind = USER1.replace(r#""kind":"user","#, "");
+        assert_eq!(err(&doc("", &no_kind)).as_str(), "config: field `identities[0].kind` is required");
+        assert!(err(&doc("", &[SYS, SYS].join(","))).contains("identities[1]"));
+        assert!(err(&doc(r#""listen":{"imds":"nope"},"#, SYS)).contains("`listen.imds`"));
+        assert!(err(&doc(r#""network":{"address":"1.2.3.4"},"#, SYS)).contains("`network.address`"));
+        assert!(err(&doc("", "")).contains("at least one identity"));
+        let wrong_type = r#"{"kind":"user","client_id":5}"#;
+        assert_eq!(
+            err(&doc("", wrong_type)).as_str(),
+            "config: field `identities[0].client_id`: has the wrong type"
+        );
+        let d = doc("", SYS).replace("MIGHAgEA", "MIGHAgEB");
+        assert!(err(&d).starts_with("config: field `signing_key`"));
+    }
+
+    #[test]
+    fn identity_capacity_is_enforced() {
+        let mut ids: std::vec::Vec<std::string::String> = std::vec::Vec::new();
+        for i in 0..MAX_USER_IDENTITIES + 1 {
+            ids.push(std::format!(
+                r#"{{"kind":"user","client_id":"00000000-0000-0000-0000-{i:012}","object_id":"10000000-0000-0000-0000-{i:012}","resource_id":"/subscriptions/s/u/{i}"}}"#
+            ));
+        }
+        let all = ids.join(",");
+        let mut big = std::string::String::new();
+        big.push_str(&std::format!(
+            "{{\"tenant_id\":\"72f988bf-86f1-41af-91ab-2d7cd011db47\",\"signing_key\":\"{TEST_KEY_PEM}\",\"identities\":[{all}]}}"
+        ));
+        let e = Config::parse(big.as_bytes()).unwrap_err();
+        assert!(std::format!("{e}").contains("too many"), "{e}");
+        // Exactly the capacity is fine.
+        let ok = ids[..MAX_USER_IDENTITIES].join(",");
+        let doc_ok = std::format!(
+            "{{\"tenant_id\":\"72f988bf-86f1-41af-91ab-2d7cd011db47\",\"signing_key\":\"{TEST_KEY_PEM}\",\"identities\":[{ok}]}}"
+        );
+        assert_eq!(Config::parse(doc_ok.as_bytes()).unwrap().identities.len(), MAX_USER_IDENTITIES);
+    }
+
+    #[test]
+    fn debug_redacts_the_key() {
+        let c = Config::parse(doc("", SYS).as_bytes()).unwrap();
+        let s = std::format!("{c:?}");
+        assert!(s.contains("<redacted>"));
+    }
+}

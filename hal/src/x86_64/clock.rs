@@ -1,0 +1,216 @@
+//! Time: the TSC for the monotonic clock (calibrated against PIT channel 2 at boot) and the
+//! CMOS real-time clock for the wall clock (QEMU `-rtc base=utc`).
+//!
+//! The wall clock is `RTC seconds at the last reading + TSC time since`, re-read from the RTC
+//! every [`RTC_RESYNC_US`] so that a calibration error cannot drift the token times; it never
+//! goes backwards.
+
+use core::cell::Cell;
+
+use super::port::{inb, outb};
+use crate::Clock;
+
+/// PIT input clock, Hz.
+const PIT_HZ: u64 = 1_193_182;
+/// Calibration window: 10 ms of PIT ticks.
+const CALIBRATION_TICKS: u16 = 11_932;
+const CALIBRATION_US: u64 = CALIBRATION_TICKS as u64 * 1_000_000 / PIT_HZ;
+/// Give up on the PIT after this many polls (machines without a PIT or its port 0x61 gate).
+const CALIBRATION_MAX_POLLS: u32 = 50_000_000;
+/// TSC frequency assumed when the PIT cannot be used (logged by the caller).
+const FALLBACK_TSC_HZ: u64 = 2_000_000_000;
+/// How often the wall clock is re-read from the RTC.
+pub const RTC_RESYNC_US: u64 = 60_000_000;
+
+const PIT_CH2_DATA: u16 = 0x42;
+const PIT_COMMAND: u16 = 0x43;
+const PORT_61: u16 = 0x61;
+const CMOS_INDEX: u16 = 0x70;
+const CMOS_DATA: u16 = 0x71;
+
+/// Read the time-stamp counter.
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: `rdtsc` reads a counter and has no side effects; it is never disabled (CR4.TSD is
+    // clear) in this kernel.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// How the TSC frequency was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calibration {
+    /// Measured against PIT channel 2.
+    Pit,
+    /// The PIT did not respond; a fixed guess is in use and times are approximate.
+    Fallback,
+}
+
+/// Measure the TSC frequency against PIT channel 2 (takes ~10 ms).
+pub fn calibrate_tsc() -> (u64, Calibration) {
+    // SAFETY: ports 0x42/0x43 are the PIT and 0x61 is the NMI-status/speaker-gate register.
+    // Channel 2 only drives the PC speaker, whose output bit (1) is kept off; channel 0 (the
+    // system timer) is not touched.
+    let (start, end, done) = unsafe {
+        let gate = (inb(PORT_61) & !0x02) | 0x01; // speaker off, channel 2 gate on
+        outb(PORT_61, gate);
+        outb(PIT_COMMAND, 0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
+        outb(PIT_CH2_DATA, CALIBRATION_TICKS as u8);
+        outb(PIT_CH2_DATA, (CALIBRATION_TICKS >> 8) as u8);
+        let start = rdtsc();
+        let mut polls = 0u32;
+        // OUT2 (bit 5 of port 0x61) rises when the count reaches zero.
+        while inb(PORT_61) & 0x20 == 0 && polls < CALIBRATION_MAX_POLLS {
+            polls += 1;
+        }
+        (start, rdtsc(), polls < CALIBRATION_MAX_POLLS)
+    };
+    let ticks = end.wrapping_sub(start);
+    if !done || ticks < CALIBRATION_US {
+        return (FALLBACK_TSC_HZ, Calibration::Fallback);
+    }
+    (ticks * 1_000_000 / CALIBRATION_US, Calibration::Pit)
+}
+
+fn cmos_read(reg: u8) -> u8 {
+    // SAFETY: ports 0x70/0x71 are the CMOS index/data pair; bit 7 of the index (NMI disable) is
+    // set, as interrupts and NMIs are of no use to this kernel; reading an RTC register has no
+    // side effect except on register C, which is never read here.
+    unsafe {
+        outb(CMOS_INDEX, 0x80 | reg);
+        inb(CMOS_DATA)
+    }
+}
+
+fn bcd(v: u8) -> u8 {
+    (v & 0x0F) + (v >> 4) * 10
+}
+
+/// Read the CMOS RTC as Unix seconds (UTC), or `None` if it reads nonsense.
+pub fn read_rtc_unix() -> Option<u64> {
+    fn snapshot() -> [u8; 7] {
+        // Wait (bounded) while an update is in progress.
+        let mut spins = 0u32;
+        while cmos_read(0x0A) & 0x80 != 0 && spins < 1_000_000 {
+            spins += 1;
+        }
+        [
+            cmos_read(0x00), // seconds
+            cmos_read(0x02), // minutes
+            cmos_read(0x04), // hours
+            cmos_read(0x07), // day of month
+            cmos_read(0x08), // month
+            cmos_read(0x09), // year (two digits)
+            cmos_read(0x32), // century (QEMU fills it)
+        ]
+    }
+    // Two equal snapshots in a row: no update tore the reading.
+    let mut a = snapshot();
+    for _ in 0..5 {
+        let b = snapshot();
+        if a == b {
+            break;
+        }
+        a = b;
+    }
+    let status_b = cmos_read(0x0B);
+    let binary = status_b & 0x04 != 0;
+    let h24 = status_b & 0x02 != 0;
+    let conv = |v: u8| if binary { v } else { bcd(v) };
+    let [s, mi, h, d, mo, y, c] = a;
+    let (sec, min, day, month, year2) = (conv(s), conv(mi), conv(d), conv(mo), conv(y));
+    let mut hour = conv(h & 0x7F);
+    if !h24 {
+        let pm = h & 0x80 != 0;
+        hour %= 12;
+        if pm {
+            hour += 12;
+        }
+    }
+    let century = match conv(c) {
+        c @ 19..=30 => u64::from(c),
+        _ => 20,
+    };
+    let year = century * 100 + u64::from(year2);
+    if sec > 59 || min > 59 || hour > 23 || !(1..=31).contains(&day) || !(1..=12).contains(&month) {
+        return None;
+    }
+    let days = days_from_civil(year as i64, u32::from(month), u32::from(day));
+    if days < 0 {
+        return None;
+    }
+    Some(days as u64 * 86_400 + u64::from(hour) * 3_600 + u64::from(min) * 60 + u64::from(sec))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The machine clock: TSC-based monotonic time, RTC-anchored wall time.
+#[derive(Debug)]
+pub struct TscClock {
+    tsc_hz: u64,
+    tsc_at_boot: u64,
+    calibration: Calibration,
+    /// Wall-clock anchor: (unix seconds read from the RTC, monotonic µs at that reading).
+    anchor: Cell<(u64, u64)>,
+    /// Largest wall time handed out so far (the wall clock never goes backwards).
+    last_wall: Cell<u64>,
+}
+
+impl TscClock {
+    /// Calibrate the TSC and read the RTC. Takes ~10 ms.
+    pub fn init() -> TscClock {
+        let tsc_at_boot = rdtsc();
+        let (tsc_hz, calibration) = calibrate_tsc();
+        let clock = TscClock {
+            tsc_hz,
+            tsc_at_boot,
+            calibration,
+            anchor: Cell::new((0, 0)),
+            last_wall: Cell::new(0),
+        };
+        let now = clock.monotonic_us();
+        clock.anchor.set((read_rtc_unix().unwrap_or(0), now));
+        clock
+    }
+
+    /// The measured TSC frequency in Hz.
+    pub fn tsc_hz(&self) -> u64 {
+        self.tsc_hz
+    }
+
+    /// How the frequency was found.
+    pub fn calibration(&self) -> Calibration {
+        self.calibration
+    }
+}
+
+impl Clock for TscClock {
+    fn monotonic_us(&self) -> u64 {
+        let ticks = rdtsc().wrapping_sub(self.tsc_at_boot);
+        (u128::from(ticks) * 1_000_000 / u128::from(self.tsc_hz)) as u64
+    }
+
+    fn unix_time_s(&self) -> u64 {
+        let now = self.monotonic_us();
+        let (mut rtc, mut at) = self.anchor.get();
+        if now.saturating_sub(at) >= RTC_RESYNC_US {
+            if let Some(fresh) = read_rtc_unix() {
+                rtc = fresh;
+                at = now;
+                self.anchor.set((rtc, at));
+            }
+        }
+        let wall = rtc + now.saturating_sub(at) / 1_000_000;
+        let wall = wall.max(self.last_wall.get());
+        self.last_wall.set(wall);
+        wall
+    }
+}
