@@ -2,5 +2,7 @@
 #![forbid(unsafe_code)]
 pub mod config;
 pub mod http;
+pub mod jose;
 pub mod limits;
 pub mod query;
+pub mod token;

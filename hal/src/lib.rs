@@ -17,6 +17,9 @@
 #[cfg(feature = "std")]
 pub mod host;
 
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod x86_64;
+
 pub use smoltcp::phy::Device as NetDevice;
 
 /// Time as the agent sees it.

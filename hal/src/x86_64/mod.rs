@@ -1,0 +1,23 @@
+//! Bare-metal x86_64 backends (QEMU `pc`/`q35`/`microvm`, firmware qboot or SeaBIOS, PVH boot):
+//!
+//! * [`serial`] — COM1 console ([`serial::Serial`], a `core::fmt::Write`);
+//! * [`clock`] — TSC monotonic clock calibrated against PIT channel 2, CMOS RTC wall clock
+//!   ([`clock::TscClock`], a [`crate::Clock`]);
+//! * [`rdrand`] — RDRAND entropy ([`rdrand::Rdrand`], an [`crate::Entropy`]);
+//! * [`fw_cfg`] — the configuration from QEMU fw_cfg ([`fw_cfg::FwCfgConfig`], a
+//!   [`crate::ConfigSource`]);
+//! * [`pci`] — configuration space over ports 0xCF8/0xCFC and BAR assignment;
+//! * [`virtio_net`] — the NIC ([`virtio_net::VirtioNet`], a `smoltcp::phy::Device`);
+//! * [`exit`] — leaving QEMU through `isa-debug-exit`.
+//!
+//! Everything assumes one CPU, interrupts off, and the first 4 GiB identity-mapped (the boot code
+//! in `qemu/` sets that up).
+
+pub mod clock;
+pub mod exit;
+pub mod fw_cfg;
+pub mod pci;
+mod port;
+pub mod rdrand;
+pub mod serial;
+pub mod virtio_net;
