@@ -54,7 +54,10 @@ pub fn find_file(name: &str) -> Option<(u16, u32)> {
         read_bytes(&mut reserved);
         let mut file_name = [0; 56];
         read_bytes(&mut file_name);
-        let len = file_name.iter().position(|&c| c == 0).unwrap_or(file_name.len());
+        let len = file_name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(file_name.len());
         if &file_name[..len] == name.as_bytes() {
             return Some((u16::from_be_bytes(sel), size));
         }

@@ -52,7 +52,10 @@ impl ConfigurationAccess for PortCam {
         // read has no side effects on the devices QEMU emulates. Single CPU, no interrupts: the
         // address write and the data read cannot be separated by another access.
         unsafe {
-            outl(CONFIG_ADDRESS, Self::address(device_function, register_offset));
+            outl(
+                CONFIG_ADDRESS,
+                Self::address(device_function, register_offset),
+            );
             inl(CONFIG_DATA)
         }
     }
@@ -60,7 +63,10 @@ impl ConfigurationAccess for PortCam {
     fn write_word(&mut self, device_function: DeviceFunction, register_offset: u8, data: u32) {
         // SAFETY: as in `read_word`; the caller (`&mut self`) is the owner of PCI configuration.
         unsafe {
-            outl(CONFIG_ADDRESS, Self::address(device_function, register_offset));
+            outl(
+                CONFIG_ADDRESS,
+                Self::address(device_function, register_offset),
+            );
             outl(CONFIG_DATA, data);
         }
     }
@@ -128,7 +134,11 @@ impl BarAllocator {
 
     /// Give every BAR of `df` that is unassigned (or lies above 4 GiB, outside the identity map)
     /// an address, then enable memory, I/O decoding and bus mastering.
-    pub fn assign(&mut self, root: &mut PciRoot<PortCam>, df: DeviceFunction) -> Result<(), BarError> {
+    pub fn assign(
+        &mut self,
+        root: &mut PciRoot<PortCam>,
+        df: DeviceFunction,
+    ) -> Result<(), BarError> {
         let mut index = 0u8;
         while index < 6 {
             let info = root.bar_info(df, index).map_err(|_| BarError::InvalidBar)?;
@@ -152,13 +162,11 @@ impl BarAllocator {
                         }
                     }
                 }
-                Some(BarInfo::IO { address, size }) => {
-                    if address == 0 {
-                        let at = self.alloc_io(size)?;
-                        root.set_bar_32(df, index, at | 1);
-                    }
+                Some(BarInfo::IO { address: 0, size }) => {
+                    let at = self.alloc_io(size)?;
+                    root.set_bar_32(df, index, at | 1);
                 }
-                None => {}
+                Some(BarInfo::IO { .. }) | None => {}
             }
             index += step;
         }

@@ -13,7 +13,9 @@ use core::arch::asm;
 pub unsafe fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: `in` only touches the named port and `al`; the caller vouches for the port.
-    unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
     value
 }
 
@@ -24,7 +26,9 @@ pub unsafe fn inb(port: u16) -> u8 {
 #[inline]
 pub unsafe fn outb(port: u16, value: u8) {
     // SAFETY: `out` only touches the named port; the caller vouches for the port.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Write a 16-bit word to an I/O port.
@@ -34,7 +38,9 @@ pub unsafe fn outb(port: u16, value: u8) {
 #[inline]
 pub unsafe fn outw(port: u16, value: u16) {
     // SAFETY: `out` only touches the named port; the caller vouches for the port.
-    unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Read a 32-bit word from an I/O port.
@@ -45,7 +51,9 @@ pub unsafe fn outw(port: u16, value: u16) {
 pub unsafe fn inl(port: u16) -> u32 {
     let value: u32;
     // SAFETY: `in` only touches the named port and `eax`; the caller vouches for the port.
-    unsafe { asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
     value
 }
 
@@ -56,5 +64,7 @@ pub unsafe fn inl(port: u16) -> u32 {
 #[inline]
 pub unsafe fn outl(port: u16, value: u32) {
     // SAFETY: `out` only touches the named port; the caller vouches for the port.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    };
 }

@@ -199,8 +199,9 @@ impl VirtioNet {
         if BUFFERS_TAKEN.swap(true, Ordering::AcqRel) {
             return Err(NicError::AlreadyTaken);
         }
+        let ptr = &raw mut BUFFERS;
         // SAFETY: the swap above makes this the only reference ever made to BUFFERS.
-        let buffers: &'static mut Buffers = unsafe { &mut *(&raw mut BUFFERS) };
+        let buffers: &'static mut Buffers = unsafe { &mut *ptr };
         let mut raw = Raw::new(transport).map_err(NicError::Driver)?;
         raw.disable_interrupts();
         let mut rx = RxRing {
