@@ -2,7 +2,10 @@
 #![forbid(unsafe_code)]
 pub mod config;
 pub mod http;
+pub mod identity;
+pub mod imds;
 pub mod jose;
 pub mod limits;
 pub mod query;
+pub mod server;
 pub mod token;

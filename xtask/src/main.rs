@@ -1,1 +1,105 @@
-fn main() {}
+//! Project tasks. The only place that knows the command lines of cargo, QEMU and test peers.
+//!
+//! ```text
+//! cargo xtask config --demo --out FILE   write a demo config with fresh keys
+//! cargo xtask run [--host] ...           run the agent on the demo config
+//! cargo xtask test                       run every test (installs what they need)
+//! cargo xtask bench host                 benchmark the host daemon against nginx
+//! ```
+
+mod config;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: cargo xtask <command>\n\
+         \n\
+         config --demo --out FILE [--listen ADDR:PORT]   write a demo config with fresh keys\n\
+         run --host [--config FILE] [--port N]           run the host daemon on a demo config\n\
+         test                                            run every test (installs what they need)\n\
+         bench host                                      daemon vs nginx, cached tokens over loopback"
+    );
+    ExitCode::from(2)
+}
+
+fn flag_value(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        return usage();
+    };
+    let rest = &args[1..];
+    let result = match cmd.as_str() {
+        "config" => cmd_config(rest),
+        "run" => cmd_run(rest),
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn cmd_config(args: &[String]) -> Result {
+    if !args.iter().any(|a| a == "--demo") {
+        return Err("only --demo is supported: cargo xtask config --demo --out FILE".into());
+    }
+    let out = flag_value(args, "--out").ok_or("--out FILE is required")?;
+    let listen = flag_value(args, "--listen").unwrap_or_else(|| "127.0.0.1:8080".into());
+    let legacy = flag_value(args, "--legacy-listen").unwrap_or_else(|| "127.0.0.1:50342".into());
+    config::write_demo(Path::new(&out), &listen, Some(&legacy)).map_err(|e| format!("{out}: {e}"))?;
+    eprintln!("wrote {out}");
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn status(mut c: Command) -> Result {
+    let s = c.status().map_err(|e| format!("{c:?}: {e}"))?;
+    if s.success() {
+        Ok(())
+    } else {
+        Err(format!("{c:?} failed: {s}"))
+    }
+}
+
+fn cmd_run(args: &[String]) -> Result {
+    let port: u16 = flag_value(args, "--port").map(|p| p.parse().map_err(|_| "--port: not a number")).transpose()?.unwrap_or(8080);
+    let config = match flag_value(args, "--config") {
+        Some(c) => PathBuf::from(c),
+        None => {
+            let p = root().join("target/demo/config.json");
+            if !p.exists() {
+                config::write_demo(&p, &format!("127.0.0.1:{port}"), Some("127.0.0.1:50342")).map_err(|e| e.to_string())?;
+            }
+            p
+        }
+    };
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "imds-agent", "--bin", "imds-agent"]);
+    status(build)?;
+    let exe = root().join("target/release/imds-agent");
+    println!("imds-agent (host daemon) on 127.0.0.1:{port}; try:\n");
+    println!("  curl -s -H 'Metadata: true' 'http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'\n");
+    let mut c = Command::new(exe);
+    c.arg("--config").arg(&config).arg("--listen").arg(format!("127.0.0.1:{port}"));
+    status(c)
+}

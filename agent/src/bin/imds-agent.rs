@@ -1,1 +1,333 @@
-fn main() {}
+//! The host daemon: the imds-agent core on std sockets, one thread, an event loop (mio).
+//!
+//! `imds-agent --config FILE [--listen ADDR:PORT] [--legacy-listen ADDR:PORT|off]`
+
+use imds_agent::config::Config;
+use imds_agent::limits::{CONFIG_MAX, HOST_MAX_CONNECTIONS};
+use imds_agent::server::{Agent, Connection, Listener};
+use imds_hal::host::{FileConfig, HostClock, HostEntropy};
+use imds_hal::{Clock, ConfigSource};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const IMDS: Token = Token(0);
+const LEGACY: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const FIRST_CONN: usize = 16;
+
+const USAGE: &str = "usage: imds-agent --config FILE [--listen ADDR:PORT] [--legacy-listen ADDR:PORT|off]";
+
+struct Args {
+    config: std::path::PathBuf,
+    listen: Option<SocketAddr>,
+    legacy: Option<Option<SocketAddr>>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut config = None;
+    let mut listen = None;
+    let mut legacy = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
+        match a.as_str() {
+            "--config" | "-c" => config = Some(value("--config")?.into()),
+            "--listen" => {
+                let v = value("--listen")?;
+                listen = Some(v.parse().map_err(|_| format!("--listen: `{v}` is not ADDR:PORT"))?);
+            }
+            "--legacy-listen" => {
+                let v = value("--legacy-listen")?;
+                legacy = Some(if v == "off" {
+                    None
+                } else {
+                    Some(v.parse().map_err(|_| format!("--legacy-listen: `{v}` is not ADDR:PORT or off"))?)
+                });
+            }
+            "--help" | "-h" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(Args {
+        config: config.ok_or_else(|| format!("--config is required\n{USAGE}"))?,
+        listen,
+        legacy,
+    })
+}
+
+/// Log lines to stderr, buffered and flushed once per event-loop turn.
+struct Log(io::BufWriter<io::Stderr>);
+
+impl std::fmt::Write for Log {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.write_all(s.as_bytes()).map_err(|_| std::fmt::Error)
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    state: Box<Connection>,
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("imds-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut doc = vec![0u8; CONFIG_MAX];
+    let mut source = FileConfig {
+        path: args.config.clone(),
+    };
+    let config = match source.read_config(&mut doc) {
+        Ok(bytes) => Config::parse(bytes),
+        Err(e) => {
+            eprintln!("imds-agent: {}: {e}", args.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    // The document holds the private key: wipe it.
+    zeroize::Zeroize::zeroize(&mut doc[..]);
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("imds-agent: {}: {e}", args.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let imds_addr = args.listen.unwrap_or(config.listen.imds);
+    let legacy_addr = args.legacy.unwrap_or(config.listen.legacy);
+    let agent = Agent::new(config);
+    match run(agent, imds_addr, legacy_addr) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imds-agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}")))
+}
+
+fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>) -> io::Result<()> {
+    let clock = HostClock::new();
+    let mut entropy = HostEntropy::default();
+    {
+        // Refuse to start without a secure entropy source.
+        let mut probe = [0u8; 16];
+        imds_hal::Entropy::fill(&mut entropy, &mut probe)
+            .map_err(|e| io::Error::other(format!("fatal: {e}; refusing to start")))?;
+    }
+    let mut poll = Poll::new()?;
+    let mut imds = bind(imds_addr, "imds")?;
+    poll.registry().register(&mut imds, IMDS, Interest::READABLE)?;
+    let legacy = match legacy_addr {
+        Some(a) => {
+            let mut l = bind(a, "legacy")?;
+            poll.registry().register(&mut l, LEGACY, Interest::READABLE)?;
+            Some(l)
+        }
+        None => None,
+    };
+    let mut signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+
+    let mut log = Log(io::BufWriter::with_capacity(64 * 1024, io::stderr()));
+    eprintln!(
+        "imds-agent: listening imds={} legacy={} identities={} kid={}",
+        imds.local_addr()?,
+        legacy
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+        agent.identities().len(),
+        agent.issuer().kid()
+    );
+
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut live = 0usize;
+    let mut events = Events::with_capacity(1024);
+    let mut last_sweep = clock.monotonic_us();
+    loop {
+        match poll.poll(&mut events, Some(Duration::from_millis(500))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                SIGNALS => {
+                    for sig in signals.pending() {
+                        let _ = std::fmt::Write::write_fmt(&mut log, format_args!("imds-agent: signal {sig}, shutting down\n"));
+                        let _ = log.0.flush();
+                        return Ok(());
+                    }
+                }
+                tok @ (IMDS | LEGACY) => {
+                    let (listener, kind) = if tok == IMDS {
+                        (&imds, Listener::Imds)
+                    } else {
+                        match legacy.as_ref() {
+                            Some(l) => (l, Listener::Legacy),
+                            None => continue,
+                        }
+                    };
+                    loop {
+                        let (mut stream, peer) = match listener.accept() {
+                            Ok(s) => s,
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                            Err(_) => break, // e.g. EMFILE: try again on the next event
+                        };
+                        if live >= HOST_MAX_CONNECTIONS && !evict_idlest(&mut conns, &mut free, &mut live, &poll) {
+                            // Every connection is mid-request: refuse this one.
+                            drop(stream);
+                            continue;
+                        }
+                        let _ = stream.set_nodelay(true);
+                        let slot = free.pop().unwrap_or_else(|| {
+                            conns.push(None);
+                            conns.len() - 1
+                        });
+                        if poll
+                            .registry()
+                            .register(&mut stream, Token(FIRST_CONN + slot), Interest::READABLE | Interest::WRITABLE)
+                            .is_err()
+                        {
+                            free.push(slot);
+                            continue;
+                        }
+                        let mut state = Box::new(Connection::new());
+                        state.reset(kind, peer.ip(), clock.monotonic_us());
+                        conns[slot] = Some(Conn { stream, state });
+                        live += 1;
+                        drive(&mut conns, slot, &mut agent, &clock, &mut entropy, &mut log, &poll, &mut free, &mut live);
+                    }
+                }
+                Token(t) => {
+                    let slot = t - FIRST_CONN;
+                    drive(&mut conns, slot, &mut agent, &clock, &mut entropy, &mut log, &poll, &mut free, &mut live);
+                }
+            }
+        }
+        let now = clock.monotonic_us();
+        if now.saturating_sub(last_sweep) > 1_000_000 {
+            last_sweep = now;
+            for slot in 0..conns.len() {
+                if conns[slot].as_ref().is_some_and(|c| c.state.timed_out(now)) {
+                    close(&mut conns, slot, &poll, &mut free, &mut live);
+                }
+            }
+        }
+        let _ = log.0.flush();
+    }
+}
+
+fn close(conns: &mut [Option<Conn>], slot: usize, poll: &Poll, free: &mut Vec<usize>, live: &mut usize) {
+    if let Some(mut c) = conns[slot].take() {
+        let _ = poll.registry().deregister(&mut c.stream);
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        free.push(slot);
+        *live -= 1;
+    }
+}
+
+/// Pool full: close the connection that has been idle longest. False if none is idle.
+fn evict_idlest(conns: &mut [Option<Conn>], free: &mut Vec<usize>, live: &mut usize, poll: &Poll) -> bool {
+    let victim = conns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.as_ref().filter(|c| c.state.is_idle()).map(|c| (i, c.state.last_activity_us())))
+        .min_by_key(|&(_, t)| t)
+        .map(|(i, _)| i);
+    match victim {
+        Some(slot) => {
+            close(conns, slot, poll, free, live);
+            true
+        }
+        None => false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    conns: &mut [Option<Conn>],
+    slot: usize,
+    agent: &mut Agent,
+    clock: &HostClock,
+    entropy: &mut HostEntropy,
+    log: &mut Log,
+    poll: &Poll,
+    free: &mut Vec<usize>,
+    live: &mut usize,
+) {
+    let Some(c) = conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+        return;
+    };
+    let mut broken = false;
+    loop {
+        let mut progress = false;
+        // Read while there is room.
+        loop {
+            let space = c.state.rx_space();
+            if space.is_empty() {
+                break;
+            }
+            match c.stream.read(space) {
+                Ok(0) => {
+                    c.state.rx_closed();
+                    break;
+                }
+                Ok(n) => {
+                    c.state.rx_commit(n, clock.monotonic_us());
+                    progress = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if broken {
+            break;
+        }
+        c.state.process(agent, clock, entropy, log);
+        // Write what is pending.
+        while !c.state.tx_pending().is_empty() {
+            match c.stream.write(c.state.tx_pending()) {
+                Ok(0) => {
+                    broken = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.state.tx_consume(n);
+                    progress = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if broken || c.state.wants_close() || !progress {
+            break;
+        }
+    }
+    if broken || c.state.wants_close() {
+        close(conns, slot, poll, free, live);
+    }
+}

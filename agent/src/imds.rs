@@ -1,0 +1,606 @@
+//! The IMDS router: every rule of the wire contract (PROTOCOL.md §1, §2, §4) in one place.
+//!
+//! Input: a parsed [`Request`], the wall-clock time and an entropy source. Output: a [`Reply`]
+//! (status, JSON body, headers). The router never touches sockets; errors of every other module
+//! are mapped to wire error codes here and nowhere else.
+
+use crate::config::{Config, Guid};
+use crate::http::{ContentType, Method, Request};
+use crate::identity::{IdentityStore, SelectError, Selector};
+use crate::limits::{CONN_TX_BUF, PARAM_DECODE_BUF, RESOURCE_MAX};
+use crate::query::{self, Params};
+use crate::token::{Issuer, Token, TokenCache};
+use core::fmt::Write as _;
+use imds_hal::Entropy;
+use serde::Serialize;
+
+/// Which listener a request arrived on (for logs; routes are the same on both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `169.254.169.254:80` (or the configured IMDS address).
+    Imds,
+    /// The legacy VM-extension endpoint, `localhost:50342`.
+    Legacy,
+}
+
+/// IMDS api-versions the agent accepts (every published one; token endpoint: from 2018-02-01).
+pub const API_VERSIONS: &[&str] = &[
+    "2017-03-01", "2017-04-02", "2017-08-01", "2017-10-01", "2017-12-01", "2018-02-01",
+    "2018-04-02", "2018-10-01", "2019-02-01", "2019-03-11", "2019-04-30", "2019-06-01",
+    "2019-06-04", "2019-08-01", "2019-08-15", "2019-11-01", "2020-06-01", "2020-07-15",
+    "2020-09-01", "2020-10-01", "2020-12-01", "2021-01-01", "2021-02-01", "2021-03-01",
+    "2021-05-01", "2021-08-01", "2021-10-01", "2021-11-01", "2021-11-15", "2021-12-13",
+    "2022-02-01", "2022-03-01", "2022-05-01", "2022-07-01", "2022-08-01", "2022-09-01",
+    "2022-11-01", "2023-07-01", "2023-11-15", "2024-03-15", "2024-07-17", "2025-04-07",
+];
+/// First api-version of the managed-identity token endpoint.
+pub const TOKEN_MIN_API_VERSION: &str = "2018-02-01";
+/// What an api-version error lists as `newest-versions` (newest first).
+pub const NEWEST_VERSIONS: [&str; 3] = ["2025-04-07", "2024-07-17", "2024-03-15"];
+
+/// The state the router works on: identities, the token cache and the token source.
+pub struct Agent {
+    identities: IdentityStore,
+    cache: TokenCache,
+    issuer: Issuer,
+    tenant_id: Guid,
+}
+
+impl core::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Agent")
+            .field("identities", &self.identities.len())
+            .field("cached_tokens", &self.cache.len())
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+impl Agent {
+    /// Build the agent from a validated configuration.
+    pub fn new(config: Config) -> Agent {
+        let Config {
+            tenant_id,
+            issuer,
+            token_lifetime_s,
+            refresh_margin_s,
+            signing_key,
+            identities,
+            ..
+        } = config;
+        Agent {
+            identities: IdentityStore::new(identities),
+            cache: TokenCache::new(refresh_margin_s),
+            issuer: Issuer::new(signing_key.0, &issuer, &tenant_id, token_lifetime_s),
+            tenant_id,
+        }
+    }
+
+    pub fn issuer(&self) -> &Issuer {
+        &self.issuer
+    }
+
+    pub fn identities(&self) -> &IdentityStore {
+        &self.identities
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}
+
+/// What the router answers.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: ContentType,
+    pub retry_after_s: Option<u32>,
+    pub allow: Option<&'static str>,
+    pub body: heapless::Vec<u8, CONN_TX_BUF>,
+    /// Client id of the identity a token was issued for (for the log line).
+    pub client_id: Option<Guid>,
+    /// Close the connection after this reply.
+    pub close: bool,
+}
+
+impl Reply {
+    pub fn new() -> Reply {
+        Reply {
+            status: 500,
+            content_type: ContentType::Json,
+            retry_after_s: None,
+            allow: None,
+            body: heapless::Vec::new(),
+            client_id: None,
+            close: false,
+        }
+    }
+
+    /// Reset to the empty state (reuse without a new stack frame).
+    pub fn clear(&mut self) {
+        self.status = 500;
+        self.content_type = ContentType::Json;
+        self.retry_after_s = None;
+        self.allow = None;
+        self.body.clear();
+        self.client_id = None;
+        self.close = false;
+    }
+
+    fn json<T: Serialize>(&mut self, status: u16, value: &T) {
+        self.status = status;
+        self.content_type = ContentType::Json;
+        self.body.clear();
+        let _ = self.body.resize(self.body.capacity(), 0);
+        match serde_json_core::to_slice(value, &mut self.body) {
+            Ok(n) => self.body.truncate(n),
+            Err(_) => {
+                self.body.clear();
+                self.status = 500;
+                let _ = self.body.extend_from_slice(
+                    br#"{"error":"server_error","error_description":"Response too large"}"#,
+                );
+            }
+        }
+    }
+
+    /// A flat IMDS error body.
+    pub fn error(&mut self, status: u16, code: &str, description: &str) {
+        #[derive(Serialize)]
+        struct E<'a> {
+            error: &'a str,
+            error_description: &'a str,
+        }
+        self.json(
+            status,
+            &E {
+                error: code,
+                error_description: description,
+            },
+        );
+    }
+
+    fn bad_request(&mut self, description: &str) {
+        self.error(400, "invalid_request", description);
+    }
+
+    fn api_version_error(&mut self, description: &str) {
+        #[derive(Serialize)]
+        struct E<'a> {
+            error: &'a str,
+            error_description: &'a str,
+            #[serde(rename = "newest-versions")]
+            newest_versions: [&'a str; 3],
+        }
+        self.json(
+            400,
+            &E {
+                error: "invalid_request",
+                error_description: description,
+                newest_versions: NEWEST_VERSIONS,
+            },
+        );
+    }
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Reply::new()
+    }
+}
+
+/// The error code IMDS uses for a status.
+pub fn error_code(status: u16) -> &'static str {
+    match status {
+        400 | 413 | 414 | 431 => "invalid_request",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        429 => "too_many_requests",
+        503 => "service_unavailable",
+        _ => "server_error",
+    }
+}
+
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    refresh_token: &'a str,
+    expires_in: &'a str,
+    expires_on: &'a str,
+    ext_expires_in: &'a str,
+    not_before: &'a str,
+    resource: &'a str,
+    token_type: &'a str,
+    client_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    msi_res_id: Option<&'a str>,
+}
+
+fn decimal(n: u64) -> heapless::String<20> {
+    let mut s = heapless::String::new();
+    let _ = write!(s, "{n}");
+    s
+}
+
+fn path_is(path: &str, route: &str) -> bool {
+    let p = if path.len() > 1 {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
+    };
+    p.eq_ignore_ascii_case(route)
+}
+
+fn metadata_header_ok(req: &Request<'_>) -> bool {
+    req.header("metadata")
+        .map(|v| crate::http::trim(v).eq_ignore_ascii_case(b"true"))
+        .unwrap_or(false)
+}
+
+fn proxied(req: &Request<'_>) -> bool {
+    req.has_header("x-forwarded-for") || req.has_header("forwarded")
+}
+
+/// Handle one request.
+pub fn handle<E: Entropy>(
+    agent: &mut Agent,
+    req: &Request<'_>,
+    now: u64,
+    entropy: &mut E,
+    reply: &mut Reply,
+) {
+    reply.clear();
+    let path = req.path;
+    if path_is(path, "/metadata/identity/oauth2/token") {
+        token_endpoint(agent, req, now, entropy, reply, Endpoint::Imds);
+    } else if path_is(path, "/oauth2/token") {
+        token_endpoint(agent, req, now, entropy, reply, Endpoint::Legacy);
+    } else if path_is(path, "/metadata/identity/info") {
+        if metadata_checks(req, reply, true) {
+            #[derive(Serialize)]
+            struct Info<'a> {
+                #[serde(rename = "tenantId")]
+                tenant_id: &'a str,
+            }
+            reply.json(200, &Info { tenant_id: &agent.tenant_id });
+        }
+    } else if path_is(path, "/metadata/versions") {
+        if metadata_checks(req, reply, false) {
+            #[derive(Serialize)]
+            struct Versions<'a> {
+                #[serde(rename = "apiVersions")]
+                api_versions: &'a [&'a str],
+            }
+            reply.json(200, &Versions { api_versions: API_VERSIONS });
+        }
+    } else if path_is(path, "/.well-known/openid-configuration") {
+        if get_only(req, reply) {
+            discovery(agent, req, reply);
+        }
+    } else if path_is(path, "/.well-known/jwks.json") || path_is(path, "/discovery/keys") {
+        if get_only(req, reply) {
+            jwks(agent, reply);
+        }
+    } else {
+        // Including /metadata/identity/getplatformmetadata: clients probing it for an mTLS
+        // flow must see a non-200 answer and fall back to the classic token endpoint.
+        reply.error(404, "not_found", "Path not found");
+    }
+}
+
+fn get_only(req: &Request<'_>, reply: &mut Reply) -> bool {
+    if matches!(req.method, Method::Get | Method::Head) {
+        true
+    } else {
+        reply.allow = Some("GET, HEAD");
+        reply.error(405, "method_not_allowed", "The requested method is not allowed");
+        false
+    }
+}
+
+/// Method, `Metadata` header, proxy headers and (optionally) api-version.
+fn metadata_checks(req: &Request<'_>, reply: &mut Reply, need_api_version: bool) -> bool {
+    if !get_only(req, reply) {
+        return false;
+    }
+    if !metadata_header_ok(req) {
+        reply.bad_request("Required metadata header not specified");
+        return false;
+    }
+    if proxied(req) {
+        reply.bad_request("Request through a proxy (X-Forwarded-For / Forwarded) is not allowed");
+        return false;
+    }
+    if need_api_version {
+        let mut buf = [0u8; PARAM_DECODE_BUF];
+        let Ok(params) = query::decode(req.query.as_bytes(), &mut buf) else {
+            reply.bad_request("Invalid query string");
+            return false;
+        };
+        match params.get("api-version") {
+            None => {
+                reply.api_version_error("Required query variable 'api-version' is missing");
+                return false;
+            }
+            Some(v) if !API_VERSIONS.contains(&v) => {
+                reply.api_version_error("Bad request. api-version is invalid or was not specified in the request.");
+                return false;
+            }
+            Some(_) => {}
+        }
+    }
+    true
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Imds,
+    Legacy,
+}
+
+fn is_form(req: &Request<'_>) -> bool {
+    req.header("content-type")
+        .map(|v| {
+            let v = crate::http::trim(v);
+            v.len() >= 33 && v[..33].eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+        })
+        .unwrap_or(false)
+}
+
+fn token_endpoint<E: Entropy>(
+    agent: &mut Agent,
+    req: &Request<'_>,
+    now: u64,
+    entropy: &mut E,
+    reply: &mut Reply,
+    endpoint: Endpoint,
+) {
+    // 1. Method.
+    let allowed = match (endpoint, req.method) {
+        (_, Method::Get | Method::Head) => true,
+        (Endpoint::Legacy, Method::Post) => true,
+        _ => false,
+    };
+    if !allowed {
+        reply.allow = Some(if endpoint == Endpoint::Legacy {
+            "GET, HEAD, POST"
+        } else {
+            "GET, HEAD"
+        });
+        reply.error(405, "method_not_allowed", "The requested method is not allowed");
+        return;
+    }
+    // 2. Metadata header (fast path for SDK probes).
+    if !metadata_header_ok(req) {
+        reply.bad_request("Required metadata header not specified");
+        return;
+    }
+    // 3. Proxied requests may not come from this VM.
+    if proxied(req) {
+        reply.bad_request("Request through a proxy (X-Forwarded-For / Forwarded) is not allowed");
+        return;
+    }
+    // Parameters: the query, or for a legacy form POST the body.
+    let source: &[u8] = if req.method == Method::Post {
+        if !is_form(req) {
+            reply.bad_request("POST body must be application/x-www-form-urlencoded");
+            return;
+        }
+        req.body
+    } else {
+        req.query.as_bytes()
+    };
+    let mut buf = [0u8; PARAM_DECODE_BUF];
+    let params = match query::decode(source, &mut buf) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut d: heapless::String<64> = heapless::String::new();
+            let _ = write!(d, "{e}");
+            reply.bad_request(&d);
+            return;
+        }
+    };
+    // 4. api-version (IMDS only; the legacy endpoint has none).
+    if endpoint == Endpoint::Imds {
+        match params.get("api-version") {
+            None => {
+                reply.api_version_error("Required query variable 'api-version' is missing");
+                return;
+            }
+            Some(v) if !API_VERSIONS.contains(&v) || v < TOKEN_MIN_API_VERSION => {
+                reply.api_version_error("Bad request. api-version is invalid or was not specified in the request.");
+                return;
+            }
+            Some(_) => {}
+        }
+    }
+    // 5. resource.
+    let resource = match params.get("resource") {
+        Some(r) if !r.is_empty() => r,
+        _ => {
+            reply.bad_request("Required query variable 'resource' is missing");
+            return;
+        }
+    };
+    if resource.len() > RESOURCE_MAX {
+        reply.bad_request("Parameter 'resource' is too long");
+        return;
+    }
+    // 6. A parameter given twice.
+    if params.duplicate().is_some() {
+        reply.bad_request("A query parameter is specified more than once");
+        return;
+    }
+    // Identity selection.
+    let selector = match Selector::from_params(&params) {
+        Ok(s) => s,
+        Err(e) => {
+            reply.bad_request(e.description());
+            return;
+        }
+    };
+    let index = match agent.identities.select(selector) {
+        Ok(i) => i,
+        Err(e @ (SelectError::NotFound | SelectError::MultipleUserAssigned | SelectError::MultipleSelectors)) => {
+            reply.bad_request(e.description());
+            return;
+        }
+    };
+    let bypass = params
+        .get("bypass_cache")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    serve_token(agent, index, resource, &params, selector, now, entropy, reply, bypass);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve_token<E: Entropy>(
+    agent: &mut Agent,
+    index: u8,
+    resource: &str,
+    _params: &Params<'_>,
+    selector: Selector<'_>,
+    now: u64,
+    entropy: &mut E,
+    reply: &mut Reply,
+    bypass: bool,
+) {
+    let Some(identity) = agent.identities.get(index) else {
+        reply.bad_request("Identity not found");
+        return;
+    };
+    if !bypass {
+        if let Some(t) = agent.cache.get(index, resource, now) {
+            write_token(reply, t, resource, identity, selector, now);
+            return;
+        }
+    }
+    match agent.issuer.mint(identity, resource, now, entropy) {
+        Ok(token) => {
+            write_token(reply, &token, resource, identity, selector, now);
+            agent.cache.insert(index, resource, token);
+        }
+        Err(crate::token::MintError::TooLarge) => {
+            reply.bad_request("Parameter 'resource' is too long");
+        }
+        Err(crate::token::MintError::Entropy(_)) => {
+            reply.error(500, "server_error", "Token service unavailable: no entropy");
+        }
+    }
+}
+
+fn write_token(
+    reply: &mut Reply,
+    t: &Token,
+    resource: &str,
+    identity: &crate::config::IdentityConfig,
+    selector: Selector<'_>,
+    now: u64,
+) {
+    let expires_in = decimal(t.expires_in(now).max(1));
+    let expires_on = decimal(t.expires_on);
+    let not_before = decimal(t.not_before);
+    let body = TokenBody {
+        access_token: t.access_token.as_str(),
+        refresh_token: "",
+        expires_in: &expires_in,
+        expires_on: &expires_on,
+        ext_expires_in: &expires_in,
+        not_before: &not_before,
+        resource,
+        token_type: "Bearer",
+        client_id: &identity.client_id,
+        object_id: matches!(selector, Selector::ObjectId(_)).then_some(identity.object_id.as_str()),
+        msi_res_id: matches!(selector, Selector::ResourceId(_)).then_some(identity.resource_id.as_str()),
+    };
+    reply.json(200, &body);
+    if reply.status == 200 {
+        reply.client_id = Some(identity.client_id.clone());
+    }
+}
+
+/// A `Host` header value safe to echo into a URL, or the IMDS address.
+fn host_of<'r>(req: &Request<'r>) -> &'r str {
+    req.header("host")
+        .and_then(|h| core::str::from_utf8(crate::http::trim(h)).ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        })
+        .unwrap_or("169.254.169.254")
+}
+
+fn discovery(agent: &Agent, req: &Request<'_>, reply: &mut Reply) {
+    let host = host_of(req);
+    let mut jwks_uri: heapless::String<300> = heapless::String::new();
+    let _ = write!(jwks_uri, "http://{host}/.well-known/jwks.json");
+    let mut token_endpoint: heapless::String<300> = heapless::String::new();
+    let _ = write!(token_endpoint, "http://{host}/metadata/identity/oauth2/token");
+    #[derive(Serialize)]
+    struct Discovery<'a> {
+        issuer: &'a str,
+        jwks_uri: &'a str,
+        token_endpoint: &'a str,
+        authorization_endpoint: &'a str,
+        response_types_supported: [&'a str; 1],
+        subject_types_supported: [&'a str; 1],
+        id_token_signing_alg_values_supported: [&'a str; 1],
+        token_endpoint_auth_methods_supported: [&'a str; 1],
+        claims_supported: [&'a str; 12],
+    }
+    reply.json(
+        200,
+        &Discovery {
+            issuer: agent.issuer.issuer_url(),
+            jwks_uri: &jwks_uri,
+            token_endpoint: &token_endpoint,
+            authorization_endpoint: &token_endpoint,
+            response_types_supported: ["token"],
+            subject_types_supported: ["pairwise"],
+            id_token_signing_alg_values_supported: ["ES256"],
+            token_endpoint_auth_methods_supported: ["none"],
+            claims_supported: [
+                "aud", "iss", "iat", "nbf", "exp", "sub", "oid", "appid", "tid", "idtyp",
+                "xms_mirid", "uti",
+            ],
+        },
+    );
+}
+
+fn jwks(agent: &Agent, reply: &mut Reply) {
+    #[derive(Serialize)]
+    struct Jwk<'a> {
+        kty: &'a str,
+        crv: &'a str,
+        x: &'a str,
+        y: &'a str,
+        kid: &'a str,
+        #[serde(rename = "use")]
+        use_: &'a str,
+        alg: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Jwks<'a> {
+        keys: [Jwk<'a>; 1],
+    }
+    let jwk = agent.issuer.jwk();
+    reply.json(
+        200,
+        &Jwks {
+            keys: [Jwk {
+                kty: "EC",
+                crv: "P-256",
+                x: &jwk.x,
+                y: &jwk.y,
+                kid: agent.issuer.kid(),
+                use_: "sig",
+                alg: "ES256",
+            }],
+        },
+    );
+}

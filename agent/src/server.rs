@@ -1,0 +1,258 @@
+//! One HTTP connection, sans-IO: bytes in, bytes out, for both ways of running.
+//!
+//! The host daemon (std sockets) and the unikernel's network loop (smoltcp sockets) own the
+//! sockets; each keeps one [`Connection`] per TCP connection and moves bytes between the socket
+//! and this buffer pair. `process` parses every complete request, asks the router, and queues
+//! the response; a request that cannot be read gets its 4xx answer and the connection closes.
+
+pub use crate::imds::{Agent, Listener, Reply};
+use crate::http::{self, HttpError, Parse, ResponseHead};
+use crate::imds;
+use crate::limits::{CONN_RX_BUF, CONN_TX_BUF, HEAD_DEADLINE_US, IDLE_TIMEOUT_US};
+use core::fmt::Write;
+use core::net::{IpAddr, Ipv4Addr};
+use imds_hal::{Clock, Entropy};
+
+/// Room for the status line and headers in front of the largest body.
+pub const RESPONSE_HEAD_MAX: usize = 256;
+
+/// Per-connection state with fixed buffers.
+pub struct Connection {
+    rx: [u8; CONN_RX_BUF],
+    rx_filled: usize,
+    tx: heapless::Vec<u8, { CONN_TX_BUF + RESPONSE_HEAD_MAX }>,
+    tx_sent: usize,
+    listener: Listener,
+    peer: IpAddr,
+    close_after_tx: bool,
+    peer_closed: bool,
+    last_activity_us: u64,
+    /// When the first byte of a not yet complete request head arrived.
+    head_started_us: Option<u64>,
+    /// Scratch for the router's reply (kept here so that it is not on the stack).
+    reply: Reply,
+}
+
+impl core::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("rx", &self.rx_filled)
+            .field("tx", &(self.tx.len() - self.tx_sent))
+            .finish()
+    }
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Connection {
+    pub const fn new() -> Self {
+        Connection {
+            rx: [0; CONN_RX_BUF],
+            rx_filled: 0,
+            tx: heapless::Vec::new(),
+            tx_sent: 0,
+            listener: Listener::Imds,
+            peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            close_after_tx: false,
+            peer_closed: false,
+            last_activity_us: 0,
+            head_started_us: None,
+            reply: Reply {
+                status: 500,
+                content_type: http::ContentType::Json,
+                retry_after_s: None,
+                allow: None,
+                body: heapless::Vec::new(),
+                client_id: None,
+                close: false,
+            },
+        }
+    }
+
+    /// Start a new TCP connection.
+    pub fn reset(&mut self, listener: Listener, peer: IpAddr, now_us: u64) {
+        self.rx_filled = 0;
+        self.tx.clear();
+        self.tx_sent = 0;
+        self.listener = listener;
+        self.peer = peer;
+        self.close_after_tx = false;
+        self.peer_closed = false;
+        self.last_activity_us = now_us;
+        self.head_started_us = None;
+        self.reply.clear();
+    }
+
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    /// Free space to receive into. Empty while a response is still being sent (back-pressure)
+    /// or once the connection is closing.
+    pub fn rx_space(&mut self) -> &mut [u8] {
+        if self.close_after_tx || self.tx_sent < self.tx.len() {
+            return &mut [];
+        }
+        &mut self.rx[self.rx_filled..]
+    }
+
+    /// `n` bytes were written into [`rx_space`](Self::rx_space).
+    pub fn rx_commit(&mut self, n: usize, now_us: u64) {
+        self.rx_filled = (self.rx_filled + n).min(CONN_RX_BUF);
+        if n > 0 {
+            self.last_activity_us = now_us;
+            if self.head_started_us.is_none() {
+                self.head_started_us = Some(now_us);
+            }
+        }
+    }
+
+    /// The peer sent FIN: answer what is complete, then close.
+    pub fn rx_closed(&mut self) {
+        self.peer_closed = true;
+    }
+
+    /// Parse and answer every complete request in the receive buffer.
+    pub fn process<C: Clock, E: Entropy, W: Write>(
+        &mut self,
+        agent: &mut Agent,
+        clock: &C,
+        entropy: &mut E,
+        log: &mut W,
+    ) {
+        loop {
+            if self.close_after_tx || self.tx_sent < self.tx.len() || self.rx_filled == 0 {
+                break;
+            }
+            let start_us = clock.monotonic_us();
+            enum Outcome {
+                Partial,
+                Failed(HttpError),
+                Answered { used: usize, keep_alive: bool, ok: bool },
+            }
+            let outcome = match http::parse(&self.rx[..self.rx_filled]) {
+                Ok(Parse::Partial) => Outcome::Partial,
+                Err(e) => Outcome::Failed(e),
+                Ok(Parse::Complete(req, used)) => {
+                    imds::handle(agent, &req, clock.unix_time_s(), entropy, &mut self.reply);
+                    let keep_alive = req.keep_alive && !self.reply.close;
+                    let head = ResponseHead {
+                        status: self.reply.status,
+                        content_type: self.reply.content_type,
+                        retry_after_s: self.reply.retry_after_s,
+                        allow: self.reply.allow,
+                        keep_alive,
+                    };
+                    self.tx.clear();
+                    self.tx_sent = 0;
+                    let head_only = req.method == http::Method::Head;
+                    let ok = http::write_response(&mut self.tx, &head, &self.reply.body, head_only)
+                        .is_ok();
+                    let micros = clock.monotonic_us().saturating_sub(start_us);
+                    let _ = writeln!(
+                        log,
+                        "{} {} {} {} {} {}us",
+                        self.peer,
+                        req.method_str,
+                        req.path,
+                        self.reply.status,
+                        self.reply.client_id.as_deref().unwrap_or("-"),
+                        micros
+                    );
+                    Outcome::Answered { used, keep_alive, ok }
+                }
+            };
+            match outcome {
+                Outcome::Partial if self.rx_filled == CONN_RX_BUF => {
+                    // Only possible with padding before the request line: refuse, don't stall.
+                    self.answer_error(HttpError::HeadTooLarge, log);
+                    break;
+                }
+                Outcome::Partial => break,
+                Outcome::Failed(e) => {
+                    self.answer_error(e, log);
+                    break;
+                }
+                Outcome::Answered { used, keep_alive, ok } => {
+                    // Drop the request from the receive buffer (pipelined bytes move up).
+                    self.rx.copy_within(used..self.rx_filled, 0);
+                    self.rx_filled -= used;
+                    self.head_started_us = if self.rx_filled > 0 { Some(start_us) } else { None };
+                    if !ok {
+                        self.tx.clear();
+                        self.close_after_tx = true;
+                        break;
+                    }
+                    if !keep_alive {
+                        self.close_after_tx = true;
+                    }
+                }
+            }
+        }
+        if self.peer_closed && self.tx_sent >= self.tx.len() {
+            self.close_after_tx = true;
+        }
+    }
+
+    fn answer_error<W: Write>(&mut self, e: HttpError, log: &mut W) {
+        let mut desc: heapless::String<96> = heapless::String::new();
+        let _ = write!(desc, "{e}");
+        self.reply.clear();
+        self.reply.error(e.status(), imds::error_code(e.status()), &desc);
+        let head = ResponseHead {
+            status: self.reply.status,
+            content_type: self.reply.content_type,
+            retry_after_s: None,
+            allow: None,
+            keep_alive: false,
+        };
+        self.tx.clear();
+        self.tx_sent = 0;
+        let _ = http::write_response(&mut self.tx, &head, &self.reply.body, false);
+        let _ = writeln!(log, "{} - - {} - 0us ({})", self.peer, e.status(), desc);
+        self.rx_filled = 0;
+        self.close_after_tx = true;
+    }
+
+    /// Bytes waiting to be sent.
+    pub fn tx_pending(&self) -> &[u8] {
+        &self.tx[self.tx_sent..]
+    }
+
+    /// `n` bytes of [`tx_pending`](Self::tx_pending) were sent.
+    pub fn tx_consume(&mut self, n: usize) {
+        self.tx_sent = (self.tx_sent + n).min(self.tx.len());
+        if self.tx_sent == self.tx.len() {
+            self.tx.clear();
+            self.tx_sent = 0;
+        }
+    }
+
+    /// Everything is sent and the connection should be closed now.
+    pub fn wants_close(&self) -> bool {
+        (self.close_after_tx || self.peer_closed) && self.tx_sent >= self.tx.len()
+    }
+
+    pub fn last_activity_us(&self) -> u64 {
+        self.last_activity_us
+    }
+
+    /// Whether the connection has outlived its idle timeout or its request-head deadline.
+    pub fn timed_out(&self, now_us: u64) -> bool {
+        now_us.saturating_sub(self.last_activity_us) > IDLE_TIMEOUT_US
+            || self
+                .head_started_us
+                .is_some_and(|t| now_us.saturating_sub(t) > HEAD_DEADLINE_US)
+    }
+
+    /// Whether the connection is between requests with nothing buffered (safe to close first
+    /// when the pool is full).
+    pub fn is_idle(&self) -> bool {
+        self.rx_filled == 0 && self.tx_sent >= self.tx.len()
+    }
+}
