@@ -1,1 +1,332 @@
+//! Test support: start the real daemon on loopback, talk raw HTTP to it, verify tokens.
+//!
+//! The HTTP contract cases live in [`contract`] and run against any target (the host daemon,
+//! the unikernel under QEMU) through the [`Target`] they are given.
 
+pub mod contract;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use xtask::{root, target_dir};
+
+/// An identity of a demo config.
+#[derive(Debug, Clone)]
+pub struct Ident {
+    pub kind: String,
+    pub client_id: String,
+    pub object_id: String,
+    pub resource_id: String,
+}
+
+/// A demo config written to disk, with its identities at hand.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub path: PathBuf,
+    pub json: Value,
+    pub tenant_id: String,
+    pub system: Option<Ident>,
+    pub users: Vec<Ident>,
+}
+
+impl DemoConfig {
+    /// The standard demo (1 system-assigned + 2 user-assigned), written under target/test-configs.
+    pub fn new(name: &str) -> DemoConfig {
+        Self::from_json(name, xtask::config::demo("127.0.0.1:0", Some("127.0.0.1:0")))
+    }
+
+    /// A config from a JSON document (e.g. the demo with identities changed).
+    pub fn from_json(name: &str, json: Value) -> DemoConfig {
+        let dir = target_dir().join("test-configs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}-{}.json", std::process::id()));
+        std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+        let mut system = None;
+        let mut users = Vec::new();
+        for i in json["identities"].as_array().cloned().unwrap_or_default() {
+            let id = Ident {
+                kind: i["kind"].as_str().unwrap_or_default().into(),
+                client_id: i["client_id"].as_str().unwrap_or_default().into(),
+                object_id: i["object_id"].as_str().unwrap_or_default().into(),
+                resource_id: i["resource_id"].as_str().unwrap_or_default().into(),
+            };
+            if id.kind == "system" {
+                system = Some(id);
+            } else {
+                users.push(id);
+            }
+        }
+        DemoConfig {
+            path,
+            tenant_id: json["tenant_id"].as_str().unwrap_or_default().into(),
+            json,
+            system,
+            users,
+        }
+    }
+}
+
+/// Path of the daemon binary (built once per test process).
+pub fn daemon_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root())
+            .args(["build", "--quiet", "-p", "imds-agent", "--bin", "imds-agent"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the daemon failed");
+        target_dir().join("debug/imds-agent")
+    })
+    .clone()
+}
+
+/// A running host daemon, killed on drop. Its stderr (the log) is collected.
+pub struct Daemon {
+    child: Child,
+    pub imds: SocketAddr,
+    pub legacy: Option<SocketAddr>,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Start the daemon on free loopback ports and wait until it listens.
+    pub fn start(config: &DemoConfig) -> Daemon {
+        Self::start_with(config, &["--listen", "127.0.0.1:0", "--legacy-listen", "127.0.0.1:0"])
+    }
+
+    pub fn start_with(config: &DemoConfig, args: &[&str]) -> Daemon {
+        let mut child = Command::new(daemon_binary())
+            .arg("--config")
+            .arg(&config.path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn imds-agent");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut first = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                    if line.contains("listening") {
+                        if let Some(tx) = first.take() {
+                            let _ = tx.send(line);
+                        }
+                    }
+                }
+            });
+        }
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("daemon did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .and_then(|v| v.parse::<SocketAddr>().ok())
+        };
+        Daemon {
+            imds: field("imds").expect("imds address in the log"),
+            legacy: field("legacy"),
+            child,
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Read one response from a stream (Content-Length framing; `head_only` for HEAD).
+pub fn read_response(stream: &mut impl Read, head_only: bool) -> std::io::Result<Response> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("connection closed after {} bytes", buf.len()),
+            ));
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_string(), v.trim().to_string())))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; if head_only { 0 } else { len }];
+    stream.read_exact(&mut body)?;
+    Ok(Response { status, headers, body })
+}
+
+/// Connect with a timeout suited to tests.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Send raw bytes on a new connection and read one response.
+pub fn raw(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut s = connect(addr);
+    s.write_all(request).unwrap();
+    read_response(&mut s, request.starts_with(b"HEAD")).expect("read response")
+}
+
+/// `GET target` with the given extra header lines.
+pub fn get(addr: SocketAddr, target: &str, headers: &[&str]) -> Response {
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    raw(addr, req.as_bytes())
+}
+
+/// The token endpoint URL for `resource` with extra query text.
+pub fn token_target(resource: &str, extra: &str) -> String {
+    format!(
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}{extra}",
+        pct(resource)
+    )
+}
+
+/// Percent-encode a query value.
+pub fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Decode the claims of a JWT without verifying it.
+pub fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("JWT payload");
+    serde_json::from_slice(&B64.decode(payload).expect("base64url")).expect("claims JSON")
+}
+
+/// Verify an ES256 JWT against a JWKS document; returns its claims.
+pub fn verify_with_jwks(token: &str, jwks: &Value) -> Result<Value, String> {
+    use p256::ecdsa::signature::Verifier;
+    let mut parts = token.split('.');
+    let (h, p, s) = (parts.next().ok_or("no header")?, parts.next().ok_or("no payload")?, parts.next().ok_or("no signature")?);
+    let header: Value = serde_json::from_slice(&B64.decode(h).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    if header["alg"] != "ES256" {
+        return Err(format!("alg is {}", header["alg"]));
+    }
+    let kid = header["kid"].as_str().ok_or("no kid")?;
+    let key = jwks["keys"]
+        .as_array()
+        .ok_or("no keys")?
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .ok_or("kid not in JWKS")?;
+    let coord = |c: &str| B64.decode(key[c].as_str().unwrap_or_default()).map_err(|e| e.to_string());
+    let (x, y) = (coord("x")?, coord("y")?);
+    let mut sec1 = vec![4u8];
+    sec1.extend_from_slice(&x);
+    sec1.extend_from_slice(&y);
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|e| e.to_string())?;
+    let sig = p256::ecdsa::Signature::from_slice(&B64.decode(s).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    vk.verify(format!("{h}.{p}").as_bytes(), &sig).map_err(|_| "signature does not verify".to_string())?;
+    serde_json::from_slice(&B64.decode(p).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+}
+
+/// Wait until `addr` accepts TCP connections.
+pub fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A directory under target/ for test tools (venvs, node packages).
+pub fn tools_dir(name: &str) -> PathBuf {
+    let d = target_dir().join("test-tools").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -7,14 +7,9 @@
 //! cargo xtask bench host                 benchmark the host daemon against nginx
 //! ```
 
-mod config;
-
 use std::path::{Path, PathBuf};
+use xtask::{config, root};
 use std::process::{Command, ExitCode};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
 
 fn usage() -> ExitCode {
     eprintln!(

@@ -1,0 +1,1 @@
+//! HTTP contract cases (filled in next).
