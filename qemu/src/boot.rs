@@ -1,0 +1,158 @@
+//! From QEMU's PVH entry to Rust.
+//!
+//! QEMU (`-kernel`, QEMU >= 4.0) loads this ELF at its link address (1 MiB, see `linker.ld`) and,
+//! because of the `XEN_ELFNOTE_PHYS32_ENTRY` note below, jumps to `pvh_start32` in 32-bit
+//! protected mode with paging off and `ebx` pointing at an `hvm_start_info`. The trampoline:
+//!
+//! 1. zeroes `.bss` (page tables, stack, every static of the image);
+//! 2. identity-maps the first 4 GiB with 2 MiB pages (RAM and the PCI BARs near 4 GiB);
+//! 3. enables PAE, long mode and paging, loads a 64-bit GDT and far-returns into 64-bit code;
+//! 4. sets up a stack of [`STACK_SIZE`] bytes and calls `imds_boot_main(start_info)`.
+//!
+//! Interrupts stay off for the whole run (the agent polls), so no IDT is installed; a fault
+//! triple-faults and QEMU resets (no reboot loop: the profiles pass `-no-reboot`).
+
+/// Boot stack (in `.bss`).
+pub const STACK_SIZE: usize = 256 * 1024;
+
+/// `hvm_start_info.magic` (Xen's `XEN_HVM_START_MAGIC_VALUE`).
+pub const HVM_START_MAGIC: u32 = 0x336e_c578;
+
+core::arch::global_asm!(
+    r#"
+    /* PVH entry point note: type 18 (XEN_ELFNOTE_PHYS32_ENTRY), name "Xen", 8-byte address. */
+    .section .note.Xen, "a", @note
+    .p2align 2
+    .long 4
+    .long 8
+    .long 18
+    .asciz "Xen"
+    .p2align 2
+    .quad pvh_start32
+    .p2align 2
+
+    .section .text.boot32, "ax", @progbits
+    .code32
+    .global pvh_start32
+pvh_start32:
+    cli
+    cld
+    mov esi, ebx                    /* hvm_start_info, kept for Rust */
+
+    /* Zero .bss. */
+    mov edi, offset __bss_start
+    mov ecx, offset __bss_end
+    sub ecx, edi
+    shr ecx, 2
+    xor eax, eax
+    rep stosd
+    mov esp, offset boot_stack_top  /* PVH leaves esp undefined */
+
+    /* PML4[0] -> PDPT. */
+    mov eax, offset boot_pdpt
+    or eax, 0x3
+    mov edi, offset boot_pml4
+    mov [edi], eax
+
+    /* PDPT[0..4] -> the four page directories. */
+    mov eax, offset boot_pd
+    or eax, 0x3
+    mov edi, offset boot_pdpt
+    mov ecx, 4
+.Lfill_pdpt:
+    mov [edi], eax
+    add eax, 0x1000
+    add edi, 8
+    dec ecx
+    jnz .Lfill_pdpt
+
+    /* 2048 x 2 MiB pages: present | writable | page size. */
+    mov eax, 0x83
+    mov edi, offset boot_pd
+    mov ecx, 2048
+.Lfill_pd:
+    mov [edi], eax
+    add eax, 0x200000
+    add edi, 8
+    dec ecx
+    jnz .Lfill_pd
+
+    /* Paging structures, PAE, long mode, paging. */
+    mov eax, offset boot_pml4
+    mov cr3, eax
+    mov eax, cr4
+    or eax, 0x20                    /* CR4.PAE */
+    mov cr4, eax
+    mov ecx, 0xC0000080             /* IA32_EFER */
+    rdmsr
+    or eax, 0x100                   /* EFER.LME */
+    wrmsr
+    mov eax, cr0
+    or eax, 0x80000001              /* CR0.PG | CR0.PE */
+    mov cr0, eax
+
+    mov eax, offset boot_gdt_ptr
+    lgdt [eax]
+    push 0x08                       /* 64-bit code segment */
+    mov eax, offset pvh_start64
+    push eax
+    retf
+
+    .code64
+pvh_start64:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov fs, ax
+    mov gs, ax
+    lea rsp, [rip + boot_stack_top]
+    xor ebp, ebp
+    mov edi, esi                    /* first argument: hvm_start_info (32-bit address) */
+    call imds_boot_main
+.Lhang:
+    cli
+    hlt
+    jmp .Lhang
+
+    .section .rodata.boot_gdt, "a", @progbits
+    .p2align 3
+boot_gdt:
+    .quad 0
+    .quad 0x00AF9A000000FFFF        /* 0x08: code, 64-bit, present, ring 0 */
+    .quad 0x00CF92000000FFFF        /* 0x10: data, writable, present */
+boot_gdt_end:
+    .p2align 2
+boot_gdt_ptr:
+    .short boot_gdt_end - boot_gdt - 1
+    .long boot_gdt
+
+    .section .bss.boot_tables, "aw", @nobits
+    .p2align 12
+boot_pml4:
+    .skip 0x1000
+boot_pdpt:
+    .skip 0x1000
+boot_pd:
+    .skip 0x4000
+
+    .section .bss.boot_stack, "aw", @nobits
+    .p2align 12
+boot_stack:
+    .skip {stack_size}
+boot_stack_top:
+    "#,
+    stack_size = const STACK_SIZE,
+);
+
+/// Whether `start_info` (from `ebx` at entry) points at a PVH `hvm_start_info`.
+pub fn pvh_magic_ok(start_info: u32) -> bool {
+    if start_info == 0 || start_info % 4 != 0 {
+        return false;
+    }
+    // SAFETY: the address is below 4 GiB (a u32), hence identity-mapped, non-null and 4-byte
+    // aligned; QEMU's PVH loader puts the structure in RAM. A volatile read of one u32 of RAM
+    // has no side effect.
+    let magic = unsafe { core::ptr::read_volatile(start_info as usize as *const u32) };
+    magic == HVM_START_MAGIC
+}

@@ -1,0 +1,119 @@
+//! The boot sequence: machine backends from `imds-hal`, the agent core from `imds-agent`.
+
+use core::fmt::Write;
+
+use imds_agent::config::Config;
+use imds_agent::limits::CONFIG_MAX;
+use imds_hal::x86_64::clock::{Calibration, TscClock};
+use imds_hal::x86_64::exit::exit;
+use imds_hal::x86_64::fw_cfg::{FwCfgConfig, CONFIG_FILE};
+use imds_hal::x86_64::rdrand::Rdrand;
+use imds_hal::x86_64::serial::Serial;
+use imds_hal::x86_64::virtio_net;
+use imds_hal::{Clock, ConfigSource, ConfigSourceError, Entropy};
+
+use crate::boot;
+use crate::exit_code;
+
+/// Rust entry point, called by the boot trampoline with the PVH `hvm_start_info` address.
+#[no_mangle]
+pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
+    let mut log = Serial::init_com1();
+    let _ = writeln!(
+        log,
+        "imds-agent: unikernel {} booting",
+        env!("CARGO_PKG_VERSION")
+    );
+    if !boot::pvh_magic_ok(start_info) {
+        let _ = writeln!(
+            log,
+            "imds-agent: fatal: not started through PVH (start info at {start_info:#x}); boot with qemu -kernel"
+        );
+        exit(exit_code::BAD_BOOT);
+    }
+
+    let mut entropy = Rdrand::new();
+    let mut probe = [0u8; 8];
+    if !entropy.available() || entropy.fill(&mut probe).is_err() {
+        let _ = writeln!(
+            log,
+            "imds-agent: fatal: no secure entropy source (RDRAND); refusing to start"
+        );
+        exit(exit_code::NO_ENTROPY);
+    }
+
+    let clock = TscClock::init();
+    let _ = writeln!(
+        log,
+        "imds-agent: clock: TSC {} MHz ({}), wall {} s since the epoch",
+        clock.tsc_hz() / 1_000_000,
+        match clock.calibration() {
+            Calibration::Pit => "PIT-calibrated",
+            Calibration::Fallback => "PIT unavailable, approximate",
+        },
+        clock.unix_time_s()
+    );
+
+    let config = load_config(&mut log);
+    let _ = writeln!(
+        log,
+        "imds-agent: config: {} identities, tenant {}",
+        config.identities.len(),
+        config.tenant_id
+    );
+
+    let nic = match virtio_net::probe() {
+        Ok(nic) => nic,
+        Err(e) => {
+            let _ = writeln!(log, "imds-agent: fatal: network: {e}");
+            exit(exit_code::NIC);
+        }
+    };
+    let mac = nic.mac();
+    let _ = writeln!(
+        log,
+        "imds-agent: virtio-net up, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} ({} ms since boot)",
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5],
+        clock.monotonic_us() / 1000
+    );
+
+    crate::trivial::serve(nic, &clock, &mut entropy, &config, &mut log)
+}
+
+/// Read and parse the configuration, or stop the machine saying why.
+fn load_config(log: &mut Serial) -> Config {
+    let mut buf = [0u8; CONFIG_MAX];
+    let doc = match FwCfgConfig.read_config(&mut buf) {
+        Ok(doc) => doc,
+        Err(ConfigSourceError::Missing) => {
+            let _ = writeln!(
+                log,
+                "imds-agent: fatal: no configuration: pass it with -fw_cfg name={CONFIG_FILE},file=<config.json>"
+            );
+            exit(exit_code::CONFIG_MISSING);
+        }
+        Err(e) => {
+            let _ = writeln!(log, "imds-agent: fatal: fw_cfg {CONFIG_FILE}: {e}");
+            exit(exit_code::CONFIG_MISSING);
+        }
+    };
+    match Config::parse(doc) {
+        Ok(config) => config,
+        Err(e) => {
+            let _ = writeln!(log, "imds-agent: fatal: {e}");
+            exit(exit_code::CONFIG_INVALID);
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let mut log = Serial::com1();
+    let _ = writeln!(log, "imds-agent: panic: {info}");
+    exit(exit_code::PANIC)
+}
