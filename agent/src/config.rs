@@ -5,6 +5,9 @@
 //! Secret material (the signing key PEM) is unescaped into a scratch buffer that is zeroized
 //! before this module returns.
 
+// Errors carry the field path inline: the core has no heap to box them in.
+#![allow(clippy::result_large_err)]
+
 use crate::limits::{
     CONFIG_STRING_MAX, MAX_IDENTITIES, MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
 };
@@ -148,7 +151,10 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::Syntax { at: Some(p), detail } => {
+            ConfigError::Syntax {
+                at: Some(p),
+                detail,
+            } => {
                 write!(f, "config: field `{p}`: {detail}")
             }
             ConfigError::Syntax { at: None, detail } => write!(f, "config: {detail}"),
@@ -452,9 +458,11 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
                     map.next_value::<de::IgnoredAny>()?;
                 }
                 other => {
-                    t.unknown
-                        .borrow_mut()
-                        .get_or_insert(FieldPath::nested("identities", Some(i), other));
+                    t.unknown.borrow_mut().get_or_insert(FieldPath::nested(
+                        "identities",
+                        Some(i),
+                        other,
+                    ));
                     map.next_value::<de::IgnoredAny>()?;
                 }
             }
@@ -509,13 +517,16 @@ pub fn parse_signing_key(pem: &str) -> Result<p256::ecdsa::SigningKey, &'static 
         if label != "PRIVATE KEY" {
             return Err("must be a PKCS#8 PEM (-----BEGIN PRIVATE KEY-----)");
         }
-        p256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(|_| "is not a PKCS#8 P-256 private key")
+        p256::ecdsa::SigningKey::from_pkcs8_der(der)
+            .map_err(|_| "is not a PKCS#8 P-256 private key")
     })();
     der.zeroize();
     result
 }
 
-fn validate_identities(raw: &Raw) -> Result<heapless::Vec<IdentityConfig, MAX_IDENTITIES>, ConfigError> {
+fn validate_identities(
+    raw: &Raw,
+) -> Result<heapless::Vec<IdentityConfig, MAX_IDENTITIES>, ConfigError> {
     let list = raw
         .identities
         .as_ref()
@@ -708,7 +719,10 @@ impl Config {
             let legacy = match l.and_then(|l| l.legacy.as_ref()) {
                 Some(Some(a)) => Some(socket_addr(a, FieldPath::nested("listen", None, "legacy"))?),
                 Some(None) => None,
-                None => Some(socket_addr(DEFAULT_LEGACY_LISTEN, FieldPath::top("listen"))?),
+                None => Some(socket_addr(
+                    DEFAULT_LEGACY_LISTEN,
+                    FieldPath::top("listen"),
+                )?),
             };
             ListenConfig { imds, legacy }
         };
@@ -801,11 +815,17 @@ pub(crate) mod tests {
             err(&doc(r#""token_lifetime_s":5,"#, SYS)).as_str(),
             "config: field `token_lifetime_s`: must be between 600 (10 minutes) and 604800 (7 days)"
         );
-        assert!(err(&doc(r#""tokn_lifetime_s":5,"#, SYS)).contains("unknown field `tokn_lifetime_s`"));
+        assert!(
+            err(&doc(r#""tokn_lifetime_s":5,"#, SYS)).contains("unknown field `tokn_lifetime_s`")
+        );
         let bad_guid = USER1.replace("12222222-2222", "zz");
-        assert!(err(&doc("", &bad_guid)).starts_with("config: field `identities[0].client_id`: must be a GUID"));
+        assert!(err(&doc("", &bad_guid))
+            .starts_with("config: field `identities[0].client_id`: must be a GUID"));
         let no_kind = USER1.replace(r#""kind":"user","#, "");
-        assert_eq!(err(&doc("", &no_kind)).as_str(), "config: field `identities[0].kind` is required");
+        assert_eq!(
+            err(&doc("", &no_kind)).as_str(),
+            "config: field `identities[0].kind` is required"
+        );
         assert!(err(&doc("", &[SYS, SYS].join(","))).contains("identities[1]"));
         assert!(err(&doc(r#""listen":{"imds":"nope"},"#, SYS)).contains("`listen.imds`"));
         assert!(err(&doc(r#""network":{"address":"1.2.3.4"},"#, SYS)).contains("`network.address`"));
@@ -839,7 +859,10 @@ pub(crate) mod tests {
         let doc_ok = std::format!(
             "{{\"tenant_id\":\"72f988bf-86f1-41af-91ab-2d7cd011db47\",\"signing_key\":\"{TEST_KEY_PEM}\",\"identities\":[{ok}]}}"
         );
-        assert_eq!(Config::parse(doc_ok.as_bytes()).unwrap().identities.len(), MAX_USER_IDENTITIES);
+        assert_eq!(
+            Config::parse(doc_ok.as_bytes()).unwrap().identities.len(),
+            MAX_USER_IDENTITIES
+        );
     }
 
     #[test]

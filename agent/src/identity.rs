@@ -25,7 +25,10 @@ impl<'a> Selector<'a> {
         let candidates = [
             ("client_id", p.get("client_id").map(Selector::ClientId)),
             ("object_id", p.get("object_id").map(Selector::ObjectId)),
-            ("principal_id", p.get("principal_id").map(Selector::ObjectId)),
+            (
+                "principal_id",
+                p.get("principal_id").map(Selector::ObjectId),
+            ),
             ("msi_res_id", p.get("msi_res_id").map(Selector::ResourceId)),
             ("mi_res_id", p.get("mi_res_id").map(Selector::ResourceId)),
         ];
@@ -149,7 +152,10 @@ mod tests {
             s
         };
         let mut rid = heapless::String::new();
-        let _ = core::fmt::write(&mut rid, format_args!("/subscriptions/s/resourceGroups/RG/providers/x/id{n}"));
+        let _ = core::fmt::write(
+            &mut rid,
+            format_args!("/subscriptions/s/resourceGroups/RG/providers/x/id{n}"),
+        );
         IdentityConfig {
             kind,
             client_id: g('a'),
@@ -172,34 +178,73 @@ mod tests {
         let sys = ident(IdentityKind::System, 0);
         let u1 = ident(IdentityKind::User, 1);
         let u2 = ident(IdentityKind::User, 2);
-        assert_eq!(store(&[u1.clone(), sys.clone(), u2.clone()]).select(Selector::Default), Ok(1));
-        assert_eq!(store(&[u1.clone()]).select(Selector::Default), Ok(0));
+        assert_eq!(
+            store(&[u1.clone(), sys.clone(), u2.clone()]).select(Selector::Default),
+            Ok(1)
+        );
+        assert_eq!(store(core::slice::from_ref(&u1)).select(Selector::Default), Ok(0));
         assert_eq!(
             store(&[u1.clone(), u2.clone()]).select(Selector::Default),
             Err(SelectError::MultipleUserAssigned)
         );
-        assert_eq!(store(&[]).select(Selector::Default), Err(SelectError::NotFound));
+        assert_eq!(
+            store(&[]).select(Selector::Default),
+            Err(SelectError::NotFound)
+        );
     }
 
     #[test]
     fn selectors_and_aliases() {
-        let s = store(&[ident(IdentityKind::System, 0), ident(IdentityKind::User, 1), ident(IdentityKind::User, 2)]);
+        let s = store(&[
+            ident(IdentityKind::System, 0),
+            ident(IdentityKind::User, 1),
+            ident(IdentityKind::User, 2),
+        ]);
         let mut b = [0u8; 512];
         let c = sel(b"client_id=A0000000-0000-0000-0000-000000000002", &mut b).unwrap();
         assert_eq!(s.select(c), Ok(2), "GUIDs compare case-insensitively");
         let mut b = [0u8; 512];
-        assert_eq!(s.select(sel(b"object_id=b0000000-0000-0000-0000-000000000001", &mut b).unwrap()), Ok(1));
+        assert_eq!(
+            s.select(sel(b"object_id=b0000000-0000-0000-0000-000000000001", &mut b).unwrap()),
+            Ok(1)
+        );
         let mut b = [0u8; 512];
-        assert_eq!(s.select(sel(b"principal_id=b0000000-0000-0000-0000-000000000001", &mut b).unwrap()), Ok(1));
+        assert_eq!(
+            s.select(sel(b"principal_id=b0000000-0000-0000-0000-000000000001", &mut b).unwrap()),
+            Ok(1)
+        );
         let mut b = [0u8; 512];
-        let r = sel(b"msi_res_id=%2Fsubscriptions%2Fs%2FresourceGroups%2Frg%2Fproviders%2Fx%2Fid2", &mut b).unwrap();
-        assert_eq!(s.select(r), Ok(2), "resource ids compare case-insensitively");
+        let r = sel(
+            b"msi_res_id=%2Fsubscriptions%2Fs%2FresourceGroups%2Frg%2Fproviders%2Fx%2Fid2",
+            &mut b,
+        )
+        .unwrap();
+        assert_eq!(
+            s.select(r),
+            Ok(2),
+            "resource ids compare case-insensitively"
+        );
         let mut b = [0u8; 512];
-        assert_eq!(s.select(sel(b"mi_res_id=/subscriptions/s/resourceGroups/rg/providers/x/id0", &mut b).unwrap()), Ok(0));
+        assert_eq!(
+            s.select(
+                sel(
+                    b"mi_res_id=/subscriptions/s/resourceGroups/rg/providers/x/id0",
+                    &mut b
+                )
+                .unwrap()
+            ),
+            Ok(0)
+        );
         let mut b = [0u8; 512];
-        assert_eq!(s.select(sel(b"client_id=c0000000-0000-0000-0000-000000000009", &mut b).unwrap()), Err(SelectError::NotFound));
+        assert_eq!(
+            s.select(sel(b"client_id=c0000000-0000-0000-0000-000000000009", &mut b).unwrap()),
+            Err(SelectError::NotFound)
+        );
         let mut b = [0u8; 512];
-        assert_eq!(s.select(sel(b"client_id=", &mut b).unwrap()), Err(SelectError::NotFound));
+        assert_eq!(
+            s.select(sel(b"client_id=", &mut b).unwrap()),
+            Err(SelectError::NotFound)
+        );
     }
 
     #[test]

@@ -25,13 +25,48 @@ pub enum Listener {
 
 /// IMDS api-versions the agent accepts (every published one; token endpoint: from 2018-02-01).
 pub const API_VERSIONS: &[&str] = &[
-    "2017-03-01", "2017-04-02", "2017-08-01", "2017-10-01", "2017-12-01", "2018-02-01",
-    "2018-04-02", "2018-10-01", "2019-02-01", "2019-03-11", "2019-04-30", "2019-06-01",
-    "2019-06-04", "2019-08-01", "2019-08-15", "2019-11-01", "2020-06-01", "2020-07-15",
-    "2020-09-01", "2020-10-01", "2020-12-01", "2021-01-01", "2021-02-01", "2021-03-01",
-    "2021-05-01", "2021-08-01", "2021-10-01", "2021-11-01", "2021-11-15", "2021-12-13",
-    "2022-02-01", "2022-03-01", "2022-05-01", "2022-07-01", "2022-08-01", "2022-09-01",
-    "2022-11-01", "2023-07-01", "2023-11-15", "2024-03-15", "2024-07-17", "2025-04-07",
+    "2017-03-01",
+    "2017-04-02",
+    "2017-08-01",
+    "2017-10-01",
+    "2017-12-01",
+    "2018-02-01",
+    "2018-04-02",
+    "2018-10-01",
+    "2019-02-01",
+    "2019-03-11",
+    "2019-04-30",
+    "2019-06-01",
+    "2019-06-04",
+    "2019-08-01",
+    "2019-08-15",
+    "2019-11-01",
+    "2020-06-01",
+    "2020-07-15",
+    "2020-09-01",
+    "2020-10-01",
+    "2020-12-01",
+    "2021-01-01",
+    "2021-02-01",
+    "2021-03-01",
+    "2021-05-01",
+    "2021-08-01",
+    "2021-10-01",
+    "2021-11-01",
+    "2021-11-15",
+    "2021-12-13",
+    "2022-02-01",
+    "2022-03-01",
+    "2022-05-01",
+    "2022-07-01",
+    "2022-08-01",
+    "2022-09-01",
+    "2022-11-01",
+    "2023-07-01",
+    "2023-11-15",
+    "2024-03-15",
+    "2024-07-17",
+    "2025-04-07",
 ];
 /// First api-version of the managed-identity token endpoint.
 pub const TOKEN_MIN_API_VERSION: &str = "2018-02-01";
@@ -265,7 +300,12 @@ pub fn handle<E: Entropy>(
                 #[serde(rename = "tenantId")]
                 tenant_id: &'a str,
             }
-            reply.json(200, &Info { tenant_id: &agent.tenant_id });
+            reply.json(
+                200,
+                &Info {
+                    tenant_id: &agent.tenant_id,
+                },
+            );
         }
     } else if path_is(path, "/metadata/versions") {
         if metadata_checks(req, reply, false) {
@@ -274,7 +314,12 @@ pub fn handle<E: Entropy>(
                 #[serde(rename = "apiVersions")]
                 api_versions: &'a [&'a str],
             }
-            reply.json(200, &Versions { api_versions: API_VERSIONS });
+            reply.json(
+                200,
+                &Versions {
+                    api_versions: API_VERSIONS,
+                },
+            );
         }
     } else if path_is(path, "/.well-known/openid-configuration") {
         if get_only(req, reply) {
@@ -296,7 +341,11 @@ fn get_only(req: &Request<'_>, reply: &mut Reply) -> bool {
         true
     } else {
         reply.allow = Some("GET, HEAD");
-        reply.error(405, "method_not_allowed", "The requested method is not allowed");
+        reply.error(
+            405,
+            "method_not_allowed",
+            "The requested method is not allowed",
+        );
         false
     }
 }
@@ -326,7 +375,9 @@ fn metadata_checks(req: &Request<'_>, reply: &mut Reply, need_api_version: bool)
                 return false;
             }
             Some(v) if !API_VERSIONS.contains(&v) => {
-                reply.api_version_error("Bad request. api-version is invalid or was not specified in the request.");
+                reply.api_version_error(
+                    "Bad request. api-version is invalid or was not specified in the request.",
+                );
                 return false;
             }
             Some(_) => {}
@@ -359,18 +410,21 @@ fn token_endpoint<E: Entropy>(
     endpoint: Endpoint,
 ) {
     // 1. Method.
-    let allowed = match (endpoint, req.method) {
-        (_, Method::Get | Method::Head) => true,
-        (Endpoint::Legacy, Method::Post) => true,
-        _ => false,
-    };
+    let allowed = matches!(
+        (endpoint, req.method),
+        (_, Method::Get | Method::Head) | (Endpoint::Legacy, Method::Post)
+    );
     if !allowed {
         reply.allow = Some(if endpoint == Endpoint::Legacy {
             "GET, HEAD, POST"
         } else {
             "GET, HEAD"
         });
-        reply.error(405, "method_not_allowed", "The requested method is not allowed");
+        reply.error(
+            405,
+            "method_not_allowed",
+            "The requested method is not allowed",
+        );
         return;
     }
     // 2. Metadata header (fast path for SDK probes).
@@ -411,7 +465,9 @@ fn token_endpoint<E: Entropy>(
                 return;
             }
             Some(v) if !API_VERSIONS.contains(&v) || v < TOKEN_MIN_API_VERSION => {
-                reply.api_version_error("Bad request. api-version is invalid or was not specified in the request.");
+                reply.api_version_error(
+                    "Bad request. api-version is invalid or was not specified in the request.",
+                );
                 return;
             }
             Some(_) => {}
@@ -444,7 +500,11 @@ fn token_endpoint<E: Entropy>(
     };
     let index = match agent.identities.select(selector) {
         Ok(i) => i,
-        Err(e @ (SelectError::NotFound | SelectError::MultipleUserAssigned | SelectError::MultipleSelectors)) => {
+        Err(
+            e @ (SelectError::NotFound
+            | SelectError::MultipleUserAssigned
+            | SelectError::MultipleSelectors),
+        ) => {
             reply.bad_request(e.description());
             return;
         }
@@ -452,7 +512,9 @@ fn token_endpoint<E: Entropy>(
     let bypass = params
         .get("bypass_cache")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    serve_token(agent, index, resource, &params, selector, now, entropy, reply, bypass);
+    serve_token(
+        agent, index, resource, &params, selector, now, entropy, reply, bypass,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -513,7 +575,8 @@ fn write_token(
         token_type: "Bearer",
         client_id: &identity.client_id,
         object_id: matches!(selector, Selector::ObjectId(_)).then_some(identity.object_id.as_str()),
-        msi_res_id: matches!(selector, Selector::ResourceId(_)).then_some(identity.resource_id.as_str()),
+        msi_res_id: matches!(selector, Selector::ResourceId(_))
+            .then_some(identity.resource_id.as_str()),
     };
     reply.json(200, &body);
     if reply.status == 200 {
@@ -528,9 +591,9 @@ fn host_of<'r>(req: &Request<'r>) -> &'r str {
         .filter(|h| {
             !h.is_empty()
                 && h.len() <= 255
-                && h
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                })
         })
         .unwrap_or("169.254.169.254")
 }
@@ -540,7 +603,10 @@ fn discovery(agent: &Agent, req: &Request<'_>, reply: &mut Reply) {
     let mut jwks_uri: heapless::String<300> = heapless::String::new();
     let _ = write!(jwks_uri, "http://{host}/.well-known/jwks.json");
     let mut token_endpoint: heapless::String<300> = heapless::String::new();
-    let _ = write!(token_endpoint, "http://{host}/metadata/identity/oauth2/token");
+    let _ = write!(
+        token_endpoint,
+        "http://{host}/metadata/identity/oauth2/token"
+    );
     #[derive(Serialize)]
     struct Discovery<'a> {
         issuer: &'a str,
@@ -565,8 +631,18 @@ fn discovery(agent: &Agent, req: &Request<'_>, reply: &mut Reply) {
             id_token_signing_alg_values_supported: ["ES256"],
             token_endpoint_auth_methods_supported: ["none"],
             claims_supported: [
-                "aud", "iss", "iat", "nbf", "exp", "sub", "oid", "appid", "tid", "idtyp",
-                "xms_mirid", "uti",
+                "aud",
+                "iss",
+                "iat",
+                "nbf",
+                "exp",
+                "sub",
+                "oid",
+                "appid",
+                "tid",
+                "idtyp",
+                "xms_mirid",
+                "uti",
             ],
         },
     );

@@ -40,7 +40,8 @@ pub fn b64url_append<const N: usize>(
 ) -> Result<(), JoseError> {
     let start = out.len();
     let need = base64::encoded_len(data.len(), false).ok_or(JoseError::TooLarge)?;
-    out.resize(start + need, 0).map_err(|_| JoseError::TooLarge)?;
+    out.resize(start + need, 0)
+        .map_err(|_| JoseError::TooLarge)?;
     B64.encode_slice(data, &mut out[start..])
         .map_err(|_| JoseError::TooLarge)?;
     Ok(())
@@ -48,7 +49,9 @@ pub fn b64url_append<const N: usize>(
 
 /// Base64url-decode `data` into `out`, returning the decoded prefix.
 pub fn b64url_decode<'o>(data: &[u8], out: &'o mut [u8]) -> Result<&'o [u8], JoseError> {
-    let n = B64.decode_slice(data, out).map_err(|_| JoseError::Malformed)?;
+    let n = B64
+        .decode_slice(data, out)
+        .map_err(|_| JoseError::Malformed)?;
     Ok(&out[..n])
 }
 
@@ -122,7 +125,10 @@ pub fn verify_es256<'p>(
     key: &VerifyingKey,
     payload_buf: &'p mut [u8],
 ) -> Result<&'p [u8], JoseError> {
-    let dot1 = token.iter().position(|&b| b == b'.').ok_or(JoseError::Malformed)?;
+    let dot1 = token
+        .iter()
+        .position(|&b| b == b'.')
+        .ok_or(JoseError::Malformed)?;
     let dot2 = dot1
         + 1
         + token[dot1 + 1..]
@@ -156,7 +162,13 @@ mod tests {
     fn sign_then_verify_roundtrip_and_tamper() {
         let k = key();
         let mut out: heapless::Vec<u8, 1024> = heapless::Vec::new();
-        sign_es256(&k, br#"{"alg":"ES256","typ":"JWT"}"#, br#"{"aud":"x"}"#, &mut out).unwrap();
+        sign_es256(
+            &k,
+            br#"{"alg":"ES256","typ":"JWT"}"#,
+            br#"{"aud":"x"}"#,
+            &mut out,
+        )
+        .unwrap();
         let mut buf = [0u8; 256];
         let payload = verify_es256(&out, k.verifying_key(), &mut buf).unwrap();
         assert_eq!(payload, br#"{"aud":"x"}"#);
@@ -182,7 +194,10 @@ mod tests {
             x: heapless::String::try_from(x).unwrap(),
             y: heapless::String::try_from(y).unwrap(),
         };
-        assert_eq!(jwk.thumbprint().as_str(), "cn-I_WNMClehiVp51i_0VpOENW1upEerA8sEam5hn-s");
+        assert_eq!(
+            jwk.thumbprint().as_str(),
+            "cn-I_WNMClehiVp51i_0VpOENW1upEerA8sEam5hn-s"
+        );
     }
 
     #[test]

@@ -50,7 +50,10 @@ impl<'b> Params<'b> {
     /// First parameter name that occurs more than once, if any.
     pub fn duplicate(&self) -> Option<&'b str> {
         for (i, (a, _)) in self.entries.iter().enumerate() {
-            if self.entries[i + 1..].iter().any(|(b, _)| a.eq_ignore_ascii_case(b)) {
+            if self.entries[i + 1..]
+                .iter()
+                .any(|(b, _)| a.eq_ignore_ascii_case(b))
+            {
                 return Some(a);
             }
         }
@@ -176,12 +179,24 @@ mod tests {
     #[test]
     fn errors() {
         let mut buf = [0u8; 64];
-        assert_eq!(decode(b"a=%zz", &mut buf).unwrap_err(), QueryError::BadPercentEncoding);
-        assert_eq!(decode(b"a=%4", &mut buf).unwrap_err(), QueryError::BadPercentEncoding);
+        assert_eq!(
+            decode(b"a=%zz", &mut buf).unwrap_err(),
+            QueryError::BadPercentEncoding
+        );
+        assert_eq!(
+            decode(b"a=%4", &mut buf).unwrap_err(),
+            QueryError::BadPercentEncoding
+        );
         assert_eq!(decode(b"a=%ff", &mut buf).unwrap_err(), QueryError::NotUtf8);
         let mut small = [0u8; 4];
-        assert_eq!(decode(b"abc=def", &mut small).unwrap_err(), QueryError::TooLong);
+        assert_eq!(
+            decode(b"abc=def", &mut small).unwrap_err(),
+            QueryError::TooLong
+        );
         let many = b"a=1&a=1&a=1&a=1&a=1&a=1&a=1&a=1&a=1&a=1&a=1&a=1&a=1&a=1&a=1&a=1&a=1";
-        assert_eq!(decode(many, &mut buf).unwrap_err(), QueryError::TooManyParams);
+        assert_eq!(
+            decode(many, &mut buf).unwrap_err(),
+            QueryError::TooManyParams
+        );
     }
 }

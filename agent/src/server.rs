@@ -5,9 +5,9 @@
 //! and this buffer pair. `process` parses every complete request, asks the router, and queues
 //! the response; a request that cannot be read gets its 4xx answer and the connection closes.
 
-pub use crate::imds::{Agent, Listener, Reply};
 use crate::http::{self, HttpError, Parse, ResponseHead};
 use crate::imds;
+pub use crate::imds::{Agent, Listener, Reply};
 use crate::limits::{CONN_RX_BUF, CONN_TX_BUF, HEAD_DEADLINE_US, IDLE_TIMEOUT_US};
 use core::fmt::Write;
 use core::net::{IpAddr, Ipv4Addr};
@@ -133,7 +133,11 @@ impl Connection {
             enum Outcome {
                 Partial,
                 Failed(HttpError),
-                Answered { used: usize, keep_alive: bool, ok: bool },
+                Answered {
+                    used: usize,
+                    keep_alive: bool,
+                    ok: bool,
+                },
             }
             let outcome = match http::parse(&self.rx[..self.rx_filled]) {
                 Ok(Parse::Partial) => Outcome::Partial,
@@ -164,7 +168,11 @@ impl Connection {
                         self.reply.client_id.as_deref().unwrap_or("-"),
                         micros
                     );
-                    Outcome::Answered { used, keep_alive, ok }
+                    Outcome::Answered {
+                        used,
+                        keep_alive,
+                        ok,
+                    }
                 }
             };
             match outcome {
@@ -178,11 +186,19 @@ impl Connection {
                     self.answer_error(e, log);
                     break;
                 }
-                Outcome::Answered { used, keep_alive, ok } => {
+                Outcome::Answered {
+                    used,
+                    keep_alive,
+                    ok,
+                } => {
                     // Drop the request from the receive buffer (pipelined bytes move up).
                     self.rx.copy_within(used..self.rx_filled, 0);
                     self.rx_filled -= used;
-                    self.head_started_us = if self.rx_filled > 0 { Some(start_us) } else { None };
+                    self.head_started_us = if self.rx_filled > 0 {
+                        Some(start_us)
+                    } else {
+                        None
+                    };
                     if !ok {
                         self.tx.clear();
                         self.close_after_tx = true;
@@ -203,7 +219,8 @@ impl Connection {
         let mut desc: heapless::String<96> = heapless::String::new();
         let _ = write!(desc, "{e}");
         self.reply.clear();
-        self.reply.error(e.status(), imds::error_code(e.status()), &desc);
+        self.reply
+            .error(e.status(), imds::error_code(e.status()), &desc);
         let head = ResponseHead {
             status: self.reply.status,
             content_type: self.reply.content_type,

@@ -308,16 +308,23 @@ impl Issuer {
             kid: &self.kid,
         };
         let mut hbuf = [0u8; 128];
-        let hlen = serde_json_core::to_slice(&header, &mut hbuf).map_err(|_| MintError::TooLarge)?;
+        let hlen =
+            serde_json_core::to_slice(&header, &mut hbuf).map_err(|_| MintError::TooLarge)?;
         let mut cbuf = [0u8; TOKEN_MAX];
-        let clen = serde_json_core::to_slice(&claims, &mut cbuf).map_err(|_| MintError::TooLarge)?;
+        let clen =
+            serde_json_core::to_slice(&claims, &mut cbuf).map_err(|_| MintError::TooLarge)?;
         let mut token = Token {
             access_token: Secret::new(),
             not_before: now,
             expires_on: exp,
         };
-        let r = jose::sign_es256(&self.key, &hbuf[..hlen], &cbuf[..clen], token.access_token.buf_mut())
-            .map_err(|_| MintError::TooLarge);
+        let r = jose::sign_es256(
+            &self.key,
+            &hbuf[..hlen],
+            &cbuf[..clen],
+            token.access_token.buf_mut(),
+        )
+        .map_err(|_| MintError::TooLarge);
         cbuf.zeroize();
         r.map(|_| token)
     }
@@ -344,8 +351,14 @@ mod tests {
         c.insert(0, "https://r/", tok(10_000));
         assert!(c.get(0, "https://r/", 9_000).is_some());
         assert!(c.get(0, "https://r/", 9_699).is_some());
-        assert!(c.get(0, "https://r/", 9_700).is_none(), "at the margin: mint anew");
-        assert!(c.get(0, "https://r", 9_000).is_none(), "trailing slash is another resource");
+        assert!(
+            c.get(0, "https://r/", 9_700).is_none(),
+            "at the margin: mint anew"
+        );
+        assert!(
+            c.get(0, "https://r", 9_000).is_none(),
+            "trailing slash is another resource"
+        );
         assert!(c.get(1, "https://r/", 9_000).is_none(), "other identity");
         assert_eq!(c.insert(0, "https://r/", tok(20_000)), Insert::Replaced);
         assert_eq!(c.get(0, "https://r/", 9_700).unwrap().expires_on, 20_000);
@@ -398,11 +411,17 @@ mod tests {
         let key = p256::ecdsa::SigningKey::from_bytes(&[5u8; 32].into()).unwrap();
         let iss = Issuer::new(key, "https://sts.windows.net/t/", "t", 3600);
         let t = iss
-            .mint(&identity(), "https://management.azure.com/", 1_700_000_000, &mut Counter(0))
+            .mint(
+                &identity(),
+                "https://management.azure.com/",
+                1_700_000_000,
+                &mut Counter(0),
+            )
             .unwrap();
         assert_eq!(t.expires_on, 1_700_003_600);
         let mut buf = [0u8; 2048];
-        let payload = jose::verify_es256(t.access_token.as_bytes(), iss.verifying_key(), &mut buf).unwrap();
+        let payload =
+            jose::verify_es256(t.access_token.as_bytes(), iss.verifying_key(), &mut buf).unwrap();
         let s = core::str::from_utf8(payload).unwrap();
         for needle in [
             r#""aud":"https://management.azure.com/""#,
@@ -423,7 +442,14 @@ mod tests {
         let h = core::str::from_utf8(h).unwrap();
         assert!(h.contains(iss.kid()), "{h}");
         // Each token gets a distinct uti.
-        let t2 = iss.mint(&identity(), "https://management.azure.com/", 1_700_000_000, &mut Counter(50)).unwrap();
+        let t2 = iss
+            .mint(
+                &identity(),
+                "https://management.azure.com/",
+                1_700_000_000,
+                &mut Counter(50),
+            )
+            .unwrap();
         assert_ne!(t.access_token.as_str(), t2.access_token.as_str());
     }
 

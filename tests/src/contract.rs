@@ -2,7 +2,9 @@
 //! and the unikernel share them (see `contract_tests!`). Every case sends real bytes over a
 //! real socket and checks status, headers and JSON.
 
-use crate::{connect, get, raw, read_response, token_target, verify_with_jwks, DemoConfig, Response};
+use crate::{
+    connect, get, raw, read_response, token_target, verify_with_jwks, DemoConfig, Response,
+};
 use serde_json::Value;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -28,7 +30,12 @@ fn assert_error(r: &Response, status: u16, code: &str) {
     );
     let j = r.json();
     assert_eq!(j["error"], code, "body: {j}");
-    assert!(j["error_description"].as_str().is_some_and(|d| !d.is_empty()), "body: {j}");
+    assert!(
+        j["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "body: {j}"
+    );
 }
 
 fn jwks(t: &Target) -> Value {
@@ -40,17 +47,30 @@ fn jwks(t: &Target) -> Value {
 /// Check a success body field by field and return it.
 pub fn assert_token(t: &Target, r: &Response, resource: &str, client_id: &str) -> Value {
     assert_eq!(r.status, 200, "body: {}", r.text());
-    assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
     let j = r.json();
     for field in [
-        "access_token", "refresh_token", "expires_in", "expires_on", "ext_expires_in", "not_before",
-        "resource", "token_type", "client_id",
+        "access_token",
+        "refresh_token",
+        "expires_in",
+        "expires_on",
+        "ext_expires_in",
+        "not_before",
+        "resource",
+        "token_type",
+        "client_id",
     ] {
         assert!(j[field].is_string(), "{field} must be a JSON string: {j}");
     }
     for field in ["expires_in", "expires_on", "ext_expires_in", "not_before"] {
         let s = j[field].as_str().unwrap();
-        assert!(!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()), "{field} = {s:?}");
+        assert!(
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+            "{field} = {s:?}"
+        );
     }
     assert_eq!(j["token_type"], "Bearer");
     assert_eq!(j["resource"], resource, "resource is echoed byte for byte");
@@ -59,10 +79,20 @@ pub fn assert_token(t: &Target, r: &Response, resource: &str, client_id: &str) -
     let nbf: u64 = j["not_before"].as_str().unwrap().parse().unwrap();
     let expires_in: u64 = j["expires_in"].as_str().unwrap().parse().unwrap();
     assert!(exp > nbf);
-    assert!(expires_in > 300 && expires_in <= exp - nbf, "expires_in {expires_in}");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    assert!(exp.abs_diff(now + expires_in) <= 5, "expires_on agrees with expires_in and the clock");
-    let claims = verify_with_jwks(j["access_token"].as_str().unwrap(), &jwks(t)).expect("token verifies with the JWKS");
+    assert!(
+        expires_in > 300 && expires_in <= exp - nbf,
+        "expires_in {expires_in}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        exp.abs_diff(now + expires_in) <= 5,
+        "expires_on agrees with expires_in and the clock"
+    );
+    let claims = verify_with_jwks(j["access_token"].as_str().unwrap(), &jwks(t))
+        .expect("token verifies with the JWKS");
     assert_eq!(claims["aud"], resource);
     assert_eq!(claims["appid"], client_id);
     assert_eq!(claims["tid"], t.cfg.tenant_id.as_str());
@@ -71,7 +101,10 @@ pub fn assert_token(t: &Target, r: &Response, resource: &str, client_id: &str) -
 }
 
 fn system(t: &Target) -> &crate::Ident {
-    t.cfg.system.as_ref().expect("the demo has a system-assigned identity")
+    t.cfg
+        .system
+        .as_ref()
+        .expect("the demo has a system-assigned identity")
 }
 
 // ---- success --------------------------------------------------------------------------------
@@ -88,24 +121,44 @@ pub fn system_assigned_by_default(t: &Target) {
 
 pub fn user_assigned_by_each_selector(t: &Target) {
     let u = &t.cfg.users[0];
-    let r = get(t.imds, &token_target(MGMT, &format!("&client_id={}", u.client_id)), &[MD]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, &format!("&client_id={}", u.client_id)),
+        &[MD],
+    );
     assert_token(t, &r, MGMT, &u.client_id);
     let upper = u.client_id.to_uppercase();
-    let r = get(t.imds, &token_target(MGMT, &format!("&client_id={upper}")), &[MD]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, &format!("&client_id={upper}")),
+        &[MD],
+    );
     assert_token(t, &r, MGMT, &u.client_id);
     for sel in ["object_id", "principal_id"] {
-        let r = get(t.imds, &token_target(MGMT, &format!("&{sel}={}", u.object_id)), &[MD]);
+        let r = get(
+            t.imds,
+            &token_target(MGMT, &format!("&{sel}={}", u.object_id)),
+            &[MD],
+        );
         let j = assert_token(t, &r, MGMT, &u.client_id);
         assert_eq!(j["object_id"], u.object_id.as_str(), "object_id echoed");
     }
     for sel in ["msi_res_id", "mi_res_id"] {
         let rid = u.resource_id.to_lowercase();
-        let r = get(t.imds, &token_target(MGMT, &format!("&{sel}={}", crate::pct(&rid))), &[MD]);
+        let r = get(
+            t.imds,
+            &token_target(MGMT, &format!("&{sel}={}", crate::pct(&rid))),
+            &[MD],
+        );
         let j = assert_token(t, &r, MGMT, &u.client_id);
         assert_eq!(j["msi_res_id"], u.resource_id.as_str(), "msi_res_id echoed");
     }
     let u2 = &t.cfg.users[1];
-    let r = get(t.imds, &token_target(MGMT, &format!("&client_id={}", u2.client_id)), &[MD]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, &format!("&client_id={}", u2.client_id)),
+        &[MD],
+    );
     assert_token(t, &r, MGMT, &u2.client_id);
 }
 
@@ -117,21 +170,43 @@ pub fn header_and_path_variants(t: &Target) {
     }
     // msal-node: the whole URL lower-cased, a trailing slash, a Content-Type with no body.
     let target = "/metadata/identity/oauth2/token/?api-version=2019-08-01&resource=https://management.azure.com/";
-    assert_token(t, &get(t.imds, target, &[MD, "Content-Type: application/x-www-form-urlencoded"]), MGMT, sys);
+    assert_token(
+        t,
+        &get(
+            t.imds,
+            target,
+            &[MD, "Content-Type: application/x-www-form-urlencoded"],
+        ),
+        MGMT,
+        sys,
+    );
     let target = "/METADATA/identity/oauth2/token?api-version=2025-04-07&resource=https%3A%2F%2Fmanagement.azure.com%2F";
     assert_token(t, &get(t.imds, target, &[MD]), MGMT, sys);
     // Raw resource with bare ':' and '/', '+' as space.
-    let target = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net";
-    assert_token(t, &get(t.imds, target, &[MD]), "https://vault.azure.net", sys);
+    let target =
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net";
+    assert_token(
+        t,
+        &get(t.imds, target, &[MD]),
+        "https://vault.azure.net",
+        sys,
+    );
     let target = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=api://x+y";
     assert_token(t, &get(t.imds, target, &[MD]), "api://x y", sys);
     // Unknown parameters are ignored.
-    let r = get(t.imds, &token_target(MGMT, "&authority=x&xms_cc=cp1&token_sha256_to_refresh=ab"), &[MD]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, "&authority=x&xms_cc=cp1&token_sha256_to_refresh=ab"),
+        &[MD],
+    );
     assert_token(t, &r, MGMT, sys);
 }
 
 pub fn head_answers_without_body(t: &Target) {
-    let req = format!("HEAD {} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nConnection: close\r\n\r\n", token_target(MGMT, ""));
+    let req = format!(
+        "HEAD {} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nConnection: close\r\n\r\n",
+        token_target(MGMT, "")
+    );
     let r = raw(t.imds, req.as_bytes());
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
@@ -142,24 +217,46 @@ pub fn cache_and_bypass(t: &Target) {
     let a = get(t.imds, &token_target("https://cache.test/", ""), &[MD]).json();
     let b = get(t.imds, &token_target("https://cache.test/", ""), &[MD]).json();
     assert_eq!(a["access_token"], b["access_token"], "served from cache");
-    let c = get(t.imds, &token_target("https://cache.test/", "&bypass_cache=true"), &[MD]).json();
-    assert_ne!(a["access_token"], c["access_token"], "bypass_cache forces a fresh token");
+    let c = get(
+        t.imds,
+        &token_target("https://cache.test/", "&bypass_cache=true"),
+        &[MD],
+    )
+    .json();
+    assert_ne!(
+        a["access_token"], c["access_token"],
+        "bypass_cache forces a fresh token"
+    );
     let d = get(t.imds, &token_target("https://cache.test/", ""), &[MD]).json();
-    assert_eq!(c["access_token"], d["access_token"], "the fresh token replaced the cached one");
+    assert_eq!(
+        c["access_token"], d["access_token"],
+        "the fresh token replaced the cached one"
+    );
     // With and without a trailing slash are different resources, hence different tokens.
     let e = get(t.imds, &token_target("https://cache.test", ""), &[MD]).json();
     assert_eq!(e["resource"], "https://cache.test");
     assert_ne!(e["access_token"], d["access_token"]);
-    assert_eq!(crate::jwt_claims(e["access_token"].as_str().unwrap())["aud"], "https://cache.test");
+    assert_eq!(
+        crate::jwt_claims(e["access_token"].as_str().unwrap())["aud"],
+        "https://cache.test"
+    );
 }
 
 // ---- errors ---------------------------------------------------------------------------------
 
 pub fn metadata_header_required(t: &Target) {
-    for headers in [&[][..], &["Metadata: false"][..], &["Metadata: yes"][..], &["Metadata:"][..]] {
+    for headers in [
+        &[][..],
+        &["Metadata: false"][..],
+        &["Metadata: yes"][..],
+        &["Metadata:"][..],
+    ] {
         let r = get(t.imds, &token_target(MGMT, ""), headers);
         assert_error(&r, 400, "invalid_request");
-        assert_eq!(r.json()["error_description"], "Required metadata header not specified");
+        assert_eq!(
+            r.json()["error_description"],
+            "Required metadata header not specified"
+        );
     }
     // The probe every SDK sends: a bare GET without header.
     let r = get(t.imds, "/metadata/identity/oauth2/token", &[]);
@@ -167,9 +264,17 @@ pub fn metadata_header_required(t: &Target) {
 }
 
 pub fn proxied_requests_refused(t: &Target) {
-    let r = get(t.imds, &token_target(MGMT, ""), &[MD, "X-Forwarded-For: 10.0.0.1"]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, ""),
+        &[MD, "X-Forwarded-For: 10.0.0.1"],
+    );
     assert_error(&r, 400, "invalid_request");
-    let r = get(t.imds, &token_target(MGMT, ""), &[MD, "Forwarded: for=10.0.0.1"]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, ""),
+        &[MD, "Forwarded: for=10.0.0.1"],
+    );
     assert_error(&r, 400, "invalid_request");
 }
 
@@ -183,12 +288,26 @@ pub fn methods(t: &Target) {
 }
 
 pub fn api_version_rules(t: &Target) {
-    let base = format!("/metadata/identity/oauth2/token?resource={}", crate::pct(MGMT));
-    for q in ["", "&api-version=", "&api-version=2099-01-01", "&api-version=2017-12-01", "&api-version=latest"] {
+    let base = format!(
+        "/metadata/identity/oauth2/token?resource={}",
+        crate::pct(MGMT)
+    );
+    for q in [
+        "",
+        "&api-version=",
+        "&api-version=2099-01-01",
+        "&api-version=2017-12-01",
+        "&api-version=latest",
+    ] {
         let r = get(t.imds, &format!("{base}{q}"), &[MD]);
         assert_error(&r, 400, "invalid_request");
         let newest = r.json()["newest-versions"].clone();
-        assert!(newest.as_array().is_some_and(|a| a.iter().any(|v| v == "2025-04-07")), "{newest}");
+        assert!(
+            newest
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v == "2025-04-07")),
+            "{newest}"
+        );
     }
     for v in ["2018-02-01", "2019-08-01", "2021-02-01", "2025-04-07"] {
         let r = get(t.imds, &format!("{base}&api-version={v}"), &[MD]);
@@ -197,56 +316,113 @@ pub fn api_version_rules(t: &Target) {
 }
 
 pub fn resource_rules(t: &Target) {
-    let r = get(t.imds, "/metadata/identity/oauth2/token?api-version=2018-02-01", &[MD]);
+    let r = get(
+        t.imds,
+        "/metadata/identity/oauth2/token?api-version=2018-02-01",
+        &[MD],
+    );
     assert_error(&r, 400, "invalid_request");
-    let r = get(t.imds, "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=", &[MD]);
+    let r = get(
+        t.imds,
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=",
+        &[MD],
+    );
     assert_error(&r, 400, "invalid_request");
     let long = "x".repeat(imds_agent::limits::RESOURCE_MAX + 1);
     let r = get(t.imds, &token_target(&long, ""), &[MD]);
     assert_error(&r, 400, "invalid_request");
-    let r = get(t.imds, &token_target(MGMT, "&resource=https://other/"), &[MD]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, "&resource=https://other/"),
+        &[MD],
+    );
     assert_error(&r, 400, "invalid_request");
-    let r = get(t.imds, &token_target(MGMT, "&api-version=2018-02-01"), &[MD]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, "&api-version=2018-02-01"),
+        &[MD],
+    );
     assert_error(&r, 400, "invalid_request");
-    let r = get(t.imds, "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=%zz", &[MD]);
+    let r = get(
+        t.imds,
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=%zz",
+        &[MD],
+    );
     assert_error(&r, 400, "invalid_request");
 }
 
 pub fn selection_errors(t: &Target) {
     let u = &t.cfg.users[0];
-    let r = get(t.imds, &token_target(MGMT, &format!("&client_id={}&object_id={}", u.client_id, u.object_id)), &[MD]);
+    let r = get(
+        t.imds,
+        &token_target(
+            MGMT,
+            &format!("&client_id={}&object_id={}", u.client_id, u.object_id),
+        ),
+        &[MD],
+    );
     assert_error(&r, 400, "invalid_request");
-    let r = get(t.imds, &token_target(MGMT, &format!("&client_id={0}&client_id={0}", u.client_id)), &[MD]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, &format!("&client_id={0}&client_id={0}", u.client_id)),
+        &[MD],
+    );
     assert_error(&r, 400, "invalid_request");
-    let r = get(t.imds, &token_target(MGMT, "&client_id=00000000-0000-0000-0000-00000000dead"), &[MD]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, "&client_id=00000000-0000-0000-0000-00000000dead"),
+        &[MD],
+    );
     assert_error(&r, 400, "invalid_request");
     assert_eq!(r.json()["error_description"], "Identity not found");
-    let r = get(t.imds, &token_target(MGMT, "&msi_res_id=/subscriptions/nope"), &[MD]);
+    let r = get(
+        t.imds,
+        &token_target(MGMT, "&msi_res_id=/subscriptions/nope"),
+        &[MD],
+    );
     assert_eq!(r.json()["error_description"], "Identity not found");
 }
 
 pub fn neighbouring_endpoints(t: &Target) {
-    let r = get(t.imds, "/metadata/identity/getplatformmetadata?api-version=2025-04-07", &[MD]);
+    let r = get(
+        t.imds,
+        "/metadata/identity/getplatformmetadata?api-version=2025-04-07",
+        &[MD],
+    );
     assert_ne!(r.status, 200);
     assert_error(&r, 404, "not_found");
-    let r = get(t.imds, "/metadata/identity/info?api-version=2018-02-01", &[MD]);
+    let r = get(
+        t.imds,
+        "/metadata/identity/info?api-version=2018-02-01",
+        &[MD],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["tenantId"], t.cfg.tenant_id.as_str());
-    let r = get(t.imds, "/metadata/identity/info?api-version=2018-02-01", &[]);
+    let r = get(
+        t.imds,
+        "/metadata/identity/info?api-version=2018-02-01",
+        &[],
+    );
     assert_error(&r, 400, "invalid_request");
     let r = get(t.imds, "/metadata/identity/info", &[MD]);
     assert_error(&r, 400, "invalid_request");
     let r = get(t.imds, "/metadata/versions", &[MD]);
     assert_eq!(r.status, 200);
     let v = r.json();
-    assert!(v["apiVersions"].as_array().is_some_and(|a| a.iter().any(|x| x == "2018-02-01")));
+    assert!(v["apiVersions"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x == "2018-02-01")));
     let r = get(t.imds, "/no/such/path", &[MD]);
     assert_error(&r, 404, "not_found");
     let r = get(t.imds, "/.well-known/openid-configuration", &[]);
     assert_eq!(r.status, 200);
     let d = r.json();
-    assert!(d["issuer"].as_str().is_some_and(|i| i.contains(&t.cfg.tenant_id)));
-    assert!(d["jwks_uri"].as_str().is_some_and(|u| u.ends_with("/.well-known/jwks.json")));
+    assert!(d["issuer"]
+        .as_str()
+        .is_some_and(|i| i.contains(&t.cfg.tenant_id)));
+    assert!(d["jwks_uri"]
+        .as_str()
+        .is_some_and(|u| u.ends_with("/.well-known/jwks.json")));
     assert_eq!(d["id_token_signing_alg_values_supported"][0], "ES256");
     let keys = jwks(t);
     assert_eq!(keys["keys"][0]["kty"], "EC");
@@ -258,9 +434,17 @@ pub fn legacy_endpoint(t: &Target) {
     let u = &t.cfg.users[0];
     let target = format!("/oauth2/token?resource={}", crate::pct(MGMT));
     assert_token(t, &get(t.legacy, &target, &[MD]), MGMT, sys);
-    let r = get(t.legacy, &format!("{target}&client_id={}", u.client_id), &[MD]);
+    let r = get(
+        t.legacy,
+        &format!("{target}&client_id={}", u.client_id),
+        &[MD],
+    );
     assert_token(t, &r, MGMT, &u.client_id);
-    let r = get(t.legacy, &format!("{target}&object_id={}", u.object_id), &[MD]);
+    let r = get(
+        t.legacy,
+        &format!("{target}&object_id={}", u.object_id),
+        &[MD],
+    );
     assert_token(t, &r, MGMT, &u.client_id);
     // Form POST.
     let body = format!("resource={}&client_id={}", crate::pct(MGMT), u.client_id);
@@ -271,7 +455,11 @@ pub fn legacy_endpoint(t: &Target) {
     assert_token(t, &raw(t.legacy, req.as_bytes()), MGMT, &u.client_id);
     // Errors: no header, no resource, a POST that is not a form.
     assert_error(&get(t.legacy, &target, &[]), 400, "invalid_request");
-    assert_error(&get(t.legacy, "/oauth2/token", &[MD]), 400, "invalid_request");
+    assert_error(
+        &get(t.legacy, "/oauth2/token", &[MD]),
+        400,
+        "invalid_request",
+    );
     let req = "POST /oauth2/token HTTP/1.1\r\nHost: localhost\r\nMetadata: true\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
     assert_error(&raw(t.legacy, req.as_bytes()), 400, "invalid_request");
 }
@@ -284,24 +472,51 @@ pub fn unreadable_requests(t: &Target) {
     assert_error(&r, 400, "invalid_request");
     assert_eq!(r.header("connection"), Some("close"));
     let mut rest = Vec::new();
-    assert_eq!(std::io::Read::read_to_end(&mut s, &mut rest).unwrap_or(0), 0, "closed after the error");
+    assert_eq!(
+        std::io::Read::read_to_end(&mut s, &mut rest).unwrap_or(0),
+        0,
+        "closed after the error"
+    );
     // Header section too large: 431.
-    let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(imds_agent::limits::REQUEST_HEAD_MAX));
+    let big = format!(
+        "GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(imds_agent::limits::REQUEST_HEAD_MAX)
+    );
     assert_error(&raw(t.imds, big.as_bytes()), 431, "invalid_request");
     // URI too long: 414.
-    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(imds_agent::limits::REQUEST_TARGET_MAX + 10));
+    let long = format!(
+        "GET /{} HTTP/1.1\r\n\r\n",
+        "a".repeat(imds_agent::limits::REQUEST_TARGET_MAX + 10)
+    );
     assert_error(&raw(t.imds, long.as_bytes()), 414, "invalid_request");
     // Body too large: 413.
-    let req = format!("POST /oauth2/token HTTP/1.1\r\nContent-Length: {}\r\n\r\n", imds_agent::limits::REQUEST_BODY_MAX + 1);
+    let req = format!(
+        "POST /oauth2/token HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        imds_agent::limits::REQUEST_BODY_MAX + 1
+    );
     assert_error(&raw(t.legacy, req.as_bytes()), 413, "invalid_request");
     // Bad Content-Length, chunked bodies: 400.
-    assert_error(&raw(t.imds, b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400, "invalid_request");
-    assert_error(&raw(t.legacy, b"POST /oauth2/token HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400, "invalid_request");
+    assert_error(
+        &raw(t.imds, b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &raw(
+            t.legacy,
+            b"POST /oauth2/token HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        400,
+        "invalid_request",
+    );
 }
 
 pub fn keep_alive_and_pipelining(t: &Target) {
     let mut s = connect(t.imds);
-    let one = format!("GET {} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n", token_target(MGMT, ""));
+    let one = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n",
+        token_target(MGMT, "")
+    );
     for _ in 0..5 {
         s.write_all(one.as_bytes()).unwrap();
         let r = read_response(&mut s, false).unwrap();
@@ -311,7 +526,8 @@ pub fn keep_alive_and_pipelining(t: &Target) {
     // Three requests in one write, answered in order.
     let probe = "GET /metadata/identity/oauth2/token HTTP/1.1\r\nHost: x\r\n\r\n";
     let info = "GET /metadata/identity/info?api-version=2018-02-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n";
-    s.write_all(format!("{one}{probe}{info}").as_bytes()).unwrap();
+    s.write_all(format!("{one}{probe}{info}").as_bytes())
+        .unwrap();
     assert_eq!(read_response(&mut s, false).unwrap().status, 200);
     assert_eq!(read_response(&mut s, false).unwrap().status, 400);
     let r = read_response(&mut s, false).unwrap();
@@ -323,7 +539,14 @@ pub fn keep_alive_and_pipelining(t: &Target) {
     }
     assert_eq!(read_response(&mut s, false).unwrap().status, 200);
     // HTTP/1.0 without keep-alive closes.
-    let r = raw(t.imds, format!("GET {} HTTP/1.0\r\nMetadata: true\r\n\r\n", token_target(MGMT, "")).as_bytes());
+    let r = raw(
+        t.imds,
+        format!(
+            "GET {} HTTP/1.0\r\nMetadata: true\r\n\r\n",
+            token_target(MGMT, "")
+        )
+        .as_bytes(),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("connection"), Some("close"));
 }
@@ -338,7 +561,10 @@ pub fn concurrent_clients(t: &Target, clients: usize, requests: usize) {
                 let mut s = connect(addr);
                 for j in 0..requests {
                     let resource = format!("https://concurrent.test/{}", (i + j) % 4);
-                    let req = format!("GET {} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n", token_target(&resource, ""));
+                    let req = format!(
+                        "GET {} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n",
+                        token_target(&resource, "")
+                    );
                     s.write_all(req.as_bytes()).unwrap();
                     let r = read_response(&mut s, false).unwrap();
                     assert_eq!(r.status, 200, "{}", r.text());

@@ -4,6 +4,7 @@
 //! the unikernel under QEMU) through the [`Target`] they are given.
 
 pub mod contract;
+pub mod sdk;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -39,7 +40,10 @@ pub struct DemoConfig {
 impl DemoConfig {
     /// The standard demo (1 system-assigned + 2 user-assigned), written under target/test-configs.
     pub fn new(name: &str) -> DemoConfig {
-        Self::from_json(name, xtask::config::demo("127.0.0.1:0", Some("127.0.0.1:0")))
+        Self::from_json(
+            name,
+            xtask::config::demo("127.0.0.1:0", Some("127.0.0.1:0")),
+        )
     }
 
     /// A config from a JSON document (e.g. the demo with identities changed).
@@ -79,7 +83,14 @@ pub fn daemon_binary() -> PathBuf {
     BIN.get_or_init(|| {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root())
-            .args(["build", "--quiet", "-p", "imds-agent", "--bin", "imds-agent"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "imds-agent",
+                "--bin",
+                "imds-agent",
+            ])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the daemon failed");
@@ -99,7 +110,10 @@ pub struct Daemon {
 impl Daemon {
     /// Start the daemon on free loopback ports and wait until it listens.
     pub fn start(config: &DemoConfig) -> Daemon {
-        Self::start_with(config, &["--listen", "127.0.0.1:0", "--legacy-listen", "127.0.0.1:0"])
+        Self::start_with(
+            config,
+            &["--listen", "127.0.0.1:0", "--legacy-listen", "127.0.0.1:0"],
+        )
     }
 
     pub fn start_with(config: &DemoConfig, args: &[&str]) -> Daemon {
@@ -157,7 +171,10 @@ impl Daemon {
 
     /// Send SIGTERM and wait for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
@@ -192,8 +209,12 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -216,10 +237,17 @@ pub fn read_response(stream: &mut impl Read, head_only: bool) -> std::io::Result
     let head = String::from_utf8_lossy(&buf).into_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let headers: Vec<(String, String)> = lines
         .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_string(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        })
         .collect();
     let len: usize = headers
         .iter()
@@ -228,7 +256,11 @@ pub fn read_response(stream: &mut impl Read, head_only: bool) -> std::io::Result
         .unwrap_or(0);
     let mut body = vec![0u8; if head_only { 0 } else { len }];
     stream.read_exact(&mut body)?;
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Connect with a timeout suited to tests.
@@ -269,7 +301,9 @@ pub fn token_target(resource: &str, extra: &str) -> String {
 pub fn pct(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -285,8 +319,13 @@ pub fn jwt_claims(token: &str) -> Value {
 pub fn verify_with_jwks(token: &str, jwks: &Value) -> Result<Value, String> {
     use p256::ecdsa::signature::Verifier;
     let mut parts = token.split('.');
-    let (h, p, s) = (parts.next().ok_or("no header")?, parts.next().ok_or("no payload")?, parts.next().ok_or("no signature")?);
-    let header: Value = serde_json::from_slice(&B64.decode(h).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let (h, p, s) = (
+        parts.next().ok_or("no header")?,
+        parts.next().ok_or("no payload")?,
+        parts.next().ok_or("no signature")?,
+    );
+    let header: Value = serde_json::from_slice(&B64.decode(h).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     if header["alg"] != "ES256" {
         return Err(format!("alg is {}", header["alg"]));
     }
@@ -297,14 +336,19 @@ pub fn verify_with_jwks(token: &str, jwks: &Value) -> Result<Value, String> {
         .iter()
         .find(|k| k["kid"] == kid)
         .ok_or("kid not in JWKS")?;
-    let coord = |c: &str| B64.decode(key[c].as_str().unwrap_or_default()).map_err(|e| e.to_string());
+    let coord = |c: &str| {
+        B64.decode(key[c].as_str().unwrap_or_default())
+            .map_err(|e| e.to_string())
+    };
     let (x, y) = (coord("x")?, coord("y")?);
     let mut sec1 = vec![4u8];
     sec1.extend_from_slice(&x);
     sec1.extend_from_slice(&y);
     let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|e| e.to_string())?;
-    let sig = p256::ecdsa::Signature::from_slice(&B64.decode(s).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    vk.verify(format!("{h}.{p}").as_bytes(), &sig).map_err(|_| "signature does not verify".to_string())?;
+    let sig = p256::ecdsa::Signature::from_slice(&B64.decode(s).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    vk.verify(format!("{h}.{p}").as_bytes(), &sig)
+        .map_err(|_| "signature does not verify".to_string())?;
     serde_json::from_slice(&B64.decode(p).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
 }
 

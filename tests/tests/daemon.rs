@@ -40,7 +40,13 @@ const MGMT: &str = "https://management.azure.com/";
 
 fn with_identities(name: &str, keep: impl Fn(&serde_json::Value) -> bool) -> DemoConfig {
     let mut json = xtask::config::demo("127.0.0.1:0", Some("127.0.0.1:0"));
-    let ids: Vec<_> = json["identities"].as_array().unwrap().iter().filter(|i| keep(i)).cloned().collect();
+    let ids: Vec<_> = json["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| keep(i))
+        .cloned()
+        .collect();
     json["identities"] = serde_json::Value::Array(ids);
     DemoConfig::from_json(name, json)
 }
@@ -55,13 +61,19 @@ fn several_user_assigned_and_no_system_needs_a_selector() {
         r.json()["error_description"],
         "Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request"
     );
-    let r = get(d.imds, &token_target(MGMT, &format!("&client_id={}", cfg.users[1].client_id)), &[MD]);
+    let r = get(
+        d.imds,
+        &token_target(MGMT, &format!("&client_id={}", cfg.users[1].client_id)),
+        &[MD],
+    );
     assert_eq!(r.status, 200);
 }
 
 #[test]
 fn a_single_user_assigned_identity_is_the_default() {
-    let cfg = with_identities("one-user", |i| i["kind"] == "user" && i["resource_id"].as_str().unwrap().ends_with("demo-one"));
+    let cfg = with_identities("one-user", |i| {
+        i["kind"] == "user" && i["resource_id"].as_str().unwrap().ends_with("demo-one")
+    });
     let d = Daemon::start(&cfg);
     let r = get(d.imds, &token_target(MGMT, ""), &[MD]);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -86,11 +98,17 @@ fn bad_config_is_refused_with_the_field_named() {
     let mut j = base.clone();
     j["identities"][1]["client_id"] = "not-a-guid".into();
     let e = start_fails(j);
-    assert!(e.contains("identities[1].client_id") && e.contains("GUID"), "{e}");
+    assert!(
+        e.contains("identities[1].client_id") && e.contains("GUID"),
+        "{e}"
+    );
     let mut j = base.clone();
     j["token_lifetime_s"] = "soon".into();
     let e = start_fails(j);
-    assert!(e.contains("token_lifetime_s") && e.contains("wrong type"), "{e}");
+    assert!(
+        e.contains("token_lifetime_s") && e.contains("wrong type"),
+        "{e}"
+    );
     let mut j = base.clone();
     j["signing_key"] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
     let e = start_fails(j);
@@ -111,7 +129,11 @@ fn bad_config_is_refused_with_the_field_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no configuration supplied"));
     let cfg = imds_tests::target_dir().join("test-configs/garbage.json");
     std::fs::write(&cfg, b"{\"tenant_id\": ").unwrap();
-    let out = std::process::Command::new(imds_tests::daemon_binary()).arg("--config").arg(&cfg).output().unwrap();
+    let out = std::process::Command::new(imds_tests::daemon_binary())
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("config:"));
 }
@@ -123,19 +145,33 @@ fn log_lines_and_clean_exit_on_sigterm() {
     let r = get(d.imds, &token_target(MGMT, ""), &[MD]);
     assert_eq!(r.status, 200);
     let token = r.json()["access_token"].as_str().unwrap().to_string();
-    let r = get(d.imds, &format!("{}&client_id=zz", token_target(MGMT, "")), &[MD]);
+    let r = get(
+        d.imds,
+        &format!("{}&client_id=zz", token_target(MGMT, "")),
+        &[MD],
+    );
     assert_eq!(r.status, 400);
     std::thread::sleep(std::time::Duration::from_millis(700));
     let log = d.log_text();
     let sys = &cfg.system.as_ref().unwrap().client_id;
     assert!(
-        log.lines().any(|l| l.contains("GET /metadata/identity/oauth2/token 200") && l.contains(sys.as_str()) && l.ends_with("us")),
+        log.lines()
+            .any(|l| l.contains("GET /metadata/identity/oauth2/token 200")
+                && l.contains(sys.as_str())
+                && l.ends_with("us")),
         "{log}"
     );
-    assert!(log.lines().any(|l| l.contains("GET /metadata/identity/oauth2/token 400 -")), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("GET /metadata/identity/oauth2/token 400 -")),
+        "{log}"
+    );
     assert!(!log.contains("api-version"), "no query strings in the log");
     let sig = token.rsplit('.').next().unwrap();
-    assert!(!log.contains(sig) && !log.contains(&token[..40]), "no token in the log");
+    assert!(
+        !log.contains(sig) && !log.contains(&token[..40]),
+        "no token in the log"
+    );
     assert!(!log.contains("PRIVATE KEY"));
     let status = d.terminate();
     assert!(status.success(), "SIGTERM exits cleanly: {status}");

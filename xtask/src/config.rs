@@ -12,13 +12,22 @@ pub fn guid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// A fresh P-256 private key as PKCS#8 PEM.
 pub fn p256_pem() -> String {
     let key = p256::SecretKey::random(&mut OsRng);
-    key.to_pkcs8_pem(LineEnding::LF).expect("PKCS#8 encoding").to_string()
+    key.to_pkcs8_pem(LineEnding::LF)
+        .expect("PKCS#8 encoding")
+        .to_string()
 }
 
 /// The demo document: one system-assigned and two user-assigned identities, issuer mode.
@@ -54,7 +63,11 @@ pub fn demo(listen_imds: &str, listen_legacy: Option<&str>) -> serde_json::Value
     })
 }
 
-pub fn write_demo(out: &Path, listen_imds: &str, listen_legacy: Option<&str>) -> std::io::Result<()> {
+pub fn write_demo(
+    out: &Path,
+    listen_imds: &str,
+    listen_legacy: Option<&str>,
+) -> std::io::Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }

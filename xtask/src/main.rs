@@ -8,8 +8,8 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use xtask::{config, root};
 use std::process::{Command, ExitCode};
+use xtask::{config, root};
 
 fn usage() -> ExitCode {
     eprintln!(
@@ -24,7 +24,9 @@ fn usage() -> ExitCode {
 }
 
 fn flag_value(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() -> ExitCode {
@@ -56,7 +58,8 @@ fn cmd_config(args: &[String]) -> Result {
     let out = flag_value(args, "--out").ok_or("--out FILE is required")?;
     let listen = flag_value(args, "--listen").unwrap_or_else(|| "127.0.0.1:8080".into());
     let legacy = flag_value(args, "--legacy-listen").unwrap_or_else(|| "127.0.0.1:50342".into());
-    config::write_demo(Path::new(&out), &listen, Some(&legacy)).map_err(|e| format!("{out}: {e}"))?;
+    config::write_demo(Path::new(&out), &listen, Some(&legacy))
+        .map_err(|e| format!("{out}: {e}"))?;
     eprintln!("wrote {out}");
     Ok(())
 }
@@ -77,24 +80,38 @@ fn status(mut c: Command) -> Result {
 }
 
 fn cmd_run(args: &[String]) -> Result {
-    let port: u16 = flag_value(args, "--port").map(|p| p.parse().map_err(|_| "--port: not a number")).transpose()?.unwrap_or(8080);
+    let port: u16 = flag_value(args, "--port")
+        .map(|p| p.parse().map_err(|_| "--port: not a number"))
+        .transpose()?
+        .unwrap_or(8080);
     let config = match flag_value(args, "--config") {
         Some(c) => PathBuf::from(c),
         None => {
             let p = root().join("target/demo/config.json");
             if !p.exists() {
-                config::write_demo(&p, &format!("127.0.0.1:{port}"), Some("127.0.0.1:50342")).map_err(|e| e.to_string())?;
+                config::write_demo(&p, &format!("127.0.0.1:{port}"), Some("127.0.0.1:50342"))
+                    .map_err(|e| e.to_string())?;
             }
             p
         }
     };
     let mut build = cargo();
-    build.args(["build", "--release", "-p", "imds-agent", "--bin", "imds-agent"]);
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "imds-agent",
+        "--bin",
+        "imds-agent",
+    ]);
     status(build)?;
     let exe = root().join("target/release/imds-agent");
     println!("imds-agent (host daemon) on 127.0.0.1:{port}; try:\n");
     println!("  curl -s -H 'Metadata: true' 'http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'\n");
     let mut c = Command::new(exe);
-    c.arg("--config").arg(&config).arg("--listen").arg(format!("127.0.0.1:{port}"));
+    c.arg("--config")
+        .arg(&config)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"));
     status(c)
 }

@@ -19,7 +19,8 @@ const LEGACY: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const FIRST_CONN: usize = 16;
 
-const USAGE: &str = "usage: imds-agent --config FILE [--listen ADDR:PORT] [--legacy-listen ADDR:PORT|off]";
+const USAGE: &str =
+    "usage: imds-agent --config FILE [--listen ADDR:PORT] [--legacy-listen ADDR:PORT|off]";
 
 struct Args {
     config: std::path::PathBuf,
@@ -33,20 +34,29 @@ fn parse_args() -> Result<Args, String> {
     let mut legacy = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
         match a.as_str() {
             "--config" | "-c" => config = Some(value("--config")?.into()),
             "--listen" => {
                 let v = value("--listen")?;
-                listen = Some(v.parse().map_err(|_| format!("--listen: `{v}` is not ADDR:PORT"))?);
+                listen = Some(
+                    v.parse()
+                        .map_err(|_| format!("--listen: `{v}` is not ADDR:PORT"))?,
+                );
             }
             "--legacy-listen" => {
                 let v = value("--legacy-listen")?;
-                legacy = Some(if v == "off" {
-                    None
-                } else {
-                    Some(v.parse().map_err(|_| format!("--legacy-listen: `{v}` is not ADDR:PORT or off"))?)
-                });
+                legacy =
+                    Some(if v == "off" {
+                        None
+                    } else {
+                        Some(v.parse().map_err(|_| {
+                            format!("--legacy-listen: `{v}` is not ADDR:PORT or off")
+                        })?)
+                    });
             }
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
@@ -114,7 +124,8 @@ fn main() -> ExitCode {
 }
 
 fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}")))
+    TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}")))
 }
 
 fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>) -> io::Result<()> {
@@ -128,17 +139,23 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
     }
     let mut poll = Poll::new()?;
     let mut imds = bind(imds_addr, "imds")?;
-    poll.registry().register(&mut imds, IMDS, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut imds, IMDS, Interest::READABLE)?;
     let legacy = match legacy_addr {
         Some(a) => {
             let mut l = bind(a, "legacy")?;
-            poll.registry().register(&mut l, LEGACY, Interest::READABLE)?;
+            poll.registry()
+                .register(&mut l, LEGACY, Interest::READABLE)?;
             Some(l)
         }
         None => None,
     };
-    let mut signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
-    poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+    let mut signals = signal_hook_mio::v1_0::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)?;
 
     let mut log = Log(io::BufWriter::with_capacity(64 * 1024, io::stderr()));
     eprintln!(
@@ -167,8 +184,11 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
         for ev in events.iter() {
             match ev.token() {
                 SIGNALS => {
-                    for sig in signals.pending() {
-                        let _ = std::fmt::Write::write_fmt(&mut log, format_args!("imds-agent: signal {sig}, shutting down\n"));
+                    if let Some(sig) = signals.pending().next() {
+                        let _ = std::fmt::Write::write_fmt(
+                            &mut log,
+                            format_args!("imds-agent: signal {sig}, shutting down\n"),
+                        );
                         let _ = log.0.flush();
                         return Ok(());
                     }
@@ -189,7 +209,9 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
                             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                             Err(_) => break, // e.g. EMFILE: try again on the next event
                         };
-                        if live >= HOST_MAX_CONNECTIONS && !evict_idlest(&mut conns, &mut free, &mut live, &poll) {
+                        if live >= HOST_MAX_CONNECTIONS
+                            && !evict_idlest(&mut conns, &mut free, &mut live, &poll)
+                        {
                             // Every connection is mid-request: refuse this one.
                             drop(stream);
                             continue;
@@ -201,7 +223,11 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
                         });
                         if poll
                             .registry()
-                            .register(&mut stream, Token(FIRST_CONN + slot), Interest::READABLE | Interest::WRITABLE)
+                            .register(
+                                &mut stream,
+                                Token(FIRST_CONN + slot),
+                                Interest::READABLE | Interest::WRITABLE,
+                            )
                             .is_err()
                         {
                             free.push(slot);
@@ -211,12 +237,32 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
                         state.reset(kind, peer.ip(), clock.monotonic_us());
                         conns[slot] = Some(Conn { stream, state });
                         live += 1;
-                        drive(&mut conns, slot, &mut agent, &clock, &mut entropy, &mut log, &poll, &mut free, &mut live);
+                        drive(
+                            &mut conns,
+                            slot,
+                            &mut agent,
+                            &clock,
+                            &mut entropy,
+                            &mut log,
+                            &poll,
+                            &mut free,
+                            &mut live,
+                        );
                     }
                 }
                 Token(t) => {
                     let slot = t - FIRST_CONN;
-                    drive(&mut conns, slot, &mut agent, &clock, &mut entropy, &mut log, &poll, &mut free, &mut live);
+                    drive(
+                        &mut conns,
+                        slot,
+                        &mut agent,
+                        &clock,
+                        &mut entropy,
+                        &mut log,
+                        &poll,
+                        &mut free,
+                        &mut live,
+                    );
                 }
             }
         }
@@ -233,7 +279,13 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
     }
 }
 
-fn close(conns: &mut [Option<Conn>], slot: usize, poll: &Poll, free: &mut Vec<usize>, live: &mut usize) {
+fn close(
+    conns: &mut [Option<Conn>],
+    slot: usize,
+    poll: &Poll,
+    free: &mut Vec<usize>,
+    live: &mut usize,
+) {
     if let Some(mut c) = conns[slot].take() {
         let _ = poll.registry().deregister(&mut c.stream);
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
@@ -243,11 +295,20 @@ fn close(conns: &mut [Option<Conn>], slot: usize, poll: &Poll, free: &mut Vec<us
 }
 
 /// Pool full: close the connection that has been idle longest. False if none is idle.
-fn evict_idlest(conns: &mut [Option<Conn>], free: &mut Vec<usize>, live: &mut usize, poll: &Poll) -> bool {
+fn evict_idlest(
+    conns: &mut [Option<Conn>],
+    free: &mut Vec<usize>,
+    live: &mut usize,
+    poll: &Poll,
+) -> bool {
     let victim = conns
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| c.as_ref().filter(|c| c.state.is_idle()).map(|c| (i, c.state.last_activity_us())))
+        .filter_map(|(i, c)| {
+            c.as_ref()
+                .filter(|c| c.state.is_idle())
+                .map(|c| (i, c.state.last_activity_us()))
+        })
         .min_by_key(|&(_, t)| t)
         .map(|(i, _)| i);
     match victim {

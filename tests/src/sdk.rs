@@ -1,0 +1,167 @@
+//! Real Azure SDK clients, installed on demand and run unmodified against an IMDS endpoint.
+//!
+//! Python: a venv under `target/test-tools/py/venv` with the pinned packages of
+//! `tests/py/requirements.txt`, and `tests/py/get_token.py`, which asks azure-identity's
+//! `ManagedIdentityCredential` for a token from any base URL (the host daemon on loopback, the
+//! unikernel behind QEMU's `hostfwd`).
+
+use crate::{root, tools_dir};
+use serde_json::Value;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long one SDK run may take. azure-identity retries 5xx and 429 with back-off for ~25 s,
+/// so a daemon that answers wrongly still ends well within this.
+pub const SDK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long installing the SDK may take (PyPI downloads).
+pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `tests/py/requirements.txt`: the pinned Python SDK packages.
+pub fn python_requirements() -> PathBuf {
+    root().join("tests/py/requirements.txt")
+}
+
+/// The resource azure-identity derives from a scope: the scope without its `/.default` suffix.
+pub fn scope_resource(scope: &str) -> &str {
+    scope.strip_suffix("/.default").unwrap_or(scope)
+}
+
+/// The venv with the pinned Azure SDK for Python, created and filled on first use (idempotent:
+/// a marker holding the requirements it was built from skips the install next time; a file lock
+/// keeps parallel test processes from installing at once). Panics with pip's output when the
+/// install fails: a test that needs the SDK must fail, not skip, without it.
+pub fn ensure_python_venv() -> PathBuf {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        install_python_venv()
+            .unwrap_or_else(|e| panic!("setting up the Python SDK venv failed: {e}"))
+    })
+    .clone()
+}
+
+fn install_python_venv() -> Result<PathBuf, String> {
+    let dir = tools_dir("py");
+    let venv = dir.join("venv");
+    let python = venv.join("bin/python");
+    let marker = venv.join(".imds-requirements");
+    let reqs_path = python_requirements();
+    let reqs =
+        std::fs::read_to_string(&reqs_path).map_err(|e| format!("{}: {e}", reqs_path.display()))?;
+
+    let lock =
+        std::fs::File::create(dir.join(".install.lock")).map_err(|e| format!("lock file: {e}"))?;
+    lock.lock()
+        .map_err(|e| format!("locking {}: {e}", dir.display()))?;
+    if python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == reqs) {
+        return Ok(venv);
+    }
+    if !python.exists() {
+        let mut c = Command::new("python3");
+        c.args(["-m", "venv"]).arg(&venv);
+        run(c, INSTALL_TIMEOUT).map_err(|e| format!("python3 -m venv {}: {e}", venv.display()))?;
+    }
+    let mut c = Command::new(&python);
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-r",
+    ])
+    .arg(&reqs_path);
+    run(c, INSTALL_TIMEOUT)
+        .map_err(|e| format!("pip install -r {} (needs PyPI): {e}", reqs_path.display()))?;
+    std::fs::write(&marker, &reqs).map_err(|e| format!("{}: {e}", marker.display()))?;
+    Ok(venv)
+}
+
+/// Get a token with azure-identity's `ManagedIdentityCredential` from the IMDS endpoint at
+/// `base_url` (e.g. `http://127.0.0.1:8080`) for `scope` (e.g.
+/// `https://management.azure.com/.default`): system-assigned without `client_id`, else that
+/// user-assigned identity. Returns `{"token", "expires_on", "sdk"}` as printed by
+/// `tests/py/get_token.py`, or the SDK's error text.
+pub fn python_get_token(
+    base_url: &str,
+    scope: &str,
+    client_id: Option<&str>,
+) -> Result<Value, String> {
+    let venv = ensure_python_venv();
+    let mut c = Command::new(venv.join("bin/python"));
+    c.arg(root().join("tests/py/get_token.py"))
+        .arg(base_url)
+        .arg(scope);
+    if let Some(id) = client_id {
+        c.arg(id);
+    }
+    // Loopback only: no proxy may see the request.
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("NO_PROXY", "*")
+        .env("no_proxy", "*")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = run(c, SDK_TIMEOUT)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("get_token.py printed no JSON ({e}): {stdout}"))
+}
+
+/// Run a command to completion within `timeout`; Err with its output unless it succeeded.
+fn run(mut c: Command, timeout: Duration) -> Result<Output, String> {
+    let what = format!("{c:?}");
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out_t = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err_t = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what} timed out after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    };
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
