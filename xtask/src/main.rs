@@ -7,6 +7,8 @@
 //! cargo xtask bench host                 benchmark the host daemon against nginx
 //! ```
 
+mod test;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use xtask::{config, root};
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "config" => cmd_config(rest),
         "run" => cmd_run(rest),
+        "test" => test::run(rest),
         _ => return usage(),
     };
     match result {

@@ -1,0 +1,92 @@
+//! `cargo xtask test`: everything CI runs, in order, installing what the tests need.
+
+use crate::{cargo, status, Result};
+use xtask::setup;
+
+fn step(name: &str) {
+    eprintln!("\n=== xtask test: {name}");
+}
+
+pub fn run(args: &[String]) -> Result {
+    let quick = args.iter().any(|a| a == "--quick");
+    step("setup");
+    setup::ensure_rust_target()?;
+    setup::ensure_qemu()?;
+
+    step("format");
+    let mut c = cargo();
+    c.args(["fmt", "--all", "--check"]);
+    status(c)?;
+
+    step("clippy (host)");
+    let mut c = cargo();
+    c.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    status(c)?;
+
+    step("build + clippy (bare metal: the core without std)");
+    let mut c = cargo();
+    c.args([
+        "build",
+        "-p",
+        "imds-agent",
+        "--no-default-features",
+        "--target",
+        "x86_64-unknown-none",
+    ]);
+    status(c)?;
+    let mut c = cargo();
+    c.args([
+        "clippy",
+        "-p",
+        "imds-agent",
+        "-p",
+        "imds-hal",
+        "--no-default-features",
+        "--target",
+        "x86_64-unknown-none",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    status(c)?;
+
+    step("one copy of p256 / sha2 / heapless (cargo tree -d)");
+    let out = cargo()
+        .args([
+            "tree",
+            "-d",
+            "--workspace",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let dups = String::from_utf8_lossy(&out.stdout);
+    for krate in ["p256 ", "sha2 ", "heapless "] {
+        if dups.lines().any(|l| l.starts_with(krate)) {
+            return Err(format!(
+                "duplicate `{}` in the dependency tree:\n{dups}",
+                krate.trim()
+            ));
+        }
+    }
+
+    step("tests (unit, property, integration: daemon, SDK, unikernel)");
+    let mut c = cargo();
+    c.args(["test", "--workspace"]);
+    if quick {
+        c.env("PROPTEST_CASES", "256");
+    }
+    status(c)?;
+    eprintln!("\n=== xtask test: all passed");
+    Ok(())
+}
