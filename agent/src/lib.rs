@@ -6,6 +6,7 @@ pub mod identity;
 pub mod imds;
 pub mod jose;
 pub mod limits;
+pub mod net;
 pub mod query;
 pub mod server;
 pub mod token;

@@ -12,8 +12,9 @@
 //! Interrupts stay off for the whole run (the agent polls), so no IDT is installed; a fault
 //! triple-faults and QEMU resets (no reboot loop: the profiles pass `-no-reboot`).
 
-/// Boot stack (in `.bss`).
-pub const STACK_SIZE: usize = 256 * 1024;
+/// Boot stack (in `.bss`, so it costs RAM, not image bytes). The agent (~160 KiB) and the
+/// network memory (~300 KiB) live in `imds_boot_main`'s frame.
+pub const STACK_SIZE: usize = 1024 * 1024;
 
 /// `hvm_start_info.magic` (Xen's `XEN_HVM_START_MAGIC_VALUE`).
 pub const HVM_START_MAGIC: u32 = 0x336e_c578;
@@ -147,7 +148,7 @@ boot_stack_top:
 
 /// Whether `start_info` (from `ebx` at entry) points at a PVH `hvm_start_info`.
 pub fn pvh_magic_ok(start_info: u32) -> bool {
-    if start_info == 0 || start_info % 4 != 0 {
+    if start_info == 0 || !start_info.is_multiple_of(4) {
         return false;
     }
     // SAFETY: the address is below 4 GiB (a u32), hence identity-mapped, non-null and 4-byte

@@ -20,8 +20,6 @@ mod boot;
 #[cfg(target_os = "none")]
 mod exit_code;
 #[cfg(target_os = "none")]
-mod trivial;
-#[cfg(target_os = "none")]
 mod unikernel;
 
 #[cfg(not(target_os = "none"))]

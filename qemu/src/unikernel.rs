@@ -4,12 +4,14 @@ use core::fmt::Write;
 
 use imds_agent::config::Config;
 use imds_agent::limits::CONFIG_MAX;
+use imds_agent::net::{Net, NetMemory};
+use imds_agent::server::Agent;
 use imds_hal::x86_64::clock::{Calibration, TscClock};
 use imds_hal::x86_64::exit::exit;
 use imds_hal::x86_64::fw_cfg::{FwCfgConfig, CONFIG_FILE};
 use imds_hal::x86_64::rdrand::Rdrand;
 use imds_hal::x86_64::serial::Serial;
-use imds_hal::x86_64::virtio_net;
+use imds_hal::x86_64::virtio_net::{self, VirtioNet};
 use imds_hal::{Clock, ConfigSource, ConfigSourceError, Entropy};
 
 use crate::boot;
@@ -82,7 +84,34 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
         clock.monotonic_us() / 1000
     );
 
-    crate::trivial::serve(nic, &clock, &mut entropy, &config, &mut log)
+    serve(nic, config, &clock, &mut entropy, &mut log)
+}
+
+/// The agent and the network loop, forever. Both live in this (never returning) frame of the
+/// boot stack: the agent ~160 KiB, the network memory ~300 KiB (see `boot::STACK_SIZE`).
+fn serve(
+    mut nic: VirtioNet,
+    config: Config,
+    clock: &TscClock,
+    entropy: &mut Rdrand,
+    log: &mut Serial,
+) -> ! {
+    let network = config.network;
+    let mac = nic.mac();
+    let mut memory = NetMemory::new();
+    let mut net = Net::new(
+        &mut nic,
+        mac,
+        network.as_ref(),
+        &mut memory,
+        clock,
+        entropy,
+        log,
+    );
+    let mut agent = Agent::new(config);
+    loop {
+        let _ = net.poll(&mut nic, &mut agent, clock, entropy, log);
+    }
 }
 
 /// Read and parse the configuration, or stop the machine saying why.

@@ -1,0 +1,445 @@
+//! The network loop of the unikernel: smoltcp over any [`smoltcp::phy::Device`], the agent's
+//! HTTP connections on port 80.
+//!
+//! Data flow of one poll: the NIC's frames go through smoltcp (`Interface::poll`); DHCP events
+//! set the interface address; each established TCP socket's bytes are copied into its
+//! [`Connection`] (sans-IO HTTP + router), and the connection's answer is copied back into the
+//! socket; a second `Interface::poll` sends it out.
+//!
+//! * Addresses: the one from DHCP (default) or from the config's `network` field, **and**
+//!   `169.254.169.254/32`, so that clients on the link reach the agent at the IMDS address.
+//! * Sockets: smoltcp has no listen backlog, so concurrency is [`LISTEN_SOCKETS`] listening
+//!   sockets on port 80; each is listening again as soon as its connection ends. When all are
+//!   busy, the longest-idle keep-alive connection is closed to make room.
+//! * Timeouts: a connection idle for [`crate::limits::IDLE_TIMEOUT_US`] (or whose request head
+//!   does not complete in time) is reset; a closing socket gets [`CLOSE_LINGER_US`].
+//! * Slirp (QEMU user networking) drops the first SYN towards a guest whose MAC it has not
+//!   seen, so one ARP request for the gateway is sent as soon as the address is known.
+//!
+//! Memory is fixed: [`NetMemory`] holds every socket buffer and connection; nothing allocates.
+
+use core::fmt::Write;
+use core::net::{IpAddr, Ipv4Addr};
+
+use imds_hal::{Clock, Entropy};
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::phy::{Device, TxToken};
+use smoltcp::socket::{dhcpv4, tcp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr,
+};
+
+use crate::config::NetworkConfig;
+use crate::limits::LISTEN_SOCKETS;
+use crate::server::{Agent, Connection, Listener};
+
+/// The TCP port the agent answers on.
+pub const HTTP_PORT: u16 = 80;
+/// The IMDS address, answered on next to the interface's own address.
+pub const IMDS_ADDRESS: Ipv4Address = Ipv4Address::new(169, 254, 169, 254);
+/// Receive buffer of one TCP socket (the advertised window). A request larger than this
+/// arrives in several polls.
+pub const TCP_RX_BUF: usize = 2048;
+/// Send buffer of one TCP socket. A response larger than this leaves in several polls.
+pub const TCP_TX_BUF: usize = 4096;
+/// A socket we closed gets this long to finish the FIN exchange before it is reset.
+pub const CLOSE_LINGER_US: u64 = 5_000_000;
+/// Retransmission give-up time of a TCP socket (smoltcp aborts the connection after it).
+pub const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every buffer of the network loop. About 300 KiB: put it in a `static` or on a big stack.
+///
+/// The fields are public so that bare-metal code can initialise it in place (a `static` in
+/// `.bss`, each connection written with [`Connection::new`]) instead of building it on the
+/// stack; on the host, `Box::new(NetMemory::new())`.
+pub struct NetMemory<'a> {
+    /// smoltcp's socket table: the DHCP socket and the listening sockets.
+    pub sockets: [SocketStorage<'a>; LISTEN_SOCKETS + 1],
+    pub tcp_rx: [[u8; TCP_RX_BUF]; LISTEN_SOCKETS],
+    pub tcp_tx: [[u8; TCP_TX_BUF]; LISTEN_SOCKETS],
+    pub conns: [Connection; LISTEN_SOCKETS],
+}
+
+impl NetMemory<'_> {
+    pub const fn new() -> Self {
+        NetMemory {
+            sockets: [const { SocketStorage::EMPTY }; LISTEN_SOCKETS + 1],
+            tcp_rx: [[0; TCP_RX_BUF]; LISTEN_SOCKETS],
+            tcp_tx: [[0; TCP_TX_BUF]; LISTEN_SOCKETS],
+            conns: [const { Connection::new() }; LISTEN_SOCKETS],
+        }
+    }
+}
+
+impl Default for NetMemory<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// The socket listens (or is in the middle of a handshake).
+    Listening,
+    /// A connection is established and owns the slot's [`Connection`].
+    Active { peer_closed: bool },
+    /// We closed (or reset) the socket; it is re-armed once smoltcp is done with it.
+    Closing { since_us: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    handle: SocketHandle,
+    state: SlotState,
+}
+
+/// Where the interface address comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressSource {
+    Dhcp,
+    Static,
+}
+
+/// The interface, its sockets and the connections.
+pub struct Net<'a> {
+    iface: Interface,
+    sockets: SocketSet<'a>,
+    dhcp: Option<SocketHandle>,
+    slots: [Slot; LISTEN_SOCKETS],
+    conns: &'a mut [Connection; LISTEN_SOCKETS],
+    mac: EthernetAddress,
+    address: Option<Ipv4Cidr>,
+    gateway: Option<Ipv4Address>,
+    /// An ARP request for the gateway is due.
+    arp_due: bool,
+}
+
+fn instant(us: u64) -> Instant {
+    Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
+}
+
+impl<'a> Net<'a> {
+    /// Set up the interface on `device` (MAC `mac`), with the static address of `network` or
+    /// DHCP, and [`LISTEN_SOCKETS`] sockets listening on port [`HTTP_PORT`].
+    pub fn new<D: Device, C: Clock, E: Entropy, W: Write>(
+        device: &mut D,
+        mac: [u8; 6],
+        network: Option<&NetworkConfig>,
+        mem: &'a mut NetMemory<'a>,
+        clock: &C,
+        entropy: &mut E,
+        log: &mut W,
+    ) -> Net<'a> {
+        let mac = EthernetAddress(mac);
+        let mut config = IfaceConfig::new(HardwareAddress::Ethernet(mac));
+        let mut seed = [0u8; 8];
+        // The seed only randomises TCP initial sequence numbers and ephemeral ports.
+        config.random_seed = match entropy.fill(&mut seed) {
+            Ok(()) => u64::from_le_bytes(seed),
+            Err(_) => clock.monotonic_us(),
+        };
+        let iface = Interface::new(config, device, instant(clock.monotonic_us()));
+
+        let NetMemory {
+            sockets,
+            tcp_rx,
+            tcp_tx,
+            conns,
+        } = mem;
+        let mut sockets = SocketSet::new(&mut sockets[..]);
+        let dhcp = match network {
+            Some(_) => None,
+            None => Some(sockets.add(dhcpv4::Socket::new())),
+        };
+        let mut rx = tcp_rx.iter_mut();
+        let mut tx = tcp_tx.iter_mut();
+        let slots = core::array::from_fn(|_| {
+            let (Some(rx), Some(tx)) = (rx.next(), tx.next()) else {
+                unreachable!("one buffer pair per slot")
+            };
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(&mut rx[..]),
+                tcp::SocketBuffer::new(&mut tx[..]),
+            );
+            socket.set_timeout(Some(TCP_TIMEOUT));
+            socket.set_nagle_enabled(false);
+            let _ = socket.listen(HTTP_PORT);
+            Slot {
+                handle: sockets.add(socket),
+                state: SlotState::Listening,
+            }
+        });
+
+        let mut net = Net {
+            iface,
+            sockets,
+            dhcp,
+            slots,
+            conns,
+            mac,
+            address: None,
+            gateway: None,
+            arp_due: false,
+        };
+        match network {
+            Some(n) => {
+                let cidr = Ipv4Cidr::new(n.address, n.prefix_len);
+                net.set_address(Some(cidr), n.gateway);
+                let _ = write!(log, "imds-agent: net: address {cidr} (static)");
+            }
+            None => {
+                net.set_address(None, None);
+                let _ = write!(log, "imds-agent: net: waiting for DHCP");
+            }
+        }
+        let _ = writeln!(
+            log,
+            ", also answering on {IMDS_ADDRESS}, {LISTEN_SOCKETS} sockets on port {HTTP_PORT}"
+        );
+        net
+    }
+
+    /// The interface address (without the IMDS one), once known.
+    pub fn address(&self) -> Option<Ipv4Cidr> {
+        self.address
+    }
+
+    /// The default gateway, if any.
+    pub fn gateway(&self) -> Option<Ipv4Address> {
+        self.gateway
+    }
+
+    fn set_address(&mut self, address: Option<Ipv4Cidr>, gateway: Option<Ipv4Address>) {
+        self.address = address;
+        self.gateway = gateway;
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            if let Some(a) = address {
+                let _ = addrs.push(IpCidr::Ipv4(a));
+            }
+            let _ = addrs.push(IpCidr::Ipv4(Ipv4Cidr::new(IMDS_ADDRESS, 32)));
+        });
+        let routes = self.iface.routes_mut();
+        routes.remove_default_ipv4_route();
+        if let Some(gw) = gateway {
+            let _ = routes.add_default_ipv4_route(gw);
+        }
+        self.arp_due = address.is_some() && gateway.is_some();
+    }
+
+    /// One round: receive, run DHCP, serve every connection, send. Returns how long the
+    /// caller may wait for the NIC before the next call is due (`None`: no timer pending).
+    pub fn poll<D: Device, C: Clock, E: Entropy, W: Write>(
+        &mut self,
+        device: &mut D,
+        agent: &mut Agent,
+        clock: &C,
+        entropy: &mut E,
+        log: &mut W,
+    ) -> Option<Duration> {
+        let now = instant(clock.monotonic_us());
+        self.iface.poll(now, device, &mut self.sockets);
+        self.poll_dhcp(clock, log);
+        if self.arp_due {
+            self.arp_due = false;
+            if let (Some(a), Some(gw)) = (self.address, self.gateway) {
+                send_arp_request(device, now, self.mac, a.address(), gw);
+            }
+        }
+        self.serve(agent, clock, entropy, log);
+        let now = instant(clock.monotonic_us());
+        self.iface.poll(now, device, &mut self.sockets);
+        self.iface.poll_delay(now, &self.sockets)
+    }
+
+    fn poll_dhcp<C: Clock, W: Write>(&mut self, clock: &C, log: &mut W) {
+        let Some(handle) = self.dhcp else { return };
+        let event = self.sockets.get_mut::<dhcpv4::Socket>(handle).poll();
+        match event {
+            Some(dhcpv4::Event::Configured(c)) => {
+                let (address, router) = (c.address, c.router);
+                self.set_address(Some(address), router);
+                let _ = write!(log, "imds-agent: net: DHCP address {address}");
+                if let Some(gw) = router {
+                    let _ = write!(log, ", gateway {gw}");
+                }
+                let _ = writeln!(log, " ({} ms since boot)", clock.monotonic_us() / 1000);
+            }
+            Some(dhcpv4::Event::Deconfigured) => {
+                if self.address.is_some() {
+                    let _ = writeln!(log, "imds-agent: net: DHCP lease lost");
+                }
+                self.set_address(None, None);
+            }
+            None => {}
+        }
+    }
+
+    fn serve<C: Clock, E: Entropy, W: Write>(
+        &mut self,
+        agent: &mut Agent,
+        clock: &C,
+        entropy: &mut E,
+        log: &mut W,
+    ) {
+        let mut listening = 0;
+        for (slot, conn) in self.slots.iter_mut().zip(self.conns.iter_mut()) {
+            let socket = self.sockets.get_mut::<tcp::Socket>(slot.handle);
+            serve_slot(slot, socket, conn, agent, clock, entropy, log);
+            if slot.state == SlotState::Listening && socket.state() == tcp::State::Listen {
+                listening += 1;
+            }
+        }
+        if listening == 0 {
+            self.make_room(clock.monotonic_us());
+        }
+    }
+
+    /// Every socket is busy: close the keep-alive connection idle the longest, so that a new
+    /// client is not refused while an old one merely holds its connection open.
+    fn make_room(&mut self, now_us: u64) {
+        let victim = self
+            .slots
+            .iter()
+            .zip(self.conns.iter())
+            .enumerate()
+            .filter(|(_, (s, c))| matches!(s.state, SlotState::Active { .. }) && c.is_idle())
+            .min_by_key(|(_, (_, c))| c.last_activity_us())
+            .map(|(i, _)| i);
+        if let Some(i) = victim {
+            let slot = &mut self.slots[i];
+            self.sockets.get_mut::<tcp::Socket>(slot.handle).close();
+            slot.state = SlotState::Closing { since_us: now_us };
+        }
+    }
+}
+
+/// Move one slot along: accept, shuttle bytes, close, re-arm.
+fn serve_slot<C: Clock, E: Entropy, W: Write>(
+    slot: &mut Slot,
+    socket: &mut tcp::Socket<'_>,
+    conn: &mut Connection,
+    agent: &mut Agent,
+    clock: &C,
+    entropy: &mut E,
+    log: &mut W,
+) {
+    let now_us = clock.monotonic_us();
+    if slot.state == SlotState::Listening {
+        match socket.state() {
+            tcp::State::Listen | tcp::State::SynReceived => return,
+            tcp::State::Established | tcp::State::CloseWait => {
+                let peer = socket
+                    .remote_endpoint()
+                    .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |e| e.addr.into());
+                conn.reset(Listener::Imds, peer, now_us);
+                slot.state = SlotState::Active { peer_closed: false };
+            }
+            // Reset during the handshake, or any state a listening socket should not reach.
+            _ => {
+                rearm(slot, socket);
+                return;
+            }
+        }
+    }
+
+    if let SlotState::Closing { since_us } = slot.state {
+        // Discard whatever the peer still sends; the answer is out.
+        let _ = socket.recv(|b| (b.len(), ()));
+        if !socket.is_open() {
+            rearm(slot, socket);
+        } else if now_us.saturating_sub(since_us) > CLOSE_LINGER_US {
+            socket.abort();
+        }
+        return;
+    }
+
+    let SlotState::Active { mut peer_closed } = slot.state else {
+        return;
+    };
+    loop {
+        let mut progress = false;
+        while socket.can_recv() {
+            let space = conn.rx_space();
+            if space.is_empty() {
+                break;
+            }
+            match socket.recv_slice(space) {
+                Ok(n) if n > 0 => {
+                    conn.rx_commit(n, now_us);
+                    progress = true;
+                }
+                _ => break,
+            }
+        }
+        if !peer_closed && !socket.may_recv() {
+            peer_closed = true;
+            conn.rx_closed();
+        }
+        conn.process(agent, clock, entropy, log);
+        let pending = conn.tx_pending();
+        if !pending.is_empty() && socket.can_send() {
+            if let Ok(n) = socket.send_slice(pending) {
+                if n > 0 {
+                    conn.tx_consume(n);
+                    progress = true;
+                }
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    slot.state = SlotState::Active { peer_closed };
+
+    if !socket.is_active() {
+        // Reset by the peer, or smoltcp gave up retransmitting.
+        rearm(slot, socket);
+    } else if conn.wants_close() {
+        socket.close();
+        slot.state = SlotState::Closing { since_us: now_us };
+    } else if conn.timed_out(now_us) {
+        socket.abort();
+        slot.state = SlotState::Closing { since_us: now_us };
+    }
+}
+
+fn rearm(slot: &mut Slot, socket: &mut tcp::Socket<'_>) {
+    if socket.is_open() {
+        socket.abort();
+    }
+    let _ = socket.listen(HTTP_PORT);
+    slot.state = SlotState::Listening;
+}
+
+/// Broadcast "who has `target`? tell `source`" straight through the device.
+fn send_arp_request<D: Device>(
+    device: &mut D,
+    now: Instant,
+    mac: EthernetAddress,
+    source: Ipv4Address,
+    target: Ipv4Address,
+) {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: mac,
+        source_protocol_addr: source,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let Some(token) = device.transmit(now) else {
+        return;
+    };
+    token.consume(
+        EthernetFrame::<&[u8]>::buffer_len(arp.buffer_len()),
+        |buf| {
+            let mut frame = EthernetFrame::new_unchecked(buf);
+            frame.set_dst_addr(EthernetAddress::BROADCAST);
+            frame.set_src_addr(mac);
+            frame.set_ethertype(EthernetProtocol::Arp);
+            arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+        },
+    );
+}
