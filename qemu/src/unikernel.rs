@@ -8,7 +8,7 @@ use imds_agent::net::{Net, NetMemory};
 use imds_agent::server::Agent;
 use imds_hal::x86_64::clock::{Calibration, TscClock};
 use imds_hal::x86_64::exit::exit;
-use imds_hal::x86_64::fw_cfg::{FwCfgConfig, CONFIG_FILE};
+use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig, CONFIG_FILE};
 use imds_hal::x86_64::rdrand::Rdrand;
 use imds_hal::x86_64::serial::Serial;
 use imds_hal::x86_64::virtio_net::{self, VirtioNet};
@@ -16,6 +16,9 @@ use imds_hal::{Clock, ConfigSource, ConfigSourceError, Entropy};
 
 use crate::boot;
 use crate::exit_code;
+
+/// fw_cfg file whose presence makes the image panic right after boot: tests of the panic path.
+const PANIC_TEST_FILE: &str = "opt/imds-agent/panic-test";
 
 /// Rust entry point, called by the boot trampoline with the PVH `hvm_start_info` address.
 #[no_mangle]
@@ -32,6 +35,9 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
             "imds-agent: fatal: not started through PVH (start info at {start_info:#x}); boot with qemu -kernel"
         );
         exit(exit_code::BAD_BOOT);
+    }
+    if fw_cfg::find_file(PANIC_TEST_FILE).is_some() {
+        panic!("requested by fw_cfg file {PANIC_TEST_FILE}");
     }
 
     let mut entropy = Rdrand::new();

@@ -2,6 +2,7 @@
 //! (demo configs, QEMU command lines), so that no command line is written twice.
 
 pub mod config;
+pub mod qemu;
 pub mod setup;
 
 use std::path::{Path, PathBuf};

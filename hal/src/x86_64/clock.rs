@@ -12,11 +12,15 @@ use crate::Clock;
 
 /// PIT input clock, Hz.
 const PIT_HZ: u64 = 1_193_182;
-/// Calibration window: 10 ms of PIT ticks.
-const CALIBRATION_TICKS: u16 = 11_932;
-const CALIBRATION_US: u64 = CALIBRATION_TICKS as u64 * 1_000_000 / PIT_HZ;
-/// Give up on the PIT after this many polls (machines without a PIT or its port 0x61 gate).
-const CALIBRATION_MAX_POLLS: u32 = 50_000_000;
+/// One calibration window: 5 ms of PIT ticks.
+const CALIBRATION_TICKS: u16 = 5_966;
+/// Windows tried before settling for the least disturbed one.
+const CALIBRATION_TRIES: u32 = 5;
+/// A window is accepted when reading the PIT at its ends took less than this fraction of it
+/// (1/1000): the vCPU was not preempted at a bad moment.
+const CALIBRATION_MAX_SLOP_DIV: u64 = 1_000;
+/// Give up on the PIT after this many reads without progress (no PIT or its gate).
+const CALIBRATION_MAX_POLLS: u32 = 10_000_000;
 /// TSC frequency assumed when the PIT cannot be used (logged by the caller).
 const FALLBACK_TSC_HZ: u64 = 2_000_000_000;
 /// How often the wall clock is re-read from the RTC.
@@ -45,30 +49,91 @@ pub enum Calibration {
     Fallback,
 }
 
-/// Measure the TSC frequency against PIT channel 2 (takes ~10 ms).
-pub fn calibrate_tsc() -> (u64, Calibration) {
+/// Latch and read the count of PIT channel 2.
+fn pit_ch2_count() -> u16 {
+    // SAFETY: ports 0x42/0x43 are the PIT; the latch command (channel 2, counter latch) freezes
+    // the count for the two reads that follow and changes nothing else.
+    unsafe {
+        outb(PIT_COMMAND, 0b1000_0000);
+        let lo = inb(PIT_CH2_DATA);
+        let hi = inb(PIT_CH2_DATA);
+        u16::from_le_bytes([lo, hi])
+    }
+}
+
+/// Read the PIT count between two TSC reads: (tsc in the middle, count, TSC ticks the read
+/// took).
+fn bracketed_count() -> (u64, u16, u64) {
+    let before = rdtsc();
+    let count = pit_ch2_count();
+    let after = rdtsc();
+    (before / 2 + after / 2, count, after.wrapping_sub(before))
+}
+
+/// One window: (TSC ticks, PIT ticks, TSC ticks spent reading the PIT at both ends).
+fn measure_window() -> Option<(u64, u64, u64)> {
     // SAFETY: ports 0x42/0x43 are the PIT and 0x61 is the NMI-status/speaker-gate register.
     // Channel 2 only drives the PC speaker, whose output bit (1) is kept off; channel 0 (the
     // system timer) is not touched.
-    let (start, end, done) = unsafe {
+    unsafe {
         let gate = (inb(PORT_61) & !0x02) | 0x01; // speaker off, channel 2 gate on
         outb(PORT_61, gate);
         outb(PIT_COMMAND, 0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
-        outb(PIT_CH2_DATA, CALIBRATION_TICKS as u8);
-        outb(PIT_CH2_DATA, (CALIBRATION_TICKS >> 8) as u8);
-        let start = rdtsc();
-        let mut polls = 0u32;
-        // OUT2 (bit 5 of port 0x61) rises when the count reaches zero.
-        while inb(PORT_61) & 0x20 == 0 && polls < CALIBRATION_MAX_POLLS {
-            polls += 1;
-        }
-        (start, rdtsc(), polls < CALIBRATION_MAX_POLLS)
-    };
-    let ticks = end.wrapping_sub(start);
-    if !done || ticks < CALIBRATION_US {
-        return (FALLBACK_TSC_HZ, Calibration::Fallback);
+        outb(PIT_CH2_DATA, 0xFF);
+        outb(PIT_CH2_DATA, 0xFF);
     }
-    (ticks * 1_000_000 / CALIBRATION_US, Calibration::Pit)
+    // Start on a count change, so the window begins right after a PIT tick.
+    let (_, first, _) = bracketed_count();
+    let mut polls = 0u32;
+    let (t0, c0, slop0) = loop {
+        let read = bracketed_count();
+        if read.1 != first {
+            break read;
+        }
+        polls += 1;
+        if polls > CALIBRATION_MAX_POLLS {
+            return None;
+        }
+    };
+    loop {
+        let (t1, c1, slop1) = bracketed_count();
+        let elapsed = c0.wrapping_sub(c1);
+        if c1 <= c0 && elapsed >= CALIBRATION_TICKS {
+            return Some((t1.wrapping_sub(t0), u64::from(elapsed), slop0 + slop1));
+        }
+        if c1 > c0 {
+            return None; // wrapped: the PIT is not counting down as programmed
+        }
+        polls += 1;
+        if polls > CALIBRATION_MAX_POLLS {
+            return None;
+        }
+    }
+}
+
+/// Measure the TSC frequency against PIT channel 2 (5 ms windows, ~5-25 ms in all).
+///
+/// Each window reads the PIT count between two TSC reads at both ends, so a preempted vCPU
+/// (the host is busy) shows up as a wide bracket and the window is retried.
+pub fn calibrate_tsc() -> (u64, Calibration) {
+    let mut best: Option<(u64, u64, u64)> = None;
+    for _ in 0..CALIBRATION_TRIES {
+        let Some(w) = measure_window() else { break };
+        let (tsc, _, slop) = w;
+        if best.is_none_or(|(_, _, s)| slop < s) {
+            best = Some(w);
+        }
+        if slop * CALIBRATION_MAX_SLOP_DIV < tsc {
+            break;
+        }
+    }
+    match best {
+        Some((tsc, pit, _)) if tsc > 0 && pit > 0 => (
+            (u128::from(tsc) * u128::from(PIT_HZ) / u128::from(pit)) as u64,
+            Calibration::Pit,
+        ),
+        _ => (FALLBACK_TSC_HZ, Calibration::Fallback),
+    }
 }
 
 fn cmos_read(reg: u8) -> u8 {
@@ -165,7 +230,7 @@ pub struct TscClock {
 }
 
 impl TscClock {
-    /// Calibrate the TSC and read the RTC. Takes ~10 ms.
+    /// Calibrate the TSC and read the RTC. Takes ~5 ms.
     pub fn init() -> TscClock {
         let tsc_at_boot = rdtsc();
         let (tsc_hz, calibration) = calibrate_tsc();

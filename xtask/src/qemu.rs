@@ -1,0 +1,339 @@
+//! The unikernel image and QEMU: the one place that knows QEMU's flags.
+//!
+//! `build_image` builds `imds-unikernel` for `x86_64-unknown-none`; `qemu_command` turns
+//! [`QemuOpts`] into a `qemu-system-x86_64` command line; `print_cmd` shows it as one
+//! shell-quoted line. Tests and `cargo xtask run` both go through these functions.
+//!
+//! Machine profile (measured on this project's build machines, see DESIGN.md "Platform facts"):
+//! `q35` with qboot (`-bios /usr/share/qemu/qboot.rom` when installed; SeaBIOS otherwise, ~60 ms
+//! slower) boots in ~50 ms from spawn to the first serial line and ~90 ms to a DHCP address under
+//! TCG. `-M pc` is the same within noise; `microvm` would save ~10 ms but has no port-I/O PCI.
+//! The virtio-net option ROM is not loaded (`romfile=`): nothing in the guest would run it.
+//!
+//! Exit status: the guest leaves through `isa-debug-exit` (port 0xF4), so QEMU's status is
+//! `2 * code + 1` for guest code `code` (see [`guest_exit_code`] and `qemu/README.md`).
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{root, target_dir};
+
+/// The target the image is built for.
+pub const TARGET: &str = "x86_64-unknown-none";
+/// The image's package.
+pub const PACKAGE: &str = "imds-unikernel";
+/// qboot, the fastest firmware for `-kernel` boots (Debian package `qemu-system-data`).
+pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+/// fw_cfg name the guest reads its configuration from.
+pub const CONFIG_FW_CFG: &str = "opt/imds-agent/config";
+/// fw_cfg name that makes the guest panic on purpose right after boot (tests of the panic
+/// path; any content).
+pub const PANIC_TEST_FW_CFG: &str = "opt/imds-agent/panic-test";
+/// Guest RAM by default: the image needs ~2 MiB above 1 MiB (mostly `.bss`), qboot a little.
+pub const DEFAULT_MEM_MB: u32 = 32;
+
+/// Guest exit codes (written to isa-debug-exit by the image; `qemu/src/exit_code.rs`).
+pub mod exit {
+    pub const PANIC: u8 = 1;
+    pub const BAD_BOOT: u8 = 2;
+    pub const NO_ENTROPY: u8 = 3;
+    pub const CONFIG_MISSING: u8 = 4;
+    pub const CONFIG_INVALID: u8 = 5;
+    pub const NIC: u8 = 6;
+}
+
+/// The guest exit code behind a QEMU exit status (`2 * code + 1`), if it is one.
+pub fn guest_exit_code(qemu_status: i32) -> Option<u8> {
+    if qemu_status > 0 && qemu_status % 2 == 1 {
+        u8::try_from((qemu_status - 1) / 2).ok()
+    } else {
+        None
+    }
+}
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accel {
+    /// Emulation. The default: on this project's machines `/dev/kvm` is a paravirtual variant
+    /// on which a plain guest runs slower than TCG.
+    #[default]
+    Tcg,
+    /// Hardware virtualisation, for real KVM hosts.
+    Kvm,
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcg" => Ok(Accel::Tcg),
+            "kvm" => Ok(Accel::Kvm),
+            _ => Err(format!("unknown accelerator `{s}` (tcg or kvm)")),
+        }
+    }
+}
+
+/// Where the guest's network card is plugged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// QEMU user networking (slirp: guest 10.0.2.15/24 by DHCP, gateway 10.0.2.2), with guest
+    /// port 80 forwarded from `127.0.0.1:<port>` when a port is given.
+    User { hostfwd_port: Option<u16> },
+    /// A tap interface that already exists (`ip tuntap add NAME mode tap`); QEMU runs no
+    /// scripts.
+    Tap { ifname: String },
+    /// No NIC (the guest stops with exit code `NIC`).
+    None,
+}
+
+/// How to run the image.
+#[derive(Debug, Clone)]
+pub struct QemuOpts {
+    /// The configuration document (`None`: boot without one, the guest refuses to start).
+    pub config: Option<PathBuf>,
+    pub network: Network,
+    pub accel: Accel,
+    pub mem_mb: u32,
+    /// `-cpu` model; `None`: `max` (RDRAND under TCG), `max,-arch-capabilities` under KVM.
+    /// `Some("qemu64")` has no RDRAND.
+    pub cpu: Option<String>,
+    /// Extra fw_cfg files `(name, file)`, e.g. [`PANIC_TEST_FW_CFG`].
+    pub fw_cfg: Vec<(String, PathBuf)>,
+    /// Serial console: `None` is QEMU's stdio; `Some(path)` writes it to a file.
+    pub serial_file: Option<PathBuf>,
+    /// Appended verbatim.
+    pub extra: Vec<OsString>,
+}
+
+impl QemuOpts {
+    /// User networking with port 80 forwarded from `127.0.0.1:hostfwd_port`, TCG, defaults.
+    pub fn new(config: impl Into<PathBuf>, hostfwd_port: u16) -> QemuOpts {
+        QemuOpts {
+            config: Some(config.into()),
+            network: Network::User {
+                hostfwd_port: Some(hostfwd_port),
+            },
+            ..QemuOpts::default()
+        }
+    }
+}
+
+impl Default for QemuOpts {
+    fn default() -> Self {
+        QemuOpts {
+            config: None,
+            network: Network::User { hostfwd_port: None },
+            accel: Accel::default(),
+            mem_mb: DEFAULT_MEM_MB,
+            cpu: None,
+            fw_cfg: Vec::new(),
+            serial_file: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// Path of the image built by [`build_image`].
+pub fn image_path(release: bool) -> PathBuf {
+    target_dir()
+        .join(TARGET)
+        .join(if release { "image" } else { "debug" })
+        .join(PACKAGE)
+}
+
+/// The cargo command that builds the image (`--profile image` when `release`, else `dev`).
+pub fn build_command(release: bool) -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root()).args([
+        "build",
+        "-p",
+        PACKAGE,
+        "--target",
+        TARGET,
+        "--profile",
+        if release { "image" } else { "dev" },
+    ]);
+    c
+}
+
+/// Build the image; its path, or why not.
+pub fn try_build_image(release: bool) -> Result<PathBuf, String> {
+    let mut c = build_command(release);
+    let status = c.status().map_err(|e| format!("{}: {e}", print_cmd(&c)))?;
+    if !status.success() {
+        return Err(format!("{} failed: {status}", print_cmd(&c)));
+    }
+    let image = image_path(release);
+    if !image.is_file() {
+        return Err(format!("{} built no {}", print_cmd(&c), image.display()));
+    }
+    Ok(image)
+}
+
+/// Build the image and return its path; panics (with the command line) when the build fails.
+pub fn build_image(release: bool) -> PathBuf {
+    try_build_image(release).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// QEMU's `-opt key=value,...` values treat `,` as a separator; a literal one is doubled.
+fn opt_escape(s: &OsStr) -> OsString {
+    s.to_string_lossy().replace(',', ",,").into()
+}
+
+fn fw_cfg_arg(name: &str, file: &Path) -> OsString {
+    let mut a = OsString::from(format!("name={name},file="));
+    a.push(opt_escape(file.as_os_str()));
+    a
+}
+
+/// The `qemu-system-x86_64` command that boots `image` as `opts` says. Nothing is spawned.
+pub fn qemu_command(image: &Path, opts: &QemuOpts) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-M", "q35"]);
+    if Path::new(QBOOT).is_file() {
+        c.args(["-bios", QBOOT]);
+    }
+    c.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    c.arg("-m").arg(opts.mem_mb.to_string());
+    match opts.accel {
+        Accel::Tcg => c.args(["-accel", "tcg"]),
+        Accel::Kvm => c.args(["-accel", "kvm"]),
+    };
+    let cpu = opts.cpu.clone().unwrap_or_else(|| {
+        match opts.accel {
+            Accel::Tcg => "max",
+            // `-cpu host`/`max` with arch-capabilities aborts on some KVM hosts (MSR 0x10a).
+            Accel::Kvm => "max,-arch-capabilities",
+        }
+        .to_string()
+    });
+    c.arg("-cpu").arg(cpu);
+    match &opts.serial_file {
+        Some(f) => {
+            let mut a = OsString::from("file:");
+            a.push(f.as_os_str());
+            c.arg("-serial").arg(a)
+        }
+        None => c.args(["-serial", "stdio"]),
+    };
+    c.args([
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-rtc",
+        "base=utc",
+    ]);
+    if let Some(config) = &opts.config {
+        c.arg("-fw_cfg").arg(fw_cfg_arg(CONFIG_FW_CFG, config));
+    }
+    for (name, file) in &opts.fw_cfg {
+        c.arg("-fw_cfg").arg(fw_cfg_arg(name, file));
+    }
+    let netdev = match &opts.network {
+        Network::User { hostfwd_port } => Some(match hostfwd_port {
+            Some(port) => format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:80"),
+            None => "user,id=net0".to_string(),
+        }),
+        Network::Tap { ifname } => Some(format!(
+            "tap,id=net0,ifname={},script=no,downscript=no",
+            ifname.replace(',', ",,")
+        )),
+        Network::None => None,
+    };
+    if let Some(netdev) = netdev {
+        c.arg("-netdev").arg(netdev);
+        c.args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
+    }
+    c.arg("-kernel").arg(image);
+    c.args(&opts.extra);
+    c
+}
+
+/// Quote one word for a POSIX shell (only when needed).
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// `cmd` as one shell-quoted line (environment and working directory not shown).
+pub fn print_cmd(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn default_command_line() {
+        let opts = QemuOpts::new("/tmp/c,1.json", 8080);
+        let c = qemu_command(Path::new("/img"), &opts);
+        let a = args(&c);
+        let has = |pair: [&str; 2]| a.windows(2).any(|w| w == pair);
+        assert!(has(["-cpu", "max"]));
+        assert!(has([
+            "-fw_cfg",
+            "name=opt/imds-agent/config,file=/tmp/c,,1.json"
+        ]));
+        assert!(has([
+            "-netdev",
+            "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80"
+        ]));
+        assert!(has(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]));
+        assert!(has(["-kernel", "/img"]));
+        assert!(a.contains(&"-nodefaults".to_string()));
+    }
+
+    #[test]
+    fn tap_and_cpu() {
+        let opts = QemuOpts {
+            network: Network::Tap {
+                ifname: "tap0".into(),
+            },
+            cpu: Some("qemu64".into()),
+            accel: Accel::Kvm,
+            ..QemuOpts::default()
+        };
+        let a = args(&qemu_command(Path::new("/img"), &opts));
+        assert!(a.contains(&"tap,id=net0,ifname=tap0,script=no,downscript=no".to_string()));
+        assert!(a.contains(&"qemu64".to_string()));
+        assert!(a.contains(&"kvm".to_string()));
+        assert!(!a
+            .iter()
+            .any(|x| x.starts_with("name=opt/imds-agent/config")));
+    }
+
+    #[test]
+    fn quoting() {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(["-serial", "stdio", "it's here", ""]);
+        assert_eq!(
+            print_cmd(&c),
+            r"qemu-system-x86_64 -serial stdio 'it'\''s here' ''"
+        );
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(guest_exit_code(7), Some(exit::NO_ENTROPY));
+        assert_eq!(guest_exit_code(3), Some(exit::PANIC));
+        assert_eq!(guest_exit_code(0), None);
+        assert_eq!(guest_exit_code(124), None);
+    }
+}
