@@ -23,7 +23,9 @@ use core::fmt::Write;
 use core::net::{IpAddr, Ipv4Addr};
 
 use imds_hal::{Clock, Entropy};
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::iface::{
+    Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet, SocketStorage,
+};
 use smoltcp::phy::{Device, TxToken};
 use smoltcp::socket::{dhcpv4, tcp};
 use smoltcp::time::{Duration, Instant};
@@ -98,11 +100,14 @@ struct Slot {
     state: SlotState,
 }
 
-/// Where the interface address comes from.
+/// What one [`Net::poll`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddressSource {
-    Dhcp,
-    Static,
+pub struct PollStatus {
+    /// Frames came in or went out: more may follow, poll again at once.
+    pub busy: bool,
+    /// When smoltcp next needs a poll for its own timers (retransmission, DHCP renewal), if
+    /// ever. A caller that sleeps must also wake for incoming frames (or poll regularly).
+    pub next_in: Option<Duration>,
 }
 
 /// The interface, its sockets and the connections.
@@ -233,8 +238,7 @@ impl<'a> Net<'a> {
         self.arp_due = address.is_some() && gateway.is_some();
     }
 
-    /// One round: receive, run DHCP, serve every connection, send. Returns how long the
-    /// caller may wait for the NIC before the next call is due (`None`: no timer pending).
+    /// One round: receive, run DHCP, serve every connection, send.
     pub fn poll<D: Device, C: Clock, E: Entropy, W: Write>(
         &mut self,
         device: &mut D,
@@ -242,9 +246,9 @@ impl<'a> Net<'a> {
         clock: &C,
         entropy: &mut E,
         log: &mut W,
-    ) -> Option<Duration> {
+    ) -> PollStatus {
         let now = instant(clock.monotonic_us());
-        self.iface.poll(now, device, &mut self.sockets);
+        let received = self.iface.poll(now, device, &mut self.sockets);
         self.poll_dhcp(clock, log);
         if self.arp_due {
             self.arp_due = false;
@@ -254,8 +258,12 @@ impl<'a> Net<'a> {
         }
         self.serve(agent, clock, entropy, log);
         let now = instant(clock.monotonic_us());
-        self.iface.poll(now, device, &mut self.sockets);
-        self.iface.poll_delay(now, &self.sockets)
+        let sent = self.iface.poll(now, device, &mut self.sockets);
+        PollStatus {
+            busy: received == PollResult::SocketStateChanged
+                || sent == PollResult::SocketStateChanged,
+            next_in: self.iface.poll_delay(now, &self.sockets),
+        }
     }
 
     fn poll_dhcp<C: Clock, W: Write>(&mut self, clock: &C, log: &mut W) {
@@ -459,7 +467,6 @@ mod tests {
     use crate::config::Config;
     use crate::limits::IDLE_TIMEOUT_US;
     use imds_hal::EntropyError;
-    use smoltcp::iface::PollResult;
     use smoltcp::phy::{DeviceCapabilities, Medium, RxToken};
     use smoltcp::wire::{EthernetFrame, IpAddress};
     use std::boxed::Box;

@@ -13,3 +13,5 @@ pub const CONFIG_MISSING: u8 = 4;
 pub const CONFIG_INVALID: u8 = 5;
 /// The NIC could not be found or brought up.
 pub const NIC: u8 = 6;
+/// A CPU exception (the vector and address are on the serial console).
+pub const CPU_EXCEPTION: u8 = 7;

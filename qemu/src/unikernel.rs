@@ -9,6 +9,7 @@ use imds_agent::server::Agent;
 use imds_hal::x86_64::clock::{Calibration, TscClock};
 use imds_hal::x86_64::exit::exit;
 use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig, CONFIG_FILE};
+use imds_hal::x86_64::interrupts::{self, LapicTimer};
 use imds_hal::x86_64::rdrand::Rdrand;
 use imds_hal::x86_64::serial::Serial;
 use imds_hal::x86_64::virtio_net::{self, VirtioNet};
@@ -17,13 +18,19 @@ use imds_hal::{Clock, ConfigSource, ConfigSourceError, Entropy};
 use crate::boot;
 use crate::exit_code;
 
-/// fw_cfg file whose presence makes the image panic right after boot: tests of the panic path.
+/// After the last frame, keep polling without pause this long (the rest of an exchange).
+const SPIN_AFTER_BUSY_US: u64 = 20_000;
+/// Longest sleep while idle: the worst added latency for the first frame of a new exchange.
+const IDLE_NAP_US: u64 = 1_000;
+
+/// fw_cfg file whose presence makes the image crash right after boot (see [`crash_test`]).
 const PANIC_TEST_FILE: &str = "opt/imds-agent/panic-test";
 
 /// Rust entry point, called by the boot trampoline with the PVH `hvm_start_info` address.
 #[no_mangle]
 pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
     let mut log = Serial::init_com1();
+    interrupts::init(exit_code::CPU_EXCEPTION);
     let _ = writeln!(
         log,
         "imds-agent: unikernel {} booting",
@@ -36,9 +43,7 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
         );
         exit(exit_code::BAD_BOOT);
     }
-    if fw_cfg::find_file(PANIC_TEST_FILE).is_some() {
-        panic!("requested by fw_cfg file {PANIC_TEST_FILE}");
-    }
+    crash_test();
 
     let mut entropy = Rdrand::new();
     let mut probe = [0u8; 8];
@@ -90,7 +95,14 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
         clock.monotonic_us() / 1000
     );
 
-    serve(nic, config, &clock, &mut entropy, &mut log)
+    let timer = LapicTimer::init(clock.tsc_hz());
+    if timer.is_none() {
+        let _ = writeln!(
+            log,
+            "imds-agent: no usable LAPIC timer: polling without pause"
+        );
+    }
+    serve(nic, config, timer.as_ref(), &clock, &mut entropy, &mut log)
 }
 
 /// The agent and the network loop, forever. Both live in this (never returning) frame of the
@@ -98,6 +110,7 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
 fn serve(
     mut nic: VirtioNet,
     config: Config,
+    timer: Option<&LapicTimer>,
     clock: &TscClock,
     entropy: &mut Rdrand,
     log: &mut Serial,
@@ -115,8 +128,39 @@ fn serve(
         log,
     );
     let mut agent = Agent::new(config);
+    let mut last_busy_us = clock.monotonic_us();
     loop {
-        let _ = net.poll(&mut nic, &mut agent, clock, entropy, log);
+        let status = net.poll(&mut nic, &mut agent, clock, entropy, log);
+        let now_us = clock.monotonic_us();
+        if status.busy {
+            last_busy_us = now_us;
+            continue;
+        }
+        // Quiet for a while: sleep in short naps (the NIC is polled, not interrupt-driven, so a
+        // nap delays the first frame of the next burst by at most IDLE_NAP_US).
+        if now_us.saturating_sub(last_busy_us) >= SPIN_AFTER_BUSY_US {
+            if let Some(timer) = timer {
+                let nap = status
+                    .next_in
+                    .map_or(IDLE_NAP_US, |d| d.total_micros().min(IDLE_NAP_US));
+                timer.halt_us(nap);
+            }
+        }
+    }
+}
+
+/// Test hook: an fw_cfg file [`PANIC_TEST_FILE`] makes the image fail on purpose: with the
+/// content `ud2`, by a CPU exception (invalid opcode); with anything else, by a Rust panic.
+fn crash_test() {
+    let mut buf = [0u8; 16];
+    match fw_cfg::read_file(PANIC_TEST_FILE, &mut buf) {
+        Err(ConfigSourceError::Missing) => {}
+        Ok(content) if content.starts_with(b"ud2") => {
+            // SAFETY: `ud2` raises #UD, which the IDT installed above reports and exits on;
+            // nothing else is affected.
+            unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+        }
+        _ => panic!("requested by fw_cfg file {PANIC_TEST_FILE}"),
     }
 }
 

@@ -27,8 +27,8 @@ pub const PACKAGE: &str = "imds-unikernel";
 pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 /// fw_cfg name the guest reads its configuration from.
 pub const CONFIG_FW_CFG: &str = "opt/imds-agent/config";
-/// fw_cfg name that makes the guest panic on purpose right after boot (tests of the panic
-/// path; any content).
+/// fw_cfg name that makes the guest fail on purpose right after boot: content `ud2` raises a
+/// CPU exception, anything else panics (tests of the failure paths).
 pub const PANIC_TEST_FW_CFG: &str = "opt/imds-agent/panic-test";
 /// Guest RAM by default: the image needs ~2 MiB above 1 MiB (mostly `.bss`), qboot a little.
 pub const DEFAULT_MEM_MB: u32 = 32;
@@ -41,6 +41,7 @@ pub mod exit {
     pub const CONFIG_MISSING: u8 = 4;
     pub const CONFIG_INVALID: u8 = 5;
     pub const NIC: u8 = 6;
+    pub const CPU_EXCEPTION: u8 = 7;
 }
 
 /// The guest exit code behind a QEMU exit status (`2 * code + 1`), if it is one.

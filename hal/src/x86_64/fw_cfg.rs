@@ -65,19 +65,24 @@ pub fn find_file(name: &str) -> Option<(u16, u32)> {
     None
 }
 
+/// Read the whole fw_cfg file `name` into `buf`; the filled prefix.
+pub fn read_file<'a>(name: &str, buf: &'a mut [u8]) -> Result<&'a [u8], ConfigSourceError> {
+    let (sel, size) = find_file(name).ok_or(ConfigSourceError::Missing)?;
+    let size = size as usize;
+    if size > buf.len() {
+        return Err(ConfigSourceError::TooLarge(size));
+    }
+    select(sel);
+    read_bytes(&mut buf[..size]);
+    Ok(&buf[..size])
+}
+
 /// The configuration document from fw_cfg file [`CONFIG_FILE`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FwCfgConfig;
 
 impl ConfigSource for FwCfgConfig {
     fn read_config<'a>(&mut self, buf: &'a mut [u8]) -> Result<&'a [u8], ConfigSourceError> {
-        let (sel, size) = find_file(CONFIG_FILE).ok_or(ConfigSourceError::Missing)?;
-        let size = size as usize;
-        if size > buf.len() {
-            return Err(ConfigSourceError::TooLarge(size));
-        }
-        select(sel);
-        read_bytes(&mut buf[..size]);
-        Ok(&buf[..size])
+        read_file(CONFIG_FILE, buf)
     }
 }

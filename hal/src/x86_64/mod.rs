@@ -8,7 +8,8 @@
 //!   [`crate::ConfigSource`]);
 //! * [`pci`] — configuration space over ports 0xCF8/0xCFC and BAR assignment;
 //! * [`virtio_net`] — the NIC ([`virtio_net::VirtioNet`], a `smoltcp::phy::Device`);
-//! * [`exit`] — leaving QEMU through `isa-debug-exit`.
+//! * [`exit`] — leaving QEMU through `isa-debug-exit`;
+//! * [`interrupts`] — CPU exceptions reported on the console, LAPIC-timer sleep when idle.
 //!
 //! Everything assumes one CPU, interrupts off, and the first 4 GiB identity-mapped (the boot code
 //! in `qemu/` sets that up).
@@ -16,6 +17,7 @@
 pub mod clock;
 pub mod exit;
 pub mod fw_cfg;
+pub mod interrupts;
 pub mod pci;
 mod port;
 pub mod rdrand;
