@@ -8,8 +8,10 @@
 // Errors carry the field path inline: the core has no heap to box them in.
 #![allow(clippy::result_large_err)]
 
+use crate::broker::upstream::Style;
 use crate::limits::{
-    CONFIG_STRING_MAX, MAX_IDENTITIES, MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
+    CA_DER_MAX, CONFIG_STRING_MAX, MAX_IDENTITIES, MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX,
+    URL_MAX,
 };
 use core::cell::RefCell;
 use core::fmt;
@@ -36,12 +38,59 @@ pub enum IdentityKind {
 }
 
 /// One identity of the VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct IdentityConfig {
     pub kind: IdentityKind,
     pub client_id: Guid,
     pub object_id: Guid,
     pub resource_id: heapless::String<RESOURCE_ID_MAX>,
+    /// Broker mode: how the identity proves itself to the authority.
+    pub credential: Option<Credential>,
+}
+
+/// Signature algorithm of a client assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    Es256,
+}
+
+/// An identity's credential for the authority: its private key (zeroized on drop, never shown
+/// by `Debug`), the `kid` of the assertion header (RFC 7638 thumbprint of the key) and, for
+/// certificate credentials, the certificate's SHA-256 thumbprint (`x5t#S256`).
+#[derive(Clone)]
+pub struct Credential {
+    pub alg: Alg,
+    pub key: p256::ecdsa::SigningKey,
+    pub kid: heapless::String<43>,
+    pub x5t_s256: Option<heapless::String<43>>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("alg", &self.alg)
+            .field("key", &"<redacted>")
+            .field("kid", &self.kid)
+            .field("x5t_s256", &self.x5t_s256)
+            .finish()
+    }
+}
+
+/// Broker mode: the OAuth2 authority the agent gets tokens from.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    /// The token endpoint, as configured (also the `aud` of client assertions).
+    pub token_url: heapless::String<URL_MAX>,
+    /// Host name from `token_url` (TLS server name and `Host` header).
+    pub host: heapless::String<64>,
+    pub port: u16,
+    /// Path (and query) from `token_url`.
+    pub path: heapless::String<URL_MAX>,
+    /// The only trust anchor: a CA certificate (DER).
+    pub ca_der: heapless::Vec<u8, CA_DER_MAX>,
+    pub style: Style,
+    /// Fixed address to connect to (no DNS).
+    pub address: Option<SocketAddr>,
 }
 
 /// Where the host daemon listens.
@@ -78,7 +127,10 @@ pub struct Config {
     pub issuer: heapless::String<URL_MAX>,
     pub token_lifetime_s: u32,
     pub refresh_margin_s: u32,
-    pub signing_key: SigningKey,
+    /// Issuer mode's key; optional in broker mode (then no JWKS is published).
+    pub signing_key: Option<SigningKey>,
+    /// Broker mode when present.
+    pub authority: Option<AuthorityConfig>,
     pub listen: ListenConfig,
     pub network: Option<NetworkConfig>,
     pub identities: heapless::Vec<IdentityConfig, MAX_IDENTITIES>,
@@ -203,6 +255,19 @@ struct RawIdentity {
     client_id: Option<Str<64>>,
     object_id: Option<Str<64>>,
     resource_id: Option<Str<RESOURCE_ID_MAX>>,
+    // Key material is decoded as soon as it is read, so that no PEM stays around.
+    key: Option<Result<p256::ecdsa::SigningKey, &'static str>>,
+    alg: Option<Str<16>>,
+    certificate: Option<Result<heapless::String<43>, &'static str>>,
+}
+
+#[derive(Default)]
+struct RawAuthority {
+    token_url: Option<Str<URL_MAX>>,
+    ca_cert: Option<Result<heapless::Vec<u8, CA_DER_MAX>, &'static str>>,
+    spki_sha256: Option<Str<96>>,
+    style: Option<Str<8>>,
+    address: Option<Str<64>>,
 }
 
 #[derive(Default)]
@@ -226,6 +291,7 @@ struct Raw {
     signing_key: Option<Str<PEM_MAX>>,
     listen: Option<RawListen>,
     network: Option<RawNetwork>,
+    authority: Option<RawAuthority>,
     identities: Option<heapless::Vec<RawIdentity, MAX_IDENTITIES>>,
     identities_overflow: bool,
 }
@@ -297,6 +363,7 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "signing_key" => raw.signing_key = Some(map.next_value()?),
                 "listen" => raw.listen = Some(map.next_value_seed(ListenSeed(t))?),
                 "network" => raw.network = map.next_value_seed(OptNetworkSeed(t))?,
+                "authority" => raw.authority = map.next_value_seed(OptAuthoritySeed(t))?,
                 "identities" => {
                     let (list, overflow) = map.next_value_seed(IdentitiesSeed(t))?;
                     raw.identities = Some(list);
@@ -397,6 +464,61 @@ impl<'de> Visitor<'de> for OptNetworkSeed<'_> {
     }
 }
 
+struct OptAuthoritySeed<'t>(&'t Tracker);
+
+impl<'de> DeserializeSeed<'de> for OptAuthoritySeed<'_> {
+    type Value = Option<RawAuthority>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OptAuthoritySeed<'_> {
+    type Value = Option<RawAuthority>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("null or an authority object")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let t = self.0;
+        let mut raw = RawAuthority::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested("authority", None, key));
+            match key {
+                "token_url" => raw.token_url = Some(map.next_value()?),
+                "ca_cert" => {
+                    let pem: Str<PEM_MAX> = map.next_value()?;
+                    raw.ca_cert = Some(certificate_der(&pem));
+                }
+                "spki_sha256" => raw.spki_sha256 = Some(map.next_value()?),
+                "style" => raw.style = Some(map.next_value()?),
+                "address" => raw.address = map.next_value()?,
+                k if k.starts_with('_') => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+                other => {
+                    t.unknown.borrow_mut().get_or_insert(FieldPath::nested(
+                        "authority",
+                        None,
+                        other,
+                    ));
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Some(raw))
+    }
+}
+
 struct IdentitiesSeed<'t>(&'t Tracker);
 
 impl<'de> DeserializeSeed<'de> for IdentitiesSeed<'_> {
@@ -454,6 +576,16 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
                 "client_id" => raw.client_id = Some(map.next_value()?),
                 "object_id" => raw.object_id = Some(map.next_value()?),
                 "resource_id" => raw.resource_id = Some(map.next_value()?),
+                "key" => {
+                    let mut pem: Str<PEM_MAX> = map.next_value()?;
+                    raw.key = Some(parse_signing_key(&pem));
+                    zeroize_string(&mut pem);
+                }
+                "alg" => raw.alg = Some(map.next_value()?),
+                "certificate" => {
+                    let pem: Str<PEM_MAX> = map.next_value()?;
+                    raw.certificate = Some(certificate_thumbprint(&pem));
+                }
                 k if k.starts_with('_') => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
@@ -522,6 +654,160 @@ pub fn parse_signing_key(pem: &str) -> Result<p256::ecdsa::SigningKey, &'static 
     })();
     der.zeroize();
     result
+}
+
+/// Decode a PEM certificate to DER.
+pub fn certificate_der(pem: &str) -> Result<heapless::Vec<u8, CA_DER_MAX>, &'static str> {
+    let mut der = [0u8; CA_DER_MAX];
+    let (label, der) = pem_rfc7468::decode(pem.trim().as_bytes(), &mut der)
+        .map_err(|_| "is not a PEM certificate (or larger than 2048 bytes of DER)")?;
+    if label != "CERTIFICATE" {
+        return Err("must be a PEM certificate (-----BEGIN CERTIFICATE-----)");
+    }
+    heapless::Vec::from_slice(der).map_err(|_| "certificate too large")
+}
+
+/// `x5t#S256` of a PEM certificate: base64url SHA-256 of its DER.
+pub fn certificate_thumbprint(pem: &str) -> Result<heapless::String<43>, &'static str> {
+    use sha2::Digest;
+    let der = certificate_der(pem)?;
+    let digest = sha2::Sha256::digest(&der);
+    let mut out: heapless::Vec<u8, 43> = heapless::Vec::new();
+    crate::jose::b64url_append(&digest, &mut out).map_err(|_| "thumbprint")?;
+    Ok(core::str::from_utf8(&out)
+        .ok()
+        .and_then(|s| heapless::String::try_from(s).ok())
+        .unwrap_or_default())
+}
+
+fn validate_authority(raw: &RawAuthority) -> Result<AuthorityConfig, ConfigError> {
+    let p = |sub| FieldPath::nested("authority", None, sub);
+    let url = raw
+        .token_url
+        .as_ref()
+        .ok_or_else(|| ConfigError::Missing(p("token_url")))?;
+    let bad_url = || ConfigError::Invalid {
+        field: p("token_url"),
+        why: "must be an https:// URL like https://login.example/tenant/oauth2/token",
+    };
+    let rest = url.strip_prefix("https://").ok_or_else(bad_url)?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, port)) => (h, port.parse::<u16>().map_err(|_| bad_url())?),
+        None => (authority, 443),
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        return Err(bad_url());
+    }
+    let ca_der = match (&raw.ca_cert, &raw.spki_sha256) {
+        (Some(Ok(der)), None) => der.clone(),
+        (Some(Err(why)), _) => {
+            return Err(ConfigError::Invalid {
+                field: p("ca_cert"),
+                why,
+            })
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid {
+                field: p("spki_sha256"),
+                why: "give either ca_cert or spki_sha256, not both",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Invalid {
+                field: p("spki_sha256"),
+                why: "public-key pinning is not supported yet; give the CA as ca_cert",
+            })
+        }
+        (None, None) => return Err(ConfigError::Missing(p("ca_cert"))),
+    };
+    let style = match raw.style.as_deref() {
+        None | Some("v1") => Style::V1,
+        Some("v2") => Style::V2,
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                field: p("style"),
+                why: "must be \"v1\" (resource=) or \"v2\" (scope=R/.default)",
+            })
+        }
+    };
+    let address = match &raw.address {
+        Some(a) => Some(socket_addr(a, p("address"))?),
+        None => None,
+    };
+    Ok(AuthorityConfig {
+        token_url: url.clone(),
+        host: heapless::String::try_from(host).map_err(|_| bad_url())?,
+        port,
+        path: heapless::String::try_from(path).map_err(|_| bad_url())?,
+        ca_der,
+        style,
+        address,
+    })
+}
+
+fn validate_credential(
+    r: &RawIdentity,
+    i: usize,
+    broker: bool,
+) -> Result<Option<Credential>, ConfigError> {
+    let p = |sub: &str| FieldPath::nested("identities", Some(i), sub);
+    let key = match (&r.key, broker) {
+        (None, false) => return Ok(None),
+        (Some(_), false) => {
+            return Err(ConfigError::Invalid {
+                field: p("key"),
+                why: "identity keys are used in broker mode only: add an `authority`",
+            })
+        }
+        (None, true) => return Err(ConfigError::Missing(p("key"))),
+        (Some(Err(why)), true) => {
+            return Err(ConfigError::Invalid {
+                field: p("key"),
+                why,
+            })
+        }
+        (Some(Ok(k)), true) => k.clone(),
+    };
+    let alg = match r.alg.as_deref() {
+        None | Some("ES256") => Alg::Es256,
+        Some("PS256") | Some("RS256") => {
+            return Err(ConfigError::Invalid {
+                field: p("alg"),
+                why: "RSA assertions need the `rsa` build feature, which this build lacks",
+            })
+        }
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                field: p("alg"),
+                why: "must be \"ES256\"",
+            })
+        }
+    };
+    let x5t_s256 = match &r.certificate {
+        None => None,
+        Some(Ok(t)) => Some(t.clone()),
+        Some(Err(why)) => {
+            return Err(ConfigError::Invalid {
+                field: p("certificate"),
+                why,
+            })
+        }
+    };
+    let kid = crate::jose::PublicJwk::of(key.verifying_key()).thumbprint();
+    Ok(Some(Credential {
+        alg,
+        key,
+        kid,
+        x5t_s256,
+    }))
 }
 
 fn validate_identities(
@@ -598,12 +884,14 @@ fn validate_identities(
                 });
             }
         }
+        let credential = validate_credential(r, i, raw.authority.is_some())?;
         // Cannot overflow: the list itself has this capacity.
         let _ = out.push(IdentityConfig {
             kind,
             client_id,
             object_id,
             resource_id,
+            credential,
         });
     }
     if out.is_empty() {
@@ -702,14 +990,20 @@ impl Config {
                 why: "must be less than half of token_lifetime_s",
             });
         }
-        let pem = raw
-            .signing_key
-            .as_ref()
-            .ok_or_else(|| ConfigError::Missing(FieldPath::top("signing_key")))?;
-        let signing_key = parse_signing_key(pem).map_err(|why| ConfigError::Invalid {
-            field: FieldPath::top("signing_key"),
-            why,
-        })?;
+        let authority = match &raw.authority {
+            Some(a) => Some(validate_authority(a)?),
+            None => None,
+        };
+        let signing_key = match (&raw.signing_key, authority.is_some()) {
+            (Some(pem), _) => Some(SigningKey(parse_signing_key(pem).map_err(|why| {
+                ConfigError::Invalid {
+                    field: FieldPath::top("signing_key"),
+                    why,
+                }
+            })?)),
+            (None, true) => None,
+            (None, false) => return Err(ConfigError::Missing(FieldPath::top("signing_key"))),
+        };
         let listen = {
             let l = raw.listen.as_ref();
             let imds = match l.and_then(|l| l.imds.as_ref()) {
@@ -736,7 +1030,8 @@ impl Config {
             issuer,
             token_lifetime_s,
             refresh_margin_s,
-            signing_key: SigningKey(signing_key),
+            signing_key,
+            authority,
             listen,
             network,
             identities,

@@ -161,6 +161,7 @@ mod tests {
             client_id: g('a'),
             object_id: g('b'),
             resource_id: rid,
+            credential: None,
         }
     }
 
@@ -182,7 +183,10 @@ mod tests {
             store(&[u1.clone(), sys.clone(), u2.clone()]).select(Selector::Default),
             Ok(1)
         );
-        assert_eq!(store(core::slice::from_ref(&u1)).select(Selector::Default), Ok(0));
+        assert_eq!(
+            store(core::slice::from_ref(&u1)).select(Selector::Default),
+            Ok(0)
+        );
         assert_eq!(
             store(&[u1.clone(), u2.clone()]).select(Selector::Default),
             Err(SelectError::MultipleUserAssigned)

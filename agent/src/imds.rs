@@ -4,11 +4,12 @@
 //! (status, JSON body, headers). The router never touches sockets; errors of every other module
 //! are mapped to wire error codes here and nowhere else.
 
+use crate::broker::{Failure, JobState, Jobs};
 use crate::config::{Config, Guid};
 use crate::http::{ContentType, Method, Request};
 use crate::identity::{IdentityStore, SelectError, Selector};
 use crate::limits::{CONN_TX_BUF, PARAM_DECODE_BUF, RESOURCE_MAX};
-use crate::query::{self, Params};
+use crate::query;
 use crate::token::{Issuer, Token, TokenCache};
 use core::fmt::Write as _;
 use imds_hal::Entropy;
@@ -77,8 +78,24 @@ pub const NEWEST_VERSIONS: [&str; 3] = ["2025-04-07", "2024-07-17", "2024-03-15"
 pub struct Agent {
     identities: IdentityStore,
     cache: TokenCache,
-    issuer: Issuer,
+    /// Issuer mode's minting key (also present in broker mode if configured: JWKS only).
+    issuer: Option<Issuer>,
+    /// Broker mode: tokens come from the authority through [`crate::broker::task`].
+    broker: bool,
+    jobs: Jobs,
+    refresh_margin_s: u64,
+    /// Log lines from the broker task, drained by the driver.
+    events: heapless::Deque<heapless::String<240>, 16>,
     tenant_id: Guid,
+}
+
+/// The two clocks a request is handled at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Wall clock, Unix seconds (token times).
+    pub unix_s: u64,
+    /// Monotonic microseconds (timeouts, holds).
+    pub mono_us: u64,
 }
 
 impl core::fmt::Debug for Agent {
@@ -87,6 +104,8 @@ impl core::fmt::Debug for Agent {
             .field("identities", &self.identities.len())
             .field("cached_tokens", &self.cache.len())
             .field("issuer", &self.issuer)
+            .field("broker", &self.broker)
+            .field("jobs", &self.jobs.len())
             .finish()
     }
 }
@@ -101,18 +120,98 @@ impl Agent {
             refresh_margin_s,
             signing_key,
             identities,
+            authority,
             ..
         } = config;
         Agent {
             identities: IdentityStore::new(identities),
             cache: TokenCache::new(refresh_margin_s),
-            issuer: Issuer::new(signing_key.0, &issuer, &tenant_id, token_lifetime_s),
+            issuer: signing_key.map(|k| Issuer::new(k.0, &issuer, &tenant_id, token_lifetime_s)),
+            broker: authority.is_some(),
+            jobs: Jobs::default(),
+            refresh_margin_s: refresh_margin_s as u64,
+            events: heapless::Deque::new(),
             tenant_id,
         }
     }
 
-    pub fn issuer(&self) -> &Issuer {
-        &self.issuer
+    /// The issuer (issuer mode, or broker mode with a `signing_key`).
+    pub fn issuer(&self) -> Option<&Issuer> {
+        self.issuer.as_ref()
+    }
+
+    /// Whether tokens come from an authority.
+    pub fn is_broker(&self) -> bool {
+        self.broker
+    }
+
+    /// Whether a fetch is queued or in flight (drivers poll more often then).
+    pub fn fetching(&self) -> bool {
+        self.jobs.busy()
+    }
+
+    /// Record a log line (kept until the driver drains it; the oldest is dropped when full).
+    pub fn event(&mut self, args: core::fmt::Arguments<'_>) {
+        let mut line: heapless::String<240> = heapless::String::new();
+        let _ = line.write_fmt(args);
+        if self.events.is_full() {
+            self.events.pop_front();
+        }
+        let _ = self.events.push_back(line);
+    }
+
+    /// Write pending log lines.
+    pub fn drain_events<W: core::fmt::Write>(&mut self, log: &mut W) {
+        while let Some(line) = self.events.pop_front() {
+            let _ = writeln!(log, "{line}");
+        }
+    }
+
+    /// The next fetch for the broker task, with what it needs copied out.
+    pub fn start_job(&mut self) -> Option<crate::broker::task::JobSpec> {
+        loop {
+            let (identity, resource) = self.jobs.start_next()?;
+            let Some(id) = self.identities.get(identity) else {
+                continue;
+            };
+            let Some(credential) = id.credential.clone() else {
+                self.jobs
+                    .finish(identity, &resource, Err(NO_CREDENTIAL), 0, 0);
+                continue;
+            };
+            return Some(crate::broker::task::JobSpec {
+                identity,
+                resource,
+                client_id: id.client_id.clone(),
+                credential,
+            });
+        }
+    }
+
+    /// A fetch ended: a token goes into the cache; a failure is held for waiting requests.
+    pub fn finish_job(
+        &mut self,
+        identity: u8,
+        resource: &str,
+        result: Result<crate::broker::upstream::TokenAnswer, Failure>,
+        now_us: u64,
+    ) {
+        let result = result.map(|answer| {
+            let token = Token {
+                access_token: answer.access_token,
+                not_before: answer.not_before,
+                expires_on: answer.expires_on,
+                obtained_us: now_us,
+            };
+            self.cache.insert(identity, resource, token);
+        });
+        self.jobs.finish(
+            identity,
+            resource,
+            result,
+            now_us,
+            crate::limits::FETCH_FAILURE_HOLD_US,
+        );
     }
 
     pub fn identities(&self) -> &IdentityStore {
@@ -123,6 +222,12 @@ impl Agent {
         &self.cache
     }
 }
+
+const NO_CREDENTIAL: Failure = Failure {
+    status: 500,
+    retry_after_s: None,
+    description: "The identity has no credential for the token authority",
+};
 
 /// What the router answers.
 #[derive(Debug)]
@@ -136,6 +241,9 @@ pub struct Reply {
     pub client_id: Option<Guid>,
     /// Close the connection after this reply.
     pub close: bool,
+    /// No answer yet: the request waits for an upstream fetch (the connection keeps it and
+    /// asks again on the next loop turn).
+    pub pending: bool,
 }
 
 impl Reply {
@@ -148,6 +256,7 @@ impl Reply {
             body: heapless::Vec::new(),
             client_id: None,
             close: false,
+            pending: false,
         }
     }
 
@@ -160,6 +269,7 @@ impl Reply {
         self.body.clear();
         self.client_id = None;
         self.close = false;
+        self.pending = false;
     }
 
     fn json<T: Serialize>(&mut self, status: u16, value: &T) {
@@ -280,19 +390,38 @@ fn proxied(req: &Request<'_>) -> bool {
 }
 
 /// Handle one request.
+///
+/// `parked_since_us`: when this request was first seen, if it is waiting for a fetch.
 pub fn handle<E: Entropy>(
     agent: &mut Agent,
     req: &Request<'_>,
-    now: u64,
+    now: Now,
+    parked_since_us: Option<u64>,
     entropy: &mut E,
     reply: &mut Reply,
 ) {
     reply.clear();
     let path = req.path;
     if path_is(path, "/metadata/identity/oauth2/token") {
-        token_endpoint(agent, req, now, entropy, reply, Endpoint::Imds);
+        token_endpoint(
+            agent,
+            req,
+            now,
+            parked_since_us,
+            entropy,
+            reply,
+            Endpoint::Imds,
+        );
     } else if path_is(path, "/oauth2/token") {
-        token_endpoint(agent, req, now, entropy, reply, Endpoint::Legacy);
+        token_endpoint(
+            agent,
+            req,
+            now,
+            parked_since_us,
+            entropy,
+            reply,
+            Endpoint::Legacy,
+        );
     } else if path_is(path, "/metadata/identity/info") {
         if metadata_checks(req, reply, true) {
             #[derive(Serialize)]
@@ -321,11 +450,13 @@ pub fn handle<E: Entropy>(
                 },
             );
         }
-    } else if path_is(path, "/.well-known/openid-configuration") {
+    } else if path_is(path, "/.well-known/openid-configuration") && agent.issuer.is_some() {
         if get_only(req, reply) {
             discovery(agent, req, reply);
         }
-    } else if path_is(path, "/.well-known/jwks.json") || path_is(path, "/discovery/keys") {
+    } else if (path_is(path, "/.well-known/jwks.json") || path_is(path, "/discovery/keys"))
+        && agent.issuer.is_some()
+    {
         if get_only(req, reply) {
             jwks(agent, reply);
         }
@@ -404,7 +535,8 @@ fn is_form(req: &Request<'_>) -> bool {
 fn token_endpoint<E: Entropy>(
     agent: &mut Agent,
     req: &Request<'_>,
-    now: u64,
+    now: Now,
+    parked_since_us: Option<u64>,
     entropy: &mut E,
     reply: &mut Reply,
     endpoint: Endpoint,
@@ -512,37 +644,54 @@ fn token_endpoint<E: Entropy>(
     let bypass = params
         .get("bypass_cache")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    serve_token(
-        agent, index, resource, &params, selector, now, entropy, reply, bypass,
-    );
+    let ctx = TokenRequest {
+        index,
+        resource,
+        selector,
+        bypass,
+        parked_since_us,
+    };
+    if agent.broker {
+        serve_brokered(agent, &ctx, now, reply);
+    } else {
+        serve_minted(agent, &ctx, now.unix_s, entropy, reply);
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn serve_token<E: Entropy>(
-    agent: &mut Agent,
+struct TokenRequest<'a> {
     index: u8,
-    resource: &str,
-    _params: &Params<'_>,
-    selector: Selector<'_>,
+    resource: &'a str,
+    selector: Selector<'a>,
+    bypass: bool,
+    parked_since_us: Option<u64>,
+}
+
+/// Issuer mode: from the cache, or minted now.
+fn serve_minted<E: Entropy>(
+    agent: &mut Agent,
+    r: &TokenRequest<'_>,
     now: u64,
     entropy: &mut E,
     reply: &mut Reply,
-    bypass: bool,
 ) {
-    let Some(identity) = agent.identities.get(index) else {
+    let Some(identity) = agent.identities.get(r.index) else {
         reply.bad_request("Identity not found");
         return;
     };
-    if !bypass {
-        if let Some(t) = agent.cache.get(index, resource, now) {
-            write_token(reply, t, resource, identity, selector, now);
+    if !r.bypass {
+        if let Some(t) = agent.cache.get(r.index, r.resource, now) {
+            write_token(reply, t, r.resource, identity, r.selector, now);
             return;
         }
     }
-    match agent.issuer.mint(identity, resource, now, entropy) {
+    let Some(issuer) = agent.issuer.as_ref() else {
+        reply.error(500, "server_error", "No token source configured");
+        return;
+    };
+    match issuer.mint(identity, r.resource, now, entropy) {
         Ok(token) => {
-            write_token(reply, &token, resource, identity, selector, now);
-            agent.cache.insert(index, resource, token);
+            write_token(reply, &token, r.resource, identity, r.selector, now);
+            agent.cache.insert(r.index, r.resource, token);
         }
         Err(crate::token::MintError::TooLarge) => {
             reply.bad_request("Parameter 'resource' is too long");
@@ -550,6 +699,64 @@ fn serve_token<E: Entropy>(
         Err(crate::token::MintError::Entropy(_)) => {
             reply.error(500, "server_error", "Token service unavailable: no entropy");
         }
+    }
+}
+
+/// Broker mode: from the cache (renewed ahead of expiry in the background), or wait for a
+/// fetch. A known token that is still valid is served while its renewal runs or fails.
+fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut Reply) {
+    let Some(identity) = agent.identities.get(r.index) else {
+        reply.bad_request("Identity not found");
+        return;
+    };
+    let margin = agent.refresh_margin_s;
+    let entry = agent.cache.peek(r.index, r.resource);
+    // bypass_cache: only a token obtained after this request arrived will do.
+    let fresh_enough = |t: &Token| match (r.bypass, r.parked_since_us) {
+        (false, _) => true,
+        (true, Some(since)) => t.obtained_us >= since,
+        (true, None) => false,
+    };
+    if let Some(t) = entry.filter(|t| fresh_enough(t)) {
+        let left = t.expires_on.saturating_sub(now.unix_s);
+        if left > margin {
+            write_token(reply, t, r.resource, identity, r.selector, now.unix_s);
+            if left <= 2 * margin {
+                // Refresh ahead, nobody waits for it. A full job table just means later.
+                let _ = agent.jobs.enqueue(r.index, r.resource, true, now.mono_us);
+            }
+            return;
+        }
+        if left > 0 && agent.jobs.get(r.index, r.resource).is_some() {
+            // Inside the margin, but a renewal is running or just failed: the known token
+            // is better than an error.
+            write_token(reply, t, r.resource, identity, r.selector, now.unix_s);
+            let _ = agent.jobs.enqueue(r.index, r.resource, true, now.mono_us);
+            return;
+        }
+    }
+    agent.jobs.expire(now.mono_us);
+    match agent.jobs.get(r.index, r.resource).map(|j| j.state) {
+        Some(JobState::Failed { failure, .. }) if r.parked_since_us.is_some() || !r.bypass => {
+            reply.retry_after_s = failure.retry_after_s;
+            reply.error(
+                failure.status,
+                error_code(failure.status),
+                failure.description,
+            );
+        }
+        Some(JobState::Queued | JobState::InFlight) => reply.pending = true,
+        _ => match agent.jobs.enqueue(r.index, r.resource, false, now.mono_us) {
+            Ok(()) => reply.pending = true,
+            Err(_) => {
+                reply.retry_after_s = Some(1);
+                reply.error(
+                    503,
+                    "service_unavailable",
+                    "Too many token requests in progress",
+                );
+            }
+        },
     }
 }
 
@@ -599,6 +806,9 @@ fn host_of<'r>(req: &Request<'r>) -> &'r str {
 }
 
 fn discovery(agent: &Agent, req: &Request<'_>, reply: &mut Reply) {
+    let Some(issuer) = agent.issuer.as_ref() else {
+        return;
+    };
     let host = host_of(req);
     let mut jwks_uri: heapless::String<300> = heapless::String::new();
     let _ = write!(jwks_uri, "http://{host}/.well-known/jwks.json");
@@ -622,7 +832,7 @@ fn discovery(agent: &Agent, req: &Request<'_>, reply: &mut Reply) {
     reply.json(
         200,
         &Discovery {
-            issuer: agent.issuer.issuer_url(),
+            issuer: issuer.issuer_url(),
             jwks_uri: &jwks_uri,
             token_endpoint: &token_endpoint,
             authorization_endpoint: &token_endpoint,
@@ -664,7 +874,10 @@ fn jwks(agent: &Agent, reply: &mut Reply) {
     struct Jwks<'a> {
         keys: [Jwk<'a>; 1],
     }
-    let jwk = agent.issuer.jwk();
+    let Some(issuer) = agent.issuer.as_ref() else {
+        return;
+    };
+    let jwk = issuer.jwk();
     reply.json(
         200,
         &Jwks {
@@ -673,7 +886,7 @@ fn jwks(agent: &Agent, reply: &mut Reply) {
                 crv: "P-256",
                 x: &jwk.x,
                 y: &jwk.y,
-                kid: agent.issuer.kid(),
+                kid: issuer.kid(),
                 use_: "sig",
                 alg: "ES256",
             }],

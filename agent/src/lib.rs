@@ -1,5 +1,6 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+pub mod broker;
 pub mod config;
 pub mod http;
 pub mod identity;

@@ -60,3 +60,32 @@ pub const CONFIG_MAX: usize = 64 * 1024;
 pub const CONFIG_STRING_MAX: usize = 4096;
 /// Longest PEM document in the config.
 pub const PEM_MAX: usize = 4096;
+
+// ---- broker mode (tokens from an OAuth2 authority) -------------------------------------------
+
+/// Upstream fetches that run at once (each has its own TLS buffers, ~21 KiB).
+pub const BROKER_TASKS: usize = 2;
+/// Distinct (identity, resource) fetches queued, in flight or remembered as failed.
+/// Full: a request that needs one more gets 503 `service_unavailable` with `Retry-After`.
+pub const MAX_PENDING_FETCHES: usize = 16;
+/// Largest HTTP answer (head + body) read from the authority. Larger: a malformed answer.
+pub const UPSTREAM_RESPONSE_MAX: usize = TOKEN_MAX + 4096;
+/// TLS record buffers of one upstream connection (a full TLS record is 16 640 bytes).
+pub const TLS_READ_BUF: usize = 16_640;
+pub const TLS_WRITE_BUF: usize = 4096;
+/// Bytes buffered between an upstream socket and its TLS session, each way.
+pub const UPSTREAM_PIPE_BUF: usize = 4096;
+/// Largest CA certificate (DER) accepted as the trust anchor.
+pub const CA_DER_MAX: usize = 2048;
+/// Connecting to the authority (TCP) must succeed within this time.
+pub const FETCH_CONNECT_TIMEOUT_US: u64 = 3_000_000;
+/// One whole fetch (connect, TLS, request, answer) must finish within this time.
+pub const FETCH_ATTEMPT_TIMEOUT_US: u64 = 8_000_000;
+/// All attempts of one fetch (with back-off on 5xx/429) must finish within this time.
+pub const FETCH_TOTAL_TIMEOUT_US: u64 = 20_000_000;
+/// Attempts per fetch (the first and its retries on 5xx, 429 or a transport failure).
+pub const FETCH_ATTEMPTS: u32 = 3;
+/// A failed fetch is remembered this long: requests in that time get its error at once.
+pub const FETCH_FAILURE_HOLD_US: u64 = 2_000_000;
+/// A request waiting for a fetch gets 503 after this long.
+pub const FETCH_WAIT_MAX_US: u64 = 25_000_000;

@@ -7,8 +7,10 @@
 
 use crate::http::{self, HttpError, Parse, ResponseHead};
 use crate::imds;
-pub use crate::imds::{Agent, Listener, Reply};
-use crate::limits::{CONN_RX_BUF, CONN_TX_BUF, HEAD_DEADLINE_US, IDLE_TIMEOUT_US};
+pub use crate::imds::{Agent, Listener, Now, Reply};
+use crate::limits::{
+    CONN_RX_BUF, CONN_TX_BUF, FETCH_WAIT_MAX_US, HEAD_DEADLINE_US, IDLE_TIMEOUT_US,
+};
 use core::fmt::Write;
 use core::net::{IpAddr, Ipv4Addr};
 use imds_hal::{Clock, Entropy};
@@ -29,6 +31,8 @@ pub struct Connection {
     last_activity_us: u64,
     /// When the first byte of a not yet complete request head arrived.
     head_started_us: Option<u64>,
+    /// When the request at the head of the buffer started waiting for an upstream fetch.
+    parked_since_us: Option<u64>,
     /// Scratch for the router's reply (kept here so that it is not on the stack).
     reply: Reply,
 }
@@ -62,6 +66,7 @@ impl Connection {
             peer_closed: false,
             last_activity_us: 0,
             head_started_us: None,
+            parked_since_us: None,
             reply: Reply {
                 status: 500,
                 content_type: http::ContentType::Json,
@@ -70,6 +75,7 @@ impl Connection {
                 body: heapless::Vec::new(),
                 client_id: None,
                 close: false,
+                pending: false,
             },
         }
     }
@@ -85,6 +91,7 @@ impl Connection {
         self.peer_closed = false;
         self.last_activity_us = now_us;
         self.head_started_us = None;
+        self.parked_since_us = None;
         self.reply.clear();
     }
 
@@ -117,7 +124,9 @@ impl Connection {
         self.peer_closed = true;
     }
 
-    /// Parse and answer every complete request in the receive buffer.
+    /// Parse and answer every complete request in the receive buffer. A request that waits
+    /// for an upstream fetch stays at the head of the buffer ("parked") and is handled again
+    /// on the next call.
     pub fn process<C: Clock, E: Entropy, W: Write>(
         &mut self,
         agent: &mut Agent,
@@ -132,6 +141,7 @@ impl Connection {
             let start_us = clock.monotonic_us();
             enum Outcome {
                 Partial,
+                Parked,
                 Failed(HttpError),
                 Answered {
                     used: usize,
@@ -143,35 +153,64 @@ impl Connection {
                 Ok(Parse::Partial) => Outcome::Partial,
                 Err(e) => Outcome::Failed(e),
                 Ok(Parse::Complete(req, used)) => {
-                    imds::handle(agent, &req, clock.unix_time_s(), entropy, &mut self.reply);
-                    let keep_alive = req.keep_alive && !self.reply.close;
-                    let head = ResponseHead {
-                        status: self.reply.status,
-                        content_type: self.reply.content_type,
-                        retry_after_s: self.reply.retry_after_s,
-                        allow: self.reply.allow,
-                        keep_alive,
+                    let now = Now {
+                        unix_s: clock.unix_time_s(),
+                        mono_us: start_us,
                     };
-                    self.tx.clear();
-                    self.tx_sent = 0;
-                    let head_only = req.method == http::Method::Head;
-                    let ok = http::write_response(&mut self.tx, &head, &self.reply.body, head_only)
-                        .is_ok();
-                    let micros = clock.monotonic_us().saturating_sub(start_us);
-                    let _ = writeln!(
-                        log,
-                        "{} {} {} {} {} {}us",
-                        self.peer,
-                        req.method_str,
-                        req.path,
-                        self.reply.status,
-                        self.reply.client_id.as_deref().unwrap_or("-"),
-                        micros
+                    imds::handle(
+                        agent,
+                        &req,
+                        now,
+                        self.parked_since_us,
+                        entropy,
+                        &mut self.reply,
                     );
-                    Outcome::Answered {
-                        used,
-                        keep_alive,
-                        ok,
+                    if self.reply.pending {
+                        let since = *self.parked_since_us.get_or_insert(start_us);
+                        if start_us.saturating_sub(since) > FETCH_WAIT_MAX_US {
+                            self.reply.clear();
+                            self.reply.retry_after_s = Some(5);
+                            self.reply.error(
+                                503,
+                                "service_unavailable",
+                                "Timed out waiting for the token authority",
+                            );
+                        }
+                    }
+                    if self.reply.pending {
+                        Outcome::Parked
+                    } else {
+                        let keep_alive = req.keep_alive && !self.reply.close;
+                        let head = ResponseHead {
+                            status: self.reply.status,
+                            content_type: self.reply.content_type,
+                            retry_after_s: self.reply.retry_after_s,
+                            allow: self.reply.allow,
+                            keep_alive,
+                        };
+                        self.tx.clear();
+                        self.tx_sent = 0;
+                        let head_only = req.method == http::Method::Head;
+                        let ok =
+                            http::write_response(&mut self.tx, &head, &self.reply.body, head_only)
+                                .is_ok();
+                        let since = self.parked_since_us.unwrap_or(start_us);
+                        let micros = clock.monotonic_us().saturating_sub(since);
+                        let _ = writeln!(
+                            log,
+                            "{} {} {} {} {} {}us",
+                            self.peer,
+                            req.method_str,
+                            req.path,
+                            self.reply.status,
+                            self.reply.client_id.as_deref().unwrap_or("-"),
+                            micros
+                        );
+                        Outcome::Answered {
+                            used,
+                            keep_alive,
+                            ok,
+                        }
                     }
                 }
             };
@@ -181,7 +220,7 @@ impl Connection {
                     self.answer_error(HttpError::HeadTooLarge, log);
                     break;
                 }
-                Outcome::Partial => break,
+                Outcome::Partial | Outcome::Parked => break,
                 Outcome::Failed(e) => {
                     self.answer_error(e, log);
                     break;
@@ -191,6 +230,7 @@ impl Connection {
                     keep_alive,
                     ok,
                 } => {
+                    self.parked_since_us = None;
                     // Drop the request from the receive buffer (pipelined bytes move up).
                     self.rx.copy_within(used..self.rx_filled, 0);
                     self.rx_filled -= used;
@@ -210,7 +250,7 @@ impl Connection {
                 }
             }
         }
-        if self.peer_closed && self.tx_sent >= self.tx.len() {
+        if self.peer_closed && self.tx_sent >= self.tx.len() && self.parked_since_us.is_none() {
             self.close_after_tx = true;
         }
     }
@@ -259,8 +299,18 @@ impl Connection {
         self.last_activity_us
     }
 
+    /// Whether a request waits for an upstream fetch (the driver should call `process` again
+    /// on its next turn even without new bytes).
+    pub fn is_parked(&self) -> bool {
+        self.parked_since_us.is_some()
+    }
+
     /// Whether the connection has outlived its idle timeout or its request-head deadline.
     pub fn timed_out(&self, now_us: u64) -> bool {
+        if self.parked_since_us.is_some() {
+            // Waiting for the authority: `process` answers 503 when that takes too long.
+            return false;
+        }
         now_us.saturating_sub(self.last_activity_us) > IDLE_TIMEOUT_US
             || self
                 .head_started_us
@@ -270,6 +320,6 @@ impl Connection {
     /// Whether the connection is between requests with nothing buffered (safe to close first
     /// when the pool is full).
     pub fn is_idle(&self) -> bool {
-        self.rx_filled == 0 && self.tx_sent >= self.tx.len()
+        self.parked_since_us.is_none() && self.rx_filled == 0 && self.tx_sent >= self.tx.len()
     }
 }

@@ -61,6 +61,8 @@ pub struct Token {
     pub access_token: Secret<TOKEN_MAX>,
     pub not_before: u64,
     pub expires_on: u64,
+    /// Monotonic time the agent obtained it (broker mode: `bypass_cache` needs a newer one).
+    pub obtained_us: u64,
 }
 
 impl Token {
@@ -112,6 +114,14 @@ impl TokenCache {
             .find(|e| e.identity == identity && e.resource == resource)
             .map(|e| &e.token)
             .filter(|t| t.expires_on > now.saturating_add(self.margin_s))
+    }
+
+    /// The entry for (identity, resource), however little it has left.
+    pub fn peek(&self, identity: u8, resource: &str) -> Option<&Token> {
+        self.entries
+            .iter()
+            .find(|e| e.identity == identity && e.resource == resource)
+            .map(|e| &e.token)
     }
 
     /// Store a token. Resources longer than [`RESOURCE_MAX`] are not cached.
@@ -317,6 +327,7 @@ impl Issuer {
             access_token: Secret::new(),
             not_before: now,
             expires_on: exp,
+            obtained_us: 0,
         };
         let r = jose::sign_es256(
             &self.key,
@@ -340,6 +351,7 @@ mod tests {
             access_token: Secret::new(),
             not_before: 0,
             expires_on,
+            obtained_us: 0,
         };
         t.access_token.buf_mut().extend_from_slice(b"tok").unwrap();
         t
@@ -403,6 +415,7 @@ mod tests {
             client_id: "12222222-2222-2222-2222-222222222222".try_into().unwrap(),
             object_id: "22222222-2222-2222-2222-222222222222".try_into().unwrap(),
             resource_id: "/subscriptions/s/x".try_into().unwrap(),
+            credential: None,
         }
     }
 

@@ -26,7 +26,7 @@ fn request_like() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4096))]
+    #![proptest_config(ProptestConfig::with_cases(2048))]
 
     #[test]
     fn http_parse_never_panics_and_stays_in_bounds(buf in request_like()) {

@@ -2,15 +2,22 @@
 //!
 //! `imds-agent --config FILE [--listen ADDR:PORT] [--legacy-listen ADDR:PORT|off]`
 
-use imds_agent::config::Config;
-use imds_agent::limits::{CONFIG_MAX, HOST_MAX_CONNECTIONS};
+mod upstream;
+
+use imds_agent::broker::pipe::{Pipe, PipeState};
+use imds_agent::broker::task::{self, TaskBuffers};
+use imds_agent::config::{AuthorityConfig, Config};
+use imds_agent::limits::{BROKER_TASKS, CONFIG_MAX, HOST_MAX_CONNECTIONS};
 use imds_agent::server::{Agent, Connection, Listener};
 use imds_hal::host::{FileConfig, HostClock, HostEntropy};
 use imds_hal::{Clock, ConfigSource};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use std::cell::RefCell;
+use std::future::Future;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -113,8 +120,9 @@ fn main() -> ExitCode {
     };
     let imds_addr = args.listen.unwrap_or(config.listen.imds);
     let legacy_addr = args.legacy.unwrap_or(config.listen.legacy);
+    let authority = config.authority.clone();
     let agent = Agent::new(config);
-    match run(agent, imds_addr, legacy_addr) {
+    match run(agent, authority, imds_addr, legacy_addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("imds-agent: {e}");
@@ -128,7 +136,12 @@ fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}")))
 }
 
-fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>) -> io::Result<()> {
+fn run(
+    agent: Agent,
+    authority: Option<AuthorityConfig>,
+    imds_addr: SocketAddr,
+    legacy_addr: Option<SocketAddr>,
+) -> io::Result<()> {
     let clock = HostClock::new();
     let mut entropy = HostEntropy::default();
     {
@@ -159,7 +172,7 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
 
     let mut log = Log(io::BufWriter::with_capacity(64 * 1024, io::stderr()));
     eprintln!(
-        "imds-agent: listening imds={} legacy={} identities={} kid={}",
+        "imds-agent: listening imds={} legacy={} identities={} mode={} kid={}",
         imds.local_addr()?,
         legacy
             .as_ref()
@@ -167,8 +180,35 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into()),
         agent.identities().len(),
-        agent.issuer().kid()
+        match &authority {
+            Some(a) => format!("broker({})", a.token_url),
+            None => "issuer".into(),
+        },
+        agent.issuer().map(|i| i.kid()).unwrap_or("-"),
     );
+
+    // Broker mode: the task futures, their pipes and sockets.
+    let agent = RefCell::new(agent);
+    let pipes: Vec<Pipe> = (0..BROKER_TASKS).map(|_| Pipe::new()).collect();
+    let mut slots: Vec<upstream::Slot> = (0..BROKER_TASKS)
+        .map(|_| upstream::Slot::default())
+        .collect();
+    let mut buffers: Vec<Box<TaskBuffers>> = (0..BROKER_TASKS)
+        .map(|_| Box::new(TaskBuffers::new()))
+        .collect();
+    let mut tasks: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = Vec::new();
+    if let Some(authority) = authority.as_ref() {
+        for (pipe, bufs) in pipes.iter().zip(buffers.iter_mut()) {
+            tasks.push(Box::pin(task::run(
+                &agent,
+                authority,
+                pipe,
+                &clock,
+                HostEntropy::default(),
+                bufs,
+            )));
+        }
+    }
 
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
@@ -176,7 +216,16 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
     let mut events = Events::with_capacity(1024);
     let mut last_sweep = clock.monotonic_us();
     loop {
-        match poll.poll(&mut events, Some(Duration::from_millis(500))) {
+        // While fetches run, turn often: the tasks' timers and parked requests need it.
+        let busy = agent.borrow().fetching()
+            || pipes.iter().any(|p| p.state() != PipeState::Idle)
+            || conns.iter().flatten().any(|c| c.state.is_parked());
+        let timeout = if busy {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_millis(500)
+        };
+        match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -237,10 +286,11 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
                         state.reset(kind, peer.ip(), clock.monotonic_us());
                         conns[slot] = Some(Conn { stream, state });
                         live += 1;
+                        let mut a = agent.borrow_mut();
                         drive(
                             &mut conns,
                             slot,
-                            &mut agent,
+                            &mut a,
                             &clock,
                             &mut entropy,
                             &mut log,
@@ -250,12 +300,46 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
                         );
                     }
                 }
-                Token(t) => {
+                Token(t) if t >= FIRST_CONN => {
                     let slot = t - FIRST_CONN;
+                    let mut a = agent.borrow_mut();
                     drive(
                         &mut conns,
                         slot,
-                        &mut agent,
+                        &mut a,
+                        &clock,
+                        &mut entropy,
+                        &mut log,
+                        &poll,
+                        &mut free,
+                        &mut live,
+                    );
+                }
+                Token(_) => {} // upstream sockets: driven below on every turn
+            }
+        }
+        if !tasks.is_empty() {
+            // Let the tasks take new jobs, move their bytes, and let them run again.
+            for _ in 0..4 {
+                for t in tasks.iter_mut() {
+                    upstream::poll_task(t.as_mut());
+                }
+                let mut progress = false;
+                for (i, (pipe, slot)) in pipes.iter().zip(slots.iter_mut()).enumerate() {
+                    progress |= upstream::drive(pipe, slot, i, poll.registry());
+                }
+                if !progress {
+                    break;
+                }
+            }
+            // Parked requests: answer those whose fetch ended.
+            for slot in 0..conns.len() {
+                if conns[slot].as_ref().is_some_and(|c| c.state.is_parked()) {
+                    let mut a = agent.borrow_mut();
+                    drive(
+                        &mut conns,
+                        slot,
+                        &mut a,
                         &clock,
                         &mut entropy,
                         &mut log,
@@ -265,6 +349,7 @@ fn run(mut agent: Agent, imds_addr: SocketAddr, legacy_addr: Option<SocketAddr>)
                     );
                 }
             }
+            agent.borrow_mut().drain_events(&mut log);
         }
         let now = clock.monotonic_us();
         if now.saturating_sub(last_sweep) > 1_000_000 {

@@ -1,0 +1,497 @@
+//! The broker task: an `async fn` that takes queued fetches from the agent and performs them
+//! over a [`Pipe`] — TCP connect (by the driver), TLS 1.3 (embedded-tls, server certificate
+//! chain and name verified against the configured CA: never an unverified connection), the
+//! client-credentials request with a fresh client assertion, and the answer. It retries 5xx,
+//! 429 and transport failures with back-off (honouring `Retry-After`) within a total time
+//! budget, then reports success (token into the cache) or a [`Failure`] to the agent.
+//!
+//! Drivers poll the future with a no-op waker on every loop turn (the pipe and the clock are
+//! the only things it waits on), so no executor and no allocation are needed.
+
+use super::pipe::{Pipe, PipeIo, PipeState, Target};
+use super::upstream::{self, ResponseError, TokenAnswer, TokenAnswerError};
+use super::{assertion, Failure};
+use crate::config::{AuthorityConfig, Credential};
+use crate::imds::Agent;
+use crate::limits::{
+    FETCH_ATTEMPTS, FETCH_ATTEMPT_TIMEOUT_US, FETCH_CONNECT_TIMEOUT_US, FETCH_TOTAL_TIMEOUT_US,
+    RESOURCE_MAX, TLS_READ_BUF, TLS_WRITE_BUF, TOKEN_MAX, UPSTREAM_RESPONSE_MAX,
+};
+use core::cell::{Cell, RefCell};
+use core::future::{poll_fn, Future};
+use core::pin::pin;
+use core::sync::atomic::{AtomicU64, Ordering};
+use core::task::Poll;
+use embedded_tls::pki::CertVerifier;
+use embedded_tls::{
+    Aes128GcmSha256, Certificate, CryptoProvider, TlsClock, TlsConfig, TlsConnection, TlsContext,
+    TlsError, TlsVerifier,
+};
+use imds_hal::{Clock, Entropy};
+
+/// Largest server certificate chain kept during the handshake.
+const CERT_CHAIN_MAX: usize = 4096;
+
+/// Wall-clock seconds for certificate validity checks (embedded-tls asks a static clock).
+static UNIX_NOW: AtomicU64 = AtomicU64::new(0);
+
+struct CertClock;
+
+impl TlsClock for CertClock {
+    fn now() -> Option<u64> {
+        match UNIX_NOW.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+}
+
+/// Entropy as a `rand_core` RNG for the TLS key exchange. A failing source poisons the
+/// handshake: the flag is checked before anything secret is sent.
+struct Rng<'e, E: Entropy> {
+    entropy: &'e mut E,
+    failed: &'e Cell<bool>,
+}
+
+impl<E: Entropy> rand_core::RngCore for Rng<'_, E> {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        if self.entropy.fill(dest).is_err() && self.entropy.fill(dest).is_err() {
+            self.failed.set(true);
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        if self.failed.get() {
+            Err(rand_core::Error::from(core::num::NonZeroU32::MIN))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<E: Entropy> rand_core::CryptoRng for Rng<'_, E> {}
+
+struct Provider<'a, E: Entropy> {
+    rng: Rng<'a, E>,
+    verifier: CertVerifier<'a, Aes128GcmSha256, CertClock, CERT_CHAIN_MAX>,
+}
+
+impl<E: Entropy> CryptoProvider for Provider<'_, E> {
+    type CipherSuite = Aes128GcmSha256;
+    type Signature = p256::ecdsa::DerSignature;
+
+    fn rng(&mut self) -> impl embedded_tls::CryptoRngCore {
+        &mut self.rng
+    }
+
+    fn verifier(&mut self) -> Result<&mut impl TlsVerifier<Aes128GcmSha256>, TlsError> {
+        Ok(&mut self.verifier)
+    }
+}
+
+/// What the task needs of one job (copied out of the agent: no borrow across `await`).
+pub struct JobSpec {
+    pub identity: u8,
+    pub resource: heapless::String<RESOURCE_MAX>,
+    pub client_id: crate::config::Guid,
+    pub credential: Credential,
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+enum AttemptError {
+    Connect,
+    Timeout,
+    Broken,
+    Entropy,
+    Tls(TlsError),
+    Http(ResponseError),
+    Status {
+        status: u16,
+        retry_after_s: Option<u32>,
+    },
+    Refused {
+        status: u16,
+        answer: TokenAnswerError,
+    },
+    Token(TokenAnswerError),
+}
+
+impl AttemptError {
+    fn retryable(&self) -> bool {
+        match self {
+            AttemptError::Connect | AttemptError::Timeout | AttemptError::Broken => true,
+            AttemptError::Tls(TlsError::Io(_)) | AttemptError::Tls(TlsError::ConnectionClosed) => {
+                true
+            }
+            AttemptError::Status { .. } => true,
+            _ => false,
+        }
+    }
+
+    fn failure(&self) -> Failure {
+        let unavailable = |description, retry_after_s: Option<u32>| Failure {
+            status: 503,
+            retry_after_s: Some(retry_after_s.unwrap_or(5)),
+            description,
+        };
+        let error = |description| Failure {
+            status: 500,
+            retry_after_s: None,
+            description,
+        };
+        match self {
+            AttemptError::Connect => unavailable("The token authority is unreachable", None),
+            AttemptError::Timeout => {
+                unavailable("The token authority did not answer in time", None)
+            }
+            AttemptError::Broken => {
+                unavailable("The connection to the token authority broke", None)
+            }
+            AttemptError::Tls(TlsError::Io(_)) | AttemptError::Tls(TlsError::ConnectionClosed) => {
+                unavailable("The connection to the token authority broke", None)
+            }
+            AttemptError::Status { retry_after_s, .. } => {
+                unavailable("The token authority is unavailable", *retry_after_s)
+            }
+            AttemptError::Entropy => error("No entropy for the TLS handshake"),
+            AttemptError::Tls(_) => {
+                error("TLS with the token authority failed (untrusted certificate or wrong name)")
+            }
+            AttemptError::Http(_) | AttemptError::Token(_) => {
+                error("The token authority sent an unreadable answer")
+            }
+            AttemptError::Refused { .. } => error("The token authority refused the token request"),
+        }
+    }
+}
+
+impl core::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AttemptError::Connect => f.write_str("connect failed"),
+            AttemptError::Timeout => f.write_str("timed out"),
+            AttemptError::Broken => f.write_str("connection broken"),
+            AttemptError::Entropy => f.write_str("entropy source failed"),
+            AttemptError::Tls(e) => write!(f, "TLS: {e:?}"),
+            AttemptError::Http(e) => write!(f, "HTTP: {e:?}"),
+            AttemptError::Status {
+                status,
+                retry_after_s,
+            } => {
+                write!(f, "HTTP {status} (Retry-After {retry_after_s:?})")
+            }
+            AttemptError::Refused { status, answer } => write!(f, "HTTP {status}: {answer}"),
+            AttemptError::Token(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Run `fut` until it completes or the monotonic clock passes `deadline_us`.
+async fn until<C: Clock, F: Future>(clock: &C, deadline_us: u64, fut: F) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if clock.monotonic_us() >= deadline_us {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+async fn sleep_until<C: Clock>(clock: &C, t_us: u64) {
+    poll_fn(|_| {
+        if clock.monotonic_us() >= t_us {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Wait until the driver has opened (or failed to open) the connection.
+async fn connected(pipe: &Pipe) -> bool {
+    poll_fn(|_| match pipe.state() {
+        PipeState::Open => Poll::Ready(true),
+        PipeState::Failed | PipeState::Idle => Poll::Ready(false),
+        _ => Poll::Pending,
+    })
+    .await
+}
+
+/// Wait until the driver has closed the socket.
+async fn closed(pipe: &Pipe) {
+    pipe.request_close();
+    poll_fn(|_| {
+        if pipe.state() == PipeState::Idle {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Buffers of one task (kept in the task's future: no heap).
+pub struct TaskBuffers {
+    tls_read: [u8; TLS_READ_BUF],
+    tls_write: [u8; TLS_WRITE_BUF],
+    request: heapless::String<{ TOKEN_MAX + 2048 }>,
+    response: [u8; UPSTREAM_RESPONSE_MAX],
+}
+
+impl TaskBuffers {
+    pub const fn new() -> Self {
+        TaskBuffers {
+            tls_read: [0; TLS_READ_BUF],
+            tls_write: [0; TLS_WRITE_BUF],
+            request: heapless::String::new(),
+            response: [0; UPSTREAM_RESPONSE_MAX],
+        }
+    }
+}
+
+impl Default for TaskBuffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt<C: Clock, E: Entropy>(
+    authority: &AuthorityConfig,
+    job: &JobSpec,
+    pipe: &Pipe,
+    clock: &C,
+    entropy: &mut E,
+    bufs: &mut TaskBuffers,
+) -> Result<TokenAnswer, AttemptError> {
+    pipe.request_connect(Target {
+        host: authority.host.clone(),
+        port: authority.port,
+        address: authority.address,
+    });
+    let connect_deadline = clock.monotonic_us() + FETCH_CONNECT_TIMEOUT_US;
+    match until(clock, connect_deadline, connected(pipe)).await {
+        Some(true) => {}
+        Some(false) => return Err(AttemptError::Connect),
+        None => return Err(AttemptError::Timeout),
+    }
+    UNIX_NOW.store(clock.unix_time_s(), Ordering::Relaxed);
+    let failed = Cell::new(false);
+    let mut tls: TlsConnection<'_, PipeIo<'_>, Aes128GcmSha256> =
+        TlsConnection::new(PipeIo(pipe), &mut bufs.tls_read, &mut bufs.tls_write);
+    let config = TlsConfig::new().with_server_name(&authority.host);
+    let provider = Provider {
+        rng: Rng {
+            entropy,
+            failed: &failed,
+        },
+        verifier: CertVerifier::new(Certificate::X509(&authority.ca_der[..])),
+    };
+    tls.open(TlsContext::new(&config, provider))
+        .await
+        .map_err(AttemptError::Tls)?;
+    if failed.get() {
+        return Err(AttemptError::Entropy);
+    }
+
+    // The request, with a fresh assertion.
+    let mut assertion_buf = heapless::Vec::new();
+    let cred = &job.credential;
+    assertion::es256(
+        &cred.key,
+        &cred.kid,
+        cred.x5t_s256.as_deref(),
+        &job.client_id,
+        &authority.token_url,
+        clock.unix_time_s(),
+        entropy,
+        &mut assertion_buf,
+    )
+    .map_err(|_| AttemptError::Entropy)?;
+    let written = upstream::write_token_request(
+        &mut bufs.request,
+        &authority.host,
+        authority.port,
+        &authority.path,
+        authority.style,
+        &job.client_id,
+        &job.resource,
+        core::str::from_utf8(&assertion_buf).unwrap_or(""),
+    );
+    zeroize::Zeroize::zeroize(assertion_buf.as_mut_slice());
+    if written.is_err() {
+        wipe(&mut bufs.request);
+        return Err(AttemptError::Http(ResponseError::Malformed));
+    }
+    let sent = write_all(&mut tls, bufs.request.as_bytes()).await;
+    wipe(&mut bufs.request);
+    sent?;
+
+    // The answer.
+    let mut len = 0;
+    let mut eof = false;
+    let outcome = loop {
+        if !eof {
+            if len == bufs.response.len() {
+                break Err(AttemptError::Http(ResponseError::Malformed));
+            }
+            match tls.read(&mut bufs.response[len..]).await {
+                Ok(0) | Err(TlsError::ConnectionClosed) => eof = true,
+                Ok(n) => len += n,
+                Err(e) => break Err(AttemptError::Tls(e)),
+            }
+        }
+        match upstream::parse_response(&mut bufs.response[..len], eof) {
+            Err(ResponseError::Incomplete) if !eof => continue,
+            Err(e) => break Err(AttemptError::Http(e)),
+            Ok(answer) => {
+                let now = clock.unix_time_s();
+                break match answer.status {
+                    200 => {
+                        upstream::parse_token_body(answer.body, now).map_err(AttemptError::Token)
+                    }
+                    429 | 500..=599 => Err(AttemptError::Status {
+                        status: answer.status,
+                        retry_after_s: answer.retry_after_s,
+                    }),
+                    status => Err(AttemptError::Refused {
+                        status,
+                        answer: match upstream::parse_token_body(answer.body, now) {
+                            Err(e) => e,
+                            Ok(_) => TokenAnswerError::Malformed("a token with an error status"),
+                        },
+                    }),
+                };
+            }
+        }
+    };
+    // The answer held the token: wipe the buffer.
+    bufs.response[..len].iter_mut().for_each(|b| *b = 0);
+    outcome
+}
+
+fn wipe<const N: usize>(s: &mut heapless::String<N>) {
+    let mut v = core::mem::take(s).into_bytes();
+    zeroize::Zeroize::zeroize(v.as_mut_slice());
+}
+
+async fn write_all(
+    tls: &mut TlsConnection<'_, PipeIo<'_>, Aes128GcmSha256>,
+    mut data: &[u8],
+) -> Result<(), AttemptError> {
+    while !data.is_empty() {
+        let n = tls.write(data).await.map_err(AttemptError::Tls)?;
+        if n == 0 {
+            return Err(AttemptError::Broken);
+        }
+        data = &data[n..];
+    }
+    tls.flush().await.map_err(AttemptError::Tls)
+}
+
+/// The broker task: forever take a queued job, fetch, report. `agent` is shared with the
+/// driver's HTTP connections (never borrowed across an `await`).
+pub async fn run<C: Clock, E: Entropy>(
+    agent: &RefCell<Agent>,
+    authority: &AuthorityConfig,
+    pipe: &Pipe,
+    clock: &C,
+    mut entropy: E,
+    bufs: &mut TaskBuffers,
+) {
+    loop {
+        let job = poll_fn(|_| match agent.borrow_mut().start_job() {
+            Some(j) => Poll::Ready(j),
+            None => Poll::Pending,
+        })
+        .await;
+        let started = clock.monotonic_us();
+        let total_deadline = started + FETCH_TOTAL_TIMEOUT_US;
+        let mut attempt_no = 0;
+        let result = loop {
+            attempt_no += 1;
+            let deadline = (clock.monotonic_us() + FETCH_ATTEMPT_TIMEOUT_US).min(total_deadline);
+            let r = until(
+                clock,
+                deadline,
+                attempt(authority, &job, pipe, clock, &mut entropy, bufs),
+            )
+            .await
+            .unwrap_or(Err(AttemptError::Timeout));
+            closed(pipe).await;
+            match r {
+                Ok(answer) => break Ok(answer),
+                Err(e) => {
+                    let now = clock.monotonic_us();
+                    let backoff_us = match &e {
+                        AttemptError::Status {
+                            retry_after_s: Some(s),
+                            ..
+                        } => (*s as u64).min(10) * 1_000_000,
+                        _ => 500_000u64 << attempt_no.min(4),
+                    };
+                    if !e.retryable()
+                        || attempt_no >= FETCH_ATTEMPTS
+                        || now + backoff_us >= total_deadline
+                    {
+                        break Err(e);
+                    }
+                    agent.borrow_mut().event(format_args!(
+                        "upstream: {} {}: attempt {attempt_no} failed ({e}); retrying in {} ms",
+                        job.client_id,
+                        job.resource,
+                        backoff_us / 1000
+                    ));
+                    sleep_until(clock, now + backoff_us).await;
+                }
+            }
+        };
+        let elapsed_ms = (clock.monotonic_us() - started) / 1000;
+        let mut a = agent.borrow_mut();
+        match result {
+            Ok(answer) => {
+                a.event(format_args!(
+                    "upstream: {} {}: token (expires in {} s) in {elapsed_ms} ms",
+                    job.client_id,
+                    job.resource,
+                    answer.expires_on.saturating_sub(clock.unix_time_s())
+                ));
+                a.finish_job(
+                    job.identity,
+                    &job.resource,
+                    Ok(answer),
+                    clock.monotonic_us(),
+                );
+            }
+            Err(e) => {
+                a.event(format_args!(
+                    "upstream: {} {}: failed after {attempt_no} attempt(s) in {elapsed_ms} ms: {e}",
+                    job.client_id, job.resource
+                ));
+                a.finish_job(
+                    job.identity,
+                    &job.resource,
+                    Err(e.failure()),
+                    clock.monotonic_us(),
+                );
+            }
+        }
+    }
+}
