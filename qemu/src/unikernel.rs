@@ -1,11 +1,14 @@
 //! The boot sequence: machine backends from `imds-hal`, the agent core from `imds-agent`.
 
 use core::fmt::Write;
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use imds_agent::config::Config;
 use imds_agent::limits::CONFIG_MAX;
+use imds_agent::limits::LISTEN_SOCKETS;
 use imds_agent::net::{Net, NetMemory};
-use imds_agent::server::Agent;
+use imds_agent::server::{Agent, Connection};
 use imds_hal::x86_64::clock::{Calibration, TscClock};
 use imds_hal::x86_64::exit::exit;
 use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig, CONFIG_FILE};
@@ -14,6 +17,7 @@ use imds_hal::x86_64::rdrand::Rdrand;
 use imds_hal::x86_64::serial::Serial;
 use imds_hal::x86_64::virtio_net::{self, VirtioNet};
 use imds_hal::{Clock, ConfigSource, ConfigSourceError, Entropy};
+use smoltcp::iface::SocketStorage;
 
 use crate::boot;
 use crate::exit_code;
@@ -105,8 +109,35 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
     serve(nic, config, timer.as_ref(), &clock, &mut entropy, &mut log)
 }
 
-/// The agent and the network loop, forever. Both live in this (never returning) frame of the
-/// boot stack: the agent ~160 KiB, the network memory ~300 KiB (see `boot::STACK_SIZE`).
+/// Socket buffers and connections of the network loop (~300 KiB), in `.bss`.
+static mut NET_MEMORY: MaybeUninit<NetMemory<'static>> = MaybeUninit::uninit();
+static NET_MEMORY_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The network memory, initialised in place (building it on the stack and moving it would
+/// cost twice its size in stack). Once per boot.
+fn net_memory() -> &'static mut NetMemory<'static> {
+    assert!(
+        !NET_MEMORY_TAKEN.swap(true, Ordering::AcqRel),
+        "network memory taken twice"
+    );
+    let memory = (&raw mut NET_MEMORY).cast::<NetMemory<'static>>();
+    // SAFETY: the flag above makes this the only access to NET_MEMORY ever. Every field is
+    // initialised before the reference is made: the byte buffers are valid as the zeroes the
+    // boot code put in `.bss`; sockets and connections are written in place, element by
+    // element, through raw pointers (no reference to uninitialised memory is created).
+    unsafe {
+        for i in 0..LISTEN_SOCKETS + 1 {
+            (&raw mut (*memory).sockets[i]).write(SocketStorage::EMPTY);
+        }
+        for i in 0..LISTEN_SOCKETS {
+            (&raw mut (*memory).conns[i]).write(Connection::new());
+        }
+        &mut *memory
+    }
+}
+
+/// The agent and the network loop, forever. The agent (~160 KiB) lives in this never
+/// returning frame of the boot stack; the network memory in a static.
 fn serve(
     mut nic: VirtioNet,
     config: Config,
@@ -117,12 +148,11 @@ fn serve(
 ) -> ! {
     let network = config.network;
     let mac = nic.mac();
-    let mut memory = NetMemory::new();
     let mut net = Net::new(
         &mut nic,
         mac,
         network.as_ref(),
-        &mut memory,
+        net_memory(),
         clock,
         entropy,
         log,
