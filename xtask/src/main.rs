@@ -7,6 +7,8 @@
 //! cargo xtask bench host                 benchmark the host daemon against nginx
 //! ```
 
+mod bench;
+mod fuzz;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +43,8 @@ fn main() -> ExitCode {
         "config" => cmd_config(rest),
         "run" => cmd_run(rest),
         "test" => test::run(rest),
+        "bench" => bench::run(rest),
+        "fuzz" => fuzz::run(rest),
         _ => return usage(),
     };
     match result {

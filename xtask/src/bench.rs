@@ -1,0 +1,824 @@
+//! `cargo xtask bench host`: the host daemon's cached-token rate against nginx serving the same
+//! bytes as a static file, plus the latency of a cache miss (a mint).
+//!
+//! ```text
+//! cargo xtask bench host [--duration S] [--connections N] [--threads N] [--mints N] [--perf]
+//! ```
+//!
+//! 1. builds the daemon in release and writes a demo config under `target/bench/`;
+//! 2. starts it on a free loopback port (its log goes to `target/bench/daemon.log`) and warms the
+//!    cache with one token request;
+//! 3. starts nginx (1 worker, `access_log off`, keep-alive; its own config, pid and logs under
+//!    `target/bench/nginx/`) serving a file with exactly the bytes of the token response body,
+//!    with the same `Content-Type`;
+//! 4. loads each in turn with `wrk` (keep-alive, `Metadata: true`, the real token URL), the
+//!    server pinned to CPU 0 and wrk to CPU 1 when the machine has two or more;
+//! 5. measures cache misses: sequential `bypass_cache=true` requests on one connection;
+//! 6. prints a table and writes `target/bench/host.json`.
+//!
+//! With `--perf`, `perf record` samples the daemon during its wrk run and the top of
+//! `perf report` is written to `target/bench/perf.txt`. Figures are reported, never asserted.
+
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use xtask::{config, root, target_dir};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+const RESOURCE: &str = "https://management.azure.com/";
+const USAGE: &str = "usage: cargo xtask bench host [--duration S] [--connections N] [--threads N] [--mints N] [--perf]";
+
+struct Opts {
+    duration_s: u32,
+    connections: u32,
+    threads: u32,
+    mints: usize,
+    perf: bool,
+}
+
+pub fn run(args: &[String]) -> Result {
+    match args.first().map(String::as_str) {
+        Some("host") => host(parse_opts(&args[1..])?),
+        _ => Err(USAGE.into()),
+    }
+}
+
+fn parse_opts(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        duration_s: 10,
+        connections: 50,
+        threads: 1,
+        mints: 200,
+        perf: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> Result<u64> {
+            let v = it
+                .next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))?;
+            v.parse()
+                .map_err(|_| format!("{name}: `{v}` is not a number"))
+        };
+        match a.as_str() {
+            "--duration" => o.duration_s = num("--duration")? as u32,
+            "--connections" => o.connections = num("--connections")? as u32,
+            "--threads" => o.threads = num("--threads")? as u32,
+            "--mints" => o.mints = num("--mints")? as usize,
+            "--perf" => o.perf = true,
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+/// Run a command, echoing it; error unless it succeeds.
+fn sh(mut c: Command) -> Result {
+    eprintln!("+ {}", show_cmd(&c));
+    let s = c.status().map_err(|e| format!("{}: {e}", show_cmd(&c)))?;
+    if s.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed: {s}", show_cmd(&c)))
+    }
+}
+
+fn show_cmd(c: &Command) -> String {
+    let mut s = c.get_program().to_string_lossy().into_owned();
+    for a in c.get_args() {
+        let a = a.to_string_lossy();
+        if a.contains(' ') || a.contains('&') || a.contains('?') {
+            s.push_str(&format!(" '{a}'"));
+        } else {
+            s.push(' ');
+            s.push_str(&a);
+        }
+    }
+    s
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Make sure a Debian-packaged tool is there (`apt-get install -y PKG` if not).
+fn ensure_tool(tool: &str, package: &str) -> Result {
+    if have(tool) {
+        return Ok(());
+    }
+    eprintln!("xtask bench: `{tool}` is missing; installing the Debian package {package}");
+    let mut install = Command::new("apt-get");
+    install.args(["install", "-y", "--no-install-recommends", package]);
+    if sh(install).is_err() {
+        let mut update = Command::new("apt-get");
+        update.arg("update");
+        sh(update)?;
+        let mut install = Command::new("apt-get");
+        install.args(["install", "-y", "--no-install-recommends", package]);
+        sh(install)?;
+    }
+    if have(tool) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{tool}` still not found after installing {package}"
+        ))
+    }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A server process, stopped with SIGTERM (then SIGKILL) when dropped.
+struct Server {
+    name: &'static str,
+    child: Child,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "xtask bench: {} did not stop on SIGTERM; killing it",
+            self.name
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU sets: the server on one core, the load generator on another (when there are two).
+struct Pinning {
+    server: Option<&'static str>,
+    client: Option<&'static str>,
+}
+
+impl Pinning {
+    fn detect() -> Pinning {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        if cpus >= 2 && have("taskset") {
+            Pinning {
+                server: Some("0"),
+                client: Some("1"),
+            }
+        } else {
+            Pinning {
+                server: None,
+                client: None,
+            }
+        }
+    }
+
+    fn command(cpus: Option<&str>, program: &Path) -> Command {
+        match cpus {
+            Some(c) => {
+                let mut cmd = Command::new("taskset");
+                cmd.arg("-c").arg(c).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (self.server, self.client) {
+            (Some(s), Some(c)) => format!("server pinned to CPU {s}, wrk to CPU {c} (taskset)"),
+            _ => "no pinning (fewer than 2 CPUs or no taskset)".into(),
+        }
+    }
+}
+
+/// A minimal keep-alive HTTP/1.1 client: send a GET, read one Content-Length-framed answer.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        Ok(Client {
+            stream,
+            buf: Vec::with_capacity(8192),
+        })
+    }
+
+    fn get(&mut self, target: &str) -> Result<Answer> {
+        let req =
+            format!("GET {target} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n");
+        self.stream
+            .write_all(req.as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let mut lines = head.split("\r\n");
+                let status = lines
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("bad status line in {head:?}"))?;
+                let mut len = 0usize;
+                let mut content_type = String::new();
+                for l in lines {
+                    if let Some((n, v)) = l.split_once(':') {
+                        if n.trim().eq_ignore_ascii_case("content-length") {
+                            len = v
+                                .trim()
+                                .parse()
+                                .map_err(|_| format!("bad Content-Length in {head:?}"))?;
+                        } else if n.trim().eq_ignore_ascii_case("content-type") {
+                            content_type = v.trim().to_string();
+                        }
+                    }
+                }
+                let total = end + 4 + len;
+                while self.buf.len() < total {
+                    let n = self
+                        .stream
+                        .read(&mut chunk)
+                        .map_err(|e| format!("read: {e}"))?;
+                    if n == 0 {
+                        return Err("connection closed mid-body".into());
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = self.buf[end + 4..total].to_vec();
+                self.buf.drain(..total);
+                return Ok(Answer {
+                    status,
+                    content_type,
+                    body,
+                });
+            }
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("connection closed before a response".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn token_target(extra: &str) -> String {
+    format!(
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}{extra}",
+        pct(RESOURCE)
+    )
+}
+
+/// What wrk reported.
+#[derive(Debug, Clone, Default)]
+struct WrkResult {
+    requests: u64,
+    rps: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    non_2xx: u64,
+    socket_errors: String,
+}
+
+/// "1.23ms" → 1230.0 (microseconds).
+fn wrk_duration_us(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v,
+        "ms" => v * 1e3,
+        "s" => v * 1e6,
+        "m" => v * 60e6,
+        _ => return None,
+    })
+}
+
+fn parse_wrk(out: &str) -> Result<WrkResult> {
+    let mut r = WrkResult::default();
+    for line in out.lines() {
+        let t = line.trim();
+        let mut words = t.split_whitespace();
+        match words.next() {
+            Some("Requests/sec:") => {
+                r.rps = words.next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            }
+            Some("50%") => r.p50_us = words.next().and_then(wrk_duration_us).unwrap_or(0.0),
+            Some("90%") => r.p90_us = words.next().and_then(wrk_duration_us).unwrap_or(0.0),
+            Some("99%") => r.p99_us = words.next().and_then(wrk_duration_us).unwrap_or(0.0),
+            Some("Non-2xx") => {
+                r.non_2xx = t
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            }
+            Some("Socket") => {
+                r.socket_errors = t.trim_start_matches("Socket errors:").trim().to_string()
+            }
+            Some(n) if t.contains(" requests in ") => r.requests = n.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    if r.rps == 0.0 {
+        return Err(format!("could not read wrk's output:\n{out}"));
+    }
+    Ok(r)
+}
+
+fn wrk(o: &Opts, pin: &Pinning, addr: SocketAddr, duration_s: u32) -> Result<(WrkResult, String)> {
+    let mut c = Pinning::command(pin.client, Path::new("wrk"));
+    c.arg(format!("-t{}", o.threads))
+        .arg(format!("-c{}", o.connections))
+        .arg(format!("-d{duration_s}s"))
+        .arg("--latency")
+        .args(["-H", "Metadata: true"])
+        .arg(format!("http://{addr}{}", token_target("")));
+    eprintln!("+ {}", show_cmd(&c));
+    let out = c.output().map_err(|e| format!("wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "wrk failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((parse_wrk(&text)?, text))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Latency of `n` sequential requests on one keep-alive connection, in microseconds.
+struct Sequential {
+    ok: usize,
+    other: Vec<u16>,
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+fn sequential(addr: SocketAddr, target: &str, n: usize) -> Result<Sequential> {
+    let mut client = Client::connect(addr)?;
+    let mut lat = Vec::with_capacity(n);
+    let mut other = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let a = client.get(target)?;
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        if a.status == 200 {
+            lat.push(us);
+        } else {
+            other.push(a.status);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(Sequential {
+        ok: lat.len(),
+        other,
+        p50_us: percentile(&lat, 50.0),
+        p99_us: percentile(&lat, 99.0),
+        max_us: lat.last().copied().unwrap_or(0.0),
+    })
+}
+
+fn nginx_conf(dir: &Path, port: u16, content_type: &str) -> String {
+    let d = dir.display();
+    format!(
+        "# Written by cargo xtask bench host: nginx as the static-file baseline.\n\
+         worker_processes 1;\n\
+         daemon off;\n\
+         master_process on;\n\
+         pid {d}/nginx.pid;\n\
+         error_log {d}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n\
+         \x20   access_log off;\n\
+         \x20   keepalive_timeout 65;\n\
+         \x20   keepalive_requests 100000000;\n\
+         \x20   tcp_nodelay on;\n\
+         \x20   sendfile off;\n\
+         \x20   server_tokens off;\n\
+         \x20   open_file_cache max=16 inactive=60s;\n\
+         \x20   client_body_temp_path {d}/tmp/body;\n\
+         \x20   proxy_temp_path {d}/tmp/proxy;\n\
+         \x20   fastcgi_temp_path {d}/tmp/fastcgi;\n\
+         \x20   uwsgi_temp_path {d}/tmp/uwsgi;\n\
+         \x20   scgi_temp_path {d}/tmp/scgi;\n\
+         \x20   types {{ }}\n\
+         \x20   default_type \"{content_type}\";\n\
+         \x20   server {{\n\
+         \x20       listen 127.0.0.1:{port};\n\
+         \x20       root {d}/www;\n\
+         \x20   }}\n\
+         }}\n"
+    )
+}
+
+fn start_nginx(
+    dir: &Path,
+    pin: &Pinning,
+    port: u16,
+    body: &[u8],
+    content_type: &str,
+) -> Result<Server> {
+    let file = dir.join("www/metadata/identity/oauth2/token");
+    std::fs::create_dir_all(file.parent().unwrap()).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir.join("tmp")).map_err(|e| e.to_string())?;
+    std::fs::write(&file, body).map_err(|e| e.to_string())?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir, port, content_type)).map_err(|e| e.to_string())?;
+    let nginx = if Path::new("/usr/sbin/nginx").exists() {
+        PathBuf::from("/usr/sbin/nginx")
+    } else {
+        PathBuf::from("nginx")
+    };
+    let mut c = Pinning::command(pin.server, &nginx);
+    // -e: the error log before the config is read (else /var/log/nginx/error.log).
+    c.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("error.log"));
+    eprintln!("+ {}", show_cmd(&c));
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("nginx: {e}"))?;
+    let server = Server {
+        name: "nginx",
+        child,
+    };
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    if !wait_listening(addr, Duration::from_secs(10)) {
+        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+        return Err(format!("nginx did not start on {addr}; error.log:\n{log}"));
+    }
+    Ok(server)
+}
+
+fn start_daemon(bin: &Path, cfg: &Path, log: &Path, pin: &Pinning, port: u16) -> Result<Server> {
+    let mut c = Pinning::command(pin.server, bin);
+    c.arg("--config").arg(cfg).args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--legacy-listen",
+        "off",
+    ]);
+    eprintln!("+ {} 2>{}", show_cmd(&c), log.display());
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("imds-agent: {e}"))?;
+    let server = Server {
+        name: "imds-agent",
+        child,
+    };
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    if !wait_listening(addr, Duration::from_secs(10)) {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        return Err(format!("imds-agent did not start on {addr}; log:\n{text}"));
+    }
+    Ok(server)
+}
+
+/// `perf record` on a process for `seconds`; returns the recorder to wait for.
+fn perf_record(pid: u32, seconds: u32, out: &Path) -> Result<Child> {
+    let mut c = Command::new("perf");
+    c.args(["record", "-F", "2000", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(out)
+        .args(["--", "sleep", &seconds.to_string()]);
+    eprintln!("+ {}", show_cmd(&c));
+    c.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("perf: {e}"))
+}
+
+fn perf_report(data: &Path, out: &Path) -> Result {
+    let mut c = Command::new("perf");
+    c.args([
+        "report",
+        "--stdio",
+        "--no-children",
+        "--percent-limit",
+        "0.5",
+        "-g",
+        "none",
+        "-i",
+    ])
+    .arg(data);
+    eprintln!("+ {} > {}", show_cmd(&c), out.display());
+    let o = c.output().map_err(|e| format!("perf report: {e}"))?;
+    std::fs::write(out, &o.stdout).map_err(|e| e.to_string())
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn host(o: Opts) -> Result {
+    let bench = target_dir().join("bench");
+    std::fs::create_dir_all(&bench).map_err(|e| e.to_string())?;
+    ensure_tool("wrk", "wrk")?;
+    ensure_tool("nginx", "nginx-light")?;
+    if o.perf {
+        ensure_tool("perf", "linux-perf")?;
+    }
+
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "imds-agent",
+        "--bin",
+        "imds-agent",
+    ]);
+    sh(build)?;
+    let bin = target_dir().join("release/imds-agent");
+
+    let cfg = bench.join("config.json");
+    config::write_demo(&cfg, "127.0.0.1:0", None).map_err(|e| format!("{}: {e}", cfg.display()))?;
+    let pin = Pinning::detect();
+    eprintln!("xtask bench: {}", pin.describe());
+
+    // The daemon, warmed with one token request.
+    let port = free_port()?;
+    let daemon_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let daemon = start_daemon(&bin, &cfg, &bench.join("daemon.log"), &pin, port)?;
+    let warm = Client::connect(daemon_addr)?.get(&token_target(""))?;
+    if warm.status != 200 {
+        return Err(format!(
+            "warm-up token request: {} {}",
+            warm.status,
+            String::from_utf8_lossy(&warm.body)
+        ));
+    }
+
+    // nginx with the same bytes.
+    let nginx_dir = bench.join("nginx");
+    let nginx_port = free_port()?;
+    let nginx_addr: SocketAddr = ([127, 0, 0, 1], nginx_port).into();
+    let nginx = start_nginx(&nginx_dir, &pin, nginx_port, &warm.body, &warm.content_type)?;
+    let check = Client::connect(nginx_addr)?.get(&token_target(""))?;
+    if check.status != 200 || check.body != warm.body || check.content_type != warm.content_type {
+        return Err(format!(
+            "nginx does not answer the same bytes: {} {:?} ({} bytes)",
+            check.status,
+            check.content_type,
+            check.body.len()
+        ));
+    }
+
+    // Short warm-up runs (not recorded), then the measured ones.
+    wrk(&o, &pin, daemon_addr, 2)?;
+    wrk(&o, &pin, nginx_addr, 2)?;
+    let perf_data = bench.join("perf.data");
+    let recorder = if o.perf {
+        Some(perf_record(
+            daemon.pid(),
+            o.duration_s.saturating_sub(1).max(1),
+            &perf_data,
+        )?)
+    } else {
+        None
+    };
+    let (d, d_text) = wrk(&o, &pin, daemon_addr, o.duration_s)?;
+    if let Some(mut r) = recorder {
+        let _ = r.wait();
+        perf_report(&perf_data, &bench.join("perf.txt"))?;
+    }
+    let (n, n_text) = wrk(&o, &pin, nginx_addr, o.duration_s)?;
+    drop(nginx);
+
+    // Latency without load: cache hits, then cache misses (every request mints and signs).
+    let hits = sequential(daemon_addr, &token_target(""), 1000)?;
+    let mints = sequential(daemon_addr, &token_target("&bypass_cache=true"), o.mints)?;
+    drop(daemon);
+
+    let ratio = d.rps / n.rps;
+    let report = json!({
+        "machine": {
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "pinning": pin.describe(),
+        },
+        "load": {
+            "tool": "wrk",
+            "threads": o.threads,
+            "connections": o.connections,
+            "duration_s": o.duration_s,
+            "target": token_target(""),
+            "body_bytes": warm.body.len(),
+            "content_type": warm.content_type,
+        },
+        "daemon": wrk_json(&d),
+        "nginx": wrk_json(&n),
+        "ratio_daemon_over_nginx": ratio,
+        "target_ratio": 1.0,
+        "cache_hit_sequential": seq_json(&hits),
+        "cache_miss_sequential": seq_json(&mints),
+        "perf_report": o.perf.then(|| bench.join("perf.txt").display().to_string()),
+    });
+    let out = bench.join("host.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report).expect("json"))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(bench.join("wrk-daemon.txt"), d_text).map_err(|e| e.to_string())?;
+    std::fs::write(bench.join("wrk-nginx.txt"), n_text).map_err(|e| e.to_string())?;
+
+    println!();
+    println!(
+        "host bench: wrk -t{} -c{} -d{}s, keep-alive, cached token ({} B body); {}",
+        o.threads,
+        o.connections,
+        o.duration_s,
+        warm.body.len(),
+        pin.describe()
+    );
+    println!(
+        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "server", "requests/s", "p50", "p90", "p99", "non-2xx"
+    );
+    for (name, r) in [("imds-agent (1 thread)", &d), ("nginx (1 worker)", &n)] {
+        println!(
+            "{:<22} {:>12.0} {:>10} {:>10} {:>10} {:>8}",
+            name,
+            r.rps,
+            fmt_us(r.p50_us),
+            fmt_us(r.p90_us),
+            fmt_us(r.p99_us),
+            r.non_2xx
+        );
+    }
+    println!("ratio imds-agent / nginx: {ratio:.2}× (target ≥ 1.00×)");
+    println!();
+    println!(
+        "{:<36} {:>6} {:>10} {:>10} {:>10}",
+        "sequential, one connection", "n", "p50", "p99", "max"
+    );
+    for (name, s) in [
+        ("cache hit", &hits),
+        ("cache miss (bypass_cache=true)", &mints),
+    ] {
+        println!(
+            "{:<36} {:>6} {:>10} {:>10} {:>10}{}",
+            name,
+            s.ok,
+            fmt_us(s.p50_us),
+            fmt_us(s.p99_us),
+            fmt_us(s.max_us),
+            if s.other.is_empty() {
+                String::new()
+            } else {
+                format!("  ({} answered {:?})", s.other.len(), dedup(&s.other))
+            }
+        );
+    }
+    println!("\nwritten: {}", out.display());
+    if o.perf {
+        println!("perf: {}", bench.join("perf.txt").display());
+    }
+    Ok(())
+}
+
+fn dedup(v: &[u16]) -> Vec<u16> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn wrk_json(r: &WrkResult) -> serde_json::Value {
+    json!({
+        "requests": r.requests,
+        "requests_per_s": r.rps,
+        "latency_p50_us": r.p50_us,
+        "latency_p90_us": r.p90_us,
+        "latency_p99_us": r.p99_us,
+        "non_2xx": r.non_2xx,
+        "socket_errors": r.socket_errors,
+    })
+}
+
+fn seq_json(s: &Sequential) -> serde_json::Value {
+    json!({
+        "ok": s.ok,
+        "not_ok_statuses": s.other,
+        "p50_us": s.p50_us,
+        "p99_us": s.p99_us,
+        "max_us": s.max_us,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let out = "Running 10s test @ http://127.0.0.1:1/x\n  1 threads and 50 connections\n\
+                   \x20 Thread Stats   Avg      Stdev     Max   +/- Stdev\n\
+                   \x20   Latency   612.05us  101.00us   3.00ms   90.00%\n\
+                   \x20 Latency Distribution\n     50%  600.00us\n     75%  650.00us\n     90%    1.10ms\n     99%    2.50ms\n\
+                   \x20 812345 requests in 10.00s, 1.20GB read\n\
+                   \x20 Non-2xx or 3xx responses: 3\n\
+                   Requests/sec:  81234.50\nTransfer/sec:    123.00MB\n";
+        let r = parse_wrk(out).unwrap();
+        assert_eq!(r.requests, 812345);
+        assert_eq!(r.rps, 81234.5);
+        assert_eq!(r.p50_us, 600.0);
+        assert_eq!(r.p90_us, 1100.0);
+        assert_eq!(r.p99_us, 2500.0);
+        assert_eq!(r.non_2xx, 3);
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 51.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}
