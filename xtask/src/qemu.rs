@@ -14,8 +14,11 @@
 //! `2 * code + 1` for guest code `code` (see [`guest_exit_code`] and `qemu/README.md`).
 
 use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::{root, target_dir};
 
@@ -269,6 +272,129 @@ pub fn print_cmd(cmd: &Command) -> String {
         .map(|a| shell_quote(&a.to_string_lossy()))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Serial line the guest prints once it serves HTTP (static address or DHCP lease).
+pub const READY_MARKERS: [&str; 2] = ["(static)", "net: DHCP address"];
+
+/// A booted guest: QEMU with its serial console (stdout) and stderr collected, killed on drop.
+pub struct Guest {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    /// The command line it was started with (for messages).
+    pub command: String,
+}
+
+impl Guest {
+    /// Spawn QEMU for `image` with `opts`; the serial console must go to stdio
+    /// (`opts.serial_file == None`).
+    pub fn spawn(image: &Path, opts: &QemuOpts) -> std::io::Result<Guest> {
+        let mut cmd = qemu_command(image, opts);
+        let command = print_cmd(&cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let output = Arc::new(Mutex::new(String::new()));
+        fn collect(pipe: impl Read + Send + 'static, output: Arc<Mutex<String>>) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut o = output.lock().unwrap_or_else(|e| e.into_inner());
+                    o.push_str(line.trim_end_matches('\r'));
+                    o.push('\n');
+                }
+            });
+        }
+        if let Some(out) = child.stdout.take() {
+            collect(out, output.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            collect(err, output.clone());
+        }
+        Ok(Guest {
+            child,
+            output,
+            command,
+        })
+    }
+
+    /// Serial console and QEMU's stderr so far.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Wait until a line containing one of `needles` appears; `Err` (with the output so far)
+    /// when QEMU exits first or `timeout` passes.
+    pub fn wait_for_any(&mut self, needles: &[&str], timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            if let Some(line) = out.lines().find(|l| needles.iter().any(|n| l.contains(n))) {
+                return Ok(line.to_string());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50)); // let the readers finish
+                return Err(format!(
+                    "QEMU exited ({status}) before {needles:?}:\n{}\ncommand: {}",
+                    self.output(),
+                    self.command
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no {needles:?} within {timeout:?}:\n{out}\ncommand: {}",
+                    self.command
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait until the guest serves HTTP ([`READY_MARKERS`]).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<String, String> {
+        self.wait_for_any(&READY_MARKERS, timeout)
+    }
+
+    /// Wait for QEMU to exit; kill it and return `None` after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50)); // let the readers finish
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for `hostfwd`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
 }
 
 #[cfg(test)]

@@ -1,0 +1,206 @@
+//! The unikernel under QEMU: the whole HTTP contract over user networking (`hostfwd`), plus
+//! the boot paths that must stop the machine loudly (no config, bad config, no RDRAND, panic,
+//! CPU exception). QEMU's flags come from `xtask::qemu`; every guest has a timeout and is killed
+//! when its handle drops.
+
+use imds_tests::contract::Target;
+use imds_tests::{get, token_target, DemoConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+use xtask::qemu::{self, exit, guest_exit_code, Guest, QemuOpts};
+
+/// Boot to serving; generous for a loaded 2-core machine (it takes ~0.1 s when idle).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A failing boot stops in well under a second.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+const MD: &str = "Metadata: true";
+const MGMT: &str = "https://management.azure.com/";
+
+fn image() -> PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| qemu::build_image(true)).clone()
+}
+
+struct Running {
+    guest: Guest,
+    target: Target,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Target;
+    fn deref(&self) -> &Target {
+        &self.target
+    }
+}
+
+/// Boot `cfg` with port 80 forwarded from a free loopback port; wait until it serves.
+fn boot(cfg: &DemoConfig) -> (Guest, SocketAddr) {
+    let port = qemu::free_port();
+    let mut guest = Guest::spawn(&image(), &QemuOpts::new(&cfg.path, port)).expect("spawn QEMU");
+    guest
+        .wait_ready(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (guest, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn shared() -> &'static Running {
+    static G: OnceLock<Running> = OnceLock::new();
+    G.get_or_init(|| {
+        let cfg = DemoConfig::new("unikernel-contract");
+        let (guest, addr) = boot(&cfg);
+        Running {
+            guest: guest,
+            target: Target {
+                imds: addr,
+                // One listener: the legacy path is answered on port 80 too.
+                legacy: addr,
+                cfg,
+            },
+        }
+    })
+}
+
+imds_tests::contract_tests!(shared(), 8);
+
+/// Boot with `opts` and expect QEMU to stop with guest exit `code` and `message` on serial.
+fn expect_exit(opts: QemuOpts, code: u8, message: &str) {
+    let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
+    let status = guest
+        .wait_exit(EXIT_TIMEOUT)
+        .unwrap_or_else(|| panic!("QEMU still running:\n{}", guest.output()));
+    let out = guest.output();
+    assert_eq!(
+        status.code().and_then(guest_exit_code),
+        Some(code),
+        "status {status}; output:\n{out}\ncommand: {}",
+        guest.command
+    );
+    assert!(out.contains(message), "missing {message:?} in:\n{out}");
+}
+
+fn no_network(config: Option<PathBuf>) -> QemuOpts {
+    QemuOpts {
+        config,
+        network: qemu::Network::None,
+        ..QemuOpts::default()
+    }
+}
+
+#[test]
+fn missing_config_stops_the_machine() {
+    expect_exit(
+        no_network(None),
+        exit::CONFIG_MISSING,
+        "imds-agent: fatal: no configuration: pass it with -fw_cfg name=opt/imds-agent/config",
+    );
+}
+
+#[test]
+fn invalid_config_names_the_field() {
+    let mut json = xtask::config::demo("127.0.0.1:0", None);
+    json["tenant_id"] = "not-a-guid".into();
+    let cfg = DemoConfig::from_json("unikernel-bad-tenant", json);
+    expect_exit(
+        no_network(Some(cfg.path)),
+        exit::CONFIG_INVALID,
+        "imds-agent: fatal: config: field `tenant_id`",
+    );
+}
+
+#[test]
+fn no_rdrand_refuses_to_start() {
+    let cfg = DemoConfig::new("unikernel-no-rdrand");
+    expect_exit(
+        QemuOpts {
+            cpu: Some("qemu64".into()),
+            ..no_network(Some(cfg.path))
+        },
+        exit::NO_ENTROPY,
+        "imds-agent: fatal: no secure entropy source (RDRAND); refusing to start",
+    );
+}
+
+#[test]
+fn no_nic_stops_the_machine() {
+    let cfg = DemoConfig::new("unikernel-no-nic");
+    expect_exit(
+        no_network(Some(cfg.path)),
+        exit::NIC,
+        "imds-agent: fatal: network: no virtio-net device",
+    );
+}
+
+fn crash_file(name: &str, content: &str) -> PathBuf {
+    let dir = imds_tests::target_dir().join("test-configs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}-{}", std::process::id()));
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+#[test]
+fn panic_prints_the_message_and_exits() {
+    let opts = QemuOpts {
+        fw_cfg: vec![(
+            qemu::PANIC_TEST_FW_CFG.into(),
+            crash_file("panic-test", "panic"),
+        )],
+        ..no_network(None)
+    };
+    expect_exit(
+        opts,
+        exit::PANIC,
+        "imds-agent: panic: panicked at qemu/src/unikernel.rs",
+    );
+}
+
+#[test]
+fn cpu_exception_is_reported() {
+    let opts = QemuOpts {
+        fw_cfg: vec![(
+            qemu::PANIC_TEST_FW_CFG.into(),
+            crash_file("ud2-test", "ud2"),
+        )],
+        ..no_network(None)
+    };
+    expect_exit(
+        opts,
+        exit::CPU_EXCEPTION,
+        "imds-agent: fatal: CPU exception 6 (invalid opcode)",
+    );
+}
+
+#[test]
+fn static_address_from_the_config() {
+    let mut json = xtask::config::demo("127.0.0.1:0", None);
+    // Slirp's network; the guest must not ask DHCP.
+    json["network"] = serde_json::json!({"address": "10.0.2.15/24", "gateway": "10.0.2.2"});
+    let cfg = DemoConfig::from_json("unikernel-static", json);
+    let (guest, addr) = boot(&cfg);
+    let out = guest.output();
+    assert!(out.contains("net: address 10.0.2.15/24 (static)"), "{out}");
+    assert!(!out.contains("DHCP"), "{out}");
+    let r = get(addr, &token_target(MGMT, ""), &[MD]);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn boot_log_and_request_log() {
+    let t = shared();
+    let r = get(t.imds, &token_target("https://vault.azure.net", ""), &[MD]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = t.guest.output();
+    for line in [
+        "imds-agent: unikernel",
+        "(PIT-calibrated)",
+        "imds-agent: virtio-net up, MAC 52:54:00:12:34:56",
+        "also answering on 169.254.169.254",
+        "GET /metadata/identity/oauth2/token 200",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert!(!out.contains("BEGIN PRIVATE KEY"), "the log shows a key");
+}
