@@ -9,9 +9,10 @@
 #![allow(clippy::result_large_err)]
 
 use crate::broker::upstream::Style;
+use crate::guard::{Cidr, DEFAULT_IN_FLIGHT, DEFAULT_RATE_PER_S};
 use crate::limits::{
-    CA_DER_MAX, CONFIG_STRING_MAX, MAX_IDENTITIES, MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX,
-    URL_MAX,
+    CA_DER_MAX, CONFIG_STRING_MAX, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES, MAX_IDENTITIES,
+    MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
 };
 use core::cell::RefCell;
 use core::fmt;
@@ -134,6 +135,27 @@ pub struct Config {
     pub listen: ListenConfig,
     pub network: Option<NetworkConfig>,
     pub identities: heapless::Vec<IdentityConfig, MAX_IDENTITIES>,
+    /// Sources allowed to get tokens (`None`: loopback, link-local and the agent's subnets).
+    pub allow: Option<heapless::Vec<Cidr, MAX_ALLOW_RULES>>,
+    /// Host names accepted in the `Host` header besides IP literals and `localhost`.
+    pub allow_hosts: heapless::Vec<heapless::String<64>, MAX_ALLOW_HOSTS>,
+    pub limits: LimitsConfig,
+}
+
+/// Per-source limits on requests that need a mint or a fetch (0 disables one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    pub rate_per_s: u32,
+    pub in_flight: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            rate_per_s: DEFAULT_RATE_PER_S,
+            in_flight: DEFAULT_IN_FLIGHT,
+        }
+    }
 }
 
 /// Where in the document a problem is.
@@ -261,6 +283,13 @@ struct RawIdentity {
     certificate: Option<Result<heapless::String<43>, &'static str>>,
 }
 
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    rate_per_s: Option<u32>,
+    in_flight: Option<u32>,
+}
+
 #[derive(Default)]
 struct RawAuthority {
     token_url: Option<Str<URL_MAX>>,
@@ -292,6 +321,9 @@ struct Raw {
     listen: Option<RawListen>,
     network: Option<RawNetwork>,
     authority: Option<RawAuthority>,
+    allow: Option<heapless::Vec<Str<48>, MAX_ALLOW_RULES>>,
+    allow_hosts: Option<heapless::Vec<Str<64>, MAX_ALLOW_HOSTS>>,
+    limits: Option<RawLimits>,
     identities: Option<heapless::Vec<RawIdentity, MAX_IDENTITIES>>,
     identities_overflow: bool,
 }
@@ -364,6 +396,9 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "listen" => raw.listen = Some(map.next_value_seed(ListenSeed(t))?),
                 "network" => raw.network = map.next_value_seed(OptNetworkSeed(t))?,
                 "authority" => raw.authority = map.next_value_seed(OptAuthoritySeed(t))?,
+                "allow" => raw.allow = Some(map.next_value()?),
+                "allow_hosts" => raw.allow_hosts = Some(map.next_value()?),
+                "limits" => raw.limits = Some(map.next_value()?),
                 "identities" => {
                     let (list, overflow) = map.next_value_seed(IdentitiesSeed(t))?;
                     raw.identities = Some(list);
@@ -1025,6 +1060,35 @@ impl Config {
             None => None,
         };
         let identities = validate_identities(raw)?;
+        let allow = match &raw.allow {
+            None => None,
+            Some(list) => {
+                let mut out = heapless::Vec::new();
+                for (i, rule) in list.iter().enumerate() {
+                    let cidr = Cidr::parse(rule).ok_or(ConfigError::Invalid {
+                        field: FieldPath {
+                            field: truncated("allow"),
+                            index: Some(i),
+                            sub: None,
+                        },
+                        why: "must be an address block like 10.0.0.0/8 or fd00::/8",
+                    })?;
+                    let _ = out.push(cidr);
+                }
+                Some(out)
+            }
+        };
+        let mut allow_hosts = heapless::Vec::new();
+        for h in raw.allow_hosts.iter().flatten() {
+            let _ = allow_hosts.push(h.clone());
+        }
+        let limits = match &raw.limits {
+            None => LimitsConfig::default(),
+            Some(l) => LimitsConfig {
+                rate_per_s: l.rate_per_s.unwrap_or(DEFAULT_RATE_PER_S),
+                in_flight: l.in_flight.unwrap_or(DEFAULT_IN_FLIGHT),
+            },
+        };
         Ok(Config {
             tenant_id,
             issuer,
@@ -1035,6 +1099,9 @@ impl Config {
             listen,
             network,
             identities,
+            allow,
+            allow_hosts,
+            limits,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::broker::{Failure, JobState, Jobs};
 use crate::config::{Config, Guid};
+use crate::guard::{Guard, Refusal};
 use crate::http::{ContentType, Method, Request};
 use crate::identity::{IdentityStore, SelectError, Selector};
 use crate::limits::{CONN_TX_BUF, PARAM_DECODE_BUF, RESOURCE_MAX};
@@ -86,7 +87,18 @@ pub struct Agent {
     refresh_margin_s: u64,
     /// Log lines from the broker task, drained by the driver.
     events: heapless::Deque<heapless::String<240>, 16>,
+    guard: Guard,
     tenant_id: Guid,
+}
+
+/// What the router knows about a request besides its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ctx {
+    pub now: Now,
+    /// The source address.
+    pub peer: core::net::IpAddr,
+    /// When this request started waiting for a fetch, if it does.
+    pub parked_since_us: Option<u64>,
 }
 
 /// The two clocks a request is handled at.
@@ -121,8 +133,17 @@ impl Agent {
             signing_key,
             identities,
             authority,
+            allow,
+            allow_hosts,
+            limits,
             ..
         } = config;
+        let guard = Guard::new(
+            allow.as_deref(),
+            &allow_hosts,
+            limits.rate_per_s,
+            limits.in_flight,
+        );
         Agent {
             identities: IdentityStore::new(identities),
             cache: TokenCache::new(refresh_margin_s),
@@ -131,6 +152,7 @@ impl Agent {
             jobs: Jobs::default(),
             refresh_margin_s: refresh_margin_s as u64,
             events: heapless::Deque::new(),
+            guard,
             tenant_id,
         }
     }
@@ -138,6 +160,11 @@ impl Agent {
     /// The issuer (issuer mode, or broker mode with a `signing_key`).
     pub fn issuer(&self) -> Option<&Issuer> {
         self.issuer.as_ref()
+    }
+
+    /// The allow-lists and limits (drivers add the agent's own subnets).
+    pub fn guard_mut(&mut self) -> &mut Guard {
+        &mut self.guard
     }
 
     /// Whether tokens come from an authority.
@@ -390,40 +417,21 @@ fn proxied(req: &Request<'_>) -> bool {
 }
 
 /// Handle one request.
-///
-/// `parked_since_us`: when this request was first seen, if it is waiting for a fetch.
 pub fn handle<E: Entropy>(
     agent: &mut Agent,
     req: &Request<'_>,
-    now: Now,
-    parked_since_us: Option<u64>,
+    ctx: &Ctx,
     entropy: &mut E,
     reply: &mut Reply,
 ) {
     reply.clear();
     let path = req.path;
     if path_is(path, "/metadata/identity/oauth2/token") {
-        token_endpoint(
-            agent,
-            req,
-            now,
-            parked_since_us,
-            entropy,
-            reply,
-            Endpoint::Imds,
-        );
+        token_endpoint(agent, req, ctx, entropy, reply, Endpoint::Imds);
     } else if path_is(path, "/oauth2/token") {
-        token_endpoint(
-            agent,
-            req,
-            now,
-            parked_since_us,
-            entropy,
-            reply,
-            Endpoint::Legacy,
-        );
+        token_endpoint(agent, req, ctx, entropy, reply, Endpoint::Legacy);
     } else if path_is(path, "/metadata/identity/info") {
-        if metadata_checks(req, reply, true) {
+        if guard_checks(agent, req, ctx, reply) && metadata_checks(req, reply, true) {
             #[derive(Serialize)]
             struct Info<'a> {
                 #[serde(rename = "tenantId")]
@@ -532,11 +540,43 @@ fn is_form(req: &Request<'_>) -> bool {
         .unwrap_or(false)
 }
 
+/// The source allow-list and the `Host` check (403).
+fn guard_checks(agent: &Agent, req: &Request<'_>, ctx: &Ctx, reply: &mut Reply) -> bool {
+    if !agent.guard.source_allowed(ctx.peer) {
+        reply.error(
+            403,
+            "forbidden",
+            "The source address is not allowed to get tokens",
+        );
+        return false;
+    }
+    if !agent.guard.host_allowed(req.header("host")) {
+        reply.error(
+            403,
+            "forbidden",
+            "The Host header names a host that is not allowed",
+        );
+        return false;
+    }
+    true
+}
+
+fn refuse(reply: &mut Reply, r: Refusal) {
+    match r {
+        Refusal::TooMany { retry_after_s } => {
+            reply.retry_after_s = Some(retry_after_s);
+            reply.error(429, "too_many_requests", "Too many requests");
+        }
+        Refusal::SourceNotAllowed | Refusal::HostNotAllowed => {
+            reply.error(403, "forbidden", "Not allowed");
+        }
+    }
+}
+
 fn token_endpoint<E: Entropy>(
     agent: &mut Agent,
     req: &Request<'_>,
-    now: Now,
-    parked_since_us: Option<u64>,
+    ctx: &Ctx,
     entropy: &mut E,
     reply: &mut Reply,
     endpoint: Endpoint,
@@ -557,6 +597,10 @@ fn token_endpoint<E: Entropy>(
             "method_not_allowed",
             "The requested method is not allowed",
         );
+        return;
+    }
+    // Who may ask.
+    if !guard_checks(agent, req, ctx, reply) {
         return;
     }
     // 2. Metadata header (fast path for SDK probes).
@@ -644,17 +688,19 @@ fn token_endpoint<E: Entropy>(
     let bypass = params
         .get("bypass_cache")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let ctx = TokenRequest {
+    let tr = TokenRequest {
         index,
         resource,
         selector,
         bypass,
-        parked_since_us,
+        parked_since_us: ctx.parked_since_us,
+        peer: ctx.peer,
+        mono_us: ctx.now.mono_us,
     };
     if agent.broker {
-        serve_brokered(agent, &ctx, now, reply);
+        serve_brokered(agent, &tr, ctx.now, reply);
     } else {
-        serve_minted(agent, &ctx, now.unix_s, entropy, reply);
+        serve_minted(agent, &tr, ctx.now.unix_s, entropy, reply);
     }
 }
 
@@ -664,6 +710,8 @@ struct TokenRequest<'a> {
     selector: Selector<'a>,
     bypass: bool,
     parked_since_us: Option<u64>,
+    peer: core::net::IpAddr,
+    mono_us: u64,
 }
 
 /// Issuer mode: from the cache, or minted now.
@@ -688,6 +736,11 @@ fn serve_minted<E: Entropy>(
         reply.error(500, "server_error", "No token source configured");
         return;
     };
+    // Minting costs: charge it to the source.
+    if let Err(r) = agent.guard.charge(r.peer, r.mono_us) {
+        refuse(reply, r);
+        return;
+    }
     match issuer.mint(identity, r.resource, now, entropy) {
         Ok(token) => {
             write_token(reply, &token, r.resource, identity, r.selector, now);
@@ -700,6 +753,17 @@ fn serve_minted<E: Entropy>(
             reply.error(500, "server_error", "Token service unavailable: no entropy");
         }
     }
+}
+
+/// Mark the request as waiting; a source's first wait counts against its in-flight limit.
+fn park(agent: &mut Agent, r: &TokenRequest<'_>, reply: &mut Reply) {
+    if r.parked_since_us.is_none() {
+        if let Err(refusal) = agent.guard.park(r.peer, r.mono_us) {
+            refuse(reply, refusal);
+            return;
+        }
+    }
+    reply.pending = true;
 }
 
 /// Broker mode: from the cache (renewed ahead of expiry in the background), or wait for a
@@ -745,9 +809,19 @@ fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut
                 failure.description,
             );
         }
-        Some(JobState::Queued | JobState::InFlight) => reply.pending = true,
-        _ => match agent.jobs.enqueue(r.index, r.resource, false, now.mono_us) {
-            Ok(()) => reply.pending = true,
+        Some(JobState::Queued | JobState::InFlight) => park(agent, r, reply),
+        _ => match agent
+            .guard
+            .charge(r.peer, r.mono_us)
+            .map_err(Some)
+            .and_then(|()| {
+                agent
+                    .jobs
+                    .enqueue(r.index, r.resource, false, now.mono_us)
+                    .map_err(|_| None)
+            }) {
+            Ok(()) => park(agent, r, reply),
+            Err(Some(refusal)) => refuse(reply, refusal),
             Err(_) => {
                 reply.retry_after_s = Some(1);
                 reply.error(

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 pub mod broker;
 pub mod config;
+pub mod guard;
 pub mod http;
 pub mod identity;
 pub mod imds;

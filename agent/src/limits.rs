@@ -89,3 +89,13 @@ pub const FETCH_ATTEMPTS: u32 = 3;
 pub const FETCH_FAILURE_HOLD_US: u64 = 2_000_000;
 /// A request waiting for a fetch gets 503 after this long.
 pub const FETCH_WAIT_MAX_US: u64 = 25_000_000;
+
+// ---- who may ask ------------------------------------------------------------------------------
+
+/// CIDR rules in the `allow` list (configured, or defaults + own subnets).
+pub const MAX_ALLOW_RULES: usize = 16;
+/// Host names in `allow_hosts`.
+pub const MAX_ALLOW_HOSTS: usize = 8;
+/// Sources tracked for the per-source limits. Full: the longest-quiet source without requests
+/// in flight is forgotten (its bucket would be full again anyway).
+pub const MAX_RATE_SOURCES: usize = 64;

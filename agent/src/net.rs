@@ -250,6 +250,13 @@ impl<'a> Net<'a> {
         let now = instant(clock.monotonic_us());
         let received = self.iface.poll(now, device, &mut self.sockets);
         self.poll_dhcp(clock, log);
+        if let Some(a) = self.address {
+            // The agent's own subnet may ask for tokens (unless `allow` is configured).
+            agent.guard_mut().add_own_subnet(crate::guard::Cidr::new(
+                IpAddr::V4(a.address()),
+                a.prefix_len(),
+            ));
+        }
         if self.arp_due {
             self.arp_due = false;
             if let (Some(a), Some(gw)) = (self.address, self.gateway) {

@@ -7,7 +7,7 @@
 
 use crate::http::{self, HttpError, Parse, ResponseHead};
 use crate::imds;
-pub use crate::imds::{Agent, Listener, Now, Reply};
+pub use crate::imds::{Agent, Ctx, Listener, Now, Reply};
 use crate::limits::{
     CONN_RX_BUF, CONN_TX_BUF, FETCH_WAIT_MAX_US, HEAD_DEADLINE_US, IDLE_TIMEOUT_US,
 };
@@ -157,17 +157,17 @@ impl Connection {
                         unix_s: clock.unix_time_s(),
                         mono_us: start_us,
                     };
-                    imds::handle(
-                        agent,
-                        &req,
+                    let ctx = Ctx {
                         now,
-                        self.parked_since_us,
-                        entropy,
-                        &mut self.reply,
-                    );
+                        peer: self.peer,
+                        parked_since_us: self.parked_since_us,
+                    };
+                    imds::handle(agent, &req, &ctx, entropy, &mut self.reply);
                     if self.reply.pending {
                         let since = *self.parked_since_us.get_or_insert(start_us);
                         if start_us.saturating_sub(since) > FETCH_WAIT_MAX_US {
+                            agent.guard_mut().unpark(self.peer);
+                            self.parked_since_us = None;
                             self.reply.clear();
                             self.reply.retry_after_s = Some(5);
                             self.reply.error(
@@ -230,7 +230,9 @@ impl Connection {
                     keep_alive,
                     ok,
                 } => {
-                    self.parked_since_us = None;
+                    if self.parked_since_us.take().is_some() {
+                        agent.guard_mut().unpark(self.peer);
+                    }
                     // Drop the request from the receive buffer (pipelined bytes move up).
                     self.rx.copy_within(used..self.rx_filled, 0);
                     self.rx_filled -= used;
@@ -297,6 +299,14 @@ impl Connection {
 
     pub fn last_activity_us(&self) -> u64 {
         self.last_activity_us
+    }
+
+    /// The connection goes away: release what its parked request held. Drivers call this
+    /// before dropping or reusing a connection.
+    pub fn abandon(&mut self, agent: &mut Agent) {
+        if self.parked_since_us.take().is_some() {
+            agent.guard_mut().unpark(self.peer);
+        }
     }
 
     /// Whether a request waits for an upstream fetch (the driver should call `process` again

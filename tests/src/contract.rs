@@ -204,7 +204,7 @@ pub fn header_and_path_variants(t: &Target) {
 
 pub fn head_answers_without_body(t: &Target) {
     let req = format!(
-        "HEAD {} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nConnection: close\r\n\r\n",
+        "HEAD {} HTTP/1.1\r\nHost: 127.0.0.1\r\nMetadata: true\r\nConnection: close\r\n\r\n",
         token_target(MGMT, "")
     );
     let r = raw(t.imds, req.as_bytes());
@@ -280,7 +280,7 @@ pub fn proxied_requests_refused(t: &Target) {
 
 pub fn methods(t: &Target) {
     for m in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
-        let req = format!("{m} {} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", token_target(MGMT, ""));
+        let req = format!("{m} {} HTTP/1.1\r\nHost: 127.0.0.1\r\nMetadata: true\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", token_target(MGMT, ""));
         let r = raw(t.imds, req.as_bytes());
         assert_error(&r, 405, "method_not_allowed");
         assert!(r.header("allow").is_some_and(|a| a.contains("GET")));
@@ -514,7 +514,7 @@ pub fn unreadable_requests(t: &Target) {
 pub fn keep_alive_and_pipelining(t: &Target) {
     let mut s = connect(t.imds);
     let one = format!(
-        "GET {} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nMetadata: true\r\n\r\n",
         token_target(MGMT, "")
     );
     for _ in 0..5 {
@@ -524,8 +524,8 @@ pub fn keep_alive_and_pipelining(t: &Target) {
         assert_eq!(r.header("connection"), Some("keep-alive"));
     }
     // Three requests in one write, answered in order.
-    let probe = "GET /metadata/identity/oauth2/token HTTP/1.1\r\nHost: x\r\n\r\n";
-    let info = "GET /metadata/identity/info?api-version=2018-02-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n";
+    let probe = "GET /metadata/identity/oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let info = "GET /metadata/identity/info?api-version=2018-02-01 HTTP/1.1\r\nHost: 127.0.0.1\r\nMetadata: true\r\n\r\n";
     s.write_all(format!("{one}{probe}{info}").as_bytes())
         .unwrap();
     assert_eq!(read_response(&mut s, false).unwrap().status, 200);
@@ -562,7 +562,7 @@ pub fn concurrent_clients(t: &Target, clients: usize, requests: usize) {
                 for j in 0..requests {
                     let resource = format!("https://concurrent.test/{}", (i + j) % 4);
                     let req = format!(
-                        "GET {} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n",
+                        "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nMetadata: true\r\n\r\n",
                         token_target(&resource, "")
                     );
                     s.write_all(req.as_bytes()).unwrap();

@@ -129,14 +129,15 @@ enum AttemptError {
 
 impl AttemptError {
     fn retryable(&self) -> bool {
-        match self {
-            AttemptError::Connect | AttemptError::Timeout | AttemptError::Broken => true,
-            AttemptError::Tls(TlsError::Io(_)) | AttemptError::Tls(TlsError::ConnectionClosed) => {
-                true
-            }
-            AttemptError::Status { .. } => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            AttemptError::Connect
+                | AttemptError::Timeout
+                | AttemptError::Broken
+                | AttemptError::Tls(TlsError::Io(_))
+                | AttemptError::Tls(TlsError::ConnectionClosed)
+                | AttemptError::Status { .. }
+        )
     }
 
     fn failure(&self) -> Failure {

@@ -201,6 +201,8 @@ pub struct TokenAnswer {
 }
 
 /// Why a token answer is unusable.
+// The OAuth variant carries the authority's error text inline: the core has no heap.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenAnswerError {
     /// Not JSON, or no `access_token`, or no usable expiry.
@@ -303,6 +305,7 @@ fn lenient_number(body: &[u8], name: &str, scratch: &mut [u8]) -> Option<u64> {
 }
 
 /// Read a token answer (v1 or v2) received at `now`.
+#[allow(clippy::result_large_err)]
 pub fn parse_token_body(body: &[u8], now: u64) -> Result<TokenAnswer, TokenAnswerError> {
     let mut scratch = [0u8; TOKEN_MAX];
     // Validate it is one JSON object at all (and find an OAuth error if there is one).

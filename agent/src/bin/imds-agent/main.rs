@@ -187,6 +187,20 @@ fn run(
         agent.issuer().map(|i| i.kid()).unwrap_or("-"),
     );
 
+    // The host's own subnets may ask (unless `allow` is configured).
+    let mut agent = agent;
+    if let Ok(ifaces) = if_addrs::get_if_addrs() {
+        for iface in ifaces {
+            let (ip, len) = match &iface.addr {
+                if_addrs::IfAddr::V4(a) => (std::net::IpAddr::V4(a.ip), a.prefixlen),
+                if_addrs::IfAddr::V6(a) => (std::net::IpAddr::V6(a.ip), a.prefixlen),
+            };
+            agent
+                .guard_mut()
+                .add_own_subnet(imds_agent::guard::Cidr::new(ip, len));
+        }
+    }
+
     // Broker mode: the task futures, their pipes and sockets.
     let agent = RefCell::new(agent);
     let pipes: Vec<Pipe> = (0..BROKER_TASKS).map(|_| Pipe::new()).collect();
@@ -259,7 +273,13 @@ fn run(
                             Err(_) => break, // e.g. EMFILE: try again on the next event
                         };
                         if live >= HOST_MAX_CONNECTIONS
-                            && !evict_idlest(&mut conns, &mut free, &mut live, &poll)
+                            && !evict_idlest(
+                                &mut conns,
+                                &mut free,
+                                &mut live,
+                                &poll,
+                                &mut agent.borrow_mut(),
+                            )
                         {
                             // Every connection is mid-request: refuse this one.
                             drop(stream);
@@ -356,7 +376,14 @@ fn run(
             last_sweep = now;
             for slot in 0..conns.len() {
                 if conns[slot].as_ref().is_some_and(|c| c.state.timed_out(now)) {
-                    close(&mut conns, slot, &poll, &mut free, &mut live);
+                    close(
+                        &mut conns,
+                        slot,
+                        &poll,
+                        &mut free,
+                        &mut live,
+                        &mut agent.borrow_mut(),
+                    );
                 }
             }
         }
@@ -370,8 +397,10 @@ fn close(
     poll: &Poll,
     free: &mut Vec<usize>,
     live: &mut usize,
+    agent: &mut Agent,
 ) {
     if let Some(mut c) = conns[slot].take() {
+        c.state.abandon(agent);
         let _ = poll.registry().deregister(&mut c.stream);
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
         free.push(slot);
@@ -385,6 +414,7 @@ fn evict_idlest(
     free: &mut Vec<usize>,
     live: &mut usize,
     poll: &Poll,
+    agent: &mut Agent,
 ) -> bool {
     let victim = conns
         .iter()
@@ -398,7 +428,7 @@ fn evict_idlest(
         .map(|(i, _)| i);
     match victim {
         Some(slot) => {
-            close(conns, slot, poll, free, live);
+            close(conns, slot, poll, free, live, agent);
             true
         }
         None => false,
@@ -474,6 +504,6 @@ fn drive(
         }
     }
     if broken || c.state.wants_close() {
-        close(conns, slot, poll, free, live);
+        close(conns, slot, poll, free, live, agent);
     }
 }
