@@ -277,9 +277,12 @@ pub fn print_cmd(cmd: &Command) -> String {
 /// Serial line the guest prints once it serves HTTP (static address or DHCP lease).
 pub const READY_MARKERS: [&str; 2] = ["(static)", "net: DHCP address"];
 
-/// A booted guest: QEMU with its serial console (stdout) and stderr collected, killed on drop.
+/// A booted guest: QEMU with its serial console (stdout) and stderr collected, killed on drop
+/// and also when this process dies without dropping it (a guest kept in a `static` by a test
+/// harness): a watchdog `sh` waits on a pipe from this process and kills QEMU when it closes.
 pub struct Guest {
     child: Child,
+    watchdog: Option<Child>,
     output: Arc<Mutex<String>>,
     /// The command line it was started with (for messages).
     pub command: String,
@@ -312,11 +315,35 @@ impl Guest {
         if let Some(err) = child.stderr.take() {
             collect(err, output.clone());
         }
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!("read _ignored; kill -9 {} 2>/dev/null", child.id()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let watchdog = match watchdog {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
         Ok(Guest {
             child,
+            watchdog,
             output,
             command,
         })
+    }
+
+    /// QEMU is gone: the watchdog must not outlive it (its pid could be reused).
+    fn stop_watchdog(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
 
     /// Serial console and QEMU's stderr so far.
@@ -337,6 +364,7 @@ impl Guest {
                 return Ok(line.to_string());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.stop_watchdog();
                 std::thread::sleep(Duration::from_millis(50)); // let the readers finish
                 return Err(format!(
                     "QEMU exited ({status}) before {needles:?}:\n{}\ncommand: {}",
@@ -364,12 +392,14 @@ impl Guest {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.stop_watchdog();
                 std::thread::sleep(Duration::from_millis(50)); // let the readers finish
                 return Some(status);
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
+                self.stop_watchdog();
                 return None;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -386,6 +416,7 @@ impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.stop_watchdog();
     }
 }
 
