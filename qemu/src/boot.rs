@@ -78,6 +78,18 @@ pvh_start32:
     dec ecx
     jnz .Lfill_pd
 
+    /* Memory type: write-back by default (MTRRdefType: enabled, WB). qboot sets up no MTRRs,
+       and a guest under KVM would otherwise run with all of RAM uncached. */
+    mov eax, 1
+    cpuid
+    test edx, 0x1000                /* CPUID.1:EDX.MTRR */
+    jz .Lno_mtrr
+    mov ecx, 0x2FF                  /* IA32_MTRR_DEF_TYPE */
+    mov eax, 0x806                  /* E | type 6 (write-back) */
+    xor edx, edx
+    wrmsr
+.Lno_mtrr:
+
     /* Paging structures, PAE, long mode, paging. */
     mov eax, offset boot_pml4
     mov cr3, eax
@@ -89,6 +101,8 @@ pvh_start32:
     or eax, 0x100                   /* EFER.LME */
     wrmsr
     mov eax, cr0
+    and eax, 0x9FFFFFFF             /* clear CR0.CD and CR0.NW: caches on (qboot leaves the */
+                                    /* reset value; under KVM the guest would run uncached) */
     or eax, 0x80000001              /* CR0.PG | CR0.PE */
     mov cr0, eax
 
