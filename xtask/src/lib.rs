@@ -2,6 +2,8 @@
 //! (demo configs, QEMU command lines), so that no command line is written twice.
 
 pub mod config;
+pub mod http;
+pub mod load;
 pub mod qemu;
 pub mod setup;
 

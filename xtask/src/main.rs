@@ -9,6 +9,7 @@
 
 mod bench;
 mod fuzz;
+mod soak;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         "test" => test::run(rest),
         "bench" => bench::run(rest),
         "fuzz" => fuzz::run(rest),
+        "soak" => soak::run(rest),
         _ => return usage(),
     };
     match result {
