@@ -25,6 +25,7 @@ use imds_agent::config::Config;
 use imds_agent::server::{Agent, Connection, Listener};
 use imds_hal::{Clock, Entropy, EntropyError};
 use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
 
 /// The fixed configuration (a throw-away test key, three identities).
 const CONFIG: &[u8] = include_bytes!("../fixtures/agent.json");
@@ -165,7 +166,11 @@ impl World {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let config = Config::parse(CONFIG).expect("fixture config");
+    // Parsed once (key parsing dominates otherwise); every input gets a fresh agent.
+    static PARSED: OnceLock<Config> = OnceLock::new();
+    let config = PARSED
+        .get_or_init(|| Config::parse(CONFIG).expect("fixture config"))
+        .clone();
     let clock = FakeClock(Cell::new(1_000_000));
     let mut conn = Box::new(Connection::new());
     conn.reset(

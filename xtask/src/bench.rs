@@ -2,7 +2,7 @@
 //! bytes as a static file, plus the latency of a cache miss (a mint).
 //!
 //! ```text
-//! cargo xtask bench host [--duration S] [--connections N] [--threads N] [--mints N] [--perf]
+//! cargo xtask bench host [--duration S] [--connections N] [--threads N] [--mints N] [--rounds N] [--perf]
 //! ```
 //!
 //! 1. builds the daemon in release and writes a demo config under `target/bench/`;
@@ -12,7 +12,8 @@
 //!    `target/bench/nginx/`) serving a file with exactly the bytes of the token response body,
 //!    with the same `Content-Type`;
 //! 4. loads each in turn with `wrk` (keep-alive, `Metadata: true`, the real token URL), the
-//!    server pinned to CPU 0 and wrk to CPU 1 when the machine has two or more;
+//!    server pinned to CPU 0 and wrk to CPU 1 when the machine has two or more, for `--rounds`
+//!    rounds (default 3, alternating which goes first) and reports the median round;
 //! 5. measures cache misses: sequential `bypass_cache=true` requests on one connection;
 //! 6. prints a table and writes `target/bench/host.json`.
 //!
@@ -30,13 +31,14 @@ use xtask::{config, root, target_dir};
 type Result<T = ()> = std::result::Result<T, String>;
 
 const RESOURCE: &str = "https://management.azure.com/";
-const USAGE: &str = "usage: cargo xtask bench host [--duration S] [--connections N] [--threads N] [--mints N] [--perf]";
+const USAGE: &str = "usage: cargo xtask bench host [--duration S] [--connections N] [--threads N] [--mints N] [--rounds N] [--perf]";
 
 struct Opts {
     duration_s: u32,
     connections: u32,
     threads: u32,
     mints: usize,
+    rounds: usize,
     perf: bool,
 }
 
@@ -53,6 +55,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         connections: 50,
         threads: 1,
         mints: 200,
+        rounds: 3,
         perf: false,
     };
     let mut it = args.iter();
@@ -69,6 +72,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--connections" => o.connections = num("--connections")? as u32,
             "--threads" => o.threads = num("--threads")? as u32,
             "--mints" => o.mints = num("--mints")? as usize,
+            "--rounds" => o.rounds = (num("--rounds")? as usize).max(1),
             "--perf" => o.perf = true,
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -653,25 +657,52 @@ fn host(o: Opts) -> Result {
         ));
     }
 
-    // Short warm-up runs (not recorded), then the measured ones.
+    // Short warm-up runs (not recorded), then the measured rounds, alternating which server
+    // goes first so that drift on a shared machine hits both alike.
     wrk(&o, &pin, daemon_addr, 2)?;
     wrk(&o, &pin, nginx_addr, 2)?;
     let perf_data = bench.join("perf.data");
-    let recorder = if o.perf {
-        Some(perf_record(
-            daemon.pid(),
-            o.duration_s.saturating_sub(1).max(1),
-            &perf_data,
-        )?)
-    } else {
-        None
-    };
-    let (d, d_text) = wrk(&o, &pin, daemon_addr, o.duration_s)?;
-    if let Some(mut r) = recorder {
-        let _ = r.wait();
-        perf_report(&perf_data, &bench.join("perf.txt"))?;
+    let mut daemon_runs = Vec::new();
+    let mut nginx_runs = Vec::new();
+    let mut wrk_text = String::new();
+    for round in 0..o.rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_daemon in order {
+            let addr = if is_daemon { daemon_addr } else { nginx_addr };
+            let recorder = if o.perf && is_daemon && round == 0 {
+                Some(perf_record(
+                    daemon.pid(),
+                    o.duration_s.saturating_sub(1).max(1),
+                    &perf_data,
+                )?)
+            } else {
+                None
+            };
+            let (r, text) = wrk(&o, &pin, addr, o.duration_s)?;
+            if let Some(mut rec) = recorder {
+                let _ = rec.wait();
+                perf_report(&perf_data, &bench.join("perf.txt"))?;
+            }
+            let name = if is_daemon { "imds-agent" } else { "nginx" };
+            wrk_text.push_str(&format!("## round {} {name}\n{text}\n", round + 1));
+            eprintln!(
+                "xtask bench: round {} {name}: {:.0} requests/s",
+                round + 1,
+                r.rps
+            );
+            if is_daemon {
+                daemon_runs.push(r);
+            } else {
+                nginx_runs.push(r);
+            }
+        }
     }
-    let (n, n_text) = wrk(&o, &pin, nginx_addr, o.duration_s)?;
+    let d = median_run(&daemon_runs);
+    let n = median_run(&nginx_runs);
     drop(nginx);
 
     // Latency without load: cache hits, then cache misses (every request mints and signs).
@@ -694,8 +725,11 @@ fn host(o: Opts) -> Result {
             "body_bytes": warm.body.len(),
             "content_type": warm.content_type,
         },
+        "rounds": o.rounds,
         "daemon": wrk_json(&d),
         "nginx": wrk_json(&n),
+        "daemon_rounds": daemon_runs.iter().map(wrk_json).collect::<Vec<_>>(),
+        "nginx_rounds": nginx_runs.iter().map(wrk_json).collect::<Vec<_>>(),
         "ratio_daemon_over_nginx": ratio,
         "target_ratio": 1.0,
         "cache_hit_sequential": seq_json(&hits),
@@ -705,15 +739,15 @@ fn host(o: Opts) -> Result {
     let out = bench.join("host.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report).expect("json"))
         .map_err(|e| e.to_string())?;
-    std::fs::write(bench.join("wrk-daemon.txt"), d_text).map_err(|e| e.to_string())?;
-    std::fs::write(bench.join("wrk-nginx.txt"), n_text).map_err(|e| e.to_string())?;
+    std::fs::write(bench.join("wrk.txt"), wrk_text).map_err(|e| e.to_string())?;
 
     println!();
     println!(
-        "host bench: wrk -t{} -c{} -d{}s, keep-alive, cached token ({} B body); {}",
+        "host bench: wrk -t{} -c{} -d{}s × {} rounds (median shown), keep-alive, cached token ({} B body); {}",
         o.threads,
         o.connections,
         o.duration_s,
+        o.rounds,
         warm.body.len(),
         pin.describe()
     );
@@ -761,6 +795,13 @@ fn host(o: Opts) -> Result {
         println!("perf: {}", bench.join("perf.txt").display());
     }
     Ok(())
+}
+
+/// The run with the median rate (its latencies come with it).
+fn median_run(runs: &[WrkResult]) -> WrkResult {
+    let mut v = runs.to_vec();
+    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    v[v.len() / 2].clone()
 }
 
 fn dedup(v: &[u16]) -> Vec<u16> {
