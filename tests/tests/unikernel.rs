@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
-use xtask::qemu::{self, exit, guest_exit_code, Guest, QemuOpts};
+use xtask::qemu::{self, exit, guest_exit_code, Guest, Machine, QemuOpts};
 
 /// Boot to serving; generous for a loaded 2-core machine (it takes ~0.1 s when idle).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,14 +36,23 @@ impl std::ops::Deref for Running {
     }
 }
 
-/// Boot `cfg` with port 80 forwarded from a free loopback port; wait until it serves.
-fn boot(cfg: &DemoConfig) -> (Guest, SocketAddr) {
+/// Boot `cfg` on `machine` with port 80 forwarded from a free loopback port; wait until it
+/// serves.
+fn boot_on(machine: Machine, cfg: &DemoConfig) -> (Guest, SocketAddr) {
     let port = qemu::free_port();
-    let mut guest = Guest::spawn(&image(), &QemuOpts::new(&cfg.path, port)).expect("spawn QEMU");
+    let opts = QemuOpts {
+        machine,
+        ..QemuOpts::new(&cfg.path, port)
+    };
+    let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
     guest
         .wait_ready(BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
     (guest, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn boot(cfg: &DemoConfig) -> (Guest, SocketAddr) {
+    boot_on(Machine::default(), cfg)
 }
 
 fn shared() -> &'static Running {
@@ -185,6 +194,34 @@ fn static_address_from_the_config() {
     assert!(!out.contains("DHCP"), "{out}");
     let r = get(addr, &token_target(MGMT, ""), &[MD]);
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn pci_nic_on_q35() {
+    // The PCI path: port-I/O configuration space, BARs assigned by the guest (qboot leaves them
+    // unassigned), virtio-net-pci.
+    let cfg = DemoConfig::new("unikernel-q35");
+    let (guest, addr) = boot_on(Machine::Q35, &cfg);
+    let r = get(addr, &token_target(MGMT, ""), &[MD]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        guest.output().contains("virtio-net up"),
+        "{}",
+        guest.output()
+    );
+}
+
+#[test]
+fn no_nic_on_q35_stops_the_machine() {
+    let cfg = DemoConfig::new("unikernel-q35-no-nic");
+    expect_exit(
+        QemuOpts {
+            machine: Machine::Q35,
+            ..no_network(Some(cfg.path))
+        },
+        exit::NIC,
+        "imds-agent: fatal: network: no virtio-net device",
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The NIC: a virtio-net PCI device driven by `virtio-drivers` (`VirtIONetRaw` over
-//! `PciTransport`), exposed as a [`smoltcp::phy::Device`] with `Medium::Ethernet`.
+//! The NIC: a virtio-net device driven by `virtio-drivers` (`VirtIONetRaw` over `PciTransport`
+//! on `pc`/`q35`, `MmioTransport` on `microvm`), exposed as a [`smoltcp::phy::Device`] with
+//! `Medium::Ethernet`.
 //!
 //! Memory: physical = virtual (the boot code identity-maps the first 4 GiB, and the image lives
 //! at 1 MiB). Virtqueues come from a static page arena ([`DmaHal`]); packet buffers are static
@@ -13,9 +14,10 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::bus::PciRoot;
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport, VirtioPciError};
-use virtio_drivers::transport::DeviceType;
+use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
 use super::pci::{BarAllocator, BarError, PortCam};
@@ -89,12 +91,22 @@ static mut BUFFERS: Buffers = Buffers {
 };
 static BUFFERS_TAKEN: AtomicBool = AtomicBool::new(false);
 
-type Raw = VirtIONetRaw<DmaHal, PciTransport, QUEUE_SIZE>;
+type Raw = VirtIONetRaw<DmaHal, SomeTransport<'static>, QUEUE_SIZE>;
+
+/// QEMU `microvm`'s virtio-mmio transports: 512-byte slots from this address (8 on the legacy
+/// IRQs 5..12, up to 24 with its second IOAPIC).
+pub const MICROVM_MMIO_BASE: u64 = 0xFEB0_0000;
+/// Size of one virtio-mmio slot.
+pub const MICROVM_MMIO_SLOT: u64 = 0x200;
+/// Slots probed.
+pub const MICROVM_MMIO_SLOTS: u64 = 32;
+/// The virtio-mmio magic, "virt" little-endian.
+const VIRTIO_MMIO_MAGIC: u32 = 0x7472_6976;
 
 /// Why the NIC could not be brought up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NicError {
-    /// No virtio-net device on PCI bus 0.
+    /// No virtio-net device on PCI bus 0 nor in the microvm virtio-mmio slots.
     NotFound,
     /// Its BARs could not be assigned.
     Bars(BarError),
@@ -109,7 +121,9 @@ pub enum NicError {
 impl core::fmt::Display for NicError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            NicError::NotFound => f.write_str("no virtio-net device on PCI bus 0"),
+            NicError::NotFound => {
+                f.write_str("no virtio-net device (PCI bus 0, microvm virtio-mmio slots)")
+            }
             NicError::Bars(e) => write!(f, "virtio-net: {e}"),
             NicError::Transport(e) => write!(f, "virtio-net PCI transport: {e}"),
             NicError::Driver(e) => write!(f, "virtio-net driver: {e}"),
@@ -177,25 +191,69 @@ impl core::fmt::Debug for VirtioNet {
     }
 }
 
-/// Find the first virtio-net device on PCI bus 0, assign its BARs if the firmware did not, and
-/// bring it up with all receive buffers posted.
+/// Find the first virtio-net device — on PCI bus 0 (`pc`, `q35`; BARs assigned if the
+/// firmware did not) or else in the virtio-mmio slots of `microvm` — and bring it up with all
+/// receive buffers posted.
 pub fn probe() -> Result<VirtioNet, NicError> {
     let mut root = PciRoot::new(PortCam::new());
-    let df = root
+    if root.enumerate_bus(0).next().is_some() {
+        // A PCI machine: the NIC is a PCI function (the microvm window is not probed, as PCI
+        // BARs may lie there).
+        let transport = probe_pci(&mut root)?.ok_or(NicError::NotFound)?;
+        return VirtioNet::new(transport.into());
+    }
+    let transport = probe_mmio().ok_or(NicError::NotFound)?;
+    VirtioNet::new(transport.into())
+}
+
+fn probe_pci(root: &mut PciRoot<PortCam>) -> Result<Option<PciTransport>, NicError> {
+    let Some(df) = root
         .enumerate_bus(0)
         .find(|(_, info)| virtio_device_type(info) == Some(DeviceType::Network))
         .map(|(df, _)| df)
-        .ok_or(NicError::NotFound)?;
+    else {
+        return Ok(None);
+    };
     BarAllocator::new()
-        .assign(&mut root, df)
+        .assign(root, df)
         .map_err(NicError::Bars)?;
-    let transport = PciTransport::new::<DmaHal, _>(&mut root, df).map_err(NicError::Transport)?;
-    VirtioNet::new(transport)
+    PciTransport::new::<DmaHal, _>(root, df)
+        .map(Some)
+        .map_err(NicError::Transport)
+}
+
+/// Whether a virtio-mmio slot is at `addr`. Only called on machines without PCI.
+fn mmio_magic_at(addr: u64) -> bool {
+    // SAFETY: only reached when there is no PCI bus (so no BAR can lie here); the address is
+    // below 4 GiB (identity-mapped) in the window QEMU's microvm gives its virtio-mmio slots;
+    // reading the magic register (offset 0) of a slot has no side effect, and an unassigned
+    // address reads as all ones.
+    let magic = unsafe { core::ptr::read_volatile(addr as *const u32) };
+    magic == VIRTIO_MMIO_MAGIC
+}
+
+fn probe_mmio() -> Option<MmioTransport<'static>> {
+    if !mmio_magic_at(MICROVM_MMIO_BASE) {
+        return None;
+    }
+    (0..MICROVM_MMIO_SLOTS).find_map(|slot| {
+        let addr = MICROVM_MMIO_BASE + slot * MICROVM_MMIO_SLOT;
+        if !mmio_magic_at(addr) {
+            return None;
+        }
+        let header = NonNull::new(addr as *mut VirtIOHeader)?;
+        // SAFETY: `addr` is a virtio-mmio slot (the magic says so), 512-byte aligned, identity-
+        // mapped device memory that stays valid for the whole run; the transport returned is
+        // the only user of this slot (probing stops at the first network device, the others
+        // are dropped without being touched beyond their ID registers).
+        let transport = unsafe { MmioTransport::new(header, MICROVM_MMIO_SLOT as usize) }.ok()?;
+        (transport.device_type() == DeviceType::Network).then_some(transport)
+    })
 }
 
 impl VirtioNet {
     /// Initialise the device over `transport` and post the receive buffers. Once per boot.
-    pub fn new(transport: PciTransport) -> Result<VirtioNet, NicError> {
+    pub fn new(transport: SomeTransport<'static>) -> Result<VirtioNet, NicError> {
         if BUFFERS_TAKEN.swap(true, Ordering::AcqRel) {
             return Err(NicError::AlreadyTaken);
         }
