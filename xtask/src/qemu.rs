@@ -323,6 +323,31 @@ pub fn print_cmd(cmd: &Command) -> String {
         .join(" ")
 }
 
+/// `cargo xtask run --unikernel`: build the image, print the QEMU command line and a `curl`
+/// to try, run QEMU in the foreground (serial on this terminal; Ctrl-C stops it). The guest's
+/// exit code, if it left through isa-debug-exit, is reported in the error.
+pub fn run_foreground(release: bool, opts: &QemuOpts) -> Result<(), String> {
+    let image = try_build_image(release)?;
+    let mut cmd = qemu_command(&image, opts);
+    eprintln!("{}", print_cmd(&cmd));
+    if let Network::User {
+        hostfwd_port: Some(port),
+    } = opts.network
+    {
+        eprintln!(
+            "\ntry:  curl -s -H 'Metadata: true' 'http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'\n"
+        );
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    match status.code().and_then(guest_exit_code) {
+        None if status.success() => Ok(()),
+        Some(code) => Err(format!("guest exit code {code} (QEMU {status})")),
+        None => Err(format!("QEMU {status}")),
+    }
+}
+
 /// Serial line the guest prints once it serves HTTP (static address or DHCP lease).
 pub const READY_MARKERS: [&str; 2] = ["(static)", "net: DHCP address"];
 
