@@ -61,7 +61,7 @@ fn shared() -> &'static Running {
         let cfg = DemoConfig::new("unikernel-contract");
         let (guest, addr) = boot(&cfg);
         Running {
-            guest: guest,
+            guest,
             target: Target {
                 imds: addr,
                 // One listener: the legacy path is answered on port 80 too.
