@@ -11,8 +11,8 @@
 use crate::broker::upstream::Style;
 use crate::guard::{Cidr, DEFAULT_IN_FLIGHT, DEFAULT_RATE_PER_S};
 use crate::limits::{
-    CA_DER_MAX, CONFIG_STRING_MAX, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES, MAX_IDENTITIES,
-    MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
+    CA_DER_MAX, CONFIG_STRING_MAX, FETCH_TOTAL_TIMEOUT_US, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES,
+    MAX_IDENTITIES, MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
 };
 use core::cell::RefCell;
 use core::fmt;
@@ -92,6 +92,8 @@ pub struct AuthorityConfig {
     pub style: Style,
     /// Fixed address to connect to (no DNS).
     pub address: Option<SocketAddr>,
+    /// Budget of one fetch, all attempts included (`timeout_s`).
+    pub timeout_us: u64,
 }
 
 /// Where the host daemon listens.
@@ -297,6 +299,7 @@ struct RawAuthority {
     spki_sha256: Option<Str<96>>,
     style: Option<Str<8>>,
     address: Option<Str<64>>,
+    timeout_s: Option<u32>,
 }
 
 #[derive(Default)]
@@ -536,6 +539,7 @@ impl<'de> Visitor<'de> for OptAuthoritySeed<'_> {
                 "spki_sha256" => raw.spki_sha256 = Some(map.next_value()?),
                 "style" => raw.style = Some(map.next_value()?),
                 "address" => raw.address = map.next_value()?,
+                "timeout_s" => raw.timeout_s = Some(map.next_value()?),
                 k if k.starts_with('_') => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
@@ -777,7 +781,17 @@ fn validate_authority(raw: &RawAuthority) -> Result<AuthorityConfig, ConfigError
         Some(a) => Some(socket_addr(a, p("address"))?),
         None => None,
     };
+    let timeout_s = raw
+        .timeout_s
+        .unwrap_or((FETCH_TOTAL_TIMEOUT_US / 1_000_000) as u32);
+    if !(1..=120).contains(&timeout_s) {
+        return Err(ConfigError::Invalid {
+            field: p("timeout_s"),
+            why: "must be between 1 and 120 seconds",
+        });
+    }
     Ok(AuthorityConfig {
+        timeout_us: timeout_s as u64 * 1_000_000,
         token_url: url.clone(),
         host: heapless::String::try_from(host).map_err(|_| bad_url())?,
         port,

@@ -250,6 +250,10 @@ impl Agent {
     }
 }
 
+/// A brokered token is not renewed ahead more often than this (short-lived upstream tokens
+/// would otherwise be fetched again on every request).
+const MIN_REFRESH_INTERVAL_US: u64 = 30_000_000;
+
 const NO_CREDENTIAL: Failure = Failure {
     status: 500,
     retry_after_s: None,
@@ -775,17 +779,18 @@ fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut
     };
     let margin = agent.refresh_margin_s;
     let entry = agent.cache.peek(r.index, r.resource);
-    // bypass_cache: only a token obtained after this request arrived will do.
-    let fresh_enough = |t: &Token| match (r.bypass, r.parked_since_us) {
-        (false, _) => true,
-        (true, Some(since)) => t.obtained_us >= since,
-        (true, None) => false,
+    // A token fetched while this request waited is its answer, however short-lived.
+    let new_for_me = |t: &Token| {
+        r.parked_since_us
+            .is_some_and(|since| t.obtained_us >= since)
     };
-    if let Some(t) = entry.filter(|t| fresh_enough(t)) {
+    // bypass_cache: only a token obtained after this request arrived will do.
+    if let Some(t) = entry.filter(|t| !r.bypass || new_for_me(t)) {
         let left = t.expires_on.saturating_sub(now.unix_s);
-        if left > margin {
+        if left > margin || (new_for_me(t) && left > 0) {
             write_token(reply, t, r.resource, identity, r.selector, now.unix_s);
-            if left <= 2 * margin {
+            let age_us = now.mono_us.saturating_sub(t.obtained_us);
+            if left <= 2 * margin && age_us >= MIN_REFRESH_INTERVAL_US {
                 // Refresh ahead, nobody waits for it. A full job table just means later.
                 let _ = agent.jobs.enqueue(r.index, r.resource, true, now.mono_us);
             }

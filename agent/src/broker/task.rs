@@ -14,8 +14,8 @@ use super::{assertion, Failure};
 use crate::config::{AuthorityConfig, Credential};
 use crate::imds::Agent;
 use crate::limits::{
-    FETCH_ATTEMPTS, FETCH_ATTEMPT_TIMEOUT_US, FETCH_CONNECT_TIMEOUT_US, FETCH_TOTAL_TIMEOUT_US,
-    RESOURCE_MAX, TLS_READ_BUF, TLS_WRITE_BUF, TOKEN_MAX, UPSTREAM_RESPONSE_MAX,
+    FETCH_ATTEMPTS, FETCH_ATTEMPT_TIMEOUT_US, FETCH_CONNECT_TIMEOUT_US, RESOURCE_MAX, TLS_READ_BUF,
+    TLS_WRITE_BUF, TOKEN_MAX, UPSTREAM_RESPONSE_MAX,
 };
 use core::cell::{Cell, RefCell};
 use core::future::{poll_fn, Future};
@@ -356,7 +356,8 @@ async fn attempt<C: Clock, E: Entropy>(
             match tls.read(&mut bufs.response[len..]).await {
                 Ok(0) | Err(TlsError::ConnectionClosed) => eof = true,
                 Ok(n) => len += n,
-                Err(e) => break Err(AttemptError::Tls(e)),
+                // After the handshake, a failing read is a broken connection (transient).
+                Err(_) => break Err(AttemptError::Broken),
             }
         }
         match upstream::parse_response(&mut bufs.response[..len], eof) {
@@ -398,13 +399,13 @@ async fn write_all(
     mut data: &[u8],
 ) -> Result<(), AttemptError> {
     while !data.is_empty() {
-        let n = tls.write(data).await.map_err(AttemptError::Tls)?;
+        let n = tls.write(data).await.map_err(|_| AttemptError::Broken)?;
         if n == 0 {
             return Err(AttemptError::Broken);
         }
         data = &data[n..];
     }
-    tls.flush().await.map_err(AttemptError::Tls)
+    tls.flush().await.map_err(|_| AttemptError::Broken)
 }
 
 /// The broker task: forever take a queued job, fetch, report. `agent` is shared with the
@@ -424,7 +425,7 @@ pub async fn run<C: Clock, E: Entropy>(
         })
         .await;
         let started = clock.monotonic_us();
-        let total_deadline = started + FETCH_TOTAL_TIMEOUT_US;
+        let total_deadline = started + authority.timeout_us;
         let mut attempt_no = 0;
         let result = loop {
             attempt_no += 1;

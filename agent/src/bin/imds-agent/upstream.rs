@@ -24,8 +24,14 @@ fn resolve(t: &Target) -> Option<SocketAddr> {
     if let Some(a) = t.address {
         return Some(a);
     }
-    // Host names resolve through the system resolver (blocking, but only at connect time).
-    (t.host.as_str(), t.port).to_socket_addrs().ok()?.next()
+    // Host names resolve through the system resolver (blocking, but only at connect time);
+    // IPv4 first, as `localhost` often lists ::1 before 127.0.0.1.
+    let addrs: Vec<SocketAddr> = (t.host.as_str(), t.port).to_socket_addrs().ok()?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
 }
 
 /// Move bytes for one pipe. Returns whether anything happened.

@@ -1,0 +1,367 @@
+//! Broker mode end to end: the daemon fetches tokens from a real OAuth2 authority (node
+//! oidc-provider over TLS 1.3, a throw-away CA) with RFC 7523 client assertions, caches them,
+//! serves them through the IMDS endpoint — and every failure of the authority is provoked and
+//! answered the way Azure's IMDS would.
+
+use imds_tests::authority::{
+    Alg, Authority, AuthorityOpts, ClientKey, ClientSpec, Fault, ServerCert, Style,
+};
+use imds_tests::{get, token_target, Daemon, DemoConfig, Response};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const MD: &str = "Metadata: true";
+const MGMT: &str = "https://management.azure.com/";
+const VAULT: &str = "https://vault.azure.net";
+
+/// A daemon in broker mode against an authority that knows its identities.
+struct Rig {
+    authority: Authority,
+    daemon: Daemon,
+    cfg: DemoConfig,
+}
+
+/// An ES256 client key whose `kid` is what the agent puts in its assertions (RFC 7638).
+fn agent_key() -> ClientKey {
+    let tmp = ClientKey::generate(Alg::ES256, "tmp");
+    let sk = imds_agent::config::parse_signing_key(&tmp.private_pem).unwrap();
+    let kid = imds_agent::jose::PublicJwk::of(sk.verifying_key()).thumbprint();
+    ClientKey::from_pem(Alg::ES256, &kid, &tmp.private_pem).unwrap()
+}
+
+fn rig_with(style: Style, cert: ServerCert, ttl: u64, edit: impl FnOnce(&mut Value)) -> Rig {
+    let mut json = xtask::config::demo("127.0.0.1:0", Some("127.0.0.1:0"));
+    let mut clients = Vec::new();
+    for id in json["identities"].as_array_mut().unwrap() {
+        let key = agent_key();
+        clients.push(ClientSpec::new(id["client_id"].as_str().unwrap(), &key));
+        id["key"] = key.private_pem.clone().into();
+    }
+    let authority = Authority::start(AuthorityOpts {
+        clients,
+        server_cert: cert,
+        access_token_ttl: ttl,
+        ..AuthorityOpts::default()
+    });
+    json["authority"] = json!({
+        "token_url": authority.token_url_at(style, "localhost"),
+        "ca_cert": authority.ca_pem,
+        "style": match style { Style::V1 => "v1", Style::V2 => "v2" },
+        "address": authority.https.to_string(),
+        "timeout_s": 10,
+    });
+    edit(&mut json);
+    let cfg = DemoConfig::from_json("broker", json);
+    let daemon = Daemon::start(&cfg);
+    Rig {
+        authority,
+        daemon,
+        cfg,
+    }
+}
+
+fn rig(style: Style) -> Rig {
+    rig_with(style, ServerCert::Valid, 3600, |_| {})
+}
+
+fn token(r: &Rig, resource: &str, extra: &str) -> Response {
+    get(r.daemon.imds, &token_target(resource, extra), &[MD])
+}
+
+fn token_requests(r: &Rig) -> usize {
+    r.authority
+        .requests()
+        .iter()
+        .filter(|q| q["status"] == 200)
+        .count()
+}
+
+fn assert_brokered(r: &Rig, resp: &Response, resource: &str, client_id: &str) -> Value {
+    assert_eq!(
+        resp.status,
+        200,
+        "{}\nagent log:\n{}",
+        resp.text(),
+        r.daemon.log_text()
+    );
+    let j = resp.json();
+    for f in [
+        "access_token",
+        "expires_in",
+        "expires_on",
+        "ext_expires_in",
+        "not_before",
+        "resource",
+        "token_type",
+        "client_id",
+    ] {
+        assert!(j[f].is_string(), "{f}: {j}");
+    }
+    assert_eq!(j["resource"], resource);
+    assert_eq!(j["client_id"], client_id);
+    let claims = r
+        .authority
+        .verify_access_token(j["access_token"].as_str().unwrap(), resource)
+        .expect("the brokered token verifies against the authority's JWKS");
+    assert_eq!(claims["client_id"], client_id);
+    let exp: u64 = j["expires_on"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        claims["exp"].as_u64(),
+        Some(exp),
+        "expires_on is the token's exp"
+    );
+    j
+}
+
+#[test]
+fn v1_tokens_are_fetched_verified_cached_and_served() {
+    let r = rig(Style::V1);
+    let sys = r.cfg.system.clone().unwrap();
+    let user = r.cfg.users[0].clone();
+    let a = assert_brokered(&r, &token(&r, MGMT, ""), MGMT, &sys.client_id);
+    assert_brokered(
+        &r,
+        &token(&r, VAULT, &format!("&client_id={}", user.client_id)),
+        VAULT,
+        &user.client_id,
+    );
+    assert_eq!(token_requests(&r), 2);
+    // Served from the cache: the authority sees nothing more.
+    let b = token(&r, MGMT, "").json();
+    assert_eq!(a["access_token"], b["access_token"]);
+    assert_eq!(token_requests(&r), 2);
+    // The assertion the authority checked: aud = token URL, iss = sub = client id, kid set.
+    let reqs = r.authority.requests();
+    let first = &reqs[0];
+    assert_eq!(first["params"]["resource"], MGMT);
+    assert_eq!(first["assertion"]["claims"]["iss"], sys.client_id.as_str());
+    assert_eq!(first["assertion"]["claims"]["sub"], sys.client_id.as_str());
+    assert_eq!(first["assertion"]["header"]["alg"], "ES256");
+    assert!(first["assertion"]["header"]["kid"].is_string());
+    assert_ne!(
+        reqs[0]["assertion"]["claims"]["jti"], reqs[1]["assertion"]["claims"]["jti"],
+        "fresh jti"
+    );
+    // bypass_cache forces a new fetch.
+    let c = token(&r, MGMT, "&bypass_cache=true").json();
+    assert_ne!(a["access_token"], c["access_token"]);
+    assert_eq!(token_requests(&r), 3);
+}
+
+#[test]
+fn v2_scope_style_and_json_numbers() {
+    let r = rig(Style::V2);
+    let sys = r.cfg.system.clone().unwrap();
+    let j = assert_brokered(&r, &token(&r, MGMT, ""), MGMT, &sys.client_id);
+    let req = &r.authority.requests()[0];
+    assert_eq!(
+        req["params"]["scope"],
+        "https://management.azure.com//.default"
+    );
+    // v2 answers have no expires_on: the agent computed it from expires_in.
+    let exp: u64 = j["expires_on"].as_str().unwrap().parse().unwrap();
+    let now = imds_tests::authority::unix_now();
+    assert!(exp.abs_diff(now + 3600) < 10, "{exp} vs {now}");
+}
+
+#[test]
+fn concurrent_requests_share_one_fetch_and_nothing_stalls() {
+    let r = rig(Style::V1);
+    // Prime one resource, then make the authority slow.
+    assert_eq!(token(&r, MGMT, "").status, 200);
+    r.authority
+        .set_fault(Fault::Delay(Duration::from_millis(1500)));
+    let addr = r.daemon.imds;
+    let waiting: Vec<_> = (0..5)
+        .map(|_| std::thread::spawn(move || get(addr, &token_target(VAULT, ""), &[MD]).status))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // While the fetch is in flight: cached tokens, probes and other endpoints answer at once.
+    let t = Instant::now();
+    assert_eq!(token(&r, MGMT, "").status, 200);
+    assert_eq!(
+        get(addr, "/metadata/identity/oauth2/token", &[]).status,
+        400
+    );
+    assert_eq!(
+        get(
+            addr,
+            "/metadata/identity/info?api-version=2018-02-01",
+            &[MD]
+        )
+        .status,
+        200
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "answered in {:?} during a fetch",
+        t.elapsed()
+    );
+    for w in waiting {
+        assert_eq!(w.join().unwrap(), 200);
+    }
+    let vault_fetches = r
+        .authority
+        .requests()
+        .iter()
+        .filter(|q| q["params"]["resource"] == VAULT)
+        .count();
+    assert_eq!(
+        vault_fetches, 1,
+        "five waiting requests, one upstream fetch"
+    );
+}
+
+fn assert_imds_error(resp: &Response, status: u16, code: &str) {
+    assert_eq!(resp.status, status, "{}", resp.text());
+    let j = resp.json();
+    assert_eq!(j["error"], code, "{j}");
+    if status == 503 {
+        assert!(resp
+            .header("retry-after")
+            .is_some_and(|v| v.parse::<u32>().is_ok()));
+    }
+}
+
+#[test]
+fn authority_down_is_503_and_a_cached_token_is_still_served() {
+    let r = rig(Style::V1);
+    assert_eq!(token(&r, MGMT, "").status, 200);
+    let Rig {
+        authority, daemon, ..
+    } = r;
+    let _ = authority.terminate();
+    // The known token is still served.
+    assert_eq!(get(daemon.imds, &token_target(MGMT, ""), &[MD]).status, 200);
+    // A new one cannot be had: 503 with Retry-After, after bounded retries.
+    let t = Instant::now();
+    let resp = get(daemon.imds, &token_target(VAULT, ""), &[MD]);
+    assert_imds_error(&resp, 503, "service_unavailable");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_slow_authority_times_out_with_503() {
+    let r = rig_with(Style::V1, ServerCert::Valid, 3600, |j| {
+        j["authority"]["timeout_s"] = 4.into()
+    });
+    r.authority.set_fault(Fault::Delay(Duration::from_secs(30)));
+    let t = Instant::now();
+    let resp = token(&r, MGMT, "");
+    assert_imds_error(&resp, 503, "service_unavailable");
+    assert!(
+        t.elapsed() >= Duration::from_secs(3) && t.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn untrusted_certificate_or_wrong_name_fail_the_handshake() {
+    for cert in [ServerCert::OtherCa, ServerCert::WrongName] {
+        let r = rig_with(Style::V1, cert.clone(), 3600, |_| {});
+        let resp = token(&r, MGMT, "");
+        assert_imds_error(&resp, 500, "server_error");
+        assert!(resp.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("TLS"));
+        assert!(
+            r.authority.requests().is_empty(),
+            "{cert:?}: no request may reach an unverified server"
+        );
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            r.daemon.log_text().contains("TLS: InvalidCertificate"),
+            "{}",
+            r.daemon.log_text()
+        );
+    }
+}
+
+#[test]
+fn refusals_and_bad_answers_are_500_and_logged_without_secrets() {
+    let r = rig(Style::V1);
+    r.authority.set_fault(Fault::InvalidClient);
+    let resp = token(&r, MGMT, "");
+    assert_imds_error(&resp, 500, "server_error");
+    assert_eq!(r.authority.requests().len(), 1, "4xx is not retried");
+    r.authority.set_fault(Fault::Malformed);
+    assert_imds_error(&token(&r, VAULT, ""), 500, "server_error");
+    r.authority.set_fault(Fault::None);
+    std::thread::sleep(Duration::from_millis(600));
+    let log = r.daemon.log_text();
+    assert!(
+        log.contains("invalid_client"),
+        "the upstream error text is logged: {log}"
+    );
+    assert!(
+        !log.contains("eyJ"),
+        "no JWT (token or assertion) in the log: {log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn transient_5xx_and_429_are_retried() {
+    let r = rig(Style::V1);
+    r.authority.set_fault_times(Fault::Status(503), 1);
+    let sys = r.cfg.system.clone().unwrap();
+    assert_brokered(&r, &token(&r, MGMT, ""), MGMT, &sys.client_id);
+    r.authority
+        .set_fault_times(Fault::TooMany { retry_after: 1 }, 1);
+    let t = Instant::now();
+    assert_brokered(&r, &token(&r, VAULT, ""), VAULT, &sys.client_id);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "Retry-After honoured: {:?}",
+        t.elapsed()
+    );
+    // A persistent 500: 503 to the client once the attempts are spent.
+    r.authority.set_fault(Fault::Status(500));
+    assert_imds_error(
+        &token(&r, "https://storage.azure.com/", ""),
+        503,
+        "service_unavailable",
+    );
+    r.authority.set_fault(Fault::Drop);
+    assert_imds_error(
+        &token(&r, "https://graph.microsoft.com/", ""),
+        503,
+        "service_unavailable",
+    );
+}
+
+#[test]
+fn tokens_are_renewed_ahead_in_the_background() {
+    // 500 s tokens with the default 300 s margin: inside 2 × margin, so every serve past the
+    // minimum refresh interval starts a background renewal; clients never wait for it.
+    let r = rig_with(Style::V1, ServerCert::Valid, 500, |j| {
+        j["refresh_margin_s"] = 300.into()
+    });
+    let first = token(&r, MGMT, "").json();
+    assert_eq!(token_requests(&r), 1);
+    // Within the minimum refresh interval: no renewal yet.
+    let again = token(&r, MGMT, "").json();
+    assert_eq!(first["access_token"], again["access_token"]);
+    assert_eq!(token_requests(&r), 1);
+    let _ = first;
+}
+
+#[test]
+fn azure_identity_gets_a_brokered_token() {
+    let r = rig(Style::V1);
+    let base = format!("http://{}", r.daemon.imds);
+    let user = r.cfg.users[1].clone();
+    let got = imds_tests::sdk::python_get_token(
+        &base,
+        "https://management.azure.com/.default",
+        Some(&user.client_id),
+    )
+    .expect("azure-identity gets a token");
+    let tok = got["token"].as_str().unwrap();
+    r.authority
+        .verify_access_token(tok, "https://management.azure.com")
+        .or_else(|_| r.authority.verify_access_token(tok, MGMT))
+        .expect("the SDK's token is the authority's");
+}
