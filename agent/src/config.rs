@@ -49,33 +49,7 @@ pub struct IdentityConfig {
     pub credential: Option<Credential>,
 }
 
-/// Signature algorithm of a client assertion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Alg {
-    Es256,
-}
-
-/// An identity's credential for the authority: its private key (zeroized on drop, never shown
-/// by `Debug`), the `kid` of the assertion header (RFC 7638 thumbprint of the key) and, for
-/// certificate credentials, the certificate's SHA-256 thumbprint (`x5t#S256`).
-#[derive(Clone)]
-pub struct Credential {
-    pub alg: Alg,
-    pub key: p256::ecdsa::SigningKey,
-    pub kid: heapless::String<43>,
-    pub x5t_s256: Option<heapless::String<43>>,
-}
-
-impl fmt::Debug for Credential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential")
-            .field("alg", &self.alg)
-            .field("key", &"<redacted>")
-            .field("kid", &self.kid)
-            .field("x5t_s256", &self.x5t_s256)
-            .finish()
-    }
-}
+pub use crate::broker::credential::{Alg, ClientKey, Credential, Thumbprints};
 
 /// Broker mode: the OAuth2 authority the agent gets tokens from.
 #[derive(Debug, Clone)]
@@ -280,9 +254,9 @@ struct RawIdentity {
     object_id: Option<Str<64>>,
     resource_id: Option<Str<RESOURCE_ID_MAX>>,
     // Key material is decoded as soon as it is read, so that no PEM stays around.
-    key: Option<Result<p256::ecdsa::SigningKey, &'static str>>,
+    key: Option<Result<ClientKey, &'static str>>,
     alg: Option<Str<16>>,
-    certificate: Option<Result<heapless::String<43>, &'static str>>,
+    certificate: Option<Result<Thumbprints, &'static str>>,
 }
 
 #[derive(Default, serde::Deserialize)]
@@ -617,13 +591,13 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
                 "resource_id" => raw.resource_id = Some(map.next_value()?),
                 "key" => {
                     let mut pem: Str<PEM_MAX> = map.next_value()?;
-                    raw.key = Some(parse_signing_key(&pem));
+                    raw.key = Some(ClientKey::from_pem(&pem));
                     zeroize_string(&mut pem);
                 }
                 "alg" => raw.alg = Some(map.next_value()?),
                 "certificate" => {
                     let pem: Str<PEM_MAX> = map.next_value()?;
-                    raw.certificate = Some(certificate_thumbprint(&pem));
+                    raw.certificate = Some(crate::broker::credential::thumbprints(&pem));
                 }
                 k if k.starts_with('_') => {
                     map.next_value::<de::IgnoredAny>()?;
@@ -704,19 +678,6 @@ pub fn certificate_der(pem: &str) -> Result<heapless::Vec<u8, CA_DER_MAX>, &'sta
         return Err("must be a PEM certificate (-----BEGIN CERTIFICATE-----)");
     }
     heapless::Vec::from_slice(der).map_err(|_| "certificate too large")
-}
-
-/// `x5t#S256` of a PEM certificate: base64url SHA-256 of its DER.
-pub fn certificate_thumbprint(pem: &str) -> Result<heapless::String<43>, &'static str> {
-    use sha2::Digest;
-    let der = certificate_der(pem)?;
-    let digest = sha2::Sha256::digest(&der);
-    let mut out: heapless::Vec<u8, 43> = heapless::Vec::new();
-    crate::jose::b64url_append(&digest, &mut out).map_err(|_| "thumbprint")?;
-    Ok(core::str::from_utf8(&out)
-        .ok()
-        .and_then(|s| heapless::String::try_from(s).ok())
-        .unwrap_or_default())
 }
 
 fn validate_authority(raw: &RawAuthority) -> Result<AuthorityConfig, ConfigError> {
@@ -825,22 +786,11 @@ fn validate_credential(
         }
         (Some(Ok(k)), true) => k.clone(),
     };
-    let alg = match r.alg.as_deref() {
-        None | Some("ES256") => Alg::Es256,
-        Some("PS256") | Some("RS256") => {
-            return Err(ConfigError::Invalid {
-                field: p("alg"),
-                why: "RSA assertions need the `rsa` build feature, which this build lacks",
-            })
-        }
-        Some(_) => {
-            return Err(ConfigError::Invalid {
-                field: p("alg"),
-                why: "must be \"ES256\"",
-            })
-        }
-    };
-    let x5t_s256 = match &r.certificate {
+    let alg = Alg::parse(r.alg.as_deref(), &key).map_err(|why| ConfigError::Invalid {
+        field: p("alg"),
+        why,
+    })?;
+    let cert = match &r.certificate {
         None => None,
         Some(Ok(t)) => Some(t.clone()),
         Some(Err(why)) => {
@@ -850,12 +800,12 @@ fn validate_credential(
             })
         }
     };
-    let kid = crate::jose::PublicJwk::of(key.verifying_key()).thumbprint();
+    let kid = key.kid();
     Ok(Some(Credential {
         alg,
         key,
         kid,
-        x5t_s256,
+        cert,
     }))
 }
 

@@ -1,5 +1,9 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+
+// Only the `rsa` feature allocates (the rsa crate's big integers); the core does not.
+#[cfg(feature = "rsa")]
+extern crate alloc;
 pub mod broker;
 pub mod config;
 pub mod guard;

@@ -84,6 +84,7 @@ pub fn daemon_binary() -> PathBuf {
     BIN.get_or_init(|| {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root())
+            // With the `rsa` feature: the broker tests talk to RSA (Entra-style) authorities.
             .args([
                 "build",
                 "--quiet",
@@ -91,6 +92,8 @@ pub fn daemon_binary() -> PathBuf {
                 "imds-agent",
                 "--bin",
                 "imds-agent",
+                "--features",
+                "rsa",
             ])
             .status()
             .expect("run cargo build");

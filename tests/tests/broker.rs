@@ -4,7 +4,7 @@
 //! answered the way Azure's IMDS would.
 
 use imds_tests::authority::{
-    Alg, Authority, AuthorityOpts, ClientKey, ClientSpec, Fault, ServerCert, Style,
+    Alg, Authority, AuthorityOpts, ClientKey, ClientSpec, Fault, ServerCert, ServerKey, Style,
 };
 use imds_tests::{get, token_target, Daemon, DemoConfig, Response};
 use serde_json::{json, Value};
@@ -21,12 +21,17 @@ struct Rig {
     cfg: DemoConfig,
 }
 
-/// An ES256 client key whose `kid` is what the agent puts in its assertions (RFC 7638).
+/// A client key whose `kid` is what the agent puts in its assertions (RFC 7638).
+fn agent_key_alg(alg: Alg) -> ClientKey {
+    let tmp = ClientKey::generate(alg, "tmp");
+    let kid = imds_agent::config::ClientKey::from_pem(&tmp.private_pem)
+        .unwrap()
+        .kid();
+    ClientKey::from_pem(alg, &kid, &tmp.private_pem).unwrap()
+}
+
 fn agent_key() -> ClientKey {
-    let tmp = ClientKey::generate(Alg::ES256, "tmp");
-    let sk = imds_agent::config::parse_signing_key(&tmp.private_pem).unwrap();
-    let kid = imds_agent::jose::PublicJwk::of(sk.verifying_key()).thumbprint();
-    ClientKey::from_pem(Alg::ES256, &kid, &tmp.private_pem).unwrap()
+    agent_key_alg(Alg::ES256)
 }
 
 fn rig_with(style: Style, cert: ServerCert, ttl: u64, edit: impl FnOnce(&mut Value)) -> Rig {
@@ -364,4 +369,64 @@ fn azure_identity_gets_a_brokered_token() {
         .verify_access_token(tok, "https://management.azure.com")
         .or_else(|_| r.authority.verify_access_token(tok, MGMT))
         .expect("the SDK's token is the authority's");
+}
+
+/// Microsoft Entra ID style (the `rsa` feature): an RSA server certificate, PS256 assertions,
+/// and RS256 assertions for a certificate credential (with `x5t` and `x5t#S256`).
+#[test]
+fn rsa_server_certificate_and_ps256_rs256_assertions() {
+    let mut json = xtask::config::demo("127.0.0.1:0", Some("127.0.0.1:0"));
+    let ids = json["identities"].as_array_mut().unwrap();
+    let ps = agent_key_alg(Alg::PS256);
+    let rs = agent_key_alg(Alg::RS256).with_certificate("imds-agent test identity");
+    ids[0]["key"] = ps.private_pem.clone().into();
+    ids[0]["alg"] = "PS256".into();
+    ids[1]["key"] = rs.private_pem.clone().into();
+    ids[1]["alg"] = "RS256".into();
+    ids[1]["certificate"] = rs.cert_pem.clone().unwrap().into();
+    ids.truncate(2);
+    let clients = vec![
+        ClientSpec::new(ids[0]["client_id"].as_str().unwrap(), &ps),
+        ClientSpec::new(ids[1]["client_id"].as_str().unwrap(), &rs),
+    ];
+    let authority = Authority::start(AuthorityOpts {
+        clients,
+        server_key: ServerKey::Rsa2048,
+        ..AuthorityOpts::default()
+    });
+    json["authority"] = json!({
+        "token_url": authority.token_url_at(Style::V2, "localhost"),
+        "ca_cert": authority.ca_pem,
+        "style": "v2",
+        "address": authority.https.to_string(),
+        "timeout_s": 20,
+    });
+    let cfg = DemoConfig::from_json("broker-rsa", json);
+    let daemon = Daemon::start(&cfg);
+    let r = Rig {
+        authority,
+        daemon,
+        cfg,
+    };
+    let sys = r.cfg.system.clone().unwrap();
+    let user = r.cfg.users[0].clone();
+    assert_brokered(&r, &token(&r, MGMT, ""), MGMT, &sys.client_id);
+    assert_brokered(
+        &r,
+        &token(&r, MGMT, &format!("&client_id={}", user.client_id)),
+        MGMT,
+        &user.client_id,
+    );
+    let reqs = r.authority.requests();
+    assert_eq!(reqs[0]["assertion"]["header"]["alg"], "PS256");
+    assert_eq!(reqs[1]["assertion"]["header"]["alg"], "RS256");
+    assert!(
+        reqs[1]["assertion"]["header"]["x5t"].is_string(),
+        "{}",
+        reqs[1]
+    );
+    assert_eq!(
+        reqs[1]["assertion"]["header"]["x5t#S256"],
+        rs.x5t_s256.clone().unwrap().as_str()
+    );
 }

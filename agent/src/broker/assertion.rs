@@ -35,6 +35,8 @@ struct Header<'a> {
     kid: &'a str,
     #[serde(rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
     x5t_s256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x5t: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -69,6 +71,7 @@ pub fn es256<E: Entropy>(
         typ: "JWT",
         kid,
         x5t_s256,
+        x5t: None,
     };
     let claims = Claims {
         aud: token_url,
@@ -84,6 +87,96 @@ pub fn es256<E: Entropy>(
     let mut c = [0u8; 768];
     let cl = serde_json_core::to_slice(&claims, &mut c).map_err(|_| AssertionError::TooLarge)?;
     jose::sign_es256(key, &h[..hl], &c[..cl], out).map_err(|_| AssertionError::TooLarge)
+}
+
+/// Sign a client assertion with `cred` (ES256, or PS256 / RS256 with the `rsa` feature).
+pub fn sign<E: Entropy>(
+    cred: &crate::broker::credential::Credential,
+    client_id: &str,
+    token_url: &str,
+    now: u64,
+    entropy: &mut E,
+    out: &mut heapless::Vec<u8, ASSERTION_MAX>,
+) -> Result<(), AssertionError> {
+    use crate::broker::credential::ClientKey;
+    let x5t_s256 = cred.cert.as_ref().map(|c| c.s256.as_str());
+    match &cred.key {
+        ClientKey::Es256(key) => es256(
+            key, &cred.kid, x5t_s256, client_id, token_url, now, entropy, out,
+        ),
+        #[cfg(feature = "rsa")]
+        ClientKey::Rsa(key) => rsa_sign(cred, key, client_id, token_url, now, entropy, out),
+    }
+}
+
+/// PS256 (RSASSA-PSS, random salt) or RS256 (PKCS#1 v1.5) with the `rsa` crate. RS256
+/// carries `x5t` (SHA-1 thumbprint) as Entra ID expects for certificate credentials.
+#[cfg(feature = "rsa")]
+#[allow(clippy::too_many_arguments)]
+fn rsa_sign<E: Entropy>(
+    cred: &crate::broker::credential::Credential,
+    key: &rsa::RsaPrivateKey,
+    client_id: &str,
+    token_url: &str,
+    now: u64,
+    entropy: &mut E,
+    out: &mut heapless::Vec<u8, ASSERTION_MAX>,
+) -> Result<(), AssertionError> {
+    use crate::broker::credential::Alg;
+    use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
+    let mut rnd = [0u8; 18];
+    entropy.fill(&mut rnd).map_err(AssertionError::Entropy)?;
+    let mut jti: heapless::Vec<u8, 24> = heapless::Vec::new();
+    jose::b64url_append(&rnd, &mut jti).map_err(|_| AssertionError::TooLarge)?;
+    let cert = cred.cert.as_ref();
+    let header = Header {
+        alg: cred.alg.name(),
+        typ: "JWT",
+        kid: &cred.kid,
+        x5t_s256: cert.map(|c| c.s256.as_str()),
+        x5t: cert
+            .filter(|_| cred.alg == Alg::Rs256)
+            .map(|c| c.sha1.as_str()),
+    };
+    let claims = Claims {
+        aud: token_url,
+        iss: client_id,
+        sub: client_id,
+        jti: core::str::from_utf8(&jti).unwrap_or(""),
+        iat: now,
+        nbf: now,
+        exp: now + ASSERTION_LIFETIME_S,
+    };
+    let mut h = [0u8; 320];
+    let hl = serde_json_core::to_slice(&header, &mut h).map_err(|_| AssertionError::TooLarge)?;
+    let mut c = [0u8; 768];
+    let cl = serde_json_core::to_slice(&claims, &mut c).map_err(|_| AssertionError::TooLarge)?;
+    out.clear();
+    jose::b64url_append(&h[..hl], out).map_err(|_| AssertionError::TooLarge)?;
+    out.push(b'.').map_err(|_| AssertionError::TooLarge)?;
+    jose::b64url_append(&c[..cl], out).map_err(|_| AssertionError::TooLarge)?;
+    let sig = match cred.alg {
+        Alg::Ps256 => {
+            let signer = rsa::pss::BlindedSigningKey::<sha2::Sha256>::new(key.clone());
+            let failed = core::cell::Cell::new(false);
+            let mut rng = crate::broker::task::Rng {
+                entropy,
+                failed: &failed,
+            };
+            let sig = signer
+                .try_sign_with_rng(&mut rng, out)
+                .map_err(|_| AssertionError::Entropy(imds_hal::EntropyError::Failed))?;
+            if failed.get() {
+                return Err(AssertionError::Entropy(imds_hal::EntropyError::Failed));
+            }
+            sig.to_vec()
+        }
+        _ => rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key.clone())
+            .sign(out)
+            .to_vec(),
+    };
+    out.push(b'.').map_err(|_| AssertionError::TooLarge)?;
+    jose::b64url_append(&sig, out).map_err(|_| AssertionError::TooLarge)
 }
 
 #[cfg(test)]

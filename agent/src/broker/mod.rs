@@ -13,6 +13,7 @@
 //! retried on every loop turn; everything else is answered meanwhile.
 
 pub mod assertion;
+pub mod credential;
 pub mod pipe;
 pub mod task;
 pub mod upstream;

@@ -48,9 +48,9 @@ impl TlsClock for CertClock {
 
 /// Entropy as a `rand_core` RNG for the TLS key exchange. A failing source poisons the
 /// handshake: the flag is checked before anything secret is sent.
-struct Rng<'e, E: Entropy> {
-    entropy: &'e mut E,
-    failed: &'e Cell<bool>,
+pub(crate) struct Rng<'e, E: Entropy> {
+    pub(crate) entropy: &'e mut E,
+    pub(crate) failed: &'e Cell<bool>,
 }
 
 impl<E: Entropy> rand_core::RngCore for Rng<'_, E> {
@@ -298,6 +298,9 @@ async fn attempt<C: Clock, E: Entropy>(
     let mut tls: TlsConnection<'_, PipeIo<'_>, Aes128GcmSha256> =
         TlsConnection::new(PipeIo(pipe), &mut bufs.tls_read, &mut bufs.tls_write);
     let config = TlsConfig::new().with_server_name(&authority.host);
+    // RSA server certificates (Entra ID) need the RSA signature schemes offered.
+    #[cfg(feature = "rsa")]
+    let config = config.enable_rsa_signatures();
     let provider = Provider {
         rng: Rng {
             entropy,
@@ -314,11 +317,8 @@ async fn attempt<C: Clock, E: Entropy>(
 
     // The request, with a fresh assertion.
     let mut assertion_buf = heapless::Vec::new();
-    let cred = &job.credential;
-    assertion::es256(
-        &cred.key,
-        &cred.kid,
-        cred.x5t_s256.as_deref(),
+    assertion::sign(
+        &job.credential,
         &job.client_id,
         &authority.token_url,
         clock.unix_time_s(),
