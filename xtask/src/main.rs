@@ -9,6 +9,7 @@
 
 mod bench;
 mod fuzz;
+mod keygen;
 mod soak;
 mod test;
 
@@ -23,12 +24,15 @@ fn usage() -> ExitCode {
          config --demo --out FILE [--listen ADDR:PORT]   write a demo config with fresh keys\n\
          run --host [--config FILE] [--port N]           run the host daemon on a demo config\n\
          test                                            run every test (installs what they need)\n\
-         bench host                                      daemon vs nginx, cached tokens over loopback"
+         bench host                                      daemon vs nginx, cached tokens over loopback\n\
+         fuzz [--seconds N]                              run every cargo-fuzz target (nightly)\n\
+         soak [--seconds N] [--target daemon|unikernel|both]   abuse + volume soak, soak.json\n\
+         keygen [--alg ES256|PS256|RS256] --out FILE     an identity key for broker mode + its JWK"
     );
     ExitCode::from(2)
 }
 
-fn flag_value(args: &[String], name: &str) -> Option<String> {
+pub(crate) fn flag_value(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(rest),
         "fuzz" => fuzz::run(rest),
         "soak" => soak::run(rest),
+        "keygen" => keygen::run(rest),
         _ => return usage(),
     };
     match result {
