@@ -15,19 +15,32 @@ fn demo_with(name: &str, f: impl FnOnce(&mut serde_json::Value)) -> DemoConfig {
 
 #[test]
 fn sources_outside_the_allow_list_get_403() {
-    let cfg = demo_with("allow", |j| j["allow"] = serde_json::json!(["10.0.0.0/8", "fd00::/8"]));
+    let cfg = demo_with("allow", |j| {
+        j["allow"] = serde_json::json!(["10.0.0.0/8", "fd00::/8"])
+    });
     let d = Daemon::start(&cfg);
-    for target in [token_target(MGMT, ""), "/metadata/identity/info?api-version=2018-02-01".into()] {
+    for target in [
+        token_target(MGMT, ""),
+        "/metadata/identity/info?api-version=2018-02-01".into(),
+    ] {
         let r = get(d.imds, &target, &[MD]);
         assert_eq!(r.status, 403, "{}", r.text());
         assert_eq!(r.json()["error"], "forbidden");
     }
-    let r = get(d.legacy.unwrap(), &format!("/oauth2/token?resource={}", imds_tests::pct(MGMT)), &[MD]);
+    let r = get(
+        d.legacy.unwrap(),
+        &format!("/oauth2/token?resource={}", imds_tests::pct(MGMT)),
+        &[MD],
+    );
     assert_eq!(r.status, 403);
     // The public keys stay public.
     assert_eq!(get(d.imds, "/.well-known/jwks.json", &[]).status, 200);
     std::thread::sleep(std::time::Duration::from_millis(600));
-    assert!(d.log_text().contains("GET /metadata/identity/oauth2/token 403"), "a log line per refusal");
+    assert!(
+        d.log_text()
+            .contains("GET /metadata/identity/oauth2/token 403"),
+        "a log line per refusal"
+    );
     // Loopback is in the default list.
     let d2 = Daemon::start(&DemoConfig::new("allow-default"));
     assert_eq!(get(d2.imds, &token_target(MGMT, ""), &[MD]).status, 200);
@@ -35,26 +48,42 @@ fn sources_outside_the_allow_list_get_403() {
 
 #[test]
 fn dns_names_in_host_are_refused_unless_listed() {
-    let cfg = demo_with("hosts", |j| j["allow_hosts"] = serde_json::json!(["imds.internal"]));
+    let cfg = demo_with("hosts", |j| {
+        j["allow_hosts"] = serde_json::json!(["imds.internal"])
+    });
     let d = Daemon::start(&cfg);
     let target = token_target(MGMT, "");
     let send = |host: &str| {
-        let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nMetadata: true\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: {host}\r\nMetadata: true\r\nConnection: close\r\n\r\n"
+        );
         imds_tests::raw(d.imds, req.as_bytes())
     };
-    for bad in ["attacker.example", "attacker.example:80", "169.254.169.254.nip.io"] {
+    for bad in [
+        "attacker.example",
+        "attacker.example:80",
+        "169.254.169.254.nip.io",
+    ] {
         let r = send(bad);
         assert_eq!(r.status, 403, "{bad}: {}", r.text());
         assert_eq!(r.json()["error"], "forbidden");
     }
-    for ok in ["169.254.169.254", "127.0.0.1:80", "localhost:50342", "[::1]", "IMDS.internal"] {
+    for ok in [
+        "169.254.169.254",
+        "127.0.0.1:80",
+        "localhost:50342",
+        "[::1]",
+        "IMDS.internal",
+    ] {
         assert_eq!(send(ok).status, 200, "{ok}");
     }
 }
 
 #[test]
 fn costly_requests_are_limited_per_source_cached_ones_are_not() {
-    let cfg = demo_with("limits", |j| j["limits"] = serde_json::json!({"rate_per_s": 3, "in_flight": 5}));
+    let cfg = demo_with("limits", |j| {
+        j["limits"] = serde_json::json!({"rate_per_s": 3, "in_flight": 5})
+    });
     let d = Daemon::start(&cfg);
     // Prime the cache (1 mint), then many cached answers: never throttled.
     assert_eq!(get(d.imds, &token_target(MGMT, ""), &[MD]).status, 200);
@@ -73,21 +102,32 @@ fn costly_requests_are_limited_per_source_cached_ones_are_not() {
         statuses.push(r.status);
     }
     assert!(statuses.contains(&429), "{statuses:?}");
-    assert!(statuses.iter().filter(|&&s| s == 200).count() >= 2, "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|&&s| s == 200).count() >= 2,
+        "{statuses:?}"
+    );
     assert!(retry_after.is_some_and(|s| s.parse::<u32>().is_ok_and(|n| n >= 1)));
     // The cached token is still served while the source is throttled.
     assert_eq!(get(d.imds, &token_target(MGMT, ""), &[MD]).status, 200);
     // After a second, credit is back.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert_eq!(get(d.imds, &token_target(MGMT, "&bypass_cache=true"), &[MD]).status, 200);
+    assert_eq!(
+        get(d.imds, &token_target(MGMT, "&bypass_cache=true"), &[MD]).status,
+        200
+    );
 }
 
 #[test]
 fn zero_disables_the_limit() {
-    let cfg = demo_with("nolimits", |j| j["limits"] = serde_json::json!({"rate_per_s": 0}));
+    let cfg = demo_with("nolimits", |j| {
+        j["limits"] = serde_json::json!({"rate_per_s": 0})
+    });
     let d = Daemon::start(&cfg);
     for _ in 0..40 {
-        assert_eq!(get(d.imds, &token_target(MGMT, "&bypass_cache=true"), &[MD]).status, 200);
+        assert_eq!(
+            get(d.imds, &token_target(MGMT, "&bypass_cache=true"), &[MD]).status,
+            200
+        );
     }
 }
 
