@@ -45,7 +45,8 @@ impl Entropy for HostEntropy {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
         use std::io::Read;
         if self.file.is_none() {
-            self.file = Some(std::fs::File::open("/dev/urandom").map_err(|_| EntropyError::Unavailable)?);
+            self.file =
+                Some(std::fs::File::open("/dev/urandom").map_err(|_| EntropyError::Unavailable)?);
         }
         let f = self.file.as_mut().ok_or(EntropyError::Unavailable)?;
         f.read_exact(buf).map_err(|_| EntropyError::Failed)
