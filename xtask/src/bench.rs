@@ -14,6 +14,8 @@
 //! 4. loads each in turn with `wrk` (keep-alive, `Metadata: true`, the real token URL), the
 //!    server pinned to CPU 0 and wrk to CPU 1 when the machine has two or more, for `--rounds`
 //!    rounds (default 3, alternating which goes first) and reports the median round;
+//!    alongside each run, the server's CPU time per request (from /proc: user + system of the
+//!    process and its children), which stays comparable when other work shares the machine;
 //! 5. measures cache misses: sequential `bypass_cache=true` requests on one connection;
 //! 6. prints a table and writes `target/bench/host.json`.
 //!
@@ -348,6 +350,10 @@ struct WrkResult {
     p99_us: f64,
     non_2xx: u64,
     socket_errors: String,
+    /// CPU time the server process (and its children) used per request during the run.
+    cpu_us_per_req: f64,
+    /// Share of one CPU the server used during the run.
+    cpu_share: f64,
 }
 
 /// "1.23ms" → 1230.0 (microseconds).
@@ -682,7 +688,17 @@ fn host(o: Opts) -> Result {
             } else {
                 None
             };
-            let (r, text) = wrk(&o, &pin, addr, o.duration_s)?;
+            let pid = if is_daemon { daemon.pid() } else { nginx.pid() };
+            let cpu_before = cpu_seconds(pid);
+            let started = Instant::now();
+            let (mut r, text) = wrk(&o, &pin, addr, o.duration_s)?;
+            let cpu = cpu_seconds(pid) - cpu_before;
+            r.cpu_share = cpu / started.elapsed().as_secs_f64();
+            r.cpu_us_per_req = if r.requests > 0 {
+                cpu * 1e6 / r.requests as f64
+            } else {
+                0.0
+            };
             if let Some(mut rec) = recorder {
                 let _ = rec.wait();
                 perf_report(&perf_data, &bench.join("perf.txt"))?;
@@ -690,9 +706,11 @@ fn host(o: Opts) -> Result {
             let name = if is_daemon { "imds-agent" } else { "nginx" };
             wrk_text.push_str(&format!("## round {} {name}\n{text}\n", round + 1));
             eprintln!(
-                "xtask bench: round {} {name}: {:.0} requests/s",
+                "xtask bench: round {} {name}: {:.0} requests/s, {:.1} µs CPU a request ({:.0}% of a CPU)",
                 round + 1,
-                r.rps
+                r.rps,
+                r.cpu_us_per_req,
+                r.cpu_share * 100.0
             );
             if is_daemon {
                 daemon_runs.push(r);
@@ -703,6 +721,8 @@ fn host(o: Opts) -> Result {
     }
     let d = median_run(&daemon_runs);
     let n = median_run(&nginx_runs);
+    let d_cpu = median(daemon_runs.iter().map(|r| r.cpu_us_per_req).collect());
+    let n_cpu = median(nginx_runs.iter().map(|r| r.cpu_us_per_req).collect());
     drop(nginx);
 
     // Latency without load: cache hits, then cache misses (every request mints and signs).
@@ -732,6 +752,8 @@ fn host(o: Opts) -> Result {
         "nginx_rounds": nginx_runs.iter().map(wrk_json).collect::<Vec<_>>(),
         "ratio_daemon_over_nginx": ratio,
         "target_ratio": 1.0,
+        "median_server_cpu_us_per_request": { "daemon": d_cpu, "nginx": n_cpu },
+        "cpu_efficiency_ratio_daemon_over_nginx": n_cpu / d_cpu,
         "cache_hit_sequential": seq_json(&hits),
         "cache_miss_sequential": seq_json(&mints),
         "perf_report": o.perf.then(|| bench.join("perf.txt").display().to_string()),
@@ -752,21 +774,29 @@ fn host(o: Opts) -> Result {
         pin.describe()
     );
     println!(
-        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>8}",
-        "server", "requests/s", "p50", "p90", "p99", "non-2xx"
+        "{:<22} {:>12} {:>10} {:>10} {:>10} {:>8} {:>14}",
+        "server", "requests/s", "p50", "p90", "p99", "non-2xx", "CPU/request"
     );
-    for (name, r) in [("imds-agent (1 thread)", &d), ("nginx (1 worker)", &n)] {
+    for (name, r, cpu) in [
+        ("imds-agent (1 thread)", &d, d_cpu),
+        ("nginx (1 worker)", &n, n_cpu),
+    ] {
         println!(
-            "{:<22} {:>12.0} {:>10} {:>10} {:>10} {:>8}",
+            "{:<22} {:>12.0} {:>10} {:>10} {:>10} {:>8} {:>14}",
             name,
             r.rps,
             fmt_us(r.p50_us),
             fmt_us(r.p90_us),
             fmt_us(r.p99_us),
-            r.non_2xx
+            r.non_2xx,
+            format!("{cpu:.1} µs")
         );
     }
-    println!("ratio imds-agent / nginx: {ratio:.2}× (target ≥ 1.00×)");
+    println!("ratio imds-agent / nginx: {ratio:.2}× requests/s (target ≥ 1.00×)");
+    println!(
+        "ratio by server CPU time per request (nginx / imds-agent): {:.2}× (robust when the machine is shared)",
+        n_cpu / d_cpu
+    );
     println!();
     println!(
         "{:<36} {:>6} {:>10} {:>10} {:>10}",
@@ -797,6 +827,44 @@ fn host(o: Opts) -> Result {
     Ok(())
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Clock ticks a second (`getconf CLK_TCK`; 100 on Linux in practice).
+fn clock_ticks() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// User + system CPU seconds of a process and its direct children (nginx's worker) so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = |pid: &str| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after "(comm)": state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        get(11) + get(12)
+    };
+    let own = pid.to_string();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let total: u64 = std::iter::once(own.as_str())
+        .chain(children.split_whitespace())
+        .map(ticks)
+        .sum();
+    total as f64 / clock_ticks()
+}
+
 /// The run with the median rate (its latencies come with it).
 fn median_run(runs: &[WrkResult]) -> WrkResult {
     let mut v = runs.to_vec();
@@ -820,6 +888,8 @@ fn wrk_json(r: &WrkResult) -> serde_json::Value {
         "latency_p99_us": r.p99_us,
         "non_2xx": r.non_2xx,
         "socket_errors": r.socket_errors,
+        "server_cpu_us_per_request": r.cpu_us_per_req,
+        "server_cpu_share": r.cpu_share,
     })
 }
 
