@@ -110,9 +110,9 @@ impl ClientKey {
                 };
                 let mut h = sha2::Sha256::new();
                 h.update(b"{\"e\":\"");
-                h.update(&b64(&e));
+                h.update(b64(&e));
                 h.update(b"\",\"kty\":\"RSA\",\"n\":\"");
-                h.update(&b64(&n));
+                h.update(b64(&n));
                 h.update(b"\"}");
                 let mut out: heapless::Vec<u8, 43> = heapless::Vec::new();
                 let _ = jose::b64url_append(&h.finalize(), &mut out);
