@@ -264,7 +264,7 @@ fn a_slow_authority_times_out_with_503() {
 #[test]
 fn untrusted_certificate_or_wrong_name_fail_the_handshake() {
     for cert in [ServerCert::OtherCa, ServerCert::WrongName] {
-        let r = rig_with(Style::V1, cert.clone(), 3600, |_| {});
+        let r = rig_with(Style::V1, cert, 3600, |_| {});
         let resp = token(&r, MGMT, "");
         assert_imds_error(&resp, 500, "server_error");
         assert!(resp.json()["error_description"]
