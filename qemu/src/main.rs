@@ -9,7 +9,10 @@
 //! 4. configuration from fw_cfg `opt/imds-agent/config`, parsed by `imds_agent::config`
 //!    ([`exit_code::CONFIG_MISSING`] / [`exit_code::CONFIG_INVALID`]);
 //! 5. virtio-net brought up ([`exit_code::NIC`]);
-//! 6. the network loop: smoltcp, DHCP or a static address, HTTP on port 80.
+//! 6. the network loop: smoltcp, DHCP or a static address, HTTP on port 80; with the cargo
+//!    feature `broker` and an `authority` in the config, the broker tasks too ([`broker`]:
+//!    tokens from an OAuth2 authority over TLS 1.3). An image without the feature refuses such
+//!    a config ([`exit_code::CONFIG_INVALID`]).
 //!
 //! On the host this crate builds to a stub that says so, so that workspace-wide `cargo clippy`
 //! and `cargo test` work.
@@ -17,6 +20,8 @@
 
 #[cfg(target_os = "none")]
 mod boot;
+#[cfg(all(target_os = "none", feature = "broker"))]
+mod broker;
 #[cfg(target_os = "none")]
 mod exit_code;
 #[cfg(target_os = "none")]

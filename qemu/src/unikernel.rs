@@ -7,7 +7,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use imds_agent::config::Config;
 use imds_agent::limits::CONFIG_MAX;
 use imds_agent::limits::LISTEN_SOCKETS;
-use imds_agent::net::{Net, NetMemory};
+use imds_agent::net::{Net, NetMemory, NET_SOCKETS};
 use imds_agent::server::{Agent, Connection};
 use imds_hal::x86_64::clock::{Calibration, TscClock};
 use imds_hal::x86_64::exit::exit;
@@ -23,9 +23,9 @@ use crate::boot;
 use crate::exit_code;
 
 /// After the last frame, keep polling without pause this long (the rest of an exchange).
-const SPIN_AFTER_BUSY_US: u64 = 20_000;
+pub(crate) const SPIN_AFTER_BUSY_US: u64 = 20_000;
 /// Longest sleep while idle: the worst added latency for the first frame of a new exchange.
-const IDLE_NAP_US: u64 = 1_000;
+pub(crate) const IDLE_NAP_US: u64 = 1_000;
 
 /// fw_cfg file whose presence makes the image crash right after boot (see [`crash_test`]).
 const PANIC_TEST_FILE: &str = "opt/imds-agent/panic-test";
@@ -37,8 +37,13 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
     interrupts::init(exit_code::CPU_EXCEPTION);
     let _ = writeln!(
         log,
-        "imds-agent: unikernel {} booting",
-        env!("CARGO_PKG_VERSION")
+        "imds-agent: unikernel {} booting{}",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(feature = "broker") {
+            " (broker)"
+        } else {
+            ""
+        }
     );
     if !boot::pvh_magic_ok(start_info) {
         let _ = writeln!(
@@ -78,6 +83,14 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
         config.identities.len(),
         config.tenant_id
     );
+    #[cfg(not(feature = "broker"))]
+    if config.authority.is_some() {
+        let _ = writeln!(
+            log,
+            "imds-agent: fatal: config: `authority` (broker mode) needs an image built with the `broker` feature (cargo build -p imds-unikernel --features broker); this image only issues tokens itself"
+        );
+        exit(exit_code::CONFIG_INVALID);
+    }
 
     let nic = match virtio_net::probe() {
         Ok(nic) => nic,
@@ -106,6 +119,10 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
             "imds-agent: no usable LAPIC timer: polling without pause"
         );
     }
+    #[cfg(feature = "broker")]
+    if config.authority.is_some() {
+        crate::broker::serve(nic, config, timer.as_ref(), &clock, &mut entropy, &mut log)
+    }
     serve(nic, config, timer.as_ref(), &clock, &mut entropy, &mut log)
 }
 
@@ -115,7 +132,7 @@ static NET_MEMORY_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// The network memory, initialised in place (building it on the stack and moving it would
 /// cost twice its size in stack). Once per boot.
-fn net_memory() -> &'static mut NetMemory<'static> {
+pub(crate) fn net_memory() -> &'static mut NetMemory<'static> {
     assert!(
         !NET_MEMORY_TAKEN.swap(true, Ordering::AcqRel),
         "network memory taken twice"
@@ -123,14 +140,19 @@ fn net_memory() -> &'static mut NetMemory<'static> {
     let memory = (&raw mut NET_MEMORY).cast::<NetMemory<'static>>();
     // SAFETY: the flag above makes this the only access to NET_MEMORY ever. Every field is
     // initialised before the reference is made: the byte buffers are valid as the zeroes the
-    // boot code put in `.bss`; sockets and connections are written in place, element by
-    // element, through raw pointers (no reference to uninitialised memory is created).
+    // boot code put in `.bss`; sockets, connections and DNS query slots are written in place,
+    // element by element, through raw pointers (no reference to uninitialised memory is
+    // created).
     unsafe {
-        for i in 0..LISTEN_SOCKETS + 1 {
+        for i in 0..NET_SOCKETS {
             (&raw mut (*memory).sockets[i]).write(SocketStorage::EMPTY);
         }
         for i in 0..LISTEN_SOCKETS {
             (&raw mut (*memory).conns[i]).write(Connection::new());
+        }
+        #[cfg(feature = "broker")]
+        for i in 0..imds_agent::limits::BROKER_TASKS {
+            (&raw mut (*memory).dns_queries[i]).write(None);
         }
         &mut *memory
     }

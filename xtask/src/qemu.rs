@@ -211,6 +211,50 @@ pub fn build_image(release: bool) -> PathBuf {
     try_build_image(release).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The target directory of an image built with `features` (`target/image-broker` for
+/// `["broker"]`): its own, so that a feature build never overwrites the default image that
+/// other tests and `cargo xtask size` look at (and neither rebuild flips the other).
+fn features_target_dir(features: &[&str]) -> PathBuf {
+    target_dir().join(format!("image-{}", features.join("-")))
+}
+
+/// Path of the image built by [`build_image_with`].
+pub fn image_path_with(release: bool, features: &[&str]) -> PathBuf {
+    if features.is_empty() {
+        return image_path(release);
+    }
+    features_target_dir(features)
+        .join(TARGET)
+        .join(if release { "image" } else { "debug" })
+        .join(PACKAGE)
+}
+
+/// Build the image with cargo features of `imds-unikernel` (e.g. `broker`); its path, or why
+/// not.
+pub fn try_build_image_with(release: bool, features: &[&str]) -> Result<PathBuf, String> {
+    if features.is_empty() {
+        return try_build_image(release);
+    }
+    let mut c = build_command(release);
+    c.arg("--features")
+        .arg(features.join(","))
+        .env("CARGO_TARGET_DIR", features_target_dir(features));
+    let status = c.status().map_err(|e| format!("{}: {e}", print_cmd(&c)))?;
+    if !status.success() {
+        return Err(format!("{} failed: {status}", print_cmd(&c)));
+    }
+    let image = image_path_with(release, features);
+    if !image.is_file() {
+        return Err(format!("{} built no {}", print_cmd(&c), image.display()));
+    }
+    Ok(image)
+}
+
+/// [`try_build_image_with`], panicking (with the command line) when the build fails.
+pub fn build_image_with(release: bool, features: &[&str]) -> PathBuf {
+    try_build_image_with(release, features).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// QEMU's `-opt key=value,...` values treat `,` as a separator; a literal one is doubled.
 fn opt_escape(s: &OsStr) -> OsString {
     s.to_string_lossy().replace(',', ",,").into()
@@ -366,7 +410,13 @@ impl Guest {
     /// Spawn QEMU for `image` with `opts`; the serial console must go to stdio
     /// (`opts.serial_file == None`).
     pub fn spawn(image: &Path, opts: &QemuOpts) -> std::io::Result<Guest> {
-        let mut cmd = qemu_command(image, opts);
+        Self::spawn_command(qemu_command(image, opts))
+    }
+
+    /// Spawn a QEMU command line from [`qemu_command`], possibly wrapped (e.g. run in a network
+    /// or mount namespace by a program that ends in `exec qemu-system-x86_64 ...`, so that the
+    /// spawned process is QEMU). Its serial console must go to stdio.
+    pub fn spawn_command(mut cmd: Command) -> std::io::Result<Guest> {
         let command = print_cmd(&cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
