@@ -3,7 +3,6 @@
 //! The HTTP contract cases live in [`contract`] and run against any target (the host daemon,
 //! the unikernel under QEMU) through the [`Target`] they are given.
 
-pub mod authority;
 pub mod contract;
 pub mod sdk;
 
@@ -17,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use xtask::{root, target_dir};
+pub use xtask::{authority, root, target_dir};
 
 /// An identity of a demo config.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! xtask as a library: the pieces that tests share with the `cargo xtask` commands
 //! (demo configs, QEMU command lines), so that no command line is written twice.
 
+pub mod authority;
 pub mod config;
 pub mod http;
 pub mod load;
