@@ -1,4 +1,5 @@
-//! A real OAuth2 authority for broker mode: node `oidc-provider` (tests/peers/authority), started
+//! A real OAuth2 authority for broker mode (used by the tests, as `imds_tests::authority`, and by
+//! `cargo xtask bench broker`): node `oidc-provider` (tests/peers/authority), started
 //! on loopback with a throw-away PKI and TLS 1.3 only, plus the client side needed to talk to it
 //! (RFC 7523 client assertions signed with ES256 / PS256 / RS256 keys, a rustls client that
 //! trusts only the throw-away CA, `curl`), and verification of the access tokens it issues.
@@ -14,7 +15,8 @@
 //! Access tokens are JWTs (`typ` `at+jwt`) with `aud` = R, signed with the provider's own key
 //! (ES256 by default; RS256 / PS256 selectable), whose JWKS is at [`Authority::jwks_url`].
 
-use crate::{raw, read_response, root, target_dir, Response};
+use crate::http::{connect, read_response, Response};
+use crate::{root, target_dir};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use rustls::pki_types::pem::PemObject as _;
@@ -45,6 +47,25 @@ pub const SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "10.0.2.2"];
 /// `tests/peers/authority`.
 pub fn peer_dir() -> PathBuf {
     root().join("tests/peers/authority")
+}
+
+/// Send raw bytes on a new connection and read one response.
+fn raw(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut s = connect(addr);
+    s.write_all(request).unwrap();
+    read_response(&mut s, request.starts_with(b"HEAD")).expect("read response")
+}
+
+/// Percent-encode a form value (unreserved characters stay).
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------------
@@ -972,13 +993,13 @@ impl Drop for Authority {
 /// `scope=R/.default` (v2, `/.default` appended verbatim), with the client assertion.
 pub fn token_form(style: Style, resource: &str, assertion: &str) -> String {
     let target = match style {
-        Style::V1 => format!("resource={}", crate::pct(resource)),
-        Style::V2 => format!("scope={}", crate::pct(&format!("{resource}/.default"))),
+        Style::V1 => format!("resource={}", pct(resource)),
+        Style::V2 => format!("scope={}", pct(&format!("{resource}/.default"))),
     };
     format!(
         "grant_type=client_credentials&{target}&client_assertion_type={}&client_assertion={}",
-        crate::pct(JWT_BEARER),
-        crate::pct(assertion)
+        pct(JWT_BEARER),
+        pct(assertion)
     )
 }
 
