@@ -5,9 +5,11 @@
 //! cargo xtask run [--host] ...           run the agent on the demo config
 //! cargo xtask test                       run every test (installs what they need)
 //! cargo xtask bench host                 benchmark the host daemon against nginx
+//! cargo xtask bench broker               broker mode: cold first token vs curl, cached under a fetch
 //! ```
 
 mod bench;
+mod bench_broker;
 mod fuzz;
 mod keygen;
 mod soak;
@@ -25,6 +27,7 @@ fn usage() -> ExitCode {
          run --host [--config FILE] [--port N]           run the host daemon on a demo config\n\
          test                                            run every test (installs what they need)\n\
          bench host                                      daemon vs nginx, cached tokens over loopback\n\
+         bench broker [--runs N] [--unikernel-runs N]    cold first token vs curl; cached tokens while fetching\n\
          fuzz [--seconds N]                              run every cargo-fuzz target (nightly)\n\
          soak [--seconds N] [--target daemon|unikernel|both]   abuse + volume soak, soak.json\n\
          keygen [--alg ES256|PS256|RS256] --out FILE     an identity key for broker mode + its JWK"
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         "config" => cmd_config(rest),
         "run" => cmd_run(rest),
         "test" => test::run(rest),
+        "bench" if rest.first().is_some_and(|a| a == "broker") => bench_broker::run(&rest[1..]),
         "bench" => bench::run(rest),
         "fuzz" => fuzz::run(rest),
         "soak" => soak::run(rest),
