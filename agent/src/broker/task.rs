@@ -429,7 +429,9 @@ pub async fn run<C: Clock, E: Entropy>(
         let mut attempt_no = 0;
         let result = loop {
             attempt_no += 1;
-            let deadline = (clock.monotonic_us() + FETCH_ATTEMPT_TIMEOUT_US).min(total_deadline);
+            // One attempt may use half the budget (at least FETCH_ATTEMPT_TIMEOUT_US).
+            let attempt_us = FETCH_ATTEMPT_TIMEOUT_US.max(authority.timeout_us / 2);
+            let deadline = (clock.monotonic_us() + attempt_us).min(total_deadline);
             let r = until(
                 clock,
                 deadline,
