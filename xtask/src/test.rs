@@ -57,6 +57,23 @@ pub fn run(args: &[String]) -> Result {
     ]);
     status(c)?;
 
+    step("clippy (the image: issuer, and with the broker feature)");
+    for features in [None, Some("broker")] {
+        let mut c = cargo();
+        c.args([
+            "clippy",
+            "-p",
+            "imds-unikernel",
+            "--target",
+            "x86_64-unknown-none",
+        ]);
+        if let Some(f) = features {
+            c.args(["--features", f]);
+        }
+        c.args(["--", "-D", "warnings"]);
+        status(c)?;
+    }
+
     step("one copy of p256 / sha2 / heapless (cargo tree -d)");
     let out = cargo()
         .args([
