@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub use xtask::watchdog::Watchdog;
 pub use xtask::{authority, root, target_dir};
 
 /// An identity of a demo config.
@@ -102,9 +103,11 @@ pub fn daemon_binary() -> PathBuf {
     .clone()
 }
 
-/// A running host daemon, killed on drop. Its stderr (the log) is collected.
+/// A running host daemon, killed on drop, and by a [`Watchdog`] when the test process dies
+/// without dropping it (a daemon kept in a `static`). Its stderr (the log) is collected.
 pub struct Daemon {
     child: Child,
+    watchdog: Watchdog,
     pub imds: SocketAddr,
     pub legacy: Option<SocketAddr>,
     pub log: Arc<Mutex<String>>,
@@ -129,6 +132,7 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn imds-agent");
+        let watchdog = Watchdog::guard_child(&mut child).expect("start the daemon's watchdog");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -152,6 +156,8 @@ impl Daemon {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
+                drop(watchdog);
                 panic!("daemon did not start; log:\n{}", log.lock().unwrap());
             }
         };
@@ -164,8 +170,14 @@ impl Daemon {
             imds: field("imds").expect("imds address in the log"),
             legacy: field("legacy"),
             child,
+            watchdog,
             log,
         }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {
@@ -181,6 +193,7 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
+                self.watchdog.disarm();
                 return s;
             }
             assert!(Instant::now() < deadline, "daemon did not exit on SIGTERM");
@@ -193,6 +206,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.watchdog.disarm();
     }
 }
 

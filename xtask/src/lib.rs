@@ -7,6 +7,7 @@ pub mod http;
 pub mod load;
 pub mod qemu;
 pub mod setup;
+pub mod watchdog;
 
 use std::path::{Path, PathBuf};
 
@@ -18,9 +19,10 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `target/` of the workspace (honours CARGO_TARGET_DIR).
+/// `target/` of the workspace (honours CARGO_TARGET_DIR; a relative one is taken from the
+/// workspace root, where the xtask commands run cargo).
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
+        .map(|d| root().join(d))
         .unwrap_or_else(|| root().join("target"))
 }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::watchdog::Watchdog;
+
 /// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -60,18 +62,20 @@ pub fn build_release_daemon() -> Result<PathBuf, String> {
     Ok(crate::target_dir().join("release/imds-agent"))
 }
 
-/// A running daemon (killed on drop), its log in a file.
+/// A running daemon (killed on drop, and by a [`Watchdog`] if this process dies first), its log
+/// in a file.
 pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: PathBuf,
+    watchdog: Watchdog,
 }
 
 impl Daemon {
     /// Start `bin` with `config` on `127.0.0.1:port`, legacy listener off.
     pub fn start(bin: &Path, config: &Path, port: u16, log: &Path) -> Result<Daemon, String> {
         let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .arg("--config")
             .arg(config)
             .args([
@@ -85,11 +89,13 @@ impl Daemon {
             .stderr(log_file)
             .spawn()
             .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let watchdog = Watchdog::guard_child(&mut child).map_err(|e| format!("watchdog: {e}"))?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let d = Daemon {
             child,
             addr,
             log: log.to_path_buf(),
+            watchdog,
         };
         if !wait_listening(addr, Duration::from_secs(15)) {
             return Err(format!(
@@ -109,6 +115,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.watchdog.disarm();
     }
 }
 

@@ -2,16 +2,20 @@
 //!
 //! ```text
 //! cargo xtask config --demo --out FILE   write a demo config with fresh keys
-//! cargo xtask run [--host] ...           run the agent on the demo config
+//! cargo xtask run [--host] ...           run the agent (unikernel under QEMU, or the daemon)
+//! cargo xtask size [--json]              image size per section, checked against the budget
 //! cargo xtask test                       run every test (installs what they need)
 //! cargo xtask bench host                 benchmark the host daemon against nginx
 //! cargo xtask bench broker               broker mode: cold first token vs curl, cached under a fetch
+//! cargo xtask bench boot                 unikernel: QEMU spawn -> first token, smallest -m
 //! ```
 
 mod bench;
 mod bench_broker;
+mod boot;
 mod fuzz;
 mod keygen;
+mod size;
 mod soak;
 mod test;
 
@@ -24,10 +28,16 @@ fn usage() -> ExitCode {
         "usage: cargo xtask <command>\n\
          \n\
          config --demo --out FILE [--listen ADDR:PORT]   write a demo config with fresh keys\n\
+         run [--config FILE] [--port N] [--accel tcg|kvm] [--machine microvm|q35] [--mem MIB]\n\
+         \x20   [--print-cmd]                               boot the unikernel under QEMU (TCG), host\n\
+         \x20                                               port N (8080) to its port 80; --print-cmd:\n\
+         \x20                                               print the QEMU command line instead\n\
          run --host [--config FILE] [--port N]           run the host daemon on a demo config\n\
+         size [--json]                                   image sizes, fail over qemu/size-budget.json\n\
          test                                            run every test (installs what they need)\n\
          bench host                                      daemon vs nginx, cached tokens over loopback\n\
          bench broker [--runs N] [--unikernel-runs N]    cold first token vs curl; cached tokens while fetching\n\
+         bench boot [--runs N] [--max-mem MIB]           QEMU spawn -> first token; smallest -m\n\
          fuzz [--seconds N]                              run every cargo-fuzz target (nightly)\n\
          soak [--seconds N] [--target daemon|unikernel|both]   abuse + volume soak, soak.json\n\
          keygen [--alg ES256|PS256|RS256] --out FILE     an identity key for broker mode + its JWK"
@@ -49,8 +59,11 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match cmd.as_str() {
         "config" => cmd_config(rest),
-        "run" => cmd_run(rest),
+        "run" if rest.iter().any(|a| a == "--host") => cmd_run(rest),
+        "run" => boot::run_unikernel(rest),
+        "size" => size::run(rest),
         "test" => test::run(rest),
+        "bench" if rest.first().is_some_and(|a| a == "boot") => boot::bench(&rest[1..]),
         "bench" if rest.first().is_some_and(|a| a == "broker") => bench_broker::run(&rest[1..]),
         "bench" => bench::run(rest),
         "fuzz" => fuzz::run(rest),
@@ -123,7 +136,7 @@ fn cmd_run(args: &[String]) -> Result {
         "imds-agent",
     ]);
     status(build)?;
-    let exe = root().join("target/release/imds-agent");
+    let exe = xtask::target_dir().join("release/imds-agent");
     println!("imds-agent (host daemon) on 127.0.0.1:{port}; try:\n");
     println!("  curl -s -H 'Metadata: true' 'http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'\n");
     let mut c = Command::new(exe);

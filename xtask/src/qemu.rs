@@ -28,6 +28,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::watchdog::Watchdog;
 use crate::{root, target_dir};
 
 /// The target the image is built for.
@@ -367,8 +368,16 @@ pub fn print_cmd(cmd: &Command) -> String {
         .join(" ")
 }
 
-/// `cargo xtask run --unikernel`: build the image, print the QEMU command line and a `curl`
-/// to try, run QEMU in the foreground (serial on this terminal; Ctrl-C stops it). The guest's
+/// The `curl` that asks a guest forwarded from `127.0.0.1:port` for a token.
+pub fn curl_hint(port: u16) -> String {
+    format!(
+        "curl -s -H 'Metadata: true' 'http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'"
+    )
+}
+
+/// `cargo xtask run`: build the image, print the QEMU command line and a `curl` to try, run
+/// QEMU in the foreground (serial on this terminal). Ctrl-C stops QEMU (its `-serial stdio`
+/// keeps terminal signals); if this process is killed, a [`Watchdog`] kills QEMU. The guest's
 /// exit code, if it left through isa-debug-exit, is reported in the error.
 pub fn run_foreground(release: bool, opts: &QemuOpts) -> Result<(), String> {
     let image = try_build_image(release)?;
@@ -378,13 +387,16 @@ pub fn run_foreground(release: bool, opts: &QemuOpts) -> Result<(), String> {
         hostfwd_port: Some(port),
     } = opts.network
     {
-        eprintln!(
-            "\ntry:  curl -s -H 'Metadata: true' 'http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'\n"
-        );
+        eprintln!("\ntry:  {}\n", curl_hint(port));
     }
-    let status = cmd
-        .status()
+    let mut child = cmd
+        .spawn()
         .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    let mut watchdog =
+        Watchdog::guard_child(&mut child).map_err(|e| format!("watchdog (sh): {e}"))?;
+    let status = child.wait();
+    watchdog.disarm();
+    let status = status.map_err(|e| format!("qemu-system-x86_64: {e}"))?;
     match status.code().and_then(guest_exit_code) {
         None if status.success() => Ok(()),
         Some(code) => Err(format!("guest exit code {code} (QEMU {status})")),
@@ -397,10 +409,10 @@ pub const READY_MARKERS: [&str; 2] = ["(static)", "net: DHCP address"];
 
 /// A booted guest: QEMU with its serial console (stdout) and stderr collected, killed on drop
 /// and also when this process dies without dropping it (a guest kept in a `static` by a test
-/// harness): a watchdog `sh` waits on a pipe from this process and kills QEMU when it closes.
+/// harness): see [`Watchdog`].
 pub struct Guest {
     child: Child,
-    watchdog: Option<Child>,
+    watchdog: Watchdog,
     output: Arc<Mutex<String>>,
     /// The command line it was started with (for messages).
     pub command: String,
@@ -439,21 +451,7 @@ impl Guest {
         if let Some(err) = child.stderr.take() {
             collect(err, output.clone());
         }
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!("read _ignored; kill -9 {} 2>/dev/null", child.id()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let watchdog = match watchdog {
-            Ok(w) => Some(w),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
-        };
+        let watchdog = Watchdog::guard_child(&mut child)?;
         Ok(Guest {
             child,
             watchdog,
@@ -464,10 +462,7 @@ impl Guest {
 
     /// QEMU is gone: the watchdog must not outlive it (its pid could be reused).
     fn stop_watchdog(&mut self) {
-        if let Some(mut w) = self.watchdog.take() {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
+        self.watchdog.disarm();
     }
 
     /// Serial console and QEMU's stderr so far.

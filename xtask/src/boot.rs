@@ -1,0 +1,478 @@
+//! The unikernel from the command line: `cargo xtask run` and `cargo xtask bench boot`.
+//!
+//! ```text
+//! cargo xtask run [--config FILE] [--port N] [--accel tcg|kvm] [--machine microvm|q35]
+//!                 [--mem MIB] [--print-cmd]
+//! cargo xtask bench boot [--runs N] [--max-mem MIB] [--accel tcg|kvm] [--machine microvm|q35]
+//! ```
+//!
+//! `run` builds the image (profile `image`), writes a demo config when none is given
+//! (`target/demo/config.json`, kept for the next run), and boots QEMU with user networking,
+//! `127.0.0.1:N` (8080) forwarded to the guest's port 80; the serial console is this terminal.
+//! Ctrl-C stops QEMU, and so does killing this process (a watchdog). `--print-cmd` builds the
+//! image and prints the QEMU command line instead (one shell-quoted line, absolute paths).
+//!
+//! `bench boot` measures, over `--runs` boots (20) of the release image for each network setup
+//! (DHCP, the demo config; static address), from QEMU's spawn:
+//! - the first byte on the serial console: QEMU's own start-up and firmware, the floor;
+//! - the serial line saying the guest has its address;
+//! - the first token: HTTP 200 from the token endpoint over hostfwd. The client sends its
+//!   request as soon as that line appears (earlier SYNs would reach a guest without a NIC and
+//!   slirp would retransmit them a second later), and retries on failure.
+//!
+//! It then finds the smallest `-m` (MiB) that still serves a token. It prints a table and writes
+//! `target/bench/boot.json`. Figures are reported, never asserted.
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use xtask::qemu::{self, Accel, Machine, Network, QemuOpts, READY_MARKERS};
+use xtask::watchdog::Watchdog;
+use xtask::{config, http, load, root, target_dir};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+const RUN_USAGE: &str = "usage: cargo xtask run [--config FILE] [--port N] [--accel tcg|kvm] \
+                         [--machine microvm|q35] [--mem MIB] [--print-cmd]   (or: run --host ...)";
+const BENCH_USAGE: &str = "usage: cargo xtask bench boot [--runs N] [--max-mem MIB] \
+                           [--accel tcg|kvm] [--machine microvm|q35]";
+
+/// How long a `-m` probe waits for a token.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The token request of the benchmark.
+const TOKEN_TARGET: &str =
+    "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
+
+/// Command-line flags: `--name value` pairs and bare switches, anything else refused.
+struct Flags {
+    values: Vec<(String, String)>,
+    switches: Vec<String>,
+}
+
+impl Flags {
+    fn parse(
+        args: &[String],
+        with_value: &[&str],
+        switches: &[&str],
+        usage: &str,
+    ) -> Result<Flags> {
+        let mut f = Flags {
+            values: Vec::new(),
+            switches: Vec::new(),
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if with_value.contains(&a.as_str()) {
+                let v = it
+                    .next()
+                    .ok_or_else(|| format!("{a} needs a value\n{usage}"))?;
+                f.values.push((a.clone(), v.clone()));
+            } else if switches.contains(&a.as_str()) {
+                f.switches.push(a.clone());
+            } else {
+                return Err(format!("unknown argument `{a}`\n{usage}"));
+            }
+        }
+        Ok(f)
+    }
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| format!("{name}: `{v}` is not valid")),
+        }
+    }
+    fn has(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+}
+
+fn parse_accel(f: &Flags) -> Result<Accel> {
+    f.get("--accel").map_or(Ok(Accel::Tcg), str::parse)
+}
+
+fn parse_machine(f: &Flags) -> Result<Machine> {
+    f.get("--machine").map_or(Ok(Machine::Microvm), str::parse)
+}
+
+/// `cargo xtask run` for the unikernel.
+pub fn run_unikernel(args: &[String]) -> Result {
+    let f = Flags::parse(
+        args,
+        &["--config", "--port", "--accel", "--machine", "--mem"],
+        &["--print-cmd"],
+        RUN_USAGE,
+    )?;
+    let port: u16 = f.parsed("--port", 8080)?;
+    let config = match f.get("--config") {
+        Some(c) => std::fs::canonicalize(c).map_err(|e| format!("--config {c}: {e}"))?,
+        None => {
+            let p = root().join("target/demo/config.json");
+            if !p.exists() {
+                config::write_demo(&p, "127.0.0.1:8080", Some("127.0.0.1:50342"))
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                eprintln!("wrote a demo config: {}", p.display());
+            }
+            p
+        }
+    };
+    let opts = QemuOpts {
+        accel: parse_accel(&f)?,
+        machine: parse_machine(&f)?,
+        mem_mb: f.parsed("--mem", qemu::DEFAULT_MEM_MB)?,
+        ..QemuOpts::new(config, port)
+    };
+    if f.has("--print-cmd") {
+        let image = qemu::try_build_image(true)?;
+        println!("{}", qemu::print_cmd(&qemu::qemu_command(&image, &opts)));
+        return Ok(());
+    }
+    qemu::run_foreground(true, &opts)
+}
+
+/// One boot, timed from QEMU's spawn.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    first_byte_ms: f64,
+    ready_ms: f64,
+    first_token_ms: f64,
+}
+
+/// What the serial reader reports.
+enum Event {
+    FirstByte(Instant),
+    Ready(Instant),
+    Eof(String),
+}
+
+/// Boot `image` once: the times of the first serial byte, the ready line and the first token.
+fn boot_once(image: &Path, opts: &QemuOpts, timeout: Duration) -> Result<Sample> {
+    let Network::User {
+        hostfwd_port: Some(port),
+    } = opts.network
+    else {
+        return Err("the benchmark needs user networking with hostfwd".into());
+    };
+    let mut cmd = qemu::qemu_command(image, opts);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("{}: {e}", qemu::print_cmd(&cmd)))?;
+    let mut watchdog = Watchdog::guard_child(&mut child).map_err(|e| format!("watchdog: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut ready_sent = false;
+        loop {
+            let n = match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let now = Instant::now();
+            if text.is_empty() {
+                let _ = tx.send(Event::FirstByte(now));
+            }
+            text.extend_from_slice(&buf[..n]);
+            if !ready_sent {
+                let s = String::from_utf8_lossy(&text);
+                if READY_MARKERS.iter().any(|m| s.contains(m)) {
+                    ready_sent = true;
+                    let _ = tx.send(Event::Ready(now));
+                }
+            }
+        }
+        let _ = tx.send(Event::Eof(String::from_utf8_lossy(&text).into_owned()));
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    let deadline = t0 + timeout;
+    let result = (|| {
+        let (mut first, mut ready) = (None, None);
+        while ready.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Event::FirstByte(t)) => first = Some(t),
+                Ok(Event::Ready(t)) => ready = Some(t),
+                Ok(Event::Eof(out)) => {
+                    return Err(match out.lines().rfind(|l| !l.trim().is_empty()) {
+                        Some(last) => format!(
+                            "QEMU exited before serving (last console line: {:?})\n{out}",
+                            last.trim()
+                        ),
+                        // -no-reboot: a triple fault (e.g. an image larger than RAM) exits.
+                        None => "QEMU exited without a console line (triple fault?)".into(),
+                    });
+                }
+                Err(_) => return Err(format!("no address line within {timeout:?}")),
+            }
+        }
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let token = loop {
+            if let Ok(200) = token_status(addr) {
+                break Instant::now();
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no token within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let ms = |t: Instant| t.duration_since(t0).as_secs_f64() * 1000.0;
+        Ok(Sample {
+            first_byte_ms: ms(first.expect("the ready line came with bytes")),
+            ready_ms: ms(ready.expect("loop ends on ready")),
+            first_token_ms: ms(token),
+        })
+    })();
+    let _ = child.kill();
+    let status = child.wait();
+    watchdog.disarm();
+    let _ = reader.join();
+    let stderr_text = err_reader.join().unwrap_or_default();
+    result.map_err(|e| {
+        let mut e = format!("{e}\nQEMU: {status:?}");
+        if !stderr_text.trim().is_empty() {
+            e.push_str(&format!("\nstderr: {}", stderr_text.trim()));
+        }
+        e
+    })
+}
+
+/// One token request; its HTTP status.
+fn token_status(addr: SocketAddr) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_nodelay(true)?;
+    write!(
+        s,
+        "GET {TOKEN_TARGET} HTTP/1.1\r\nHost: {addr}\r\nMetadata: true\r\nConnection: close\r\n\r\n"
+    )?;
+    Ok(http::read_response(&mut s, false)?.status)
+}
+
+/// min, p25, median, p75, max of `v` (milliseconds).
+fn spread(v: &[f64]) -> Value {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let r = |x: f64| (x * 10.0).round() / 10.0;
+    json!({
+        "min": r(s.first().copied().unwrap_or(0.0)),
+        "p25": r(load::percentile(&s, 25.0)),
+        "median": r(median(&s)),
+        "p75": r(load::percentile(&s, 75.0)),
+        "max": r(s.last().copied().unwrap_or(0.0)),
+    })
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn sorted(v: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = v.collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// A demo config for the benchmark, with a static address when `static_net`.
+fn bench_config(dir: &Path, static_net: bool) -> Result<PathBuf> {
+    let mut doc = config::demo("127.0.0.1:8080", None);
+    if static_net {
+        doc["network"] = json!({ "address": "10.0.2.15/24", "gateway": "10.0.2.2" });
+    }
+    let name = if static_net {
+        "boot-static.json"
+    } else {
+        "boot-dhcp.json"
+    };
+    let path = dir.join(name);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).expect("json"))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// `cargo xtask bench boot`.
+pub fn bench(args: &[String]) -> Result {
+    let f = Flags::parse(
+        args,
+        &["--runs", "--max-mem", "--accel", "--machine"],
+        &[],
+        BENCH_USAGE,
+    )?;
+    let runs: usize = f.parsed::<usize>("--runs", 20)?.max(1);
+    let max_mem: u32 = f.parsed("--max-mem", qemu::DEFAULT_MEM_MB)?;
+    let accel = parse_accel(&f)?;
+    let machine = parse_machine(&f)?;
+    let timeout = Duration::from_secs(if accel == Accel::Kvm { 60 } else { 20 });
+
+    let image = qemu::try_build_image(true)?;
+    let image_bytes = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
+    let dir = target_dir().join("bench");
+    let opts_for = |cfg: &Path, mem_mb: u32| QemuOpts {
+        accel,
+        machine,
+        mem_mb,
+        ..QemuOpts::new(cfg, qemu::free_port())
+    };
+
+    let mut setups = Vec::new();
+    for (name, static_net) in [("dhcp", false), ("static", true)] {
+        let cfg = bench_config(&dir, static_net)?;
+        eprintln!("bench boot: {runs} boots, {name} address ...");
+        let mut samples = Vec::with_capacity(runs);
+        for i in 0..runs {
+            let s = boot_once(&image, &opts_for(&cfg, qemu::DEFAULT_MEM_MB), timeout)
+                .map_err(|e| format!("{name} boot {}: {e}", i + 1))?;
+            samples.push(s);
+        }
+        setups.push((name, cfg, samples));
+    }
+
+    // Smallest -m that serves a token (DHCP config), MiB by MiB from 1.
+    eprintln!("bench boot: smallest -m ...");
+    let dhcp_cfg = &setups[0].1;
+    let mut probes = Vec::new();
+    let mut min_mem = None;
+    for mib in 1..=max_mem {
+        // A guest that fits boots in well under a second; one that does not may hang.
+        let probe_timeout = if accel == Accel::Kvm {
+            timeout
+        } else {
+            PROBE_TIMEOUT
+        };
+        match boot_once(&image, &opts_for(dhcp_cfg, mib), probe_timeout) {
+            Ok(s) => {
+                probes.push(json!({ "mib": mib, "ok": true, "first_token_ms": s.first_token_ms }));
+                min_mem = Some(mib);
+                break;
+            }
+            Err(e) => {
+                // The cause and QEMU's exit status, without the console dump.
+                let why = e
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .take(1)
+                    .chain(e.lines().filter(|l| l.starts_with("QEMU: ")))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                probes.push(json!({ "mib": mib, "ok": false, "why": why }));
+            }
+        }
+    }
+
+    let mut report = json!({
+        "machine": format!("{machine:?}").to_lowercase(),
+        "accel": format!("{accel:?}").to_lowercase(),
+        "runs": runs,
+        "image": image.display().to_string(),
+        "image_bytes": image_bytes,
+        "mem_mib": qemu::DEFAULT_MEM_MB,
+        "min_mem_mib": min_mem,
+        "mem_probes": probes,
+        "method": "times from QEMU's spawn; the token request is sent when the serial console says the guest has its address",
+    });
+    println!(
+        "\nboot, {} boots each, {} {}, -m {} (ms from QEMU spawn: median [min .. max], p25-p75)\n",
+        runs,
+        report["machine"].as_str().unwrap_or(""),
+        report["accel"].as_str().unwrap_or(""),
+        qemu::DEFAULT_MEM_MB
+    );
+    println!("| address | first serial byte | address line | first token | token / first byte |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, _, samples) in &setups {
+        let fb = sorted(samples.iter().map(|s| s.first_byte_ms));
+        let rd = sorted(samples.iter().map(|s| s.ready_ms));
+        let tk = sorted(samples.iter().map(|s| s.first_token_ms));
+        let ratios = sorted(samples.iter().map(|s| s.first_token_ms / s.first_byte_ms));
+        let cell = |v: &[f64]| {
+            format!(
+                "{:.1} [{:.1} .. {:.1}], {:.1}-{:.1}",
+                median(v),
+                v[0],
+                v[v.len() - 1],
+                load::percentile(v, 25.0),
+                load::percentile(v, 75.0)
+            )
+        };
+        println!(
+            "| {name} | {} | {} | {} | {:.2}x |",
+            cell(&fb),
+            cell(&rd),
+            cell(&tk),
+            median(&ratios)
+        );
+        report[*name] = json!({
+            "first_byte_ms": spread(&fb),
+            "ready_ms": spread(&rd),
+            "first_token_ms": spread(&tk),
+            "ratio_first_token_over_first_byte": (median(&ratios) * 100.0).round() / 100.0,
+            "samples": samples.iter().map(|s| json!([
+                (s.first_byte_ms * 10.0).round() / 10.0,
+                (s.ready_ms * 10.0).round() / 10.0,
+                (s.first_token_ms * 10.0).round() / 10.0,
+            ])).collect::<Vec<_>>(),
+        });
+    }
+    println!("\n(token / first byte: median of the per-boot ratios; target <= 1.25x)");
+    match min_mem {
+        Some(m) => println!("smallest -m that serves a token: {m} MiB (target 2)"),
+        None => println!("no -m up to {max_mem} MiB served a token"),
+    }
+    for p in &probes {
+        if p["ok"] == false {
+            println!("  -m {}: {}", p["mib"], p["why"].as_str().unwrap_or(""));
+        }
+    }
+    let out = dir.join("boot.json");
+    std::fs::write(&out, serde_json::to_vec_pretty(&report).expect("json"))
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("\nwrote {}", out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags() {
+        let a: Vec<String> = ["--port", "9", "--print-cmd"].map(String::from).to_vec();
+        let f = Flags::parse(&a, &["--port"], &["--print-cmd"], "u").unwrap();
+        assert_eq!(f.parsed::<u16>("--port", 1).unwrap(), 9);
+        assert!(f.has("--print-cmd"));
+        assert!(Flags::parse(&a, &["--port"], &[], "u").is_err());
+        assert!(Flags::parse(&a[..1], &["--port"], &[], "u").is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[1.0, 2.0, 3.0]), 2.0);
+        assert_eq!(median(&[1.0, 2.0, 3.0, 4.0]), 2.5);
+    }
+}
