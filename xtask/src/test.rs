@@ -105,6 +105,12 @@ pub fn run(args: &[String]) -> Result {
         c.env("PROPTEST_CASES", "256");
     }
     status(c)?;
+
+    // Fuzz smoke: every cargo-fuzz target for a few seconds, when a nightly toolchain and
+    // cargo-fuzz are present (`cargo xtask fuzz` says so and skips otherwise). The long runs
+    // are `cargo xtask fuzz --seconds 600`.
+    step("fuzz smoke (10 s per target, when nightly + cargo-fuzz are present)");
+    crate::fuzz::run(&["--seconds".to_string(), "10".to_string()])?;
     eprintln!("\n=== xtask test: all passed");
     Ok(())
 }
