@@ -63,12 +63,16 @@ pub struct PublicJwk {
 
 impl PublicJwk {
     pub fn of(key: &VerifyingKey) -> PublicJwk {
+        // Uncompressed SEC1 point: 0x04 || x || y. (Slicing its bytes rather than calling
+        // `x()`/`y()` keeps sec1's tag decoding, and the `Debug` of its errors that its
+        // `expect` would link, out of the image.)
         let point = key.to_encoded_point(false);
-        let enc = |c: Option<&p256::FieldBytes>| {
+        let bytes = point.as_bytes();
+        let enc = |c: Option<&[u8]>| {
             let mut s = heapless::String::<43>::new();
             let mut buf = [0u8; 43];
             if let Some(c) = c {
-                if let Ok(n) = B64.encode_slice(&c[..], &mut buf) {
+                if let Ok(n) = B64.encode_slice(c, &mut buf) {
                     for &b in &buf[..n] {
                         let _ = s.push(b as char);
                     }
@@ -77,8 +81,8 @@ impl PublicJwk {
             s
         };
         PublicJwk {
-            x: enc(point.x()),
-            y: enc(point.y()),
+            x: enc(bytes.get(1..33)),
+            y: enc(bytes.get(33..65)),
         }
     }
 
