@@ -7,6 +7,8 @@ way a user would redirect it, through AZURE_POD_IDENTITY_AUTHORITY_HOST (azure-i
 strip a trailing "/" and append /metadata/identity/oauth2/token). SCOPE is an Azure scope such as
 https://management.azure.com/.default (the SDK strips "/.default" to form the resource). Without
 CLIENT_ID the system-assigned identity is asked for; with it, that user-assigned identity.
+BASE_URL "imds" sets no override at all: the SDK dials 169.254.169.254 as on a real VM (used
+inside a network namespace that the test made, where the unikernel owns that address).
 
 Prints one JSON line: {"token": ..., "expires_on": ..., "sdk": {package: version}}.
 On failure prints the exception on stderr and exits 1.
@@ -28,7 +30,10 @@ def main() -> int:
     for var in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT",
                 "MSI_ENDPOINT", "MSI_SECRET", "AZURE_CLIENT_ID"):
         os.environ.pop(var, None)
-    os.environ["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = base_url
+    if base_url == "imds":
+        os.environ.pop("AZURE_POD_IDENTITY_AUTHORITY_HOST", None)
+    else:
+        os.environ["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = base_url
 
     from importlib.metadata import version
     from azure.identity import ManagedIdentityCredential
