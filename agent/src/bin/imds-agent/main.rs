@@ -88,6 +88,12 @@ impl std::fmt::Write for Log {
 struct Conn {
     stream: TcpStream,
     state: Box<Connection>,
+    /// The socket may hold unread bytes: set by a readable event, cleared by a short read
+    /// (the kernel buffer was drained, and edge-triggered epoll reports the next arrival) or
+    /// by WouldBlock. Saves the `recv` per request that would only return EAGAIN.
+    readable: bool,
+    /// The peer's FIN was reported (EPOLLRDHUP): read until 0 rather than stop at a short read.
+    hup: bool,
 }
 
 fn main() -> ExitCode {
@@ -304,7 +310,12 @@ fn run(
                         }
                         let mut state = Box::new(Connection::new());
                         state.reset(kind, peer.ip(), clock.monotonic_us());
-                        conns[slot] = Some(Conn { stream, state });
+                        conns[slot] = Some(Conn {
+                            stream,
+                            state,
+                            readable: true,
+                            hup: false,
+                        });
                         live += 1;
                         let mut a = agent.borrow_mut();
                         drive(
@@ -322,6 +333,10 @@ fn run(
                 }
                 Token(t) if t >= FIRST_CONN => {
                     let slot = t - FIRST_CONN;
+                    if let Some(Some(c)) = conns.get_mut(slot) {
+                        c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                        c.hup |= ev.is_read_closed();
+                    }
                     let mut a = agent.borrow_mut();
                     drive(
                         &mut conns,
@@ -454,21 +469,29 @@ fn drive(
     loop {
         let mut progress = false;
         // Read while there is room.
-        loop {
+        while c.readable {
             let space = c.state.rx_space();
-            if space.is_empty() {
+            let room = space.len();
+            if room == 0 {
                 break;
             }
             match c.stream.read(space) {
                 Ok(0) => {
                     c.state.rx_closed();
+                    c.readable = false;
                     break;
                 }
                 Ok(n) => {
                     c.state.rx_commit(n, clock.monotonic_us());
                     progress = true;
+                    if n < room && !c.hup {
+                        c.readable = false;
+                    }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    c.readable = false;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
                     broken = true;
