@@ -333,6 +333,74 @@ impl Tracker {
     }
 }
 
+/// The next value as a string of at most `N` bytes. Every string of the document is read
+/// through one instantiation of serde-json-core's string code (one per `heapless::String<N>`
+/// would each be in the image), then copied to its size; too long is serde's `invalid_length`,
+/// as from `heapless::String<N>` itself.
+fn next_str<'de, A: MapAccess<'de>, const N: usize>(map: &mut A) -> Result<Str<N>, A::Error> {
+    let mut s = next_any_str(map)?;
+    let r = fit(&s);
+    zeroize_string(&mut s);
+    r
+}
+
+/// [`next_str`] for a value that may be `null`.
+fn next_opt_str<'de, A: MapAccess<'de>, const N: usize>(
+    map: &mut A,
+) -> Result<Option<Str<N>>, A::Error> {
+    let mut s = next_any_opt_str(map)?;
+    let r = s.as_deref().map(fit).transpose();
+    if let Some(s) = s.as_mut() {
+        zeroize_string(s);
+    }
+    r
+}
+
+/// The next value as a list of at most `M` strings of at most `N` bytes (what
+/// `heapless::Vec<Str<N>, M>` reads, through the shared string code).
+fn next_str_list<'de, A: MapAccess<'de>, const N: usize, const M: usize>(
+    map: &mut A,
+) -> Result<heapless::Vec<Str<N>, M>, A::Error> {
+    struct ListSeed<const N: usize, const M: usize>;
+    impl<'de, const N: usize, const M: usize> DeserializeSeed<'de> for ListSeed<N, M> {
+        type Value = heapless::Vec<Str<N>, M>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de, const N: usize, const M: usize> Visitor<'de> for ListSeed<N, M> {
+        type Value = heapless::Vec<Str<N>, M>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of strings")
+        }
+        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+            let mut list = heapless::Vec::new();
+            while let Some(s) = seq.next_element::<Str<PEM_MAX>>()? {
+                let item = fit(&s)?;
+                if list.push(item).is_err() {
+                    return Err(de::Error::invalid_length(M + 1, &self));
+                }
+            }
+            Ok(list)
+        }
+    }
+    map.next_value_seed(ListSeed::<N, M>)
+}
+
+#[inline(never)]
+fn next_any_str<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Str<PEM_MAX>, A::Error> {
+    map.next_value()
+}
+
+#[inline(never)]
+fn next_any_opt_str<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Str<PEM_MAX>>, A::Error> {
+    map.next_value()
+}
+
+fn fit<E: de::Error, const N: usize>(s: &str) -> Result<Str<N>, E> {
+    Str::try_from(s).map_err(|_| E::invalid_length(s.len(), &"a shorter string"))
+}
+
 /// Read a map, calling `field` for each key.
 fn read_map<'de, A, F>(mut map: A, mut field: F) -> Result<(), A::Error>
 where
@@ -365,16 +433,16 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
         read_map(map, |key, map| {
             t.set(FieldPath::top(key));
             match key {
-                "tenant_id" => raw.tenant_id = Some(map.next_value()?),
-                "issuer" => raw.issuer = Some(map.next_value()?),
+                "tenant_id" => raw.tenant_id = Some(next_str(map)?),
+                "issuer" => raw.issuer = Some(next_str(map)?),
                 "token_lifetime_s" => raw.token_lifetime_s = Some(map.next_value()?),
                 "refresh_margin_s" => raw.refresh_margin_s = Some(map.next_value()?),
-                "signing_key" => raw.signing_key = Some(map.next_value()?),
+                "signing_key" => raw.signing_key = Some(next_str(map)?),
                 "listen" => raw.listen = Some(map.next_value_seed(ListenSeed(t))?),
                 "network" => raw.network = map.next_value_seed(OptNetworkSeed(t))?,
                 "authority" => raw.authority = map.next_value_seed(OptAuthoritySeed(t))?,
-                "allow" => raw.allow = Some(map.next_value()?),
-                "allow_hosts" => raw.allow_hosts = Some(map.next_value()?),
+                "allow" => raw.allow = Some(next_str_list(map)?),
+                "allow_hosts" => raw.allow_hosts = Some(next_str_list(map)?),
                 "limits" => raw.limits = Some(map.next_value()?),
                 "identities" => {
                     let (list, overflow) = map.next_value_seed(IdentitiesSeed(t))?;
@@ -417,8 +485,8 @@ impl<'de> Visitor<'de> for ListenSeed<'_> {
         read_map(map, |key, map| {
             t.set(FieldPath::nested("listen", None, key));
             match key {
-                "imds" => raw.imds = Some(map.next_value()?),
-                "legacy" => raw.legacy = Some(map.next_value()?),
+                "imds" => raw.imds = Some(next_str(map)?),
+                "legacy" => raw.legacy = Some(next_opt_str(map)?),
                 other => {
                     t.unknown
                         .borrow_mut()
@@ -461,8 +529,8 @@ impl<'de> Visitor<'de> for OptNetworkSeed<'_> {
         read_map(map, |key, map| {
             t.set(FieldPath::nested("network", None, key));
             match key {
-                "address" => raw.address = Some(map.next_value()?),
-                "gateway" => raw.gateway = map.next_value()?,
+                "address" => raw.address = Some(next_str(map)?),
+                "gateway" => raw.gateway = next_opt_str(map)?,
                 other => {
                     t.unknown
                         .borrow_mut()
@@ -505,14 +573,14 @@ impl<'de> Visitor<'de> for OptAuthoritySeed<'_> {
         read_map(map, |key, map| {
             t.set(FieldPath::nested("authority", None, key));
             match key {
-                "token_url" => raw.token_url = Some(map.next_value()?),
+                "token_url" => raw.token_url = Some(next_str(map)?),
                 "ca_cert" => {
-                    let pem: Str<PEM_MAX> = map.next_value()?;
+                    let pem: Str<PEM_MAX> = next_str(map)?;
                     raw.ca_cert = Some(certificate_der(&pem));
                 }
-                "spki_sha256" => raw.spki_sha256 = Some(map.next_value()?),
-                "style" => raw.style = Some(map.next_value()?),
-                "address" => raw.address = map.next_value()?,
+                "spki_sha256" => raw.spki_sha256 = Some(next_str(map)?),
+                "style" => raw.style = Some(next_str(map)?),
+                "address" => raw.address = next_opt_str(map)?,
                 "timeout_s" => raw.timeout_s = Some(map.next_value()?),
                 k if k.starts_with('_') => {
                     map.next_value::<de::IgnoredAny>()?;
@@ -585,18 +653,18 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
         read_map(map, |key, map| {
             t.set(FieldPath::nested("identities", Some(i), key));
             match key {
-                "kind" => raw.kind = Some(map.next_value()?),
-                "client_id" => raw.client_id = Some(map.next_value()?),
-                "object_id" => raw.object_id = Some(map.next_value()?),
-                "resource_id" => raw.resource_id = Some(map.next_value()?),
+                "kind" => raw.kind = Some(next_str(map)?),
+                "client_id" => raw.client_id = Some(next_str(map)?),
+                "object_id" => raw.object_id = Some(next_str(map)?),
+                "resource_id" => raw.resource_id = Some(next_str(map)?),
                 "key" => {
-                    let mut pem: Str<PEM_MAX> = map.next_value()?;
+                    let mut pem: Str<PEM_MAX> = next_str(map)?;
                     raw.key = Some(ClientKey::from_pem(&pem));
                     zeroize_string(&mut pem);
                 }
-                "alg" => raw.alg = Some(map.next_value()?),
+                "alg" => raw.alg = Some(next_str(map)?),
                 "certificate" => {
-                    let pem: Str<PEM_MAX> = map.next_value()?;
+                    let pem: Str<PEM_MAX> = next_str(map)?;
                     raw.certificate = Some(crate::broker::credential::thumbprints(&pem));
                 }
                 k if k.starts_with('_') => {
@@ -1010,6 +1078,46 @@ mod key_decoding_tests {
     fn pem_ours(text: &str) -> Option<(std::string::String, Vec<u8>)> {
         let mut buf = [0u8; PEM_MAX];
         pem_decode(text, &mut buf).map(|(l, d)| (l.into(), d.to_vec()))
+    }
+
+    #[test]
+    fn too_long_strings_name_their_field() {
+        let long = "a".repeat(300);
+        let cases = [
+            (
+                std::format!("{{\"kind\":\"user\",\"client_id\":\"{long}\"}}"),
+                "config: field `identities[0].client_id`: invalid value",
+            ),
+            (
+                "{\"kind\":\"user\",\"object_id\":null}".into(),
+                "config: field `identities[0].object_id`: has the wrong type",
+            ),
+        ];
+        for (identity, want) in cases {
+            let d = super::tests::doc("", &identity);
+            let e = Config::parse(d.as_bytes()).unwrap_err();
+            assert_eq!(std::format!("{e}"), want);
+        }
+        let d = super::tests::doc(&std::format!("\"allow_hosts\":[\"{long}\"],"), "");
+        let e = Config::parse(d.as_bytes()).unwrap_err();
+        assert_eq!(
+            std::format!("{e}"),
+            "config: field `allow_hosts`: invalid value"
+        );
+        let hosts = std::vec!["\"h\""; MAX_ALLOW_HOSTS + 1].join(",");
+        let d = super::tests::doc(&std::format!("\"allow_hosts\":[{hosts}],"), "");
+        let e = Config::parse(d.as_bytes()).unwrap_err();
+        assert_eq!(
+            std::format!("{e}"),
+            "config: field `allow_hosts`: invalid value"
+        );
+        let d = super::tests::doc(
+            "\"network\":{\"address\":\"10.0.2.15/24\",\"gateway\":null},",
+            "",
+        );
+        assert!(
+            Config::parse(d.as_bytes()).is_err_and(|e| std::format!("{e}").contains("identities"))
+        );
     }
 
     #[test]
