@@ -401,6 +401,10 @@ fn fit<E: de::Error, const N: usize>(s: &str) -> Result<Str<N>, E> {
     Str::try_from(s).map_err(|_| E::invalid_length(s.len(), &"a shorter string"))
 }
 
+// The visitors and validators below are `#[inline(never)]`: inlined into one function they
+// make one large frame (the raw document is tens of KiB) whose accesses need 32-bit
+// displacements (3.5 KB more code in the image).
+
 /// Read a map, calling `field` for each key.
 fn read_map<'de, A, F>(mut map: A, mut field: F) -> Result<(), A::Error>
 where
@@ -427,6 +431,7 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
+    #[inline(never)]
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Raw, A::Error> {
         let t = self.0;
         let mut raw = Raw::default();
@@ -479,6 +484,7 @@ impl<'de> Visitor<'de> for ListenSeed<'_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object with `imds` and `legacy`")
     }
+    #[inline(never)]
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawListen, A::Error> {
         let t = self.0;
         let mut raw = RawListen::default();
@@ -523,6 +529,7 @@ impl<'de> Visitor<'de> for OptNetworkSeed<'_> {
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
+    #[inline(never)]
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let t = self.0;
         let mut raw = RawNetwork::default();
@@ -567,6 +574,7 @@ impl<'de> Visitor<'de> for OptAuthoritySeed<'_> {
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
+    #[inline(never)]
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let t = self.0;
         let mut raw = RawAuthority::default();
@@ -647,6 +655,7 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an identity object")
     }
+    #[inline(never)]
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawIdentity, A::Error> {
         let (t, i) = (self.0, self.1);
         let mut raw = RawIdentity::default();
@@ -1202,6 +1211,7 @@ mod key_decoding_tests {
     }
 }
 
+#[inline(never)]
 fn validate_authority(raw: &RawAuthority) -> Result<AuthorityConfig, ConfigError> {
     let p = |sub| FieldPath::nested("authority", None, sub);
     let url = raw
@@ -1285,6 +1295,7 @@ fn validate_authority(raw: &RawAuthority) -> Result<AuthorityConfig, ConfigError
     })
 }
 
+#[inline(never)]
 fn validate_credential(
     r: &RawIdentity,
     i: usize,
@@ -1331,6 +1342,7 @@ fn validate_credential(
     }))
 }
 
+#[inline(never)]
 fn validate_identities(
     raw: &Raw,
 ) -> Result<heapless::Vec<IdentityConfig, MAX_IDENTITIES>, ConfigError> {
@@ -1424,6 +1436,7 @@ fn validate_identities(
     Ok(out)
 }
 
+#[inline(never)]
 fn validate_network(raw: &RawNetwork) -> Result<NetworkConfig, ConfigError> {
     let p = |sub| FieldPath::nested("network", None, sub);
     let addr = raw
@@ -1479,6 +1492,7 @@ impl Config {
         Self::validate(&raw)
     }
 
+    #[inline(never)]
     fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         let tenant_id = guid(raw.tenant_id.as_ref(), FieldPath::top("tenant_id"))?;
         let issuer = match &raw.issuer {
