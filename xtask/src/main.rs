@@ -144,5 +144,14 @@ fn cmd_run(args: &[String]) -> Result {
         .arg(&config)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"));
-    status(c)
+    // Like the unikernel's QEMU: the daemon goes when this process is killed.
+    let mut child = c.spawn().map_err(|e| format!("{c:?}: {e}"))?;
+    let mut watchdog =
+        xtask::watchdog::Watchdog::guard_child(&mut child).map_err(|e| format!("watchdog: {e}"))?;
+    let s = child.wait();
+    watchdog.disarm();
+    match s.map_err(|e| format!("{c:?}: {e}"))? {
+        s if s.success() => Ok(()),
+        s => Err(format!("{c:?} failed: {s}")),
+    }
 }
