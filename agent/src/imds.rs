@@ -1031,10 +1031,15 @@ mod tests {
             body.starts_with(r#"{"access_token":"eyJ0.eyJ1-_x.c2ln","refresh_token":"","expires_in":"600","expires_on":"1000","#),
             "{body}"
         );
-        assert!(body.ends_with(r#""token_type":"Bearer","client_id":"11111111-1111-1111-1111-111111111111"}"#));
+        assert!(body.ends_with(
+            r#""token_type":"Bearer","client_id":"11111111-1111-1111-1111-111111111111"}"#
+        ));
         // An opaque token with characters JSON must escape goes through serde whole.
         let r = reply_for(b"a\"b\\c+/=");
         let body = core::str::from_utf8(&r.body).unwrap();
-        assert!(body.starts_with(r#"{"access_token":"a\"b\\c+/=","#), "{body}");
+        assert!(
+            body.starts_with(r#"{"access_token":"a\"b\\c+/=","#),
+            "{body}"
+        );
     }
 }
