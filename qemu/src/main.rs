@@ -24,6 +24,8 @@ mod boot;
 mod broker;
 #[cfg(target_os = "none")]
 mod exit_code;
+#[cfg(all(target_os = "none", feature = "rsa"))]
+mod heap;
 #[cfg(target_os = "none")]
 mod unikernel;
 

@@ -53,6 +53,8 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
         exit(exit_code::BAD_BOOT);
     }
     crash_test();
+    #[cfg(feature = "rsa")]
+    crate::heap::init();
 
     let mut entropy = Rdrand::new();
     let mut probe = [0u8; 8];
