@@ -51,7 +51,11 @@ impl DemoConfig {
     pub fn from_json(name: &str, json: Value) -> DemoConfig {
         let dir = target_dir().join("test-configs");
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}-{}.json", std::process::id()));
+        // Unique per call: tests of one process run in parallel threads and must not read
+        // each other's config.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{name}-{}-{seq}.json", std::process::id()));
         std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
         let mut system = None;
         let mut users = Vec::new();
