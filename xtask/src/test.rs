@@ -100,7 +100,7 @@ pub fn run(args: &[String]) -> Result {
 
     step("tests (unit, property, integration: daemon, SDK, unikernel)");
     let mut c = cargo();
-    c.args(["test", "--workspace"]);
+    c.args(["test", "--workspace", "--no-fail-fast"]);
     if quick {
         c.env("PROPTEST_CASES", "256");
     }
