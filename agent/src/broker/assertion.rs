@@ -62,10 +62,6 @@ pub fn es256<E: Entropy>(
     entropy: &mut E,
     out: &mut heapless::Vec<u8, ASSERTION_MAX>,
 ) -> Result<(), AssertionError> {
-    let mut rnd = [0u8; 18];
-    entropy.fill(&mut rnd).map_err(AssertionError::Entropy)?;
-    let mut jti: heapless::Vec<u8, 24> = heapless::Vec::new();
-    jose::b64url_append(&rnd, &mut jti).map_err(|_| AssertionError::TooLarge)?;
     let header = Header {
         alg: "ES256",
         typ: "JWT",
@@ -73,6 +69,29 @@ pub fn es256<E: Entropy>(
         x5t_s256,
         x5t: None,
     };
+    let mut h = [0u8; HEADER_MAX];
+    let mut c = [0u8; CLAIMS_MAX];
+    let (hl, cl) = encode(&header, client_id, token_url, now, entropy, &mut h, &mut c)?;
+    jose::sign_es256(key, &h[..hl], &c[..cl], out).map_err(|_| AssertionError::TooLarge)
+}
+
+const HEADER_MAX: usize = 320;
+const CLAIMS_MAX: usize = 768;
+
+/// The JSON of `header` and of the claims (fresh random `jti`), into `h` and `c`.
+fn encode<E: Entropy>(
+    header: &Header<'_>,
+    client_id: &str,
+    token_url: &str,
+    now: u64,
+    entropy: &mut E,
+    h: &mut [u8],
+    c: &mut [u8],
+) -> Result<(usize, usize), AssertionError> {
+    let mut rnd = [0u8; 18];
+    entropy.fill(&mut rnd).map_err(AssertionError::Entropy)?;
+    let mut jti: heapless::Vec<u8, 24> = heapless::Vec::new();
+    jose::b64url_append(&rnd, &mut jti).map_err(|_| AssertionError::TooLarge)?;
     let claims = Claims {
         aud: token_url,
         iss: client_id,
@@ -82,11 +101,9 @@ pub fn es256<E: Entropy>(
         nbf: now,
         exp: now + ASSERTION_LIFETIME_S,
     };
-    let mut h = [0u8; 256];
-    let hl = serde_json_core::to_slice(&header, &mut h).map_err(|_| AssertionError::TooLarge)?;
-    let mut c = [0u8; 768];
-    let cl = serde_json_core::to_slice(&claims, &mut c).map_err(|_| AssertionError::TooLarge)?;
-    jose::sign_es256(key, &h[..hl], &c[..cl], out).map_err(|_| AssertionError::TooLarge)
+    let hl = serde_json_core::to_slice(header, h).map_err(|_| AssertionError::TooLarge)?;
+    let cl = serde_json_core::to_slice(&claims, c).map_err(|_| AssertionError::TooLarge)?;
+    Ok((hl, cl))
 }
 
 /// Sign a client assertion with `cred` (ES256, or PS256 / RS256 with the `rsa` feature).
@@ -124,10 +141,6 @@ fn rsa_sign<E: Entropy>(
 ) -> Result<(), AssertionError> {
     use crate::broker::credential::Alg;
     use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
-    let mut rnd = [0u8; 18];
-    entropy.fill(&mut rnd).map_err(AssertionError::Entropy)?;
-    let mut jti: heapless::Vec<u8, 24> = heapless::Vec::new();
-    jose::b64url_append(&rnd, &mut jti).map_err(|_| AssertionError::TooLarge)?;
     let cert = cred.cert.as_ref();
     let header = Header {
         alg: cred.alg.name(),
@@ -138,19 +151,9 @@ fn rsa_sign<E: Entropy>(
             .filter(|_| cred.alg == Alg::Rs256)
             .map(|c| c.sha1.as_str()),
     };
-    let claims = Claims {
-        aud: token_url,
-        iss: client_id,
-        sub: client_id,
-        jti: core::str::from_utf8(&jti).unwrap_or(""),
-        iat: now,
-        nbf: now,
-        exp: now + ASSERTION_LIFETIME_S,
-    };
-    let mut h = [0u8; 320];
-    let hl = serde_json_core::to_slice(&header, &mut h).map_err(|_| AssertionError::TooLarge)?;
-    let mut c = [0u8; 768];
-    let cl = serde_json_core::to_slice(&claims, &mut c).map_err(|_| AssertionError::TooLarge)?;
+    let mut h = [0u8; HEADER_MAX];
+    let mut c = [0u8; CLAIMS_MAX];
+    let (hl, cl) = encode(&header, client_id, token_url, now, entropy, &mut h, &mut c)?;
     out.clear();
     jose::b64url_append(&h[..hl], out).map_err(|_| AssertionError::TooLarge)?;
     out.push(b'.').map_err(|_| AssertionError::TooLarge)?;
