@@ -61,13 +61,28 @@ pub struct AuthorityConfig {
     pub port: u16,
     /// Path (and query) from `token_url`.
     pub path: heapless::String<URL_MAX>,
-    /// The only trust anchor: a CA certificate (DER).
-    pub ca_der: heapless::Vec<u8, CA_DER_MAX>,
+    /// The only trust anchor: a CA certificate or a pin of the server's key.
+    pub trust: Trust,
     pub style: Style,
     /// Fixed address to connect to (no DNS).
     pub address: Option<SocketAddr>,
     /// Budget of one fetch, all attempts included (`timeout_s`).
     pub timeout_us: u64,
+}
+
+/// How the authority's TLS certificate is trusted.
+// The core has no heap to box the CA in; there is one of these per config.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// `ca_cert`: the server's chain must lead to this CA certificate (DER), and its
+    /// certificate must name the host of `token_url`.
+    Ca(heapless::Vec<u8, CA_DER_MAX>),
+    /// `spki_sha256`: the SHA-256 of the server certificate's DER `SubjectPublicKeyInfo`
+    /// (RFC 7469's pin, curl's `--pinnedpubkey sha256//…`). The pinned key is the anchor: the
+    /// server must prove it holds it (TLS `CertificateVerify`); chain, name and dates of the
+    /// certificate around it are not consulted.
+    SpkiSha256([u8; 32]),
 }
 
 /// Where the host daemon listens.
@@ -729,6 +744,33 @@ fn socket_addr(v: &str, path: FieldPath) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// `spki_sha256`: 32 bytes from base64 (as `openssl dgst -sha256 -binary | base64` prints
+/// them) or hex, with or without curl's `sha256//` prefix.
+fn spki_pin(v: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    let v = v.trim();
+    let v = v.strip_prefix("sha256//").unwrap_or(v);
+    let mut pin = [0u8; 32];
+    if v.len() == 64 {
+        if !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        for (byte, pair) in pin.iter_mut().zip(v.as_bytes().chunks(2)) {
+            let hex = core::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(hex, 16).ok()?;
+        }
+        return Some(pin);
+    }
+    let mut buf = [0u8; 33];
+    match base64::engine::general_purpose::STANDARD.decode_slice(v, &mut buf) {
+        Ok(32) => {
+            pin.copy_from_slice(&buf[..32]);
+            Some(pin)
+        }
+        _ => None,
+    }
+}
+
 /// Decode a PKCS#8 PEM P-256 private key.
 pub fn parse_signing_key(pem: &str) -> Result<p256::ecdsa::SigningKey, &'static str> {
     let mut der = [0u8; PEM_MAX];
@@ -1238,8 +1280,8 @@ fn validate_authority(raw: &RawAuthority) -> Result<AuthorityConfig, ConfigError
     {
         return Err(bad_url());
     }
-    let ca_der = match (&raw.ca_cert, &raw.spki_sha256) {
-        (Some(Ok(der)), None) => der.clone(),
+    let trust = match (&raw.ca_cert, &raw.spki_sha256) {
+        (Some(Ok(der)), None) => Trust::Ca(der.clone()),
         (Some(Err(why)), _) => {
             return Err(ConfigError::Invalid {
                 field: p("ca_cert"),
@@ -1252,12 +1294,11 @@ fn validate_authority(raw: &RawAuthority) -> Result<AuthorityConfig, ConfigError
                 why: "give either ca_cert or spki_sha256, not both",
             })
         }
-        (None, Some(_)) => {
-            return Err(ConfigError::Invalid {
-                field: p("spki_sha256"),
-                why: "public-key pinning is not supported yet; give the CA as ca_cert",
-            })
-        }
+        (None, Some(pin)) => Trust::SpkiSha256(spki_pin(pin).ok_or(ConfigError::Invalid {
+            field: p("spki_sha256"),
+            why: "must be the SHA-256 of the server's public key (DER SubjectPublicKeyInfo): \
+                  44 base64 characters or 64 hex digits, optionally after \"sha256//\"",
+        })?),
         (None, None) => return Err(ConfigError::Missing(p("ca_cert"))),
     };
     let style = match raw.style.as_deref() {
@@ -1289,7 +1330,7 @@ fn validate_authority(raw: &RawAuthority) -> Result<AuthorityConfig, ConfigError
         host: heapless::String::try_from(host).map_err(|_| bad_url())?,
         port,
         path: heapless::String::try_from(path).map_err(|_| bad_url())?,
-        ca_der,
+        trust,
         style,
         address,
     })
@@ -1699,6 +1740,27 @@ pub(crate) mod tests {
         );
         let d = doc("", SYS).replace("MIGHAgEA", "MIGHAgEB");
         assert!(err(&d).starts_with("config: field `signing_key`"));
+    }
+
+    #[test]
+    fn spki_pins_in_base64_or_hex() {
+        // SHA-256 of "abc", both spellings.
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let b64 = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
+        let want = spki_pin(hex).unwrap();
+        assert_eq!(want[..2], [0xba, 0x78]);
+        assert_eq!(spki_pin(b64), Some(want));
+        assert_eq!(spki_pin(&std::format!("sha256//{b64}")), Some(want));
+        assert_eq!(spki_pin(&hex.to_uppercase()), Some(want));
+        for bad in [
+            "",
+            "abc",
+            &hex[..62],
+            &b64[..40],
+            "+a7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ] {
+            assert_eq!(spki_pin(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub const TLS_WRITE_BUF: usize = 4096;
 pub const UPSTREAM_PIPE_BUF: usize = 4096;
 /// Largest CA certificate (DER) accepted as the trust anchor.
 pub const CA_DER_MAX: usize = 2048;
+/// Largest server public key (DER `SubjectPublicKeyInfo`) kept for a pinned authority between
+/// its `Certificate` and `CertificateVerify` messages (RSA 4096: 550 bytes).
+pub const SPKI_MAX: usize = 600;
 /// Connecting to the authority (TCP) must succeed within this time.
 pub const FETCH_CONNECT_TIMEOUT_US: u64 = 3_000_000;
 /// One whole fetch (connect, TLS, request, answer) must finish within this time.

@@ -1040,8 +1040,17 @@ mod tests {
         /// Broker mode against [`FakeAuthority`] at `authority.test:443`; `address`: the
         /// config's `authority.address` (else the name is resolved by DNS).
         fn broker(address: Option<&str>, extra: &str) -> Rig {
+            Rig::broker_trusting(|pki| json_field("ca_cert", &pki.ca_pem), address, extra)
+        }
+
+        /// [`Rig::broker`] with the `authority` trust field(s) `trust` makes of the PKI.
+        fn broker_trusting(
+            trust: impl FnOnce(&FakePki) -> String,
+            address: Option<&str>,
+            extra: &str,
+        ) -> Rig {
             let pki = FakePki::new();
-            let doc = broker_doc(&pki.ca_pem, address, extra);
+            let doc = broker_doc(&trust(&pki), address, extra);
             let mut rig = Rig::with_config(&doc);
             rig.authority = Some(FakeAuthority::new(&mut rig.client_sockets, pki));
             rig
@@ -1185,6 +1194,8 @@ mod tests {
         ca_pem: String,
         chain: Vec<rustls::pki_types::CertificateDer<'static>>,
         key_der: Vec<u8>,
+        /// The leaf key's DER `SubjectPublicKeyInfo`, as rcgen encodes it.
+        spki_der: Vec<u8>,
     }
 
     impl FakePki {
@@ -1218,21 +1229,26 @@ mod tests {
                 ca_pem: ca.pem(),
                 chain: std::vec![leaf.der().clone()],
                 key_der: key.serialize_der(),
+                spki_der: key.public_key_der(),
             }
         }
     }
 
     /// A broker-mode config: the system identity with the test key, the authority at
     /// `https://authority.test/tenant/oauth2/token`.
-    fn broker_doc(ca_pem: &str, address: Option<&str>, extra: &str) -> String {
-        let ca = ca_pem.replace('\n', "\\n");
+    fn broker_doc(trust: &str, address: Option<&str>, extra: &str) -> String {
         let address = address
             .map(|a| std::format!(r#","address":"{a}""#))
             .unwrap_or_default();
         let key = crate::config::tests::TEST_KEY_PEM;
         std::format!(
-            r#"{{"tenant_id":"72f988bf-86f1-41af-91ab-2d7cd011db47",{STATIC_NET}{extra}"authority":{{"token_url":"https://{AUTHORITY_HOST}/tenant/oauth2/token","ca_cert":"{ca}","timeout_s":20{address}}},"identities":[{{"kind":"system","client_id":"11111111-1111-1111-1111-111111111111","object_id":"21111111-1111-1111-1111-111111111111","resource_id":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm","key":"{key}"}}]}}"#
+            r#"{{"tenant_id":"72f988bf-86f1-41af-91ab-2d7cd011db47",{STATIC_NET}{extra}"authority":{{"token_url":"https://{AUTHORITY_HOST}/tenant/oauth2/token",{trust},"timeout_s":20{address}}},"identities":[{{"kind":"system","client_id":"11111111-1111-1111-1111-111111111111","object_id":"21111111-1111-1111-1111-111111111111","resource_id":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm","key":"{key}"}}]}}"#
         )
+    }
+
+    /// `"name":"value"` with the value's newlines escaped.
+    fn json_field(name: &str, value: &str) -> String {
+        std::format!(r#""{name}":"{}""#, value.replace('\n', "\\n"))
     }
 
     /// One TLS session of [`FakeAuthority`].
@@ -1581,6 +1597,47 @@ mod tests {
             rig.step(10_000);
         }
         assert!(rig.pipes.iter().all(|p| p.state() == PipeState::Idle));
+    }
+
+    #[test]
+    fn spki_of_a_certificate_is_the_key_it_was_made_for() {
+        let pki = FakePki::new();
+        let spki = crate::broker::pin::certificate_spki(&pki.chain[0]).unwrap();
+        assert_eq!(spki, &pki.spki_der[..]);
+        assert!(crate::broker::pin::certificate_spki(&pki.chain[0][..40]).is_err());
+        assert!(crate::broker::pin::certificate_spki(b"").is_err());
+    }
+
+    #[test]
+    fn pinned_public_key_is_trusted_and_a_wrong_pin_is_not() {
+        use sha2::Digest as _;
+        // Hex here; config's tests cover the base64 and `sha256//` spellings.
+        let pin = |spki: &[u8]| {
+            sha2::Sha256::digest(spki)
+                .iter()
+                .map(|b| std::format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let mut rig = Rig::broker_trusting(
+            |pki| json_field("spki_sha256", &pin(&pki.spki_der)),
+            Some("10.0.2.100:443"),
+            "",
+        );
+        let answer = rig.token(MGMT, 30);
+        assert_eq!(status(&answer), "200", "{answer}\nlog:\n{}", rig.log);
+        assert_eq!(rig.authority.as_ref().unwrap().requests.len(), 1);
+
+        // A pin of another key is refused before anything is sent.
+        let other = rcgen::KeyPair::generate().unwrap().public_key_der();
+        let mut rig = Rig::broker_trusting(
+            |_| json_field("spki_sha256", &pin(&other)),
+            Some("10.0.2.100:443"),
+            "",
+        );
+        let answer = rig.token(MGMT, 30);
+        assert_eq!(status(&answer), "500", "{answer}\nlog:\n{}", rig.log);
+        assert!(rig.log.contains("InvalidCertificate"), "{}", rig.log);
+        assert!(rig.authority.as_ref().unwrap().requests.is_empty());
     }
 
     #[test]

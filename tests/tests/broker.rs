@@ -34,7 +34,12 @@ fn agent_key() -> ClientKey {
     agent_key_alg(Alg::ES256)
 }
 
-fn rig_with(style: Style, cert: ServerCert, ttl: u64, edit: impl FnOnce(&mut Value)) -> Rig {
+fn rig_with(
+    style: Style,
+    cert: ServerCert,
+    ttl: u64,
+    edit: impl FnOnce(&mut Value, &Authority),
+) -> Rig {
     let mut json = xtask::config::demo("127.0.0.1:0", Some("127.0.0.1:0"));
     let mut clients = Vec::new();
     for id in json["identities"].as_array_mut().unwrap() {
@@ -55,7 +60,7 @@ fn rig_with(style: Style, cert: ServerCert, ttl: u64, edit: impl FnOnce(&mut Val
         "address": authority.https.to_string(),
         "timeout_s": 30,
     });
-    edit(&mut json);
+    edit(&mut json, &authority);
     let cfg = DemoConfig::from_json("broker", json);
     let daemon = Daemon::start(&cfg);
     Rig {
@@ -66,7 +71,7 @@ fn rig_with(style: Style, cert: ServerCert, ttl: u64, edit: impl FnOnce(&mut Val
 }
 
 fn rig(style: Style) -> Rig {
-    rig_with(style, ServerCert::Valid, 3600, |_| {})
+    rig_with(style, ServerCert::Valid, 3600, |_, _| {})
 }
 
 fn token(r: &Rig, resource: &str, extra: &str) -> Response {
@@ -249,7 +254,7 @@ fn authority_down_is_503_and_a_cached_token_is_still_served() {
 
 #[test]
 fn a_slow_authority_times_out_with_503() {
-    let r = rig_with(Style::V1, ServerCert::Valid, 3600, |j| {
+    let r = rig_with(Style::V1, ServerCert::Valid, 3600, |j, _| {
         j["authority"]["timeout_s"] = 4.into()
     });
     r.authority.set_fault(Fault::Delay(Duration::from_secs(30)));
@@ -266,7 +271,7 @@ fn a_slow_authority_times_out_with_503() {
 #[test]
 fn untrusted_certificate_or_wrong_name_fail_the_handshake() {
     for cert in [ServerCert::OtherCa, ServerCert::WrongName] {
-        let r = rig_with(Style::V1, cert, 3600, |_| {});
+        let r = rig_with(Style::V1, cert, 3600, |_, _| {});
         let resp = token(&r, MGMT, "");
         assert_imds_error(&resp, 500, "server_error");
         assert!(resp.json()["error_description"]
@@ -284,6 +289,42 @@ fn untrusted_certificate_or_wrong_name_fail_the_handshake() {
             r.daemon.log_text()
         );
     }
+}
+
+#[test]
+fn a_pinned_server_key_is_trusted_and_another_key_is_refused() {
+    let pin_of = |pick: fn(&Authority) -> String| {
+        move |j: &mut Value, a: &Authority| {
+            let authority = j["authority"].as_object_mut().unwrap();
+            authority.remove("ca_cert");
+            authority.insert("spki_sha256".into(), pick(a).into());
+        }
+    };
+    // The pin replaces ca_cert: the server's own key is trusted.
+    let r = rig_with(
+        Style::V1,
+        ServerCert::Valid,
+        3600,
+        pin_of(|a| a.pki.server.spki_sha256.clone()),
+    );
+    let sys = r.cfg.system.clone().unwrap();
+    assert_brokered(&r, &token(&r, MGMT, ""), MGMT, &sys.client_id);
+    // Any other key is refused in the handshake: nothing reaches the server.
+    let r = rig_with(
+        Style::V1,
+        ServerCert::Valid,
+        3600,
+        pin_of(|a| a.pki.other_key_spki_sha256.clone()),
+    );
+    let resp = token(&r, MGMT, "");
+    assert_imds_error(&resp, 500, "server_error");
+    assert!(r.authority.requests().is_empty());
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        r.daemon.log_text().contains("TLS: InvalidCertificate"),
+        "{}",
+        r.daemon.log_text()
+    );
 }
 
 #[test]
@@ -343,7 +384,7 @@ fn transient_5xx_and_429_are_retried() {
 fn tokens_are_renewed_ahead_in_the_background() {
     // 500 s tokens with the default 300 s margin: inside 2 × margin, so every serve past the
     // minimum refresh interval starts a background renewal; clients never wait for it.
-    let r = rig_with(Style::V1, ServerCert::Valid, 500, |j| {
+    let r = rig_with(Style::V1, ServerCert::Valid, 500, |j, _| {
         j["refresh_margin_s"] = 300.into()
     });
     let first = token(&r, MGMT, "").json();
@@ -403,7 +444,7 @@ fn rsa_server_certificate_and_ps256_rs256_assertions() {
         "address": authority.https.to_string(),
         "timeout_s": 20,
     });
-    let cfg = DemoConfig::from_json("broker-rsa", json);
+    let cfg = DemoConfig::from_json("broker-rsa", json.clone());
     let daemon = Daemon::start(&cfg);
     let r = Rig {
         authority,
@@ -431,4 +472,19 @@ fn rsa_server_certificate_and_ps256_rs256_assertions() {
         reqs[1]["assertion"]["header"]["x5t#S256"],
         rs.x5t_s256.clone().unwrap().as_str()
     );
+
+    // The RSA server key pinned instead of the CA (its CertificateVerify is RSA-PSS).
+    let authority = json["authority"].as_object_mut().unwrap();
+    authority.remove("ca_cert");
+    authority.insert(
+        "spki_sha256".into(),
+        r.authority.pki.server.spki_sha256.clone().into(),
+    );
+    let cfg = DemoConfig::from_json("broker-rsa-pin", json);
+    let pinned = Rig {
+        daemon: Daemon::start(&cfg),
+        cfg,
+        ..r
+    };
+    assert_brokered(&pinned, &token(&pinned, VAULT, ""), VAULT, &sys.client_id);
 }

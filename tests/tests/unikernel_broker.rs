@@ -1,12 +1,14 @@
 //! Broker mode in the unikernel: the image built with the `broker` feature, under QEMU with user
 //! networking, fetches tokens from a real OAuth2 authority (node oidc-provider over TLS 1.3 on
-//! the host's loopback, reached from the guest at `10.0.2.2`), caches and serves them; a wrong
-//! CA is a 500, an authority that is gone a 503. Name resolution through slirp's DNS forwarder
+//! the host's loopback, reached from the guest at `10.0.2.2`), caches and serves them, and
+//! answers every failure of the authority as the daemon does: a wrong CA or name is a 500 (a
+//! pinned key is trusted instead), refusals and malformed answers 500, 5xx/429 are retried,
+//! a slow or gone authority is a 503 — while cached tokens are still served. Name resolution through slirp's DNS forwarder
 //! is covered with a DNS server of the test's own (QEMU runs in a private mount namespace whose
 //! `/etc/resolv.conf` points slirp at it). An image without the feature refuses a broker config.
 
 use imds_tests::authority::{
-    Alg, Authority, AuthorityOpts, ClientKey, ClientSpec, ServerCert, Style,
+    Alg, Authority, AuthorityOpts, ClientKey, ClientSpec, Fault, ServerCert, Style,
 };
 use imds_tests::{get, token_target, DemoConfig, Response};
 use serde_json::{json, Value};
@@ -252,6 +254,97 @@ fn a_certificate_from_another_ca_is_500_and_no_request_reaches_it() {
         "no request may reach an unverified server"
     );
     wait_log(&mut r, "TLS: InvalidCertificate");
+}
+
+#[test]
+fn a_wrong_name_is_500_and_a_pinned_key_is_trusted_instead_of_a_ca() {
+    let mut r = rig_with(Style::V1, ServerCert::WrongName, "localhost", |_| {});
+    assert_imds_error(&r.guest, &token(&r, MGMT, ""), 500, "server_error");
+    assert!(r.authority.requests().is_empty());
+    wait_log(&mut r, "TLS: InvalidCertificate");
+
+    // `spki_sha256` instead of `ca_cert`: the server's own key is the anchor.
+    let (authority, mut json) = broker_config(Style::V1, ServerCert::Valid, "localhost");
+    let a = json["authority"].as_object_mut().unwrap();
+    a.remove("ca_cert");
+    a.insert(
+        "spki_sha256".into(),
+        authority.pki.server.spki_sha256.clone().into(),
+    );
+    let cfg = DemoConfig::from_json("unikernel-broker-pin", json);
+    let (guest, imds) = boot(&cfg, |c| c);
+    let r = Rig {
+        authority,
+        guest,
+        imds,
+        cfg,
+    };
+    let sys = r.cfg.system.clone().unwrap();
+    assert_brokered(&r, &token(&r, MGMT, ""), MGMT, &sys.client_id);
+}
+
+#[test]
+fn every_failure_of_the_authority_is_answered_in_the_guest() {
+    let mut r = rig_with(Style::V1, ServerCert::Valid, "localhost", |j| {
+        j["authority"]["timeout_s"] = 4.into()
+    });
+    let sys = r.cfg.system.clone().unwrap();
+    let resource = |n: u32| format!("https://failure-{n}.example/");
+
+    // A token fetched before the trouble starts.
+    assert_brokered(&r, &token(&r, MGMT, ""), MGMT, &sys.client_id);
+
+    // 4xx (invalid_client): not retried, 500, the upstream's error text on the console.
+    r.authority.clear_requests();
+    r.authority.set_fault(Fault::InvalidClient);
+    assert_imds_error(&r.guest, &token(&r, &resource(1), ""), 500, "server_error");
+    assert_eq!(r.authority.requests().len(), 1, "4xx is not retried");
+    wait_log(&mut r, "invalid_client");
+
+    // Malformed JSON: 500.
+    r.authority.set_fault(Fault::Malformed);
+    assert_imds_error(&r.guest, &token(&r, &resource(2), ""), 500, "server_error");
+
+    // One 503, one 429 with Retry-After: retried, the client gets its token.
+    r.authority.set_fault_times(Fault::Status(503), 1);
+    let res = resource(3);
+    assert_brokered(&r, &token(&r, &res, ""), &res, &sys.client_id);
+    r.authority
+        .set_fault_times(Fault::TooMany { retry_after: 1 }, 1);
+    let t = Instant::now();
+    let res = resource(4);
+    assert_brokered(&r, &token(&r, &res, ""), &res, &sys.client_id);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "Retry-After honoured: {:?}",
+        t.elapsed()
+    );
+
+    // A persistent 500: 503 with Retry-After once the attempts are spent.
+    r.authority.set_fault(Fault::Status(500));
+    assert_imds_error(
+        &r.guest,
+        &token(&r, &resource(5), ""),
+        503,
+        "service_unavailable",
+    );
+
+    // Too slow: 503 within the fetch budget (timeout_s = 4).
+    r.authority.set_fault(Fault::Delay(Duration::from_secs(30)));
+    let t = Instant::now();
+    assert_imds_error(
+        &r.guest,
+        &token(&r, &resource(6), ""),
+        503,
+        "service_unavailable",
+    );
+    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
+
+    // Through all of it the known token is served from the cache.
+    assert_eq!(token(&r, MGMT, "").status, 200);
+    r.authority.set_fault(Fault::None);
+    let out = r.guest.output();
+    assert!(!out.contains("eyJ"), "no JWT on the console:\n{out}");
 }
 
 #[test]

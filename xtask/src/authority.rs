@@ -400,6 +400,14 @@ fn rcgen_key(pkcs8_pem: &str, rsa: bool) -> rcgen::KeyPair {
     }
 }
 
+/// base64(SHA-256(DER SubjectPublicKeyInfo)), as
+/// `openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64` prints it.
+fn spki_pin(spki_der: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki_der))
+}
+
 fn dn(cn: &str) -> rcgen::DistinguishedName {
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, cn);
@@ -440,6 +448,9 @@ pub struct CertKey {
     pub cert_pem: String,
     pub key_pem: String,
     pub cert_der: Vec<u8>,
+    /// The `authority.spki_sha256` pin of its key: base64 of the SHA-256 of the DER
+    /// `SubjectPublicKeyInfo`.
+    pub spki_sha256: String,
 }
 
 /// A throw-away PKI: a CA, a server certificate for [`SERVER_NAMES`], a certificate from the same
@@ -457,6 +468,8 @@ pub struct Pki {
     pub other_ca_pem: String,
     /// For [`SERVER_NAMES`], signed by the other CA.
     pub other_ca_server: CertKey,
+    /// The `spki_sha256` pin of a key the authority does not have.
+    pub other_key_spki_sha256: String,
 }
 
 struct Ca {
@@ -503,6 +516,7 @@ impl Ca {
             cert_pem: cert.pem(),
             key_pem: key_pem.to_string(),
             cert_der: cert.der().to_vec(),
+            spki_sha256: spki_pin(&kp.public_key_der()),
         }
     }
 }
@@ -526,6 +540,7 @@ impl Pki {
             wrong_name: ca.issue(&["wrong.example"], &key_pem, rsa),
             other_ca_pem: other.cert.pem(),
             other_ca_server: other.issue(&SERVER_NAMES, &key_pem, rsa),
+            other_key_spki_sha256: spki_pin(&other.key.public_key_der()),
         }
     }
 }

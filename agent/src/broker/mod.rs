@@ -14,6 +14,7 @@
 
 pub mod assertion;
 pub mod credential;
+pub mod pin;
 pub mod pipe;
 pub mod task;
 pub mod upstream;

@@ -8,10 +8,11 @@
 //! Drivers poll the future with a no-op waker on every loop turn (the pipe and the clock are
 //! the only things it waits on), so no executor and no allocation are needed.
 
+use super::pin::PinVerifier;
 use super::pipe::{Pipe, PipeIo, PipeState, Target};
 use super::upstream::{self, ResponseError, TokenAnswer, TokenAnswerError};
 use super::{assertion, Failure};
-use crate::config::{AuthorityConfig, Credential};
+use crate::config::{AuthorityConfig, Credential, Trust};
 use crate::imds::Agent;
 use crate::limits::{
     FETCH_ATTEMPTS, FETCH_ATTEMPT_TIMEOUT_US, FETCH_CONNECT_TIMEOUT_US, RESOURCE_MAX, TLS_READ_BUF,
@@ -24,8 +25,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::Poll;
 use embedded_tls::pki::CertVerifier;
 use embedded_tls::{
-    Aes128GcmSha256, Certificate, CryptoProvider, TlsClock, TlsConfig, TlsConnection, TlsContext,
-    TlsError, TlsVerifier,
+    Aes128GcmSha256, Certificate, CertificateRef, CertificateVerifyRef, CryptoProvider,
+    TlsCipherSuite, TlsClock, TlsConfig, TlsConnection, TlsContext, TlsError, TlsVerifier,
 };
 use imds_hal::{Clock, Entropy};
 
@@ -81,9 +82,44 @@ impl<E: Entropy> rand_core::RngCore for Rng<'_, E> {
 
 impl<E: Entropy> rand_core::CryptoRng for Rng<'_, E> {}
 
+/// The configured trust anchor (`ca_cert` or `spki_sha256`) as a TLS verifier.
+// No heap to box the larger one in; one lives per in-flight handshake.
+#[allow(clippy::large_enum_variant)]
+enum Verifier<'a> {
+    Ca(CertVerifier<'a, Aes128GcmSha256, CertClock, CERT_CHAIN_MAX>),
+    Pin(PinVerifier),
+}
+
+impl TlsVerifier<Aes128GcmSha256> for Verifier<'_> {
+    fn set_hostname_verification(&mut self, hostname: &str) -> Result<(), TlsError> {
+        match self {
+            Verifier::Ca(v) => v.set_hostname_verification(hostname),
+            Verifier::Pin(v) => v.set_hostname_verification(hostname),
+        }
+    }
+
+    fn verify_certificate(
+        &mut self,
+        transcript: &<Aes128GcmSha256 as TlsCipherSuite>::Hash,
+        cert: CertificateRef,
+    ) -> Result<(), TlsError> {
+        match self {
+            Verifier::Ca(v) => v.verify_certificate(transcript, cert),
+            Verifier::Pin(v) => v.verify_certificate(transcript, cert),
+        }
+    }
+
+    fn verify_signature(&mut self, verify: CertificateVerifyRef) -> Result<(), TlsError> {
+        match self {
+            Verifier::Ca(v) => v.verify_signature(verify),
+            Verifier::Pin(v) => v.verify_signature(verify),
+        }
+    }
+}
+
 struct Provider<'a, E: Entropy> {
     rng: Rng<'a, E>,
-    verifier: CertVerifier<'a, Aes128GcmSha256, CertClock, CERT_CHAIN_MAX>,
+    verifier: Verifier<'a>,
 }
 
 impl<E: Entropy> CryptoProvider for Provider<'_, E> {
@@ -306,7 +342,10 @@ async fn attempt<C: Clock, E: Entropy>(
             entropy,
             failed: &failed,
         },
-        verifier: CertVerifier::new(Certificate::X509(&authority.ca_der[..])),
+        verifier: match &authority.trust {
+            Trust::Ca(der) => Verifier::Ca(CertVerifier::new(Certificate::X509(&der[..]))),
+            Trust::SpkiSha256(pin) => Verifier::Pin(PinVerifier::new(*pin)),
+        },
     };
     tls.open(TlsContext::new(&config, provider))
         .await
