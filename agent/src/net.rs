@@ -10,8 +10,9 @@
 //!   `169.254.169.254/32`, so that clients on the link reach the agent at the IMDS address.
 //! * Sockets: smoltcp has no listen backlog, so concurrency is [`LISTEN_SOCKETS`] listening
 //!   sockets on port 80; each is listening again as soon as its connection ends (our FIN
-//!   acknowledged). When fewer than [`SPARE_LISTENERS`] are free, the longest-idle keep-alive
-//!   connection is closed to make room.
+//!   acknowledged). When fewer than [`SPARE_LISTENERS`] are free, the connection that has
+//!   waited longest without a complete request (idle keep-alive, or a slow request head) is
+//!   closed to make room.
 //! * Timeouts: a connection idle for [`crate::limits::IDLE_TIMEOUT_US`] (or whose request head
 //!   does not complete in time) is reset; a closing socket gets [`CLOSE_LINGER_US`].
 //! * Slirp (QEMU user networking) drops the first SYN towards a guest whose MAC it has not
@@ -665,16 +666,19 @@ impl<'a> Net<'a> {
         }
     }
 
-    /// (Almost) every socket is busy: close the keep-alive connection idle the longest, so that
-    /// a new client is not refused while an old one merely holds its connection open.
+    /// (Almost) every socket is busy: close the connection that has waited longest without
+    /// giving the agent a request (an idle keep-alive connection, or a request head that does
+    /// not complete: [`Connection::evictable_since`]), so that a new client is not refused
+    /// while old or slow ones merely hold their sockets.
     fn make_room(&mut self, agent: &mut Agent, now_us: u64) {
         let victim = self
             .slots
             .iter()
             .zip(self.conns.iter())
             .enumerate()
-            .filter(|(_, (s, c))| matches!(s.state, SlotState::Active { .. }) && c.is_idle())
-            .min_by_key(|(_, (_, c))| c.last_activity_us())
+            .filter(|(_, (s, _))| matches!(s.state, SlotState::Active { .. }))
+            .filter_map(|(i, (_, c))| c.evictable_since().map(|t| (i, t)))
+            .min_by_key(|&(_, t)| t)
             .map(|(i, _)| i);
         if let Some(i) = victim {
             self.conns[i].abandon(agent);
@@ -1565,6 +1569,38 @@ mod tests {
     }
 
     const MGMT: &str = "https://management.azure.com/";
+
+    #[test]
+    fn full_pool_closes_slow_request_heads_before_a_busy_keep_alive_client() {
+        let mut rig = Rig::new();
+        let client = rig.connect(IMDS_ADDRESS);
+        let mut slow = Vec::new();
+        // Slowloris: more senders than sockets, each trickling its request head a byte at a
+        // time, while a real client asks for a token between each new sender.
+        for _ in 0..LISTEN_SOCKETS + 4 {
+            let h = rig.connect(IMDS_ADDRESS);
+            rig.socket(h)
+                .send_slice(b"GET /metadata/identity/oauth2")
+                .unwrap();
+            slow.push(h);
+            for &h in &slow {
+                if rig.socket(h).may_send() {
+                    rig.socket(h).send_slice(b"/").unwrap();
+                }
+            }
+            rig.step(1_000);
+            let answer = rig.exchange(client, &std::format!("{TOKEN_REQUEST}\r\n"));
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        for _ in 0..10 {
+            rig.step(1_000);
+        }
+        // The oldest heads were closed; the client that completes its requests never was.
+        assert!(!rig.socket(slow[0]).may_recv());
+        assert!(rig.socket(slow[slow.len() - 1]).may_recv());
+        let answer = rig.exchange(client, &std::format!("{TOKEN_REQUEST}\r\n"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 
     fn status(answer: &str) -> &str {
         answer.get(9..12).unwrap_or("")

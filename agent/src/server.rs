@@ -327,9 +327,20 @@ impl Connection {
                 .is_some_and(|t| now_us.saturating_sub(t) > HEAD_DEADLINE_US)
     }
 
-    /// Whether the connection is between requests with nothing buffered (safe to close first
-    /// when the pool is full).
-    pub fn is_idle(&self) -> bool {
-        self.parked_since_us.is_none() && self.rx_filled == 0 && self.tx_sent >= self.tx.len()
+    /// When the pool is full, which connection to close first: the one with the oldest
+    /// figure. A keep-alive connection between requests counts from its last activity; one
+    /// whose request head is still incomplete counts from the head's first byte — so a
+    /// slowloris sender that trickles a byte now and then is older than any real client (whose
+    /// head arrives in one go) and goes first. `None` while the connection works for its
+    /// client (a parked request, an answer being sent): never closed to make room.
+    pub fn evictable_since(&self) -> Option<u64> {
+        if self.parked_since_us.is_some() || self.tx_sent < self.tx.len() || self.close_after_tx {
+            return None;
+        }
+        if self.rx_filled == 0 {
+            Some(self.last_activity_us)
+        } else {
+            self.head_started_us.or(Some(self.last_activity_us))
+        }
     }
 }

@@ -423,7 +423,9 @@ fn close(
     }
 }
 
-/// Pool full: close the connection that has been idle longest. False if none is idle.
+/// Pool full: close the connection that has waited longest without a complete request
+/// (idle keep-alive or a slow request head: `Connection::evictable_since`). False if every
+/// connection is busy for its client.
 fn evict_idlest(
     conns: &mut [Option<Conn>],
     free: &mut Vec<usize>,
@@ -436,8 +438,8 @@ fn evict_idlest(
         .enumerate()
         .filter_map(|(i, c)| {
             c.as_ref()
-                .filter(|c| c.state.is_idle())
-                .map(|c| (i, c.state.last_activity_us()))
+                .and_then(|c| c.state.evictable_since())
+                .map(|t| (i, t))
         })
         .min_by_key(|&(_, t)| t)
         .map(|(i, _)| i);
