@@ -668,7 +668,7 @@ impl<'a> Net<'a> {
 
     /// (Almost) every socket is busy: close the connection that has waited longest without
     /// giving the agent a request (an idle keep-alive connection, or a request head that does
-    /// not complete: [`Connection::evictable_since`]), so that a new client is not refused
+    /// not complete: [`Connection::eviction_key`]), so that a new client is not refused
     /// while old or slow ones merely hold their sockets.
     fn make_room(&mut self, agent: &mut Agent, now_us: u64) {
         let victim = self
@@ -677,8 +677,8 @@ impl<'a> Net<'a> {
             .zip(self.conns.iter())
             .enumerate()
             .filter(|(_, (s, _))| matches!(s.state, SlotState::Active { .. }))
-            .filter_map(|(i, (_, c))| c.evictable_since().map(|t| (i, t)))
-            .min_by_key(|&(_, t)| t)
+            .filter_map(|(i, (_, c))| c.eviction_key().map(|k| (i, k)))
+            .min_by_key(|&(_, k)| k)
             .map(|(i, _)| i);
         if let Some(i) = victim {
             self.conns[i].abandon(agent);
@@ -1569,6 +1569,27 @@ mod tests {
     }
 
     const MGMT: &str = "https://management.azure.com/";
+
+    #[test]
+    fn full_pool_closes_silent_connections_before_an_older_client_that_talks() {
+        let mut rig = Rig::new();
+        let client = rig.connect(IMDS_ADDRESS);
+        let answer = rig.exchange(client, &std::format!("{TOKEN_REQUEST}\r\n"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Then more connections than sockets that never send a byte.
+        let mut silent = Vec::new();
+        for _ in 0..LISTEN_SOCKETS + 4 {
+            silent.push(rig.connect(IMDS_ADDRESS));
+            rig.step(1_000);
+        }
+        for _ in 0..10 {
+            rig.step(1_000);
+        }
+        assert!(!rig.socket(silent[0]).may_recv());
+        // The client has been idle longer than any of them, but it talks HTTP: kept.
+        let answer = rig.exchange(client, &std::format!("{TOKEN_REQUEST}\r\n"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 
     #[test]
     fn full_pool_closes_slow_request_heads_before_a_busy_keep_alive_client() {

@@ -33,6 +33,8 @@ pub struct Connection {
     head_started_us: Option<u64>,
     /// When the request at the head of the buffer started waiting for an upstream fetch.
     parked_since_us: Option<u64>,
+    /// Whether a request on this connection has been answered (a client that talks HTTP).
+    answered: bool,
     /// Scratch for the router's reply (kept here so that it is not on the stack).
     reply: Reply,
 }
@@ -67,6 +69,7 @@ impl Connection {
             last_activity_us: 0,
             head_started_us: None,
             parked_since_us: None,
+            answered: false,
             reply: Reply {
                 status: 500,
                 content_type: http::ContentType::Json,
@@ -92,6 +95,7 @@ impl Connection {
         self.last_activity_us = now_us;
         self.head_started_us = None;
         self.parked_since_us = None;
+        self.answered = false;
         self.reply.clear();
     }
 
@@ -233,6 +237,7 @@ impl Connection {
                     if self.parked_since_us.take().is_some() {
                         agent.guard_mut().unpark(self.peer);
                     }
+                    self.answered = true;
                     // Drop the request from the receive buffer (pipelined bytes move up).
                     self.rx.copy_within(used..self.rx_filled, 0);
                     self.rx_filled -= used;
@@ -327,20 +332,23 @@ impl Connection {
                 .is_some_and(|t| now_us.saturating_sub(t) > HEAD_DEADLINE_US)
     }
 
-    /// When the pool is full, which connection to close first: the one with the oldest
-    /// figure. A keep-alive connection between requests counts from its last activity; one
-    /// whose request head is still incomplete counts from the head's first byte — so a
-    /// slowloris sender that trickles a byte now and then is older than any real client (whose
-    /// head arrives in one go) and goes first. `None` while the connection works for its
-    /// client (a parked request, an answer being sent): never closed to make room.
-    pub fn evictable_since(&self) -> Option<u64> {
+    /// When the pool is full, which connection to close first: the one with the lowest key.
+    /// Connections that have never had a request answered go before those that have (a
+    /// client that talks HTTP), and within each group the one waiting longest: a keep-alive
+    /// connection between requests counts from its last activity, one whose request head is
+    /// still incomplete from the head's first byte — so a slowloris sender that trickles a
+    /// byte now and then is older than any real client (whose head arrives in one go) and
+    /// goes first. `None` while the connection works for its client (a parked request, an
+    /// answer being sent): never closed to make room.
+    pub fn eviction_key(&self) -> Option<(bool, u64)> {
         if self.parked_since_us.is_some() || self.tx_sent < self.tx.len() || self.close_after_tx {
             return None;
         }
-        if self.rx_filled == 0 {
-            Some(self.last_activity_us)
+        let since = if self.rx_filled == 0 {
+            self.last_activity_us
         } else {
-            self.head_started_us.or(Some(self.last_activity_us))
-        }
+            self.head_started_us.unwrap_or(self.last_activity_us)
+        };
+        Some((self.answered, since))
     }
 }

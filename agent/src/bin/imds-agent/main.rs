@@ -424,7 +424,8 @@ fn close(
 }
 
 /// Pool full: close the connection that has waited longest without a complete request
-/// (idle keep-alive or a slow request head: `Connection::evictable_since`). False if every
+/// (never answered first; then idle keep-alive or a slow request head:
+/// `Connection::eviction_key`). False if every
 /// connection is busy for its client.
 fn evict_idlest(
     conns: &mut [Option<Conn>],
@@ -438,10 +439,10 @@ fn evict_idlest(
         .enumerate()
         .filter_map(|(i, c)| {
             c.as_ref()
-                .and_then(|c| c.state.evictable_since())
-                .map(|t| (i, t))
+                .and_then(|c| c.state.eviction_key())
+                .map(|k| (i, k))
         })
-        .min_by_key(|&(_, t)| t)
+        .min_by_key(|&(_, k)| k)
         .map(|(i, _)| i);
     match victim {
         Some(slot) => {
