@@ -6,6 +6,7 @@
 use imds_tests::authority::{
     Alg, Authority, AuthorityOpts, ClientKey, ClientSpec, Fault, ServerCert, ServerKey, Style,
 };
+use imds_tests::brokered::{self, agent_client_key};
 use imds_tests::{get, token_target, Daemon, DemoConfig, Response};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -21,17 +22,8 @@ struct Rig {
     cfg: DemoConfig,
 }
 
-/// A client key whose `kid` is what the agent puts in its assertions (RFC 7638).
-fn agent_key_alg(alg: Alg) -> ClientKey {
-    let tmp = ClientKey::generate(alg, "tmp");
-    let kid = imds_agent::config::ClientKey::from_pem(&tmp.private_pem)
-        .unwrap()
-        .kid();
-    ClientKey::from_pem(alg, &kid, &tmp.private_pem).unwrap()
-}
-
 fn agent_key() -> ClientKey {
-    agent_key_alg(Alg::ES256)
+    agent_client_key(Alg::ES256)
 }
 
 fn rig_with(
@@ -87,40 +79,9 @@ fn token_requests(r: &Rig) -> usize {
 }
 
 fn assert_brokered(r: &Rig, resp: &Response, resource: &str, client_id: &str) -> Value {
-    assert_eq!(
-        resp.status,
-        200,
-        "{}\nagent log:\n{}",
-        resp.text(),
-        r.daemon.log_text()
-    );
-    let j = resp.json();
-    for f in [
-        "access_token",
-        "expires_in",
-        "expires_on",
-        "ext_expires_in",
-        "not_before",
-        "resource",
-        "token_type",
-        "client_id",
-    ] {
-        assert!(j[f].is_string(), "{f}: {j}");
-    }
-    assert_eq!(j["resource"], resource);
-    assert_eq!(j["client_id"], client_id);
-    let claims = r
-        .authority
-        .verify_access_token(j["access_token"].as_str().unwrap(), resource)
-        .expect("the brokered token verifies against the authority's JWKS");
-    assert_eq!(claims["client_id"], client_id);
-    let exp: u64 = j["expires_on"].as_str().unwrap().parse().unwrap();
-    assert_eq!(
-        claims["exp"].as_u64(),
-        Some(exp),
-        "expires_on is the token's exp"
-    );
-    j
+    brokered::assert_brokered(&r.authority, resp, resource, client_id, 0, || {
+        format!("agent log:\n{}", r.daemon.log_text())
+    })
 }
 
 #[test]
@@ -224,14 +185,7 @@ fn concurrent_requests_share_one_fetch_and_nothing_stalls() {
 }
 
 fn assert_imds_error(resp: &Response, status: u16, code: &str) {
-    assert_eq!(resp.status, status, "{}", resp.text());
-    let j = resp.json();
-    assert_eq!(j["error"], code, "{j}");
-    if status == 503 {
-        assert!(resp
-            .header("retry-after")
-            .is_some_and(|v| v.parse::<u32>().is_ok()));
-    }
+    brokered::assert_imds_error(resp, status, code, String::new);
 }
 
 #[test]
@@ -420,8 +374,8 @@ fn azure_identity_gets_a_brokered_token() {
 fn rsa_server_certificate_and_ps256_rs256_assertions() {
     let mut json = xtask::config::demo("127.0.0.1:0", Some("127.0.0.1:0"));
     let ids = json["identities"].as_array_mut().unwrap();
-    let ps = agent_key_alg(Alg::PS256);
-    let rs = agent_key_alg(Alg::RS256).with_certificate("imds-agent test identity");
+    let ps = agent_client_key(Alg::PS256);
+    let rs = agent_client_key(Alg::RS256).with_certificate("imds-agent test identity");
     ids[0]["key"] = ps.private_pem.clone().into();
     ids[0]["alg"] = "PS256".into();
     ids[1]["key"] = rs.private_pem.clone().into();

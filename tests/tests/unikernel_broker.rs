@@ -7,9 +7,8 @@
 //! is covered with a DNS server of the test's own (QEMU runs in a private mount namespace whose
 //! `/etc/resolv.conf` points slirp at it). An image without the feature refuses a broker config.
 
-use imds_tests::authority::{
-    Alg, Authority, AuthorityOpts, ClientKey, ClientSpec, Fault, ServerCert, Style,
-};
+use imds_tests::authority::{Alg, Authority, AuthorityOpts, ClientSpec, Fault, ServerCert, Style};
+use imds_tests::brokered::{self, agent_client_key};
 use imds_tests::{get, token_target, DemoConfig, Response};
 use serde_json::{json, Value};
 use std::net::{SocketAddr, UdpSocket};
@@ -36,20 +35,12 @@ fn broker_image() -> PathBuf {
         .clone()
 }
 
-/// An ES256 client key whose `kid` is what the agent puts in its assertions (RFC 7638).
-fn agent_key() -> ClientKey {
-    let tmp = ClientKey::generate(Alg::ES256, "tmp");
-    let sk = imds_agent::config::parse_signing_key(&tmp.private_pem).unwrap();
-    let kid = imds_agent::jose::PublicJwk::of(sk.verifying_key()).thumbprint();
-    ClientKey::from_pem(Alg::ES256, &kid, &tmp.private_pem).unwrap()
-}
-
 /// A demo config whose identities have keys the authority knows, and that authority.
 fn broker_config(style: Style, cert: ServerCert, name: &str) -> (Authority, Value) {
     let mut json = xtask::config::demo("127.0.0.1:0", None);
     let mut clients = Vec::new();
     for id in json["identities"].as_array_mut().unwrap() {
-        let key = agent_key();
+        let key = agent_client_key(Alg::ES256);
         clients.push(ClientSpec::new(id["client_id"].as_str().unwrap(), &key));
         id["key"] = key.private_pem.clone().into();
     }
@@ -119,51 +110,16 @@ fn fetched(r: &Rig) -> usize {
         .count()
 }
 
+/// v1 answers carry expires_on (the token's exp); for v2 the guest computes it from
+/// expires_in with its own wall clock (the RTC: whole seconds), so allow a little skew.
 fn assert_brokered(r: &Rig, resp: &Response, resource: &str, client_id: &str) -> Value {
-    assert_eq!(
-        resp.status,
-        200,
-        "{}\nguest:\n{}",
-        resp.text(),
-        r.guest.output()
-    );
-    let j = resp.json();
-    assert_eq!(j["resource"], resource);
-    assert_eq!(j["client_id"], client_id);
-    assert_eq!(j["token_type"], "Bearer");
-    let claims = r
-        .authority
-        .verify_access_token(j["access_token"].as_str().unwrap(), resource)
-        .expect("the brokered token verifies against the authority's JWKS");
-    assert_eq!(claims["client_id"], client_id);
-    // v1 answers carry expires_on (the token's exp); for v2 the guest computes it from
-    // expires_in with its own wall clock (the RTC: whole seconds), so allow a little skew.
-    let exp: u64 = j["expires_on"].as_str().unwrap().parse().unwrap();
-    let token_exp = claims["exp"].as_u64().unwrap();
-    assert!(
-        exp.abs_diff(token_exp) <= 5,
-        "expires_on {exp} is the token's exp {token_exp}"
-    );
-    j
+    brokered::assert_brokered(&r.authority, resp, resource, client_id, 5, || {
+        format!("guest:\n{}", r.guest.output())
+    })
 }
 
 fn assert_imds_error(guest: &Guest, resp: &Response, status: u16, code: &str) {
-    assert_eq!(
-        resp.status,
-        status,
-        "{}\nguest:\n{}",
-        resp.text(),
-        guest.output()
-    );
-    assert_eq!(resp.json()["error"], code, "{}", resp.text());
-    if status == 503 {
-        assert!(
-            resp.header("retry-after")
-                .is_some_and(|v| v.parse::<u32>().is_ok()),
-            "{}",
-            resp.text()
-        );
-    }
+    brokered::assert_imds_error(resp, status, code, || format!("guest:\n{}", guest.output()));
 }
 
 /// Wait until the guest's console shows `needle` (the agent's log lines are printed once per

@@ -1,0 +1,61 @@
+//! Checks shared by the broker-mode tests of the daemon (`tests/broker.rs`) and of the
+//! unikernel (`tests/unikernel_broker.rs`): the same answers are expected from both.
+
+use crate::authority::{Alg, Authority, ClientKey};
+use crate::contract::assert_imds_token_shape;
+use crate::Response;
+use serde_json::Value;
+
+/// A client key whose `kid` is what the agent puts in its assertions (the key's RFC 7638
+/// thumbprint), to register with the authority.
+pub fn agent_client_key(alg: Alg) -> ClientKey {
+    let tmp = ClientKey::generate(alg, "tmp");
+    let kid = imds_agent::config::ClientKey::from_pem(&tmp.private_pem)
+        .expect("the agent reads the key")
+        .kid();
+    ClientKey::from_pem(alg, &kid, &tmp.private_pem).expect("key with its kid")
+}
+
+/// A brokered token answer: 200, Azure's field shapes, the token verifies against the
+/// authority's JWKS with this client id, and `expires_on` is the token's `exp` within
+/// `exp_skew_s` (the unikernel computes it for v2 answers with its own clock). `context` is
+/// printed on failure (the agent's log, the guest's console).
+pub fn assert_brokered(
+    authority: &Authority,
+    resp: &Response,
+    resource: &str,
+    client_id: &str,
+    exp_skew_s: u64,
+    context: impl Fn() -> String,
+) -> Value {
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), context());
+    let j = resp.json();
+    assert_imds_token_shape(&j);
+    assert_eq!(j["resource"], resource);
+    assert_eq!(j["client_id"], client_id);
+    let claims = authority
+        .verify_access_token(j["access_token"].as_str().unwrap(), resource)
+        .expect("the brokered token verifies against the authority's JWKS");
+    assert_eq!(claims["client_id"], client_id);
+    let exp: u64 = j["expires_on"].as_str().unwrap().parse().unwrap();
+    let token_exp = claims["exp"].as_u64().unwrap();
+    assert!(
+        exp.abs_diff(token_exp) <= exp_skew_s,
+        "expires_on {exp} is the token's exp {token_exp}"
+    );
+    j
+}
+
+/// An IMDS error answer: this status and `error` code, and `Retry-After` on a 503.
+pub fn assert_imds_error(resp: &Response, status: u16, code: &str, context: impl Fn() -> String) {
+    assert_eq!(resp.status, status, "{}\n{}", resp.text(), context());
+    assert_eq!(resp.json()["error"], code, "{}", resp.text());
+    if status == 503 {
+        assert!(
+            resp.header("retry-after")
+                .is_some_and(|v| v.parse::<u32>().is_ok()),
+            "{}",
+            resp.text()
+        );
+    }
+}
