@@ -7,11 +7,11 @@
 
 use crate::{root, tools_dir};
 use serde_json::Value;
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use xtask::run_with_timeout;
 
 /// How long one SDK run may take. azure-identity retries 5xx and 429 with back-off for ~25 s,
 /// so a daemon that answers wrongly still ends well within this.
@@ -62,7 +62,8 @@ fn install_python_venv() -> Result<PathBuf, String> {
     if !python.exists() {
         let mut c = Command::new("python3");
         c.args(["-m", "venv"]).arg(&venv);
-        run(c, INSTALL_TIMEOUT).map_err(|e| format!("python3 -m venv {}: {e}", venv.display()))?;
+        run_with_timeout(c, INSTALL_TIMEOUT)
+            .map_err(|e| format!("python3 -m venv {}: {e}", venv.display()))?;
     }
     let mut c = Command::new(&python);
     c.args([
@@ -75,7 +76,7 @@ fn install_python_venv() -> Result<PathBuf, String> {
         "-r",
     ])
     .arg(&reqs_path);
-    run(c, INSTALL_TIMEOUT)
+    run_with_timeout(c, INSTALL_TIMEOUT)
         .map_err(|e| format!("pip install -r {} (needs PyPI): {e}", reqs_path.display()))?;
     std::fs::write(&marker, &reqs).map_err(|e| format!("{}: {e}", marker.display()))?;
     Ok(venv)
@@ -113,55 +114,8 @@ pub fn python_get_token(
     c.env("NO_PROXY", "*")
         .env("no_proxy", "*")
         .env("PYTHONDONTWRITEBYTECODE", "1");
-    let out = run(c, SDK_TIMEOUT)?;
+    let out = run_with_timeout(c, SDK_TIMEOUT)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.trim())
         .map_err(|e| format!("get_token.py printed no JSON ({e}): {stdout}"))
-}
-
-/// Run a command to completion within `timeout`; Err with its output unless it succeeded.
-fn run(mut c: Command, timeout: Duration) -> Result<Output, String> {
-    let what = format!("{c:?}");
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out_t = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err_t = drain(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{what} timed out after {timeout:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    };
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(format!(
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
 }

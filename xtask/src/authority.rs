@@ -26,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -114,57 +114,10 @@ fn install_node_packages() -> Result<PathBuf, String> {
         "--loglevel=error",
         "--omit=dev",
     ]);
-    run(c, NPM_TIMEOUT).map_err(|e| format!("npm ci in {} (needs npm): {e}", dir.display()))?;
+    crate::run_with_timeout(c, NPM_TIMEOUT)
+        .map_err(|e| format!("npm ci in {} (needs npm): {e}", dir.display()))?;
     std::fs::write(&marker, &lock_text).map_err(|e| format!("{}: {e}", marker.display()))?;
     Ok(modules)
-}
-
-/// Runs a command to completion within `timeout`; Err with its output unless it succeeded.
-fn run(mut c: Command, timeout: Duration) -> Result<Output, String> {
-    let what = format!("{c:?}");
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    let out_t = drain(child.stdout.take().expect("stdout"));
-    let err_t = drain(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{what} timed out after {timeout:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    };
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(format!(
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = r.read_to_end(&mut v);
-        v
-    })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -380,7 +333,7 @@ pub fn rsa_pkcs8_pem() -> String {
     ]);
     let mut errors = Vec::new();
     for c in [node, openssl] {
-        match run(c, Duration::from_secs(60)) {
+        match crate::run_with_timeout(c, Duration::from_secs(60)) {
             Ok(out) if out.stdout.starts_with(b"-----BEGIN PRIVATE KEY-----") => {
                 return String::from_utf8(out.stdout).unwrap();
             }
