@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+pub use xtask::http::pct;
 
 pub use xtask::watchdog::Watchdog;
 pub use xtask::{authority, root, target_dir};
@@ -241,18 +242,6 @@ pub fn token_target(resource: &str, extra: &str) -> String {
         "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}{extra}",
         pct(resource)
     )
-}
-
-/// Percent-encode a query value.
-pub fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Decode the claims of a JWT without verifying it.

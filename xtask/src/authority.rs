@@ -15,6 +15,7 @@
 //! Access tokens are JWTs (`typ` `at+jwt`) with `aud` = R, signed with the provider's own key
 //! (ES256 by default; RS256 / PS256 selectable), whose JWKS is at [`Authority::jwks_url`].
 
+use crate::http::pct;
 use crate::http::{connect, read_response, Response};
 use crate::{root, target_dir};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -54,18 +55,6 @@ fn raw(addr: SocketAddr, request: &[u8]) -> Response {
     let mut s = connect(addr);
     s.write_all(request).unwrap();
     read_response(&mut s, request.starts_with(b"HEAD")).expect("read response")
-}
-
-/// Percent-encode a form value (unreserved characters stay).
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 // ------------------------------------------------------------------------------------------

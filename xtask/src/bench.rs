@@ -29,6 +29,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use xtask::http::pct;
 use xtask::{config, root, target_dir};
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -326,17 +327,6 @@ impl Client {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
-}
-
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn token_target(extra: &str) -> String {

@@ -34,6 +34,7 @@ use xtask::authority::{
     curl_token_request, token_form, Alg, Authority, AuthorityOpts, ClientKey, ClientSpec, Fault,
     Style,
 };
+use xtask::http::pct;
 use xtask::http::read_response;
 use xtask::load::{build_release_daemon, free_port, Daemon};
 use xtask::{config, qemu, target_dir};
@@ -162,17 +163,6 @@ fn timed_token(addr: SocketAddr, resource: &str, extra: &str) -> Result<(u16, Du
         .map_err(|e| format!("write: {e}"))?;
     let resp = read_response(&mut s, false).map_err(|e| format!("read: {e}"))?;
     Ok((resp.status, t0.elapsed()))
-}
-
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn ms(d: Duration) -> f64 {

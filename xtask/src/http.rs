@@ -83,3 +83,15 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s.set_nodelay(true).unwrap();
     s
 }
+
+/// Percent-encodes a query or form value (RFC 3986 unreserved characters stay).
+pub fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
