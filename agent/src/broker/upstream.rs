@@ -175,7 +175,12 @@ fn dechunk(buf: &mut [u8], eof: bool, dry_run: bool) -> Result<usize, ResponseEr
         if size == 0 {
             return Ok(write);
         }
-        if buf.len() < read + size + 2 {
+        // A size near usize::MAX must not wrap around (found by the upstream_parse fuzzer).
+        let end = read
+            .checked_add(size)
+            .and_then(|e| e.checked_add(2))
+            .ok_or(ResponseError::Malformed)?;
+        if buf.len() < end {
             return Err(incomplete());
         }
         if !dry_run {
@@ -422,6 +427,27 @@ mod tests {
             parse_response(&mut b, true).unwrap_err(),
             ResponseError::Malformed
         );
+    }
+
+    #[test]
+    fn a_chunk_size_near_the_top_of_usize_is_malformed_not_a_panic() {
+        // Found by `cargo xtask fuzz --seconds 600` (upstream_parse): the chunk end wrapped.
+        for size in ["FFFFFFFFFFFFFFFF", "FFFFFFFFFFFFFFFE", "FFFFFFFFFFFFFFF0"] {
+            let mut b = std::format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nxx\r\n"
+            )
+            .into_bytes();
+            for eof in [false, true] {
+                assert_eq!(
+                    parse_response(&mut b, eof).unwrap_err(),
+                    ResponseError::Malformed,
+                    "{size} eof={eof}"
+                );
+            }
+        }
+        // The fuzzer's input itself.
+        let mut b = *b"HTTP/1.0 200 OKOK\r\nTransfer-Encoding:chUnked\r\n\nFFFFFFFFFFFFFFFF\r\nTransfer-Encoding:chUnked\r\n\nFFFFFFFFFFFFFFFF\x00\x00\x00#";
+        assert!(parse_response(&mut b, true).is_err());
     }
 
     #[test]
