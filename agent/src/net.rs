@@ -62,6 +62,9 @@ pub const TCP_RX_BUF: usize = 2048;
 pub const TCP_TX_BUF: usize = 4096;
 /// A socket we closed gets this long to finish the FIN exchange before it is reset.
 pub const CLOSE_LINGER_US: u64 = 5_000_000;
+/// A socket closed less than this long ago counts as a spare listener when deciding whether
+/// to close a connection to make room (its peer's acknowledgement is on the way).
+pub const CLOSING_SOON_US: u64 = 100_000;
 /// When fewer sockets than this are listening, the longest-idle keep-alive connection is
 /// closed, so that a new client finds a listener (smoltcp answers a SYN nobody listens for with
 /// a reset).
@@ -134,6 +137,18 @@ enum SlotState {
 struct Slot {
     handle: SocketHandle,
     state: SlotState,
+}
+
+impl Slot {
+    /// Whether the slot can take a new connection now or in a moment: listening, or closed
+    /// less than [`CLOSING_SOON_US`] ago (listening again once the peer acknowledges).
+    fn is_spare(&self, socket: tcp::State, now_us: u64) -> bool {
+        match self.state {
+            SlotState::Listening => socket == tcp::State::Listen,
+            SlotState::Closing { since_us } => now_us.saturating_sub(since_us) < CLOSING_SOON_US,
+            SlotState::Active { .. } => false,
+        }
+    }
 }
 
 /// Where an upstream socket is in serving its pipe.
@@ -653,15 +668,16 @@ impl<'a> Net<'a> {
         entropy: &mut E,
         log: &mut W,
     ) {
-        let mut listening = 0;
+        let mut spare = 0;
         for (slot, conn) in self.slots.iter_mut().zip(self.conns.iter_mut()) {
             let socket = self.sockets.get_mut::<tcp::Socket>(slot.handle);
             serve_slot(slot, socket, conn, agent, clock, entropy, log);
-            if slot.state == SlotState::Listening && socket.state() == tcp::State::Listen {
-                listening += 1;
-            }
+            spare += usize::from(slot.is_spare(socket.state(), clock.monotonic_us()));
         }
-        if listening < SPARE_LISTENERS {
+        // Closing another connection while others are about to free their sockets would
+        // only cost a client its connection (under a flood of short connections, the
+        // well-behaved keep-alive client was the one closed).
+        if spare < SPARE_LISTENERS {
             self.make_room(agent, clock.monotonic_us());
         }
     }
@@ -1569,6 +1585,21 @@ mod tests {
     }
 
     const MGMT: &str = "https://management.azure.com/";
+
+    #[test]
+    fn sockets_closed_a_moment_ago_count_as_spare() {
+        let handle = Rig::new().net.slots[0].handle;
+        let slot = |state| Slot { handle, state };
+        let listening = slot(SlotState::Listening);
+        assert!(listening.is_spare(tcp::State::Listen, 0));
+        assert!(!listening.is_spare(tcp::State::SynReceived, 0));
+        let closing = slot(SlotState::Closing { since_us: 1_000 });
+        assert!(closing.is_spare(tcp::State::FinWait1, 1_000 + CLOSING_SOON_US - 1));
+        // A peer that does not acknowledge for long does not hold off making room.
+        assert!(!closing.is_spare(tcp::State::FinWait1, 1_000 + CLOSING_SOON_US));
+        let active = slot(SlotState::Active { peer_closed: false });
+        assert!(!active.is_spare(tcp::State::Established, 0));
+    }
 
     #[test]
     fn full_pool_closes_silent_connections_before_an_older_client_that_talks() {
