@@ -73,6 +73,8 @@ struct Client {
     addr: SocketAddr,
     stream: Option<TcpStream>,
     req: Vec<u8>,
+    /// Why the last failed request failed (`HTTP 503`, `connect: ...`, `read: ...`).
+    last_failure: String,
 }
 
 impl Client {
@@ -81,6 +83,7 @@ impl Client {
             addr,
             stream: None,
             req: request("169.254.169.254"),
+            last_failure: String::new(),
         }
     }
 
@@ -95,17 +98,27 @@ impl Client {
                         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                         self.stream = Some(s);
                     }
-                    Err(_) => return (0, t.elapsed()),
+                    Err(e) => {
+                        self.last_failure = format!("connect: {:?}", e.kind());
+                        return (0, t.elapsed());
+                    }
                 }
             }
             let s = self.stream.as_mut().expect("connected");
-            if s.write_all(&self.req).is_ok() {
-                if let Ok(r) = read_response(s, false) {
-                    if r.header("connection") == Some("close") {
-                        self.stream = None;
+            match s.write_all(&self.req) {
+                Ok(()) => match read_response(s, false) {
+                    Ok(r) => {
+                        if r.header("connection") == Some("close") {
+                            self.stream = None;
+                        }
+                        if r.status != 200 {
+                            self.last_failure = format!("HTTP {}", r.status);
+                        }
+                        return (r.status, t.elapsed());
                     }
-                    return (r.status, t.elapsed());
-                }
+                    Err(e) => self.last_failure = format!("read: {:?}", e.kind()),
+                },
+                Err(e) => self.last_failure = format!("write: {:?}", e.kind()),
             }
             // A keep-alive connection closed under us (idle timeout): reconnect once.
             self.stream = None;
@@ -124,7 +137,11 @@ struct Abuse {
     idle_open: usize,
     slowloris_connections: u64,
     junk_connections: u64,
+    failures: Failures,
 }
+
+/// Failed requests by why they failed.
+type Failures = std::collections::BTreeMap<String, u64>;
 
 fn abuse(addr: SocketAddr, idle: usize, seconds: u64) -> Abuse {
     let stop = Arc::new(AtomicBool::new(false));
@@ -196,11 +213,14 @@ fn abuse(addr: SocketAddr, idle: usize, seconds: u64) -> Abuse {
     let mut client = Client::new(addr);
     let mut lat = Vec::new();
     let (mut requests, mut ok) = (0u64, 0u64);
+    let mut failures = Failures::new();
     while Instant::now() < deadline {
         let (status, d) = client.ask();
         requests += 1;
         if status == 200 {
             ok += 1;
+        } else {
+            *failures.entry(client.last_failure.clone()).or_default() += 1;
         }
         lat.push(d.as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(20));
@@ -220,12 +240,14 @@ fn abuse(addr: SocketAddr, idle: usize, seconds: u64) -> Abuse {
         idle_open,
         slowloris_connections: slow_count.load(Ordering::Relaxed),
         junk_connections: junk_count.load(Ordering::Relaxed),
+        failures,
     }
 }
 
 struct Volume {
     requests: u64,
     errors: u64,
+    failures: Failures,
     seconds: f64,
     p99_ms: f64,
 }
@@ -234,11 +256,13 @@ fn volume(addr: SocketAddr, total: u64, seconds: u64) -> Volume {
     let per_client = total / VOLUME_CLIENTS;
     let lat = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Failures::new()));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let threads: Vec<_> = (0..VOLUME_CLIENTS)
         .map(|_| {
             let (lat, errors, done) = (lat.clone(), errors.clone(), done.clone());
+            let failures = failures.clone();
             std::thread::spawn(move || {
                 let mut c = Client::new(addr);
                 let mut mine = Vec::new();
@@ -253,11 +277,21 @@ fn volume(addr: SocketAddr, total: u64, seconds: u64) -> Volume {
                     }
                     if now > hard_stop {
                         errors.fetch_add(per_client - i, Ordering::Relaxed);
+                        *failures
+                            .lock()
+                            .unwrap()
+                            .entry("not sent: out of time".into())
+                            .or_default() += per_client - i;
                         break;
                     }
                     let (status, d) = c.ask();
                     if status != 200 {
                         errors.fetch_add(1, Ordering::Relaxed);
+                        *failures
+                            .lock()
+                            .unwrap()
+                            .entry(c.last_failure.clone())
+                            .or_default() += 1;
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                     if i % 64 == 0 {
@@ -273,9 +307,11 @@ fn volume(addr: SocketAddr, total: u64, seconds: u64) -> Volume {
     }
     let mut lat = lat.lock().unwrap().clone();
     lat.sort_by(f64::total_cmp);
+    let failures_seen = std::mem::take(&mut *failures.lock().unwrap());
     Volume {
         requests: done.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
+        failures: failures_seen,
         seconds: start.elapsed().as_secs_f64(),
         p99_ms: percentile(&lat, 99.0),
     }
@@ -289,7 +325,14 @@ fn abuse_json(a: &Abuse) -> serde_json::Value {
         "idle_connections": a.idle_open,
         "slowloris_connections": a.slowloris_connections,
         "junk_connections": a.junk_connections,
+        "failures": a.failures,
     })
+}
+
+fn print_failures(f: &Failures) {
+    if !f.is_empty() {
+        println!("           failures: {f:?}");
+    }
 }
 
 fn print_abuse(who: &str, a: &Abuse) {
@@ -305,6 +348,7 @@ fn print_abuse(who: &str, a: &Abuse) {
         a.p99_ms,
         a.max_ms
     );
+    print_failures(&a.failures);
 }
 
 pub fn run(args: &[String]) -> Result {
@@ -333,11 +377,12 @@ pub fn run(args: &[String]) -> Result {
             "daemon     volume  {} requests in {:.0} s ({:.0}/s), {} errors, p99 {:.2} ms | RSS {} KiB -> {} KiB",
             v.requests, v.seconds, v.requests as f64 / v.seconds, v.errors, v.p99_ms, rss_start, rss_end
         );
+        print_failures(&v.failures);
         report.insert(
             "daemon".into(),
             json!({
                 "abuse": abuse_json(&a),
-                "volume": {"requests": v.requests, "errors": v.errors, "seconds": v.seconds,
+                "volume": {"requests": v.requests, "errors": v.errors, "failures": v.failures, "seconds": v.seconds,
                            "p99_ms": v.p99_ms, "rss_start_kib": rss_start, "rss_end_kib": rss_end},
             }),
         );
@@ -365,11 +410,12 @@ pub fn run(args: &[String]) -> Result {
             v.requests, v.seconds, v.requests as f64 / v.seconds, v.errors, v.p99_ms,
             if after == 200 { "yes" } else { "NO" }, qemu_rss_start, qemu_rss_end
         );
+        print_failures(&v.failures);
         report.insert(
             "unikernel".into(),
             json!({
                 "abuse": abuse_json(&a),
-                "volume": {"requests": v.requests, "errors": v.errors, "seconds": v.seconds,
+                "volume": {"requests": v.requests, "errors": v.errors, "failures": v.failures, "seconds": v.seconds,
                            "p99_ms": v.p99_ms, "answering_after": after == 200,
                            "qemu_rss_start_kib": qemu_rss_start, "qemu_rss_end_kib": qemu_rss_end},
             }),
