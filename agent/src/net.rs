@@ -65,9 +65,9 @@ pub const CLOSE_LINGER_US: u64 = 5_000_000;
 /// A socket closed less than this long ago counts as a spare listener when deciding whether
 /// to close a connection to make room (its peer's acknowledgement is on the way).
 pub const CLOSING_SOON_US: u64 = 100_000;
-/// When fewer sockets than this are listening, the longest-idle keep-alive connection is
-/// closed, so that a new client finds a listener (smoltcp answers a SYN nobody listens for with
-/// a reset).
+/// When fewer sockets than this are spare (listening, or closed a moment ago), a waiting
+/// connection is closed ([`Connection::eviction_key`]), so that a new client finds a listener
+/// (smoltcp answers a SYN nobody listens for with a reset).
 pub const SPARE_LISTENERS: usize = 2;
 /// Receive buffer of one upstream (authority) socket: the window the authority may fill
 /// before the TLS session has read it. One TLS record is up to 16 KiB; a token answer is a
@@ -668,17 +668,21 @@ impl<'a> Net<'a> {
         entropy: &mut E,
         log: &mut W,
     ) {
-        let mut spare = 0;
         for (slot, conn) in self.slots.iter_mut().zip(self.conns.iter_mut()) {
             let socket = self.sockets.get_mut::<tcp::Socket>(slot.handle);
             serve_slot(slot, socket, conn, agent, clock, entropy, log);
-            spare += usize::from(slot.is_spare(socket.state(), clock.monotonic_us()));
         }
+        let now_us = clock.monotonic_us();
+        let spare = self
+            .slots
+            .iter()
+            .filter(|s| s.is_spare(self.sockets.get::<tcp::Socket>(s.handle).state(), now_us))
+            .count();
         // Closing another connection while others are about to free their sockets would
         // only cost a client its connection (under a flood of short connections, the
         // well-behaved keep-alive client was the one closed).
         if spare < SPARE_LISTENERS {
-            self.make_room(agent, clock.monotonic_us());
+            self.make_room(agent, now_us);
         }
     }
 

@@ -30,7 +30,7 @@ use imds_hal::x86_64::serial::Serial;
 use imds_hal::x86_64::virtio_net::VirtioNet;
 use imds_hal::Clock;
 
-use crate::unikernel::{net_memory, IDLE_NAP_US, SPIN_AFTER_BUSY_US};
+use crate::unikernel::{nap_when_quiet, net_memory};
 
 /// Rounds of "poll the tasks, serve the pipes" per loop turn while bytes keep moving (a TLS
 /// flight is several records; the next network poll sends what the last round queued).
@@ -144,13 +144,6 @@ pub fn serve(
             last_busy_us = now_us;
             continue;
         }
-        if now_us.saturating_sub(last_busy_us) >= SPIN_AFTER_BUSY_US {
-            if let Some(timer) = timer {
-                let nap = status
-                    .next_in
-                    .map_or(IDLE_NAP_US, |d| d.total_micros().min(IDLE_NAP_US));
-                timer.halt_us(nap);
-            }
-        }
+        nap_when_quiet(timer, now_us, last_busy_us, status.next_in);
     }
 }

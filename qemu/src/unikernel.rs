@@ -190,15 +190,22 @@ fn serve(
             last_busy_us = now_us;
             continue;
         }
-        // Quiet for a while: sleep in short naps (the NIC is polled, not interrupt-driven, so a
-        // nap delays the first frame of the next burst by at most IDLE_NAP_US).
-        if now_us.saturating_sub(last_busy_us) >= SPIN_AFTER_BUSY_US {
-            if let Some(timer) = timer {
-                let nap = status
-                    .next_in
-                    .map_or(IDLE_NAP_US, |d| d.total_micros().min(IDLE_NAP_US));
-                timer.halt_us(nap);
-            }
+        nap_when_quiet(timer, now_us, last_busy_us, status.next_in);
+    }
+}
+
+/// Quiet for [`SPIN_AFTER_BUSY_US`]: sleep a short nap (the NIC is polled, not
+/// interrupt-driven, so a nap delays the first frame of the next burst by at most
+/// [`IDLE_NAP_US`]), shorter if the network stack wants a turn sooner (`next_in`).
+pub(crate) fn nap_when_quiet(
+    timer: Option<&LapicTimer>,
+    now_us: u64,
+    last_busy_us: u64,
+    next_in: Option<smoltcp::time::Duration>,
+) {
+    if now_us.saturating_sub(last_busy_us) >= SPIN_AFTER_BUSY_US {
+        if let Some(timer) = timer {
+            timer.halt_us(next_in.map_or(IDLE_NAP_US, |d| d.total_micros().min(IDLE_NAP_US)));
         }
     }
 }

@@ -16,6 +16,15 @@ pub fn agent_client_key(alg: Alg) -> ClientKey {
     ClientKey::from_pem(alg, &kid, &tmp.private_pem).expect("key with its kid")
 }
 
+/// Token requests the authority answered with 200.
+pub fn fetched(authority: &Authority) -> usize {
+    authority
+        .requests()
+        .iter()
+        .filter(|q| q["status"] == 200)
+        .count()
+}
+
 /// A brokered token answer: 200, Azure's field shapes, the token verifies against the
 /// authority's JWKS with this client id, and `expires_on` is the token's `exp` within
 /// `exp_skew_s` (the unikernel computes it for v2 answers with its own clock). `context` is

@@ -70,14 +70,6 @@ fn token(r: &Rig, resource: &str, extra: &str) -> Response {
     get(r.daemon.imds, &token_target(resource, extra), &[MD])
 }
 
-fn token_requests(r: &Rig) -> usize {
-    r.authority
-        .requests()
-        .iter()
-        .filter(|q| q["status"] == 200)
-        .count()
-}
-
 fn assert_brokered(r: &Rig, resp: &Response, resource: &str, client_id: &str) -> Value {
     brokered::assert_brokered(&r.authority, resp, resource, client_id, 0, || {
         format!("agent log:\n{}", r.daemon.log_text())
@@ -96,11 +88,11 @@ fn v1_tokens_are_fetched_verified_cached_and_served() {
         VAULT,
         &user.client_id,
     );
-    assert_eq!(token_requests(&r), 2);
+    assert_eq!(brokered::fetched(&r.authority), 2);
     // Served from the cache: the authority sees nothing more.
     let b = token(&r, MGMT, "").json();
     assert_eq!(a["access_token"], b["access_token"]);
-    assert_eq!(token_requests(&r), 2);
+    assert_eq!(brokered::fetched(&r.authority), 2);
     // The assertion the authority checked: aud = token URL, iss = sub = client id, kid set.
     let reqs = r.authority.requests();
     let first = &reqs[0];
@@ -116,7 +108,7 @@ fn v1_tokens_are_fetched_verified_cached_and_served() {
     // bypass_cache forces a new fetch.
     let c = token(&r, MGMT, "&bypass_cache=true").json();
     assert_ne!(a["access_token"], c["access_token"]);
-    assert_eq!(token_requests(&r), 3);
+    assert_eq!(brokered::fetched(&r.authority), 3);
 }
 
 #[test]
@@ -342,11 +334,11 @@ fn tokens_are_renewed_ahead_in_the_background() {
         j["refresh_margin_s"] = 300.into()
     });
     let first = token(&r, MGMT, "").json();
-    assert_eq!(token_requests(&r), 1);
+    assert_eq!(brokered::fetched(&r.authority), 1);
     // Within the minimum refresh interval: no renewal yet.
     let again = token(&r, MGMT, "").json();
     assert_eq!(first["access_token"], again["access_token"]);
-    assert_eq!(token_requests(&r), 1);
+    assert_eq!(brokered::fetched(&r.authority), 1);
     let _ = first;
 }
 

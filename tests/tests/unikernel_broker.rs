@@ -101,15 +101,6 @@ fn token(r: &Rig, resource: &str, extra: &str) -> Response {
     get(r.imds, &token_target(resource, extra), &[MD])
 }
 
-/// Token requests the authority answered with 200.
-fn fetched(r: &Rig) -> usize {
-    r.authority
-        .requests()
-        .iter()
-        .filter(|q| q["status"] == 200)
-        .count()
-}
-
 /// v1 answers carry expires_on (the token's exp); for v2 the guest computes it from
 /// expires_in with its own wall clock (the RTC: whole seconds), so allow a little skew.
 fn assert_brokered(r: &Rig, resp: &Response, resource: &str, client_id: &str) -> Value {
@@ -142,11 +133,11 @@ fn v1_tokens_are_fetched_verified_cached_and_served() {
         VAULT,
         &user.client_id,
     );
-    assert_eq!(fetched(&r), 2);
+    assert_eq!(brokered::fetched(&r.authority), 2);
     // Served from the cache: the authority sees nothing more.
     let b = token(&r, MGMT, "").json();
     assert_eq!(a["access_token"], b["access_token"]);
-    assert_eq!(fetched(&r), 2);
+    assert_eq!(brokered::fetched(&r.authority), 2);
     // The assertion the authority checked: aud = the token URL, iss = sub = client id.
     let reqs = r.authority.requests();
     let first = &reqs[0];
@@ -161,7 +152,7 @@ fn v1_tokens_are_fetched_verified_cached_and_served() {
     // bypass_cache forces a new fetch.
     let c = token(&r, MGMT, "&bypass_cache=true").json();
     assert_ne!(a["access_token"], c["access_token"]);
-    assert_eq!(fetched(&r), 3);
+    assert_eq!(brokered::fetched(&r.authority), 3);
     wait_log(&mut r, "upstream: ");
     let out = r.guest.output();
     assert!(out.contains("booting (broker)"), "{out}");

@@ -279,7 +279,7 @@ fn run(
                             Err(_) => break, // e.g. EMFILE: try again on the next event
                         };
                         if live >= HOST_MAX_CONNECTIONS
-                            && !evict_idlest(
+                            && !make_room(
                                 &mut conns,
                                 &mut free,
                                 &mut live,
@@ -427,7 +427,7 @@ fn close(
 /// (never answered first; then idle keep-alive or a slow request head:
 /// `Connection::eviction_key`). False if every
 /// connection is busy for its client.
-fn evict_idlest(
+fn make_room(
     conns: &mut [Option<Conn>],
     free: &mut Vec<usize>,
     live: &mut usize,
