@@ -53,6 +53,13 @@ use crate::server::{Agent, Connection, Listener};
 
 /// The TCP port the agent answers on.
 pub const HTTP_PORT: u16 = 80;
+/// The start of the one line the agent prints when it starts serving on an address:
+/// `imds-agent: ready: http://A.B.C.D:80 http://169.254.169.254:80`. Printed once the listening
+/// sockets answer on that address (static, or each DHCP lease with a new address), after the
+/// gateway was asked for its MAC. Harnesses wait for it before they connect (documented in the
+/// READMEs): a connection sent earlier reaches a guest without an address and costs a SYN
+/// retransmission (about a second).
+pub const READY_PREFIX: &str = "imds-agent: ready: ";
 /// The IMDS address, answered on next to the interface's own address.
 pub const IMDS_ADDRESS: Ipv4Address = Ipv4Address::new(169, 254, 169, 254);
 /// Receive buffer of one TCP socket (the advertised window). A request larger than this
@@ -200,6 +207,8 @@ pub struct Net<'a> {
     gateway: Option<Ipv4Address>,
     /// An ARP request for the gateway is due.
     arp_due: bool,
+    /// The ready line ([`READY_PREFIX`]) is due: an address was just set.
+    ready_due: bool,
 }
 
 fn instant(us: u64) -> Instant {
@@ -298,6 +307,7 @@ impl<'a> Net<'a> {
             address: None,
             gateway: None,
             arp_due: false,
+            ready_due: false,
         };
         match network {
             Some(n) => {
@@ -595,6 +605,7 @@ impl<'a> Net<'a> {
             let _ = routes.add_default_ipv4_route(gw);
         }
         self.arp_due = address.is_some() && gateway.is_some();
+        self.ready_due = address.is_some();
     }
 
     /// One round: receive, run DHCP, serve every connection, send.
@@ -620,6 +631,18 @@ impl<'a> Net<'a> {
             self.arp_due = false;
             if let (Some(a), Some(gw)) = (self.address, self.gateway) {
                 send_arp_request(device, now, self.mac, a.address(), gw);
+            }
+        }
+        if self.ready_due {
+            self.ready_due = false;
+            if let Some(a) = self.address {
+                // After the gateway's ARP request: a client that connects on this line finds
+                // the guest's MAC known to the gateway (slirp drops a SYN for an unknown one).
+                let _ = writeln!(
+                    log,
+                    "{READY_PREFIX}http://{}:{HTTP_PORT} http://{IMDS_ADDRESS}:{HTTP_PORT}",
+                    a.address()
+                );
             }
         }
         self.serve(agent, clock, entropy, log);
@@ -1509,6 +1532,34 @@ mod tests {
             "{}",
             rig.log
         );
+    }
+
+    #[test]
+    fn one_ready_line_once_the_address_is_armed() {
+        let mut rig = Rig::new();
+        assert!(!rig.log.contains(READY_PREFIX), "{}", rig.log);
+        for _ in 0..3 {
+            rig.net.poll(
+                &mut rig.server,
+                &mut rig.agent.borrow_mut(),
+                rig.clock,
+                &mut rig.entropy,
+                &mut rig.log,
+            );
+        }
+        let ready: Vec<&str> = rig
+            .log
+            .lines()
+            .filter(|l| l.starts_with(READY_PREFIX))
+            .collect();
+        assert_eq!(
+            ready,
+            ["imds-agent: ready: http://10.0.2.15:80 http://169.254.169.254:80"],
+            "{}",
+            rig.log
+        );
+        // Sent after the gateway's ARP request (the frame is queued by the same poll).
+        assert!(!rig.client_dev.rx.borrow().is_empty());
     }
 
     #[test]

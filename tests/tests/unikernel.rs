@@ -194,6 +194,34 @@ fn static_address_from_the_config() {
     assert!(!out.contains("DHCP"), "{out}");
     let r = get(addr, &token_target(MGMT, ""), &[MD]);
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_one_ready_line(&guest.output(), "10.0.2.15");
+}
+
+/// Exactly one ready line, naming the guest's address and the IMDS one.
+fn assert_one_ready_line(out: &str, address: &str) {
+    let ready: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(qemu::READY_LINE))
+        .collect();
+    assert_eq!(
+        ready,
+        [format!(
+            "imds-agent: ready: http://{address}:80 http://169.254.169.254:80"
+        )],
+        "{out}"
+    );
+}
+
+#[test]
+fn one_ready_line_after_the_dhcp_lease() {
+    let (guest, addr) = boot(&DemoConfig::new("unikernel-ready"));
+    let r = get(addr, &token_target(MGMT, ""), &[MD]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = guest.output();
+    let lease = out.find("net: DHCP address").expect("a DHCP lease line");
+    let ready = out.find(qemu::READY_LINE).expect("the ready line");
+    assert!(lease < ready, "{out}");
+    assert_one_ready_line(&out, "10.0.2.15");
 }
 
 #[test]

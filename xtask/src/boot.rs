@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use xtask::qemu::{self, Accel, Machine, Network, QemuOpts, READY_MARKERS};
+use xtask::qemu::{self, Accel, Machine, Network, QemuOpts};
 use xtask::watchdog::Watchdog;
 use xtask::{config, http, load, root, target_dir};
 
@@ -192,7 +192,7 @@ fn boot_once(image: &Path, opts: &QemuOpts, timeout: Duration) -> Result<Sample>
             text.extend_from_slice(&buf[..n]);
             if !ready_sent {
                 let s = String::from_utf8_lossy(&text);
-                if READY_MARKERS.iter().any(|m| s.contains(m)) {
+                if qemu::ready_line(&s).is_some() {
                     ready_sent = true;
                     let _ = tx.send(Event::Ready(now));
                 }

@@ -404,8 +404,20 @@ pub fn run_foreground(release: bool, opts: &QemuOpts) -> Result<(), String> {
     }
 }
 
-/// Serial line the guest prints once it serves HTTP (static address or DHCP lease).
-pub const READY_MARKERS: [&str; 2] = ["(static)", "net: DHCP address"];
+/// The start of the one line the guest prints when it starts serving (its listening sockets
+/// armed with its address, static or from DHCP):
+/// `imds-agent: ready: http://A.B.C.D:80 http://169.254.169.254:80` (the agent's
+/// `net::READY_PREFIX`). Connect after it, not before: an earlier SYN reaches a guest without an
+/// address (or a NIC) and is retransmitted by the host only about a second later.
+pub const READY_LINE: &str = "imds-agent: ready: ";
+
+/// The first complete ready line in `output` (without its end of line).
+pub fn ready_line(output: &str) -> Option<&str> {
+    output[..output.rfind('\n')?]
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .find(|l| l.starts_with(READY_LINE))
+}
 
 /// A booted guest: QEMU with its serial console (stdout) and stderr collected, killed on drop
 /// and also when this process dies without dropping it (a guest kept in a `static` by a test
@@ -501,9 +513,9 @@ impl Guest {
         }
     }
 
-    /// Wait until the guest serves HTTP ([`READY_MARKERS`]).
+    /// Wait for the guest's ready line ([`READY_LINE`]) and return it: it serves HTTP.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<String, String> {
-        self.wait_for_any(&READY_MARKERS, timeout)
+        self.wait_for_any(&[READY_LINE], timeout)
     }
 
     /// Wait for QEMU to exit; kill it and return `None` after `timeout`.
@@ -608,6 +620,21 @@ mod tests {
         assert_eq!(
             print_cmd(&c),
             r"qemu-system-x86_64 -serial stdio 'it'\''s here' ''"
+        );
+    }
+
+    #[test]
+    fn the_ready_line() {
+        let line = "imds-agent: ready: http://10.0.2.15:80 http://169.254.169.254:80";
+        assert_eq!(ready_line(&format!("boot\n{line}\nmore\n")), Some(line));
+        assert_eq!(ready_line(&format!("{line}\r\n")), Some(line));
+        // Not yet complete, or not at the start of a line.
+        assert_eq!(ready_line(&format!("boot\n{line}")), None);
+        assert_eq!(ready_line(&format!("x {line}\n")), None);
+        assert_eq!(ready_line(&format!("x {line}\n{line}\n")), Some(line));
+        assert_eq!(
+            ready_line("imds-agent: net: DHCP address 10.0.2.15/24\n"),
+            None
         );
     }
 
