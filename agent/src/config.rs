@@ -8,11 +8,14 @@
 // Errors carry the field path inline: the core has no heap to box them in.
 #![allow(clippy::result_large_err)]
 
+#[cfg(feature = "broker")]
 use crate::broker::upstream::Style;
 use crate::guard::{Cidr, DEFAULT_IN_FLIGHT, DEFAULT_RATE_PER_S};
+#[cfg(feature = "broker")]
+use crate::limits::{CA_DER_MAX, FETCH_TOTAL_TIMEOUT_US};
 use crate::limits::{
-    CA_DER_MAX, CONFIG_STRING_MAX, FETCH_TOTAL_TIMEOUT_US, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES,
-    MAX_IDENTITIES, MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
+    CONFIG_STRING_MAX, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES, MAX_IDENTITIES, MAX_USER_IDENTITIES,
+    PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
 };
 use core::cell::RefCell;
 use core::fmt;
@@ -46,12 +49,15 @@ pub struct IdentityConfig {
     pub object_id: Guid,
     pub resource_id: heapless::String<RESOURCE_ID_MAX>,
     /// Broker mode: how the identity proves itself to the authority.
+    #[cfg(feature = "broker")]
     pub credential: Option<Credential>,
 }
 
+#[cfg(feature = "broker")]
 pub use crate::broker::credential::{Alg, ClientKey, Credential, Thumbprints};
 
 /// Broker mode: the OAuth2 authority the agent gets tokens from.
+#[cfg(feature = "broker")]
 #[derive(Debug, Clone)]
 pub struct AuthorityConfig {
     /// The token endpoint, as configured (also the `aud` of client assertions).
@@ -71,6 +77,7 @@ pub struct AuthorityConfig {
 }
 
 /// How the authority's TLS certificate is trusted.
+#[cfg(feature = "broker")]
 // The core has no heap to box the CA in; there is one of these per config.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +129,7 @@ pub struct Config {
     /// Issuer mode's key; optional in broker mode (then no JWKS is published).
     pub signing_key: Option<SigningKey>,
     /// Broker mode when present.
+    #[cfg(feature = "broker")]
     pub authority: Option<AuthorityConfig>,
     pub listen: ListenConfig,
     pub network: Option<NetworkConfig>,
@@ -269,9 +277,15 @@ struct RawIdentity {
     object_id: Option<Str<64>>,
     resource_id: Option<Str<RESOURCE_ID_MAX>>,
     // Key material is decoded as soon as it is read, so that no PEM stays around.
+    #[cfg(feature = "broker")]
     key: Option<Result<ClientKey, &'static str>>,
+    #[cfg(feature = "broker")]
     alg: Option<Str<16>>,
+    #[cfg(feature = "broker")]
     certificate: Option<Result<Thumbprints, &'static str>>,
+    /// A broker-only field (`key`, `alg`, `certificate`) in a build without broker mode.
+    #[cfg(not(feature = "broker"))]
+    broker_field: Option<&'static str>,
 }
 
 #[derive(Default, serde::Deserialize)]
@@ -281,6 +295,7 @@ struct RawLimits {
     in_flight: Option<u32>,
 }
 
+#[cfg(feature = "broker")]
 #[derive(Default)]
 struct RawAuthority {
     token_url: Option<Str<URL_MAX>>,
@@ -312,7 +327,11 @@ struct Raw {
     signing_key: Option<Str<PEM_MAX>>,
     listen: Option<RawListen>,
     network: Option<RawNetwork>,
+    #[cfg(feature = "broker")]
     authority: Option<RawAuthority>,
+    /// An `authority` (not `null`) in a build without broker mode.
+    #[cfg(not(feature = "broker"))]
+    authority: bool,
     allow: Option<heapless::Vec<Str<48>, MAX_ALLOW_RULES>>,
     allow_hosts: Option<heapless::Vec<Str<64>, MAX_ALLOW_HOSTS>>,
     limits: Option<RawLimits>,
@@ -460,7 +479,12 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "signing_key" => raw.signing_key = Some(next_str(map)?),
                 "listen" => raw.listen = Some(map.next_value_seed(ListenSeed(t))?),
                 "network" => raw.network = map.next_value_seed(OptNetworkSeed(t))?,
+                #[cfg(feature = "broker")]
                 "authority" => raw.authority = map.next_value_seed(OptAuthoritySeed(t))?,
+                #[cfg(not(feature = "broker"))]
+                "authority" => {
+                    raw.authority = map.next_value::<Option<de::IgnoredAny>>()?.is_some()
+                }
                 "allow" => raw.allow = Some(next_str_list(map)?),
                 "allow_hosts" => raw.allow_hosts = Some(next_str_list(map)?),
                 "limits" => raw.limits = Some(map.next_value()?),
@@ -566,8 +590,10 @@ impl<'de> Visitor<'de> for OptNetworkSeed<'_> {
     }
 }
 
+#[cfg(feature = "broker")]
 struct OptAuthoritySeed<'t>(&'t Tracker);
 
+#[cfg(feature = "broker")]
 impl<'de> DeserializeSeed<'de> for OptAuthoritySeed<'_> {
     type Value = Option<RawAuthority>;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -575,6 +601,7 @@ impl<'de> DeserializeSeed<'de> for OptAuthoritySeed<'_> {
     }
 }
 
+#[cfg(feature = "broker")]
 impl<'de> Visitor<'de> for OptAuthoritySeed<'_> {
     type Value = Option<RawAuthority>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -681,15 +708,28 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
                 "client_id" => raw.client_id = Some(next_str(map)?),
                 "object_id" => raw.object_id = Some(next_str(map)?),
                 "resource_id" => raw.resource_id = Some(next_str(map)?),
+                #[cfg(feature = "broker")]
                 "key" => {
                     let mut pem: Str<PEM_MAX> = next_str(map)?;
                     raw.key = Some(ClientKey::from_pem(&pem));
                     zeroize_string(&mut pem);
                 }
+                #[cfg(feature = "broker")]
                 "alg" => raw.alg = Some(next_str(map)?),
+                #[cfg(feature = "broker")]
                 "certificate" => {
                     let pem: Str<PEM_MAX> = next_str(map)?;
                     raw.certificate = Some(crate::broker::credential::thumbprints(&pem));
+                }
+                #[cfg(not(feature = "broker"))]
+                k @ ("key" | "alg" | "certificate") => {
+                    // Not read (a key is not even copied): refused in `validate_identities`.
+                    map.next_value::<de::IgnoredAny>()?;
+                    raw.broker_field.get_or_insert(match k {
+                        "key" => "key",
+                        "alg" => "alg",
+                        _ => "certificate",
+                    });
                 }
                 k if k.starts_with('_') => {
                     map.next_value::<de::IgnoredAny>()?;
@@ -711,6 +751,11 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
 
 // ---------------------------------------------------------------------------------------------
 // Validation.
+
+/// Why a build without the `broker` feature refuses `authority` and identity keys.
+#[cfg(not(feature = "broker"))]
+const NEEDS_BROKER: &str = "broker mode needs a build with the `broker` feature \
+    (cargo build -p imds-unikernel --features broker); this build only issues tokens itself";
 
 /// Whether `s` is a GUID in the 8-4-4-4-12 hex form.
 pub fn is_guid(s: &str) -> bool {
@@ -744,6 +789,7 @@ fn socket_addr(v: &str, path: FieldPath) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+#[cfg(feature = "broker")]
 /// `spki_sha256`: 32 bytes from base64 (as `openssl dgst -sha256 -binary | base64` prints
 /// them) or hex, with or without curl's `sha256//` prefix.
 fn spki_pin(v: &str) -> Option<[u8; 32]> {
@@ -786,6 +832,7 @@ pub fn parse_signing_key(pem: &str) -> Result<p256::ecdsa::SigningKey, &'static 
 }
 
 /// Decode a PEM certificate to DER.
+#[cfg(feature = "broker")]
 pub fn certificate_der(pem: &str) -> Result<heapless::Vec<u8, CA_DER_MAX>, &'static str> {
     let mut der = [0u8; CA_DER_MAX];
     let (label, der) = pem_decode(pem.trim(), &mut der)
@@ -1253,6 +1300,7 @@ mod key_decoding_tests {
     }
 }
 
+#[cfg(feature = "broker")]
 #[inline(never)]
 fn validate_authority(raw: &RawAuthority) -> Result<AuthorityConfig, ConfigError> {
     let p = |sub| FieldPath::nested("authority", None, sub);
@@ -1336,6 +1384,7 @@ fn validate_authority(raw: &RawAuthority) -> Result<AuthorityConfig, ConfigError
     })
 }
 
+#[cfg(feature = "broker")]
 #[inline(never)]
 fn validate_credential(
     r: &RawIdentity,
@@ -1458,13 +1507,22 @@ fn validate_identities(
                 });
             }
         }
+        #[cfg(feature = "broker")]
         let credential = validate_credential(r, i, raw.authority.is_some())?;
+        #[cfg(not(feature = "broker"))]
+        if let Some(field) = r.broker_field {
+            return Err(ConfigError::Invalid {
+                field: p(field),
+                why: NEEDS_BROKER,
+            });
+        }
         // Cannot overflow: the list itself has this capacity.
         let _ = out.push(IdentityConfig {
             kind,
             client_id,
             object_id,
             resource_id,
+            #[cfg(feature = "broker")]
             credential,
         });
     }
@@ -1566,11 +1624,23 @@ impl Config {
                 why: "must be less than half of token_lifetime_s",
             });
         }
+        #[cfg(feature = "broker")]
         let authority = match &raw.authority {
             Some(a) => Some(validate_authority(a)?),
             None => None,
         };
-        let signing_key = match (&raw.signing_key, authority.is_some()) {
+        #[cfg(feature = "broker")]
+        let brokered = authority.is_some();
+        #[cfg(not(feature = "broker"))]
+        let brokered = if raw.authority {
+            return Err(ConfigError::Invalid {
+                field: FieldPath::top("authority"),
+                why: NEEDS_BROKER,
+            });
+        } else {
+            false
+        };
+        let signing_key = match (&raw.signing_key, brokered) {
             (Some(pem), _) => Some(SigningKey(parse_signing_key(pem).map_err(|why| {
                 ConfigError::Invalid {
                     field: FieldPath::top("signing_key"),
@@ -1636,6 +1706,7 @@ impl Config {
             token_lifetime_s,
             refresh_margin_s,
             signing_key,
+            #[cfg(feature = "broker")]
             authority,
             listen,
             network,
@@ -1742,6 +1813,7 @@ pub(crate) mod tests {
         assert!(err(&d).starts_with("config: field `signing_key`"));
     }
 
+    #[cfg(feature = "broker")]
     #[test]
     fn spki_pins_in_base64_or_hex() {
         // SHA-256 of "abc", both spellings.
@@ -1787,6 +1859,32 @@ pub(crate) mod tests {
             Config::parse(doc_ok.as_bytes()).unwrap().identities.len(),
             MAX_USER_IDENTITIES
         );
+    }
+
+    /// Without the `broker` feature, broker-mode fields are refused at parse time, like any
+    /// other config error (with the feature they are parsed: see the broker tests).
+    #[cfg(not(feature = "broker"))]
+    #[test]
+    fn broker_fields_need_the_broker_feature() {
+        let e = err(&doc(r#""authority":{"token_url":"https://a/t"},"#, SYS));
+        assert!(
+            e.starts_with(
+                "config: field `authority`: broker mode needs a build with the `broker` feature"
+            ),
+            "{e}"
+        );
+        // `null` is no authority.
+        assert!(Config::parse(doc(r#""authority":null,"#, SYS).as_bytes()).is_ok());
+        for field in ["key", "alg", "certificate"] {
+            let id = SYS.replace(r#""kind""#, &std::format!(r#""{field}":"x","kind""#));
+            let e = err(&doc("", &id));
+            assert!(
+                e.starts_with(&std::format!(
+                    "config: field `identities[0].{field}`: broker mode needs a build with the `broker` feature"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]

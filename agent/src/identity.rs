@@ -161,6 +161,7 @@ mod tests {
             client_id: g('a'),
             object_id: g('b'),
             resource_id: rid,
+            #[cfg(feature = "broker")]
             credential: None,
         }
     }

@@ -4,6 +4,7 @@
 //! (status, JSON body, headers). The router never touches sockets; errors of every other module
 //! are mapped to wire error codes here and nowhere else.
 
+#[cfg(feature = "broker")]
 use crate::broker::{Failure, JobState, Jobs};
 use crate::config::{Config, Guid};
 use crate::guard::{Guard, Refusal};
@@ -82,10 +83,14 @@ pub struct Agent {
     /// Issuer mode's minting key (also present in broker mode if configured: JWKS only).
     issuer: Option<Issuer>,
     /// Broker mode: tokens come from the authority through [`crate::broker::task`].
+    #[cfg(feature = "broker")]
     broker: bool,
+    #[cfg(feature = "broker")]
     jobs: Jobs,
+    #[cfg(feature = "broker")]
     refresh_margin_s: u64,
     /// Log lines from the broker task, drained by the driver.
+    #[cfg(feature = "broker")]
     events: heapless::Deque<heapless::String<240>, 16>,
     guard: Guard,
     tenant_id: Guid,
@@ -112,13 +117,14 @@ pub struct Now {
 
 impl core::fmt::Debug for Agent {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Agent")
-            .field("identities", &self.identities.len())
+        let mut d = f.debug_struct("Agent");
+        d.field("identities", &self.identities.len())
             .field("cached_tokens", &self.cache.len())
-            .field("issuer", &self.issuer)
-            .field("broker", &self.broker)
-            .field("jobs", &self.jobs.len())
-            .finish()
+            .field("issuer", &self.issuer);
+        #[cfg(feature = "broker")]
+        d.field("broker", &self.broker)
+            .field("jobs", &self.jobs.len());
+        d.finish()
     }
 }
 
@@ -132,6 +138,7 @@ impl Agent {
             refresh_margin_s,
             signing_key,
             identities,
+            #[cfg(feature = "broker")]
             authority,
             allow,
             allow_hosts,
@@ -148,9 +155,13 @@ impl Agent {
             identities: IdentityStore::new(identities),
             cache: TokenCache::new(refresh_margin_s),
             issuer: signing_key.map(|k| Issuer::new(k.0, &issuer, &tenant_id, token_lifetime_s)),
+            #[cfg(feature = "broker")]
             broker: authority.is_some(),
+            #[cfg(feature = "broker")]
             jobs: Jobs::default(),
+            #[cfg(feature = "broker")]
             refresh_margin_s: refresh_margin_s as u64,
+            #[cfg(feature = "broker")]
             events: heapless::Deque::new(),
             guard,
             tenant_id,
@@ -167,16 +178,19 @@ impl Agent {
         &mut self.guard
     }
 
+    #[cfg(feature = "broker")]
     /// Whether tokens come from an authority.
     pub fn is_broker(&self) -> bool {
         self.broker
     }
 
+    #[cfg(feature = "broker")]
     /// Whether a fetch is queued or in flight (drivers poll more often then).
     pub fn fetching(&self) -> bool {
         self.jobs.busy()
     }
 
+    #[cfg(feature = "broker")]
     /// Record a log line (kept until the driver drains it; the oldest is dropped when full).
     pub fn event(&mut self, args: core::fmt::Arguments<'_>) {
         let mut line: heapless::String<240> = heapless::String::new();
@@ -187,6 +201,7 @@ impl Agent {
         let _ = self.events.push_back(line);
     }
 
+    #[cfg(feature = "broker")]
     /// Write pending log lines.
     pub fn drain_events<W: core::fmt::Write>(&mut self, log: &mut W) {
         while let Some(line) = self.events.pop_front() {
@@ -194,6 +209,7 @@ impl Agent {
         }
     }
 
+    #[cfg(feature = "broker")]
     /// The next fetch for the broker task, with what it needs copied out.
     pub fn start_job(&mut self) -> Option<crate::broker::task::JobSpec> {
         loop {
@@ -215,6 +231,7 @@ impl Agent {
         }
     }
 
+    #[cfg(feature = "broker")]
     /// A fetch ended: a token goes into the cache; a failure is held for waiting requests.
     pub fn finish_job(
         &mut self,
@@ -252,8 +269,10 @@ impl Agent {
 
 /// A brokered token is not renewed ahead more often than this (short-lived upstream tokens
 /// would otherwise be fetched again on every request).
+#[cfg(feature = "broker")]
 const MIN_REFRESH_INTERVAL_US: u64 = 30_000_000;
 
+#[cfg(feature = "broker")]
 const NO_CREDENTIAL: Failure = Failure {
     status: 500,
     retry_after_s: None,
@@ -701,11 +720,12 @@ fn token_endpoint<E: Entropy>(
         peer: ctx.peer,
         mono_us: ctx.now.mono_us,
     };
+    #[cfg(feature = "broker")]
     if agent.broker {
         serve_brokered(agent, &tr, ctx.now, reply);
-    } else {
-        serve_minted(agent, &tr, ctx.now.unix_s, entropy, reply);
+        return;
     }
+    serve_minted(agent, &tr, ctx.now.unix_s, entropy, reply);
 }
 
 struct TokenRequest<'a> {
@@ -713,6 +733,7 @@ struct TokenRequest<'a> {
     resource: &'a str,
     selector: Selector<'a>,
     bypass: bool,
+    #[cfg_attr(not(feature = "broker"), allow(dead_code))]
     parked_since_us: Option<u64>,
     peer: core::net::IpAddr,
     mono_us: u64,
@@ -760,6 +781,7 @@ fn serve_minted<E: Entropy>(
 }
 
 /// Mark the request as waiting; a source's first wait counts against its in-flight limit.
+#[cfg(feature = "broker")]
 fn park(agent: &mut Agent, r: &TokenRequest<'_>, reply: &mut Reply) {
     if r.parked_since_us.is_none() {
         if let Err(refusal) = agent.guard.park(r.peer, r.mono_us) {
@@ -772,6 +794,7 @@ fn park(agent: &mut Agent, r: &TokenRequest<'_>, reply: &mut Reply) {
 
 /// Broker mode: from the cache (renewed ahead of expiry in the background), or wait for a
 /// fetch. A known token that is still valid is served while its renewal runs or fails.
+#[cfg(feature = "broker")]
 fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut Reply) {
     let Some(identity) = agent.identities.get(r.index) else {
         reply.bad_request("Identity not found");
@@ -1015,6 +1038,7 @@ mod tests {
             client_id: "11111111-1111-1111-1111-111111111111".try_into().unwrap(),
             object_id: "21111111-1111-1111-1111-111111111111".try_into().unwrap(),
             resource_id: "/subscriptions/s/x".try_into().unwrap(),
+            #[cfg(feature = "broker")]
             credential: None,
         };
         let mut reply = Reply::new();

@@ -4,6 +4,7 @@
 // Only the `rsa` feature allocates (the rsa crate's big integers); the core does not.
 #[cfg(feature = "rsa")]
 extern crate alloc;
+#[cfg(feature = "broker")]
 pub mod broker;
 pub mod config;
 pub mod guard;

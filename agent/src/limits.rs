@@ -65,6 +65,10 @@ pub const PEM_MAX: usize = 4096;
 
 /// Upstream fetches that run at once (each has its own TLS buffers, ~21 KiB).
 pub const BROKER_TASKS: usize = 2;
+/// Rounds of "poll the broker tasks, serve their pipes" per driver loop turn while bytes keep
+/// moving (a TLS flight is several records; the next network poll sends what the last round
+/// queued).
+pub const TASK_ROUNDS: usize = 4;
 /// Distinct (identity, resource) fetches queued, in flight or remembered as failed.
 /// Full: a request that needs one more gets 503 `service_unavailable` with `Retry-After`.
 pub const MAX_PENDING_FETCHES: usize = 16;

@@ -415,6 +415,7 @@ mod tests {
             client_id: "12222222-2222-2222-2222-222222222222".try_into().unwrap(),
             object_id: "22222222-2222-2222-2222-222222222222".try_into().unwrap(),
             resource_id: "/subscriptions/s/x".try_into().unwrap(),
+            #[cfg(feature = "broker")]
             credential: None,
         }
     }

@@ -1,5 +1,6 @@
 //! The boot sequence: machine backends from `imds-hal`, the agent core from `imds-agent`.
 
+use core::cell::RefCell;
 use core::fmt::Write;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -23,9 +24,9 @@ use crate::boot;
 use crate::exit_code;
 
 /// After the last frame, keep polling without pause this long (the rest of an exchange).
-pub(crate) const SPIN_AFTER_BUSY_US: u64 = 20_000;
+const SPIN_AFTER_BUSY_US: u64 = 20_000;
 /// Longest sleep while idle: the worst added latency for the first frame of a new exchange.
-pub(crate) const IDLE_NAP_US: u64 = 1_000;
+const IDLE_NAP_US: u64 = 1_000;
 
 /// fw_cfg file whose presence makes the image crash right after boot (see [`crash_test`]).
 const PANIC_TEST_FILE: &str = "opt/imds-agent/panic-test";
@@ -85,14 +86,6 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
         config.identities.len(),
         config.tenant_id
     );
-    #[cfg(not(feature = "broker"))]
-    if config.authority.is_some() {
-        let _ = writeln!(
-            log,
-            "imds-agent: fatal: config: `authority` (broker mode) needs an image built with the `broker` feature (cargo build -p imds-unikernel --features broker); this image only issues tokens itself"
-        );
-        exit(exit_code::CONFIG_INVALID);
-    }
 
     let nic = match virtio_net::probe() {
         Ok(nic) => nic,
@@ -121,10 +114,6 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
             "imds-agent: no usable LAPIC timer: polling without pause"
         );
     }
-    #[cfg(feature = "broker")]
-    if config.authority.is_some() {
-        crate::broker::serve(nic, config, timer.as_ref(), &clock, &mut entropy, &mut log)
-    }
     serve(nic, config, timer.as_ref(), &clock, &mut entropy, &mut log)
 }
 
@@ -134,7 +123,7 @@ static NET_MEMORY_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// The network memory, initialised in place (building it on the stack and moving it would
 /// cost twice its size in stack). Once per boot.
-pub(crate) fn net_memory() -> &'static mut NetMemory<'static> {
+fn net_memory() -> &'static mut NetMemory<'static> {
     assert!(
         !NET_MEMORY_TAKEN.swap(true, Ordering::AcqRel),
         "network memory taken twice"
@@ -160,8 +149,11 @@ pub(crate) fn net_memory() -> &'static mut NetMemory<'static> {
     }
 }
 
-/// The agent and the network loop, forever. The agent (~160 KiB) lives in this never
-/// returning frame of the boot stack; the network memory in a static.
+/// The agent, the broker tasks (image built with `broker`, config with an `authority`) and
+/// the network loop, forever. One loop turn: the network poll (HTTP connections, parked
+/// requests retried); in broker mode the tasks and their pipes ([`imds_agent::broker::runner`])
+/// and the agent's log lines; then a nap if nothing is moving. The agent (~160 KiB) lives in
+/// this never returning frame of the boot stack; the network memory in a static.
 fn serve(
     mut nic: VirtioNet,
     config: Config,
@@ -171,6 +163,12 @@ fn serve(
     log: &mut Serial,
 ) -> ! {
     let network = config.network;
+    #[cfg(feature = "broker")]
+    let authority = config.authority.clone();
+    #[cfg(feature = "broker")]
+    if let Some(authority) = authority.as_ref() {
+        crate::broker::announce(authority, network.as_ref(), log);
+    }
     let mac = nic.mac();
     let mut net = Net::new(
         &mut nic,
@@ -181,12 +179,34 @@ fn serve(
         entropy,
         log,
     );
-    let mut agent = Agent::new(config);
+    let agent = RefCell::new(Agent::new(config));
+    #[cfg(feature = "broker")]
+    let (pipes, tasks) = authority
+        .as_ref()
+        .map(|authority| crate::broker::tasks(&agent, authority, clock))
+        .unzip();
+    #[cfg(feature = "broker")]
+    let mut tasks = core::pin::pin!(tasks);
+    #[cfg(feature = "broker")]
+    let mut runner = crate::broker::runner(pipes, tasks.as_mut(), log);
     let mut last_busy_us = clock.monotonic_us();
     loop {
-        let status = net.poll(&mut nic, &mut agent, clock, entropy, log);
+        let status = net.poll(&mut nic, &mut agent.borrow_mut(), clock, entropy, log);
+        #[cfg(not(feature = "broker"))]
+        let working = false;
+        #[cfg(feature = "broker")]
+        let working = match runner.as_mut() {
+            Some(runner) => {
+                let moved = runner.turn(|pipes| net.poll_upstream(pipes, log));
+                agent.borrow_mut().drain_events(log);
+                // A fetch, an upstream connection or a waiting client: keep turning (the
+                // tasks' timers and the parked requests are polled, not woken).
+                moved || agent.borrow().fetching() || runner.connected() || net.has_parked()
+            }
+            None => false,
+        };
         let now_us = clock.monotonic_us();
-        if status.busy {
+        if status.busy || working {
             last_busy_us = now_us;
             continue;
         }
@@ -197,7 +217,7 @@ fn serve(
 /// Quiet for [`SPIN_AFTER_BUSY_US`]: sleep a short nap (the NIC is polled, not
 /// interrupt-driven, so a nap delays the first frame of the next burst by at most
 /// [`IDLE_NAP_US`]), shorter if the network stack wants a turn sooner (`next_in`).
-pub(crate) fn nap_when_quiet(
+fn nap_when_quiet(
     timer: Option<&LapicTimer>,
     now_us: u64,
     last_busy_us: u64,

@@ -338,7 +338,7 @@ fn an_image_without_the_broker_feature_refuses_a_broker_config() {
         "{status}\n{out}"
     );
     assert!(
-        out.contains("imds-agent: fatal: config: `authority` (broker mode) needs an image built with the `broker` feature"),
+        out.contains("imds-agent: fatal: config: field `authority`: broker mode needs a build with the `broker` feature"),
         "{out}"
     );
 }

@@ -6,6 +6,7 @@
 //! * [`pipe`] is the byte pipe between the driver's socket and the TLS session;
 //! * [`task`] is the async fetch (TLS 1.3 with embedded-tls, retries, timeouts) that the
 //!   drivers poll;
+//! * [`runner`] is the drivers' loop step: poll the tasks, serve the pipes;
 //! * [`Jobs`] (here) is what the router and the task share: which (identity, resource) pairs
 //!   are queued, in flight, or failed a moment ago.
 //!
@@ -16,6 +17,7 @@ pub mod assertion;
 pub mod credential;
 pub mod pin;
 pub mod pipe;
+pub mod runner;
 pub mod task;
 pub mod upstream;
 

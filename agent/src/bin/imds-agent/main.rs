@@ -4,7 +4,8 @@
 
 mod upstream;
 
-use imds_agent::broker::pipe::{Pipe, PipeState};
+use imds_agent::broker::pipe::Pipe;
+use imds_agent::broker::runner::Runner;
 use imds_agent::broker::task::{self, TaskBuffers};
 use imds_agent::config::{AuthorityConfig, Config};
 use imds_agent::limits::{BROKER_TASKS, CONFIG_MAX, HOST_MAX_CONNECTIONS};
@@ -229,6 +230,15 @@ fn run(
             )));
         }
     }
+    let brokered = !tasks.is_empty();
+    // One future that polls every task; the runner turns it with the pipes.
+    let mut all_tasks = std::pin::pin!(std::future::poll_fn(|cx| {
+        for t in tasks.iter_mut() {
+            let _ = t.as_mut().poll(cx);
+        }
+        std::task::Poll::<()>::Pending
+    }));
+    let mut runner = brokered.then(|| Runner::new(all_tasks.as_mut(), &pipes));
 
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
@@ -238,7 +248,7 @@ fn run(
     loop {
         // While fetches run, turn often: the tasks' timers and parked requests need it.
         let busy = agent.borrow().fetching()
-            || pipes.iter().any(|p| p.state() != PipeState::Idle)
+            || runner.as_ref().is_some_and(|r| r.connected())
             || conns.iter().flatten().any(|c| c.state.is_parked());
         let timeout = if busy {
             Duration::from_millis(2)
@@ -353,20 +363,15 @@ fn run(
                 Token(_) => {} // upstream sockets: driven below on every turn
             }
         }
-        if !tasks.is_empty() {
+        if let Some(runner) = runner.as_mut() {
             // Let the tasks take new jobs, move their bytes, and let them run again.
-            for _ in 0..4 {
-                for t in tasks.iter_mut() {
-                    upstream::poll_task(t.as_mut());
-                }
+            runner.turn(|pipes| {
                 let mut progress = false;
                 for (i, (pipe, slot)) in pipes.iter().zip(slots.iter_mut()).enumerate() {
                     progress |= upstream::drive(pipe, slot, i, poll.registry());
                 }
-                if !progress {
-                    break;
-                }
-            }
+                progress
+            });
             // Parked requests: answer those whose fetch ended.
             for slot in 0..conns.len() {
                 if conns[slot].as_ref().is_some_and(|c| c.state.is_parked()) {

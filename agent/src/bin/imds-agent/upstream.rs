@@ -1,14 +1,12 @@
 //! The host daemon's driver for broker mode: one non-blocking TCP socket per broker task,
-//! moving bytes between it and the task's [`Pipe`], and polling the task futures.
+//! moving bytes between it and the task's [`Pipe`] (`imds_agent::broker::runner::Runner`
+//! polls the task futures).
 
 use imds_agent::broker::pipe::{Pipe, PipeState, Target};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use std::future::Future;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 
 /// mio tokens of upstream sockets start here.
 pub const FIRST_UPSTREAM: usize = 8;
@@ -136,10 +134,4 @@ pub fn drive(pipe: &Pipe, slot: &mut Slot, index: usize, registry: &Registry) ->
         }
     }
     progress
-}
-
-/// Poll a task future once with a no-op waker (the loop polls again on every turn).
-pub fn poll_task<F: Future<Output = ()> + ?Sized>(fut: Pin<&mut F>) {
-    let mut cx = Context::from_waker(Waker::noop());
-    let _ = fut.poll(&mut cx) == Poll::Ready(());
 }

@@ -1,0 +1,614 @@
+//! The network loop of the unikernel: smoltcp over any [`smoltcp::phy::Device`], the agent's
+//! HTTP connections on port 80.
+//!
+//! Data flow of one poll: the NIC's frames go through smoltcp (`Interface::poll`); DHCP events
+//! set the interface address; each established TCP socket's bytes are copied into its
+//! [`Connection`] (sans-IO HTTP + router), and the connection's answer is copied back into the
+//! socket; a second `Interface::poll` sends it out.
+//!
+//! * Addresses: the one from DHCP (default) or from the config's `network` field, **and**
+//!   `169.254.169.254/32`, so that clients on the link reach the agent at the IMDS address.
+//! * Sockets: smoltcp has no listen backlog, so concurrency is [`LISTEN_SOCKETS`] listening
+//!   sockets on port 80; each is listening again as soon as its connection ends (our FIN
+//!   acknowledged). When fewer than [`SPARE_LISTENERS`] are free, the connection that has
+//!   waited longest without a complete request (idle keep-alive, or a slow request head) is
+//!   closed to make room.
+//! * Timeouts: a connection idle for [`crate::limits::IDLE_TIMEOUT_US`] (or whose request head
+//!   does not complete in time) is reset; a closing socket gets [`CLOSE_LINGER_US`].
+//! * Slirp (QEMU user networking) drops the first SYN towards a guest whose MAC it has not
+//!   seen, so one ARP request for the gateway is sent as soon as the address is known.
+//! * Broker mode (cargo feature `broker`): the authority's sockets and DNS, in [`upstream`]
+//!   (`Net::poll_upstream`). Drivers that never call `poll_upstream` leave those sockets
+//!   closed; a build without the feature has none.
+//!
+//! Memory is fixed: [`NetMemory`] holds every socket buffer and connection; nothing allocates.
+
+use core::fmt::Write;
+use core::net::{IpAddr, Ipv4Addr};
+
+use imds_hal::{Clock, Entropy};
+use smoltcp::iface::{
+    Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet, SocketStorage,
+};
+use smoltcp::phy::{Device, TxToken};
+#[cfg(feature = "dns")]
+use smoltcp::socket::dns;
+use smoltcp::socket::{dhcpv4, tcp};
+#[cfg(feature = "broker")]
+mod upstream;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr,
+};
+#[cfg(feature = "broker")]
+pub use upstream::{EPHEMERAL_PORT_FIRST, UPSTREAM_TCP_RX_BUF, UPSTREAM_TCP_TX_BUF};
+
+use crate::config::NetworkConfig;
+#[cfg(feature = "broker")]
+use crate::limits::BROKER_TASKS;
+use crate::limits::LISTEN_SOCKETS;
+use crate::server::{Agent, Connection, Listener};
+
+/// The TCP port the agent answers on.
+pub const HTTP_PORT: u16 = 80;
+/// The start of the one line the agent prints when it starts serving on an address:
+/// `imds-agent: ready: http://A.B.C.D:80 http://169.254.169.254:80`. Printed once the listening
+/// sockets answer on that address (static, or each DHCP lease with a new address), after the
+/// gateway was asked for its MAC. Harnesses wait for it before they connect (documented in the
+/// READMEs): a connection sent earlier reaches a guest without an address and costs a SYN
+/// retransmission (about a second).
+pub const READY_PREFIX: &str = "imds-agent: ready: ";
+/// The IMDS address, answered on next to the interface's own address.
+pub const IMDS_ADDRESS: Ipv4Address = Ipv4Address::new(169, 254, 169, 254);
+/// Receive buffer of one TCP socket (the advertised window). A request larger than this
+/// arrives in several polls.
+pub const TCP_RX_BUF: usize = 2048;
+/// Send buffer of one TCP socket. A response larger than this leaves in several polls.
+pub const TCP_TX_BUF: usize = 4096;
+/// A socket we closed gets this long to finish the FIN exchange before it is reset.
+pub const CLOSE_LINGER_US: u64 = 5_000_000;
+/// A socket closed less than this long ago counts as a spare listener when deciding whether
+/// to close a connection to make room (its peer's acknowledgement is on the way).
+pub const CLOSING_SOON_US: u64 = 100_000;
+/// When fewer sockets than this are spare (listening, or closed a moment ago), a waiting
+/// connection is closed ([`Connection::eviction_key`]), so that a new client finds a listener
+/// (smoltcp answers a SYN nobody listens for with a reset).
+pub const SPARE_LISTENERS: usize = 2;
+/// smoltcp socket slots: the listeners, the upstream sockets, DHCP and DNS.
+#[cfg(feature = "broker")]
+pub const NET_SOCKETS: usize = LISTEN_SOCKETS + BROKER_TASKS + 2;
+/// smoltcp socket slots: the listeners and DHCP.
+#[cfg(not(feature = "broker"))]
+pub const NET_SOCKETS: usize = LISTEN_SOCKETS + 1;
+
+/// Every buffer of the network loop. About 300 KiB: put it in a `static` or on a big stack.
+///
+/// The fields are public so that bare-metal code can initialise it in place (a `static` in
+/// `.bss`, each connection written with [`Connection::new`]) instead of building it on the
+/// stack; on the host, `Box::new(NetMemory::new())`.
+pub struct NetMemory<'a> {
+    /// smoltcp's socket table: the listening sockets, the upstream sockets, DHCP, DNS.
+    pub sockets: [SocketStorage<'a>; NET_SOCKETS],
+    pub tcp_rx: [[u8; TCP_RX_BUF]; LISTEN_SOCKETS],
+    pub tcp_tx: [[u8; TCP_TX_BUF]; LISTEN_SOCKETS],
+    pub conns: [Connection; LISTEN_SOCKETS],
+    /// Buffers of the upstream (broker) sockets.
+    #[cfg(feature = "broker")]
+    pub upstream_rx: [[u8; UPSTREAM_TCP_RX_BUF]; BROKER_TASKS],
+    #[cfg(feature = "broker")]
+    pub upstream_tx: [[u8; UPSTREAM_TCP_TX_BUF]; BROKER_TASKS],
+    /// Query slots of the DNS socket (one per upstream socket).
+    #[cfg(feature = "dns")]
+    pub dns_queries: [Option<dns::DnsQuery>; BROKER_TASKS],
+}
+
+impl NetMemory<'_> {
+    pub const fn new() -> Self {
+        NetMemory {
+            sockets: [const { SocketStorage::EMPTY }; NET_SOCKETS],
+            tcp_rx: [[0; TCP_RX_BUF]; LISTEN_SOCKETS],
+            tcp_tx: [[0; TCP_TX_BUF]; LISTEN_SOCKETS],
+            conns: [const { Connection::new() }; LISTEN_SOCKETS],
+            #[cfg(feature = "broker")]
+            upstream_rx: [[0; UPSTREAM_TCP_RX_BUF]; BROKER_TASKS],
+            #[cfg(feature = "broker")]
+            upstream_tx: [[0; UPSTREAM_TCP_TX_BUF]; BROKER_TASKS],
+            #[cfg(feature = "dns")]
+            dns_queries: [const { None }; BROKER_TASKS],
+        }
+    }
+}
+
+impl Default for NetMemory<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// The socket listens (or is in the middle of a handshake).
+    Listening,
+    /// A connection is established and owns the slot's [`Connection`].
+    Active { peer_closed: bool },
+    /// We closed (or reset) the socket; it is re-armed once smoltcp is done with it.
+    Closing { since_us: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    handle: SocketHandle,
+    state: SlotState,
+}
+
+impl Slot {
+    /// Whether the slot can take a new connection now or in a moment: listening, or closed
+    /// less than [`CLOSING_SOON_US`] ago (listening again once the peer acknowledges).
+    fn is_spare(&self, socket: tcp::State, now_us: u64) -> bool {
+        match self.state {
+            SlotState::Listening => socket == tcp::State::Listen,
+            SlotState::Closing { since_us } => now_us.saturating_sub(since_us) < CLOSING_SOON_US,
+            SlotState::Active { .. } => false,
+        }
+    }
+}
+
+/// What one [`Net::poll`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollStatus {
+    /// Frames came in or went out: more may follow, poll again at once.
+    pub busy: bool,
+    /// When smoltcp next needs a poll for its own timers (retransmission, DHCP renewal), if
+    /// ever. A caller that sleeps must also wake for incoming frames (or poll regularly).
+    pub next_in: Option<Duration>,
+}
+
+/// The interface, its sockets and the connections.
+pub struct Net<'a> {
+    iface: Interface,
+    sockets: SocketSet<'a>,
+    dhcp: Option<SocketHandle>,
+    slots: [Slot; LISTEN_SOCKETS],
+    conns: &'a mut [Connection; LISTEN_SOCKETS],
+    /// The broker's upstream sockets.
+    #[cfg(feature = "broker")]
+    upstream: upstream::Upstream,
+    /// DNS servers (from DHCP, or [`Net::set_dns_servers`]).
+    dns_servers: heapless::Vec<Ipv4Address, 3>,
+    mac: EthernetAddress,
+    address: Option<Ipv4Cidr>,
+    gateway: Option<Ipv4Address>,
+    /// An ARP request for the gateway is due.
+    arp_due: bool,
+    /// The ready line ([`READY_PREFIX`]) is due: an address was just set.
+    ready_due: bool,
+}
+
+fn instant(us: u64) -> Instant {
+    Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
+}
+
+impl<'a> Net<'a> {
+    /// Set up the interface on `device` (MAC `mac`), with the static address of `network` or
+    /// DHCP, and [`LISTEN_SOCKETS`] sockets listening on port [`HTTP_PORT`].
+    pub fn new<D: Device, C: Clock, E: Entropy, W: Write>(
+        device: &mut D,
+        mac: [u8; 6],
+        network: Option<&NetworkConfig>,
+        mem: &'a mut NetMemory<'a>,
+        clock: &C,
+        entropy: &mut E,
+        log: &mut W,
+    ) -> Net<'a> {
+        let mac = EthernetAddress(mac);
+        let mut config = IfaceConfig::new(HardwareAddress::Ethernet(mac));
+        let mut seed = [0u8; 8];
+        // The seed only randomises TCP initial sequence numbers and ephemeral ports.
+        config.random_seed = match entropy.fill(&mut seed) {
+            Ok(()) => u64::from_le_bytes(seed),
+            Err(_) => clock.monotonic_us(),
+        };
+        let iface = Interface::new(config, device, instant(clock.monotonic_us()));
+
+        let NetMemory {
+            sockets,
+            tcp_rx,
+            tcp_tx,
+            conns,
+            #[cfg(feature = "broker")]
+            upstream_rx,
+            #[cfg(feature = "broker")]
+            upstream_tx,
+            #[cfg(feature = "dns")]
+            dns_queries,
+        } = mem;
+        let mut sockets = SocketSet::new(&mut sockets[..]);
+        let dhcp = match network {
+            Some(_) => None,
+            None => Some(sockets.add(dhcpv4::Socket::new())),
+        };
+        let mut rx = tcp_rx.iter_mut();
+        let mut tx = tcp_tx.iter_mut();
+        let slots = core::array::from_fn(|_| {
+            let (Some(rx), Some(tx)) = (rx.next(), tx.next()) else {
+                unreachable!("one buffer pair per slot")
+            };
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(&mut rx[..]),
+                tcp::SocketBuffer::new(&mut tx[..]),
+            );
+            // No smoltcp timeout: it counts from the peer's last packet even on a quiet
+            // connection; the idle timeout of `Connection` covers dead peers.
+            socket.set_nagle_enabled(false);
+            let _ = socket.listen(HTTP_PORT);
+            Slot {
+                handle: sockets.add(socket),
+                state: SlotState::Listening,
+            }
+        });
+        #[cfg(feature = "broker")]
+        let upstream = upstream::Upstream::new(
+            &mut sockets,
+            upstream_rx,
+            upstream_tx,
+            #[cfg(feature = "dns")]
+            dns_queries,
+            u16::from_le_bytes([seed[0], seed[1]]),
+        );
+
+        let mut net = Net {
+            iface,
+            sockets,
+            dhcp,
+            slots,
+            conns,
+            #[cfg(feature = "broker")]
+            upstream,
+            dns_servers: heapless::Vec::new(),
+            mac,
+            address: None,
+            gateway: None,
+            arp_due: false,
+            ready_due: false,
+        };
+        match network {
+            Some(n) => {
+                let cidr = Ipv4Cidr::new(n.address, n.prefix_len);
+                net.set_address(Some(cidr), n.gateway);
+                let _ = write!(log, "imds-agent: net: address {cidr} (static)");
+            }
+            None => {
+                net.set_address(None, None);
+                let _ = write!(log, "imds-agent: net: waiting for DHCP");
+            }
+        }
+        let _ = writeln!(
+            log,
+            ", also answering on {IMDS_ADDRESS}, {LISTEN_SOCKETS} sockets on port {HTTP_PORT}"
+        );
+        net
+    }
+
+    /// The interface address (without the IMDS one), once known.
+    pub fn address(&self) -> Option<Ipv4Cidr> {
+        self.address
+    }
+
+    /// The default gateway, if any.
+    pub fn gateway(&self) -> Option<Ipv4Address> {
+        self.gateway
+    }
+
+    /// The DNS servers upstream host names are resolved with (DHCP sets them; with a static
+    /// `network` config there are none unless the driver sets some).
+    pub fn dns_servers(&self) -> &[Ipv4Address] {
+        &self.dns_servers
+    }
+
+    /// Replace the DNS servers (at most three are kept).
+    pub fn set_dns_servers(&mut self, servers: &[Ipv4Address]) {
+        self.dns_servers.clear();
+        for s in servers.iter().take(self.dns_servers.capacity()) {
+            let _ = self.dns_servers.push(*s);
+        }
+        #[cfg(feature = "dns")]
+        {
+            let mut list: heapless::Vec<smoltcp::wire::IpAddress, 3> = heapless::Vec::new();
+            for s in &self.dns_servers {
+                let _ = list.push(smoltcp::wire::IpAddress::Ipv4(*s));
+            }
+            self.sockets
+                .get_mut::<dns::Socket>(self.upstream.dns)
+                .update_servers(&list);
+        }
+    }
+
+    /// Whether a connection waits for an upstream fetch (the driver keeps polling then).
+    pub fn has_parked(&self) -> bool {
+        self.slots
+            .iter()
+            .zip(self.conns.iter())
+            .any(|(s, c)| matches!(s.state, SlotState::Active { .. }) && c.is_parked())
+    }
+
+    fn set_address(&mut self, address: Option<Ipv4Cidr>, gateway: Option<Ipv4Address>) {
+        self.address = address;
+        self.gateway = gateway;
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            if let Some(a) = address {
+                let _ = addrs.push(IpCidr::Ipv4(a));
+            }
+            let _ = addrs.push(IpCidr::Ipv4(Ipv4Cidr::new(IMDS_ADDRESS, 32)));
+        });
+        let routes = self.iface.routes_mut();
+        routes.remove_default_ipv4_route();
+        if let Some(gw) = gateway {
+            let _ = routes.add_default_ipv4_route(gw);
+        }
+        self.arp_due = address.is_some() && gateway.is_some();
+        self.ready_due = address.is_some();
+    }
+
+    /// One round: receive, run DHCP, serve every connection, send.
+    pub fn poll<D: Device, C: Clock, E: Entropy, W: Write>(
+        &mut self,
+        device: &mut D,
+        agent: &mut Agent,
+        clock: &C,
+        entropy: &mut E,
+        log: &mut W,
+    ) -> PollStatus {
+        let now = instant(clock.monotonic_us());
+        let received = self.iface.poll(now, device, &mut self.sockets);
+        self.poll_dhcp(clock, log);
+        if let Some(a) = self.address {
+            // The agent's own subnet may ask for tokens (unless `allow` is configured).
+            agent.guard_mut().add_own_subnet(crate::guard::Cidr::new(
+                IpAddr::V4(a.address()),
+                a.prefix_len(),
+            ));
+        }
+        if self.arp_due {
+            self.arp_due = false;
+            if let (Some(a), Some(gw)) = (self.address, self.gateway) {
+                send_arp_request(device, now, self.mac, a.address(), gw);
+            }
+        }
+        if self.ready_due {
+            self.ready_due = false;
+            if let Some(a) = self.address {
+                // After the gateway's ARP request: a client that connects on this line finds
+                // the guest's MAC known to the gateway (slirp drops a SYN for an unknown one).
+                let _ = writeln!(
+                    log,
+                    "{READY_PREFIX}http://{}:{HTTP_PORT} http://{IMDS_ADDRESS}:{HTTP_PORT}",
+                    a.address()
+                );
+            }
+        }
+        self.serve(agent, clock, entropy, log);
+        let now = instant(clock.monotonic_us());
+        let sent = self.iface.poll(now, device, &mut self.sockets);
+        PollStatus {
+            busy: received == PollResult::SocketStateChanged
+                || sent == PollResult::SocketStateChanged,
+            next_in: self.iface.poll_delay(now, &self.sockets),
+        }
+    }
+
+    fn poll_dhcp<C: Clock, W: Write>(&mut self, clock: &C, log: &mut W) {
+        let Some(handle) = self.dhcp else { return };
+        let event = self.sockets.get_mut::<dhcpv4::Socket>(handle).poll();
+        match event {
+            Some(dhcpv4::Event::Configured(c)) => {
+                let (address, router) = (c.address, c.router);
+                let servers = c.dns_servers.clone();
+                self.set_address(Some(address), router);
+                self.set_dns_servers(&servers);
+                let _ = write!(log, "imds-agent: net: DHCP address {address}");
+                if let Some(gw) = router {
+                    let _ = write!(log, ", gateway {gw}");
+                }
+                if let Some(dns) = servers.first() {
+                    let _ = write!(log, ", DNS {dns}");
+                }
+                let _ = writeln!(log, " ({} ms since boot)", clock.monotonic_us() / 1000);
+            }
+            Some(dhcpv4::Event::Deconfigured) => {
+                if self.address.is_some() {
+                    let _ = writeln!(log, "imds-agent: net: DHCP lease lost");
+                }
+                self.set_address(None, None);
+                self.set_dns_servers(&[]);
+            }
+            None => {}
+        }
+    }
+
+    fn serve<C: Clock, E: Entropy, W: Write>(
+        &mut self,
+        agent: &mut Agent,
+        clock: &C,
+        entropy: &mut E,
+        log: &mut W,
+    ) {
+        for (slot, conn) in self.slots.iter_mut().zip(self.conns.iter_mut()) {
+            let socket = self.sockets.get_mut::<tcp::Socket>(slot.handle);
+            serve_slot(slot, socket, conn, agent, clock, entropy, log);
+        }
+        let now_us = clock.monotonic_us();
+        let spare = self
+            .slots
+            .iter()
+            .filter(|s| s.is_spare(self.sockets.get::<tcp::Socket>(s.handle).state(), now_us))
+            .count();
+        // Closing another connection while others are about to free their sockets would
+        // only cost a client its connection (under a flood of short connections, the
+        // well-behaved keep-alive client was the one closed).
+        if spare < SPARE_LISTENERS {
+            self.make_room(agent, now_us);
+        }
+    }
+
+    /// (Almost) every socket is busy: close the connection that has waited longest without
+    /// giving the agent a request (an idle keep-alive connection, or a request head that does
+    /// not complete: [`Connection::eviction_key`]), so that a new client is not refused
+    /// while old or slow ones merely hold their sockets.
+    fn make_room(&mut self, agent: &mut Agent, now_us: u64) {
+        let victim = self
+            .slots
+            .iter()
+            .zip(self.conns.iter())
+            .enumerate()
+            .filter(|(_, (s, _))| matches!(s.state, SlotState::Active { .. }))
+            .filter_map(|(i, (_, c))| c.eviction_key().map(|k| (i, k)))
+            .min_by_key(|&(_, k)| k)
+            .map(|(i, _)| i);
+        if let Some(i) = victim {
+            self.conns[i].abandon(agent);
+            let slot = &mut self.slots[i];
+            self.sockets.get_mut::<tcp::Socket>(slot.handle).close();
+            slot.state = SlotState::Closing { since_us: now_us };
+        }
+    }
+}
+
+/// Move one slot along: accept, shuttle bytes, close, re-arm.
+fn serve_slot<C: Clock, E: Entropy, W: Write>(
+    slot: &mut Slot,
+    socket: &mut tcp::Socket<'_>,
+    conn: &mut Connection,
+    agent: &mut Agent,
+    clock: &C,
+    entropy: &mut E,
+    log: &mut W,
+) {
+    let now_us = clock.monotonic_us();
+    if slot.state == SlotState::Listening {
+        match socket.state() {
+            tcp::State::Listen | tcp::State::SynReceived => return,
+            tcp::State::Established | tcp::State::CloseWait => {
+                let peer = socket
+                    .remote_endpoint()
+                    .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |e| e.addr.into());
+                conn.abandon(agent);
+                conn.reset(Listener::Imds, peer, now_us);
+                slot.state = SlotState::Active { peer_closed: false };
+            }
+            // Reset during the handshake, or any state a listening socket should not reach.
+            _ => {
+                rearm(slot, socket);
+                return;
+            }
+        }
+    }
+
+    if let SlotState::Closing { since_us } = slot.state {
+        // Discard whatever the peer still sends; the answer is out.
+        let _ = socket.recv(|b| (b.len(), ()));
+        // FIN-WAIT-2: the peer has acknowledged everything including our FIN, so it has the
+        // whole answer; waiting for its FIN would only keep the slot from listening.
+        if !socket.is_open() || socket.state() == tcp::State::FinWait2 {
+            rearm(slot, socket);
+        } else if now_us.saturating_sub(since_us) > CLOSE_LINGER_US {
+            socket.abort();
+        }
+        return;
+    }
+
+    let SlotState::Active { mut peer_closed } = slot.state else {
+        return;
+    };
+    loop {
+        let mut progress = false;
+        while socket.can_recv() {
+            let space = conn.rx_space();
+            if space.is_empty() {
+                break;
+            }
+            match socket.recv_slice(space) {
+                Ok(n) if n > 0 => {
+                    conn.rx_commit(n, now_us);
+                    progress = true;
+                }
+                _ => break,
+            }
+        }
+        if !peer_closed && !socket.may_recv() {
+            peer_closed = true;
+            conn.rx_closed();
+        }
+        conn.process(agent, clock, entropy, log);
+        let pending = conn.tx_pending();
+        if !pending.is_empty() && socket.can_send() {
+            if let Ok(n) = socket.send_slice(pending) {
+                if n > 0 {
+                    conn.tx_consume(n);
+                    progress = true;
+                }
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    slot.state = SlotState::Active { peer_closed };
+
+    if !socket.is_active() {
+        // Reset by the peer, or smoltcp gave up retransmitting.
+        conn.abandon(agent);
+        rearm(slot, socket);
+    } else if conn.wants_close() {
+        conn.abandon(agent);
+        socket.close();
+        slot.state = SlotState::Closing { since_us: now_us };
+    } else if conn.timed_out(now_us) {
+        conn.abandon(agent);
+        socket.abort();
+        slot.state = SlotState::Closing { since_us: now_us };
+    }
+}
+
+fn rearm(slot: &mut Slot, socket: &mut tcp::Socket<'_>) {
+    if socket.is_open() {
+        socket.abort();
+    }
+    let _ = socket.listen(HTTP_PORT);
+    slot.state = SlotState::Listening;
+}
+
+/// Broadcast "who has `target`? tell `source`" straight through the device.
+fn send_arp_request<D: Device>(
+    device: &mut D,
+    now: Instant,
+    mac: EthernetAddress,
+    source: Ipv4Address,
+    target: Ipv4Address,
+) {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: mac,
+        source_protocol_addr: source,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let Some(token) = device.transmit(now) else {
+        return;
+    };
+    token.consume(
+        EthernetFrame::<&[u8]>::buffer_len(arp.buffer_len()),
+        |buf| {
+            let mut frame = EthernetFrame::new_unchecked(buf);
+            frame.set_dst_addr(EthernetAddress::BROADCAST);
+            frame.set_src_addr(mac);
+            frame.set_ethertype(EthernetProtocol::Arp);
+            arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+        },
+    );
+}
+
+// The tests drive the issuer and the broker paths over a simulated wire.
+#[cfg(all(test, feature = "broker"))]
+mod tests;
