@@ -4,15 +4,17 @@
 //! (status, JSON body, headers). The router never touches sockets; errors of every other module
 //! are mapped to wire error codes here and nowhere else.
 
+use crate::agent::Agent;
 #[cfg(feature = "broker")]
-use crate::broker::{Failure, JobState, Jobs};
-use crate::config::{Config, Guid};
-use crate::guard::{Guard, Refusal};
+use crate::broker::JobState;
+use crate::config::Guid;
+use crate::guard::Refusal;
 use crate::http::{ContentType, Method, Request};
-use crate::identity::{IdentityStore, SelectError, Selector};
+use crate::identity::{SelectError, Selector};
 use crate::limits::{CONN_TX_BUF, PARAM_DECODE_BUF, RESOURCE_MAX};
+use crate::oidc;
 use crate::query;
-use crate::token::{Issuer, Token, TokenCache};
+use crate::token::Token;
 use core::fmt::Write as _;
 use imds_hal::Entropy;
 use serde::Serialize;
@@ -76,26 +78,6 @@ pub const TOKEN_MIN_API_VERSION: &str = "2018-02-01";
 /// What an api-version error lists as `newest-versions` (newest first).
 pub const NEWEST_VERSIONS: [&str; 3] = ["2025-04-07", "2024-07-17", "2024-03-15"];
 
-/// The state the router works on: identities, the token cache and the token source.
-pub struct Agent {
-    identities: IdentityStore,
-    cache: TokenCache,
-    /// Issuer mode's minting key (also present in broker mode if configured: JWKS only).
-    issuer: Option<Issuer>,
-    /// Broker mode: tokens come from the authority through [`crate::broker::task`].
-    #[cfg(feature = "broker")]
-    broker: bool,
-    #[cfg(feature = "broker")]
-    jobs: Jobs,
-    #[cfg(feature = "broker")]
-    refresh_margin_s: u64,
-    /// Log lines from the broker task, drained by the driver.
-    #[cfg(feature = "broker")]
-    events: heapless::Deque<heapless::String<240>, 16>,
-    guard: Guard,
-    tenant_id: Guid,
-}
-
 /// What the router knows about a request besides its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ctx {
@@ -115,169 +97,10 @@ pub struct Now {
     pub mono_us: u64,
 }
 
-impl core::fmt::Debug for Agent {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let mut d = f.debug_struct("Agent");
-        d.field("identities", &self.identities.len())
-            .field("cached_tokens", &self.cache.len())
-            .field("issuer", &self.issuer);
-        #[cfg(feature = "broker")]
-        d.field("broker", &self.broker)
-            .field("jobs", &self.jobs.len());
-        d.finish()
-    }
-}
-
-impl Agent {
-    /// Build the agent from a validated configuration.
-    pub fn new(config: Config) -> Agent {
-        let Config {
-            tenant_id,
-            issuer,
-            token_lifetime_s,
-            refresh_margin_s,
-            signing_key,
-            identities,
-            #[cfg(feature = "broker")]
-            authority,
-            allow,
-            allow_hosts,
-            limits,
-            ..
-        } = config;
-        let guard = Guard::new(
-            allow.as_deref(),
-            &allow_hosts,
-            limits.rate_per_s,
-            limits.in_flight,
-        );
-        Agent {
-            identities: IdentityStore::new(identities),
-            cache: TokenCache::new(refresh_margin_s),
-            issuer: signing_key.map(|k| Issuer::new(k.0, &issuer, &tenant_id, token_lifetime_s)),
-            #[cfg(feature = "broker")]
-            broker: authority.is_some(),
-            #[cfg(feature = "broker")]
-            jobs: Jobs::default(),
-            #[cfg(feature = "broker")]
-            refresh_margin_s: refresh_margin_s as u64,
-            #[cfg(feature = "broker")]
-            events: heapless::Deque::new(),
-            guard,
-            tenant_id,
-        }
-    }
-
-    /// The issuer (issuer mode, or broker mode with a `signing_key`).
-    pub fn issuer(&self) -> Option<&Issuer> {
-        self.issuer.as_ref()
-    }
-
-    /// The allow-lists and limits (drivers add the agent's own subnets).
-    pub fn guard_mut(&mut self) -> &mut Guard {
-        &mut self.guard
-    }
-
-    #[cfg(feature = "broker")]
-    /// Whether tokens come from an authority.
-    pub fn is_broker(&self) -> bool {
-        self.broker
-    }
-
-    #[cfg(feature = "broker")]
-    /// Whether a fetch is queued or in flight (drivers poll more often then).
-    pub fn fetching(&self) -> bool {
-        self.jobs.busy()
-    }
-
-    #[cfg(feature = "broker")]
-    /// Record a log line (kept until the driver drains it; the oldest is dropped when full).
-    pub fn event(&mut self, args: core::fmt::Arguments<'_>) {
-        let mut line: heapless::String<240> = heapless::String::new();
-        let _ = line.write_fmt(args);
-        if self.events.is_full() {
-            self.events.pop_front();
-        }
-        let _ = self.events.push_back(line);
-    }
-
-    #[cfg(feature = "broker")]
-    /// Write pending log lines.
-    pub fn drain_events<W: core::fmt::Write>(&mut self, log: &mut W) {
-        while let Some(line) = self.events.pop_front() {
-            let _ = writeln!(log, "{line}");
-        }
-    }
-
-    #[cfg(feature = "broker")]
-    /// The next fetch for the broker task, with what it needs copied out.
-    pub fn start_job(&mut self) -> Option<crate::broker::task::JobSpec> {
-        loop {
-            let (identity, resource) = self.jobs.start_next()?;
-            let Some(id) = self.identities.get(identity) else {
-                continue;
-            };
-            let Some(credential) = id.credential.clone() else {
-                self.jobs
-                    .finish(identity, &resource, Err(NO_CREDENTIAL), 0, 0);
-                continue;
-            };
-            return Some(crate::broker::task::JobSpec {
-                identity,
-                resource,
-                client_id: id.client_id.clone(),
-                credential,
-            });
-        }
-    }
-
-    #[cfg(feature = "broker")]
-    /// A fetch ended: a token goes into the cache; a failure is held for waiting requests.
-    pub fn finish_job(
-        &mut self,
-        identity: u8,
-        resource: &str,
-        result: Result<crate::broker::upstream::TokenAnswer, Failure>,
-        now_us: u64,
-    ) {
-        let result = result.map(|answer| {
-            let token = Token {
-                access_token: answer.access_token,
-                not_before: answer.not_before,
-                expires_on: answer.expires_on,
-                obtained_us: now_us,
-            };
-            self.cache.insert(identity, resource, token);
-        });
-        self.jobs.finish(
-            identity,
-            resource,
-            result,
-            now_us,
-            crate::limits::FETCH_FAILURE_HOLD_US,
-        );
-    }
-
-    pub fn identities(&self) -> &IdentityStore {
-        &self.identities
-    }
-
-    pub fn cache(&self) -> &TokenCache {
-        &self.cache
-    }
-}
-
 /// A brokered token is not renewed ahead more often than this (short-lived upstream tokens
 /// would otherwise be fetched again on every request).
 #[cfg(feature = "broker")]
 const MIN_REFRESH_INTERVAL_US: u64 = 30_000_000;
-
-#[cfg(feature = "broker")]
-const NO_CREDENTIAL: Failure = Failure {
-    status: 500,
-    retry_after_s: None,
-    description: "The identity has no credential for the token authority",
-};
 
 /// What the router answers.
 #[derive(Debug)]
@@ -463,7 +286,7 @@ pub fn handle<E: Entropy>(
             reply.json(
                 200,
                 &Info {
-                    tenant_id: &agent.tenant_id,
+                    tenant_id: &agent.tenant,
                 },
             );
         }
@@ -481,12 +304,12 @@ pub fn handle<E: Entropy>(
                 },
             );
         }
-    } else if path_is(path, "/.well-known/openid-configuration") && agent.issuer.is_some() {
+    } else if path_is(path, "/.well-known/openid-configuration") && agent.tokens.issuer.is_some() {
         if get_only(req, reply) {
             discovery(agent, req, reply);
         }
     } else if (path_is(path, "/.well-known/jwks.json") || path_is(path, "/discovery/keys"))
-        && agent.issuer.is_some()
+        && agent.tokens.issuer.is_some()
     {
         if get_only(req, reply) {
             jwks(agent, reply);
@@ -721,7 +544,7 @@ fn token_endpoint<E: Entropy>(
         mono_us: ctx.now.mono_us,
     };
     #[cfg(feature = "broker")]
-    if agent.broker {
+    if agent.tokens.broker {
         serve_brokered(agent, &tr, ctx.now, reply);
         return;
     }
@@ -752,12 +575,12 @@ fn serve_minted<E: Entropy>(
         return;
     };
     if !r.bypass {
-        if let Some(t) = agent.cache.get(r.index, r.resource, now) {
+        if let Some(t) = agent.tokens.cache.get(r.index, r.resource, now) {
             write_token(reply, t, r.resource, identity, r.selector, now);
             return;
         }
     }
-    let Some(issuer) = agent.issuer.as_ref() else {
+    let Some(issuer) = agent.tokens.issuer.as_ref() else {
         reply.error(500, "server_error", "No token source configured");
         return;
     };
@@ -769,7 +592,7 @@ fn serve_minted<E: Entropy>(
     match issuer.mint(identity, r.resource, now, entropy) {
         Ok(token) => {
             write_token(reply, &token, r.resource, identity, r.selector, now);
-            agent.cache.insert(r.index, r.resource, token);
+            agent.tokens.cache.insert(r.index, r.resource, token);
         }
         Err(crate::token::MintError::TooLarge) => {
             reply.bad_request("Parameter 'resource' is too long");
@@ -800,8 +623,8 @@ fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut
         reply.bad_request("Identity not found");
         return;
     };
-    let margin = agent.refresh_margin_s;
-    let entry = agent.cache.peek(r.index, r.resource);
+    let margin = agent.tokens.refresh_margin_s;
+    let entry = agent.tokens.cache.peek(r.index, r.resource);
     // A token fetched while this request waited is its answer, however short-lived.
     let new_for_me = |t: &Token| {
         r.parked_since_us
@@ -815,20 +638,26 @@ fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut
             let age_us = now.mono_us.saturating_sub(t.obtained_us);
             if left <= 2 * margin && age_us >= MIN_REFRESH_INTERVAL_US {
                 // Refresh ahead, nobody waits for it. A full job table just means later.
-                let _ = agent.jobs.enqueue(r.index, r.resource, true, now.mono_us);
+                let _ = agent
+                    .tokens
+                    .jobs
+                    .enqueue(r.index, r.resource, true, now.mono_us);
             }
             return;
         }
-        if left > 0 && agent.jobs.get(r.index, r.resource).is_some() {
+        if left > 0 && agent.tokens.jobs.get(r.index, r.resource).is_some() {
             // Inside the margin, but a renewal is running or just failed: the known token
             // is better than an error.
             write_token(reply, t, r.resource, identity, r.selector, now.unix_s);
-            let _ = agent.jobs.enqueue(r.index, r.resource, true, now.mono_us);
+            let _ = agent
+                .tokens
+                .jobs
+                .enqueue(r.index, r.resource, true, now.mono_us);
             return;
         }
     }
-    agent.jobs.expire(now.mono_us);
-    match agent.jobs.get(r.index, r.resource).map(|j| j.state) {
+    agent.tokens.jobs.expire(now.mono_us);
+    match agent.tokens.jobs.get(r.index, r.resource).map(|j| j.state) {
         Some(JobState::Failed { failure, .. }) if r.parked_since_us.is_some() || !r.bypass => {
             reply.retry_after_s = failure.retry_after_s;
             reply.error(
@@ -844,6 +673,7 @@ fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut
             .map_err(Some)
             .and_then(|()| {
                 agent
+                    .tokens
                     .jobs
                     .enqueue(r.index, r.resource, false, now.mono_us)
                     .map_err(|_| None)
@@ -915,114 +745,26 @@ fn write_token(
     reply.client_id = Some(identity.client_id.clone());
 }
 
-/// A `Host` header value safe to echo into a URL, or the IMDS address.
-fn host_of<'r>(req: &Request<'r>) -> &'r str {
-    req.header("host")
-        .and_then(|h| core::str::from_utf8(crate::http::trim(h)).ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
-                })
-        })
-        .unwrap_or("169.254.169.254")
-}
-
 fn discovery(agent: &Agent, req: &Request<'_>, reply: &mut Reply) {
-    let Some(issuer) = agent.issuer.as_ref() else {
+    let Some(issuer) = agent.tokens.issuer.as_ref() else {
         return;
     };
-    let host = host_of(req);
-    let mut jwks_uri: heapless::String<300> = heapless::String::new();
-    let _ = write!(jwks_uri, "http://{host}/.well-known/jwks.json");
-    let mut token_endpoint: heapless::String<300> = heapless::String::new();
-    let _ = write!(
-        token_endpoint,
-        "http://{host}/metadata/identity/oauth2/token"
-    );
-    #[derive(Serialize)]
-    struct Discovery<'a> {
-        issuer: &'a str,
-        jwks_uri: &'a str,
-        token_endpoint: &'a str,
-        authorization_endpoint: &'a str,
-        response_types_supported: [&'a str; 1],
-        subject_types_supported: [&'a str; 1],
-        id_token_signing_alg_values_supported: [&'a str; 1],
-        token_endpoint_auth_methods_supported: [&'a str; 1],
-        claims_supported: [&'a str; 12],
-    }
-    reply.json(
-        200,
-        &Discovery {
-            issuer: issuer.issuer_url(),
-            jwks_uri: &jwks_uri,
-            token_endpoint: &token_endpoint,
-            authorization_endpoint: &token_endpoint,
-            response_types_supported: ["token"],
-            subject_types_supported: ["pairwise"],
-            id_token_signing_alg_values_supported: ["ES256"],
-            token_endpoint_auth_methods_supported: ["none"],
-            claims_supported: [
-                "aud",
-                "iss",
-                "iat",
-                "nbf",
-                "exp",
-                "sub",
-                "oid",
-                "appid",
-                "tid",
-                "idtyp",
-                "xms_mirid",
-                "uti",
-            ],
-        },
-    );
+    let urls = oidc::Urls::for_host(oidc::host_of(req));
+    reply.json(200, &oidc::discovery(issuer, &urls));
 }
 
 fn jwks(agent: &Agent, reply: &mut Reply) {
-    #[derive(Serialize)]
-    struct Jwk<'a> {
-        kty: &'a str,
-        crv: &'a str,
-        x: &'a str,
-        y: &'a str,
-        kid: &'a str,
-        #[serde(rename = "use")]
-        use_: &'a str,
-        alg: &'a str,
-    }
-    #[derive(Serialize)]
-    struct Jwks<'a> {
-        keys: [Jwk<'a>; 1],
-    }
-    let Some(issuer) = agent.issuer.as_ref() else {
+    let Some(issuer) = agent.tokens.issuer.as_ref() else {
         return;
     };
-    let jwk = issuer.jwk();
-    reply.json(
-        200,
-        &Jwks {
-            keys: [Jwk {
-                kty: "EC",
-                crv: "P-256",
-                x: &jwk.x,
-                y: &jwk.y,
-                kid: issuer.kid(),
-                use_: "sig",
-                alg: "ES256",
-            }],
-        },
-    );
+    reply.json(200, &oidc::jwks(issuer));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{IdentityConfig, IdentityKind};
-    use crate::token::Secret;
+    use crate::secret::Secret;
 
     fn reply_for(token: &[u8]) -> Reply {
         let mut access_token = Secret::new();

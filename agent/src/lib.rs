@@ -4,9 +4,11 @@
 // Only the `rsa` feature allocates (the rsa crate's big integers); the core does not.
 #[cfg(feature = "rsa")]
 extern crate alloc;
+pub mod agent;
 #[cfg(feature = "broker")]
 pub mod broker;
 pub mod config;
+pub mod connection;
 pub mod guard;
 pub mod http;
 pub mod identity;
@@ -14,6 +16,11 @@ pub mod imds;
 pub mod jose;
 pub mod limits;
 pub mod net;
+pub mod oidc;
+pub mod pem;
 pub mod query;
-pub mod server;
+pub mod secret;
+
 pub mod token;
+
+pub use agent::Agent;

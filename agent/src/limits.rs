@@ -69,6 +69,10 @@ pub const BROKER_TASKS: usize = 2;
 /// moving (a TLS flight is several records; the next network poll sends what the last round
 /// queued).
 pub const TASK_ROUNDS: usize = 4;
+/// Log lines of the broker tasks kept until the driver prints them (the oldest is dropped).
+pub const EVENT_QUEUE: usize = 16;
+/// Longest log line of a broker task (longer ones are cut).
+pub const EVENT_LINE_MAX: usize = 240;
 /// Distinct (identity, resource) fetches queued, in flight or remembered as failed.
 /// Full: a request that needs one more gets 503 `service_unavailable` with `Retry-After`.
 pub const MAX_PENDING_FETCHES: usize = 16;

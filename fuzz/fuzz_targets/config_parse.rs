@@ -4,7 +4,7 @@
 
 use core::fmt::Write;
 use imds_agent::config::Config;
-use imds_agent::server::Agent;
+use imds_agent::Agent;
 use libfuzzer_sys::fuzz_target;
 
 struct Sink(usize);

@@ -1,4 +1,4 @@
-//! One `imds_agent::server::Connection` and an `Agent` driven the way the host daemon and the
+//! One `imds_agent::connection::Connection` and an `Agent` driven the way the host daemon and the
 //! unikernel drive them, by a script of socket events read from the input.
 //!
 //! Input format (also written by `fuzz/seeds.py`), a sequence of records `op [args]`:
@@ -23,7 +23,8 @@ use core::cell::Cell;
 use core::net::{IpAddr, Ipv4Addr};
 use imds_agent::config::Config;
 use imds_agent::http::reason;
-use imds_agent::server::{Agent, Connection, Listener};
+use imds_agent::connection::{Connection, Listener};
+use imds_agent::Agent;
 use imds_hal::{Clock, Entropy, EntropyError};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;

@@ -19,7 +19,7 @@ use imds_agent::broker::runner::Runner;
 use imds_agent::broker::task::{self, TaskBuffers};
 use imds_agent::config::{AuthorityConfig, NetworkConfig};
 use imds_agent::limits::BROKER_TASKS;
-use imds_agent::server::Agent;
+use imds_agent::Agent;
 use imds_hal::x86_64::clock::TscClock;
 use imds_hal::x86_64::rdrand::Rdrand;
 use imds_hal::x86_64::serial::Serial;

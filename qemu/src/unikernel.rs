@@ -6,10 +6,11 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use imds_agent::config::Config;
+use imds_agent::connection::Connection;
 use imds_agent::limits::CONFIG_MAX;
 use imds_agent::limits::LISTEN_SOCKETS;
 use imds_agent::net::{Net, NetMemory, NET_SOCKETS};
-use imds_agent::server::{Agent, Connection};
+use imds_agent::Agent;
 use imds_hal::x86_64::clock::{Calibration, TscClock};
 use imds_hal::x86_64::exit::exit;
 use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig, CONFIG_FILE};

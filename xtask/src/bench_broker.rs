@@ -83,7 +83,7 @@ fn parse(args: &[String]) -> Result<Opts> {
 /// An ES256 client key whose `kid` is what the agent puts in its assertions (RFC 7638).
 fn agent_key() -> Result<ClientKey> {
     let tmp = ClientKey::generate(Alg::ES256, "tmp");
-    let sk = imds_agent::config::parse_signing_key(&tmp.private_pem)
+    let sk = imds_agent::pem::parse_signing_key(&tmp.private_pem)
         .map_err(|e| format!("agent key: {e}"))?;
     let kid = imds_agent::jose::PublicJwk::of(sk.verifying_key()).thumbprint();
     ClientKey::from_pem(Alg::ES256, &kid, &tmp.private_pem)

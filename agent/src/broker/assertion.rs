@@ -162,7 +162,7 @@ fn rsa_sign<E: Entropy>(
         Alg::Ps256 => {
             let signer = rsa::pss::BlindedSigningKey::<sha2::Sha256>::new(key.clone());
             let failed = core::cell::Cell::new(false);
-            let mut rng = crate::broker::task::Rng {
+            let mut rng = crate::broker::rng::Rng {
                 entropy,
                 failed: &failed,
             };

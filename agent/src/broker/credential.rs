@@ -70,7 +70,7 @@ impl fmt::Debug for ClientKey {
 impl ClientKey {
     /// Decode a PKCS#8 PEM private key (P-256, or RSA with the `rsa` feature).
     pub fn from_pem(pem: &str) -> Result<ClientKey, &'static str> {
-        match crate::config::parse_signing_key(pem) {
+        match crate::pem::parse_signing_key(pem) {
             Ok(k) => Ok(ClientKey::Es256(k)),
             #[cfg(feature = "rsa")]
             Err(_) => {
@@ -145,7 +145,7 @@ fn b64_string<const N: usize>(data: &[u8]) -> heapless::String<N> {
 
 /// Thumbprints of a PEM certificate.
 pub fn thumbprints(pem: &str) -> Result<Thumbprints, &'static str> {
-    let der = crate::config::certificate_der(pem)?;
+    let der = crate::pem::certificate_der(pem)?;
     let s256 = b64_string(&sha2::Sha256::digest(&der));
     #[cfg(feature = "rsa")]
     let sha1 = {

@@ -7,6 +7,8 @@
 //! * [`task`] is the async fetch (TLS 1.3 with embedded-tls, retries, timeouts) that the
 //!   drivers poll;
 //! * [`runner`] is the drivers' loop step: poll the tasks, serve the pipes;
+//! * [`rng`] is the entropy source as the RNG the TLS session and the signatures take;
+//! * [`JobQueue`] (here) is what the tasks need of the agent, [`JobSpec`] one fetch;
 //! * [`Jobs`] (here) is what the router and the task share: which (identity, resource) pairs
 //!   are queued, in flight, or failed a moment ago.
 //!
@@ -17,11 +19,39 @@ pub mod assertion;
 pub mod credential;
 pub mod pin;
 pub mod pipe;
+pub mod rng;
 pub mod runner;
 pub mod task;
 pub mod upstream;
 
+use crate::config::{Credential, Guid};
 use crate::limits::{MAX_PENDING_FETCHES, RESOURCE_MAX};
+use upstream::TokenAnswer;
+
+/// What the task needs of one job (copied out of the agent: no borrow across `await`).
+pub struct JobSpec {
+    pub identity: u8,
+    pub resource: heapless::String<RESOURCE_MAX>,
+    pub client_id: Guid,
+    pub credential: Credential,
+}
+
+/// What the broker tasks need of the agent, which implements it (the broker never names the
+/// agent): queued fetches out, results and log lines in.
+pub trait JobQueue {
+    /// The next fetch, with what it needs copied out (now in flight).
+    fn start_job(&mut self) -> Option<JobSpec>;
+    /// A fetch ended: a token goes into the cache; a failure is held for waiting requests.
+    fn finish_job(
+        &mut self,
+        identity: u8,
+        resource: &str,
+        result: Result<TokenAnswer, Failure>,
+        now_us: u64,
+    );
+    /// Record a log line (kept until the driver drains it).
+    fn event(&mut self, args: core::fmt::Arguments<'_>);
+}
 
 /// What a failed fetch answers to the clients that wait for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

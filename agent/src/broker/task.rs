@@ -10,12 +10,12 @@
 
 use super::pin::PinVerifier;
 use super::pipe::{Pipe, PipeIo, PipeState, Target};
+use super::rng::Rng;
 use super::upstream::{self, ResponseError, TokenAnswer, TokenAnswerError};
-use super::{assertion, Failure};
-use crate::config::{AuthorityConfig, Credential, Trust};
-use crate::imds::Agent;
+use super::{assertion, Failure, JobQueue, JobSpec};
+use crate::config::{AuthorityConfig, Trust};
 use crate::limits::{
-    FETCH_ATTEMPTS, FETCH_ATTEMPT_TIMEOUT_US, FETCH_CONNECT_TIMEOUT_US, RESOURCE_MAX, TLS_READ_BUF,
+    FETCH_ATTEMPTS, FETCH_ATTEMPT_TIMEOUT_US, FETCH_CONNECT_TIMEOUT_US, TLS_READ_BUF,
     TLS_WRITE_BUF, TOKEN_MAX, UPSTREAM_RESPONSE_MAX,
 };
 use core::cell::{Cell, RefCell};
@@ -46,41 +46,6 @@ impl TlsClock for CertClock {
         }
     }
 }
-
-/// Entropy as a `rand_core` RNG for the TLS key exchange. A failing source poisons the
-/// handshake: the flag is checked before anything secret is sent.
-pub(crate) struct Rng<'e, E: Entropy> {
-    pub(crate) entropy: &'e mut E,
-    pub(crate) failed: &'e Cell<bool>,
-}
-
-impl<E: Entropy> rand_core::RngCore for Rng<'_, E> {
-    fn next_u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        self.fill_bytes(&mut b);
-        u32::from_le_bytes(b)
-    }
-    fn next_u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        self.fill_bytes(&mut b);
-        u64::from_le_bytes(b)
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        if self.entropy.fill(dest).is_err() && self.entropy.fill(dest).is_err() {
-            self.failed.set(true);
-        }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        if self.failed.get() {
-            Err(rand_core::Error::from(core::num::NonZeroU32::MIN))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl<E: Entropy> rand_core::CryptoRng for Rng<'_, E> {}
 
 /// The configured trust anchor (`ca_cert` or `spki_sha256`) as a TLS verifier.
 // No heap to box the larger one in; one lives per in-flight handshake.
@@ -133,14 +98,6 @@ impl<E: Entropy> CryptoProvider for Provider<'_, E> {
     fn verifier(&mut self) -> Result<&mut impl TlsVerifier<Aes128GcmSha256>, TlsError> {
         Ok(&mut self.verifier)
     }
-}
-
-/// What the task needs of one job (copied out of the agent: no borrow across `await`).
-pub struct JobSpec {
-    pub identity: u8,
-    pub resource: heapless::String<RESOURCE_MAX>,
-    pub client_id: crate::config::Guid,
-    pub credential: Credential,
 }
 
 /// Why one attempt failed.
@@ -449,8 +406,8 @@ async fn write_all(
 
 /// The broker task: forever take a queued job, fetch, report. `agent` is shared with the
 /// driver's HTTP connections (never borrowed across an `await`).
-pub async fn run<C: Clock, E: Entropy>(
-    agent: &RefCell<Agent>,
+pub async fn run<A: JobQueue, C: Clock, E: Entropy>(
+    agent: &RefCell<A>,
     authority: &AuthorityConfig,
     pipe: &Pipe,
     clock: &C,

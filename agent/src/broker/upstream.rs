@@ -200,7 +200,7 @@ fn dechunk(buf: &mut [u8], eof: bool, dry_run: bool) -> Result<usize, ResponseEr
 /// What a token answer says, read leniently.
 #[derive(Debug)]
 pub struct TokenAnswer {
-    pub access_token: crate::token::Secret<TOKEN_MAX>,
+    pub access_token: crate::secret::Secret<TOKEN_MAX>,
     pub expires_on: u64,
     pub not_before: u64,
 }
@@ -346,7 +346,7 @@ pub fn parse_token_body(body: &[u8], now: u64) -> Result<TokenAnswer, TokenAnswe
     let not_before = lenient_number(body, "not_before", &mut scratch)
         .unwrap_or(now)
         .min(now);
-    let mut access_token = crate::token::Secret::new();
+    let mut access_token = crate::secret::Secret::new();
     let _ = access_token.buf_mut().extend_from_slice(token.as_bytes());
     let mut token = token;
     // Wipe the transient copy.

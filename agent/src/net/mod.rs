@@ -44,11 +44,12 @@ use smoltcp::wire::{
 #[cfg(feature = "broker")]
 pub use upstream::{EPHEMERAL_PORT_FIRST, UPSTREAM_TCP_RX_BUF, UPSTREAM_TCP_TX_BUF};
 
+use crate::agent::Agent;
 use crate::config::NetworkConfig;
+use crate::connection::{Connection, Listener};
 #[cfg(feature = "broker")]
 use crate::limits::BROKER_TASKS;
 use crate::limits::LISTEN_SOCKETS;
-use crate::server::{Agent, Connection, Listener};
 
 /// The TCP port the agent answers on.
 pub const HTTP_PORT: u16 = 80;

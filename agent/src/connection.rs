@@ -5,9 +5,10 @@
 //! and this buffer pair. `process` parses every complete request, asks the router, and queues
 //! the response; a request that cannot be read gets its 4xx answer and the connection closes.
 
+use crate::agent::Agent;
 use crate::http::{self, HttpError, Parse, ResponseHead};
 use crate::imds;
-pub use crate::imds::{Agent, Ctx, Listener, Now, Reply};
+pub use crate::imds::{Ctx, Listener, Now, Reply};
 use crate::limits::{
     CONN_RX_BUF, CONN_TX_BUF, FETCH_WAIT_MAX_US, HEAD_DEADLINE_US, IDLE_TIMEOUT_US,
 };

@@ -1,0 +1,168 @@
+//! The [`Agent`]: the state the router works on — the identities, the token sources, the
+//! allow-lists and limits — built from a validated [`Config`].
+//!
+//! In broker mode it is also what the broker tasks work through ([`JobQueue`]): queued
+//! fetches out, tokens and failures in, and their log lines, kept until the driver drains
+//! them.
+
+#[cfg(feature = "broker")]
+use crate::broker::{upstream::TokenAnswer, Failure, JobQueue, JobSpec};
+use crate::config::{Config, Guid};
+use crate::guard::Guard;
+use crate::identity::IdentityStore;
+#[cfg(feature = "broker")]
+use crate::limits::{EVENT_LINE_MAX, EVENT_QUEUE};
+use crate::token::{Issuer, TokenCache, TokenSource};
+#[cfg(feature = "broker")]
+use core::fmt::Write as _;
+
+/// The state the router works on: identities, the token sources, the guard.
+pub struct Agent {
+    pub(crate) identities: IdentityStore,
+    pub(crate) tokens: TokenSource,
+    pub(crate) guard: Guard,
+    pub(crate) tenant: Guid,
+    /// Log lines from the broker tasks, drained by the driver.
+    #[cfg(feature = "broker")]
+    events: heapless::Deque<heapless::String<EVENT_LINE_MAX>, EVENT_QUEUE>,
+}
+
+impl core::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Agent")
+            .field("identities", &self.identities.len())
+            .field("tokens", &self.tokens)
+            .finish()
+    }
+}
+
+/// A fetch for an identity without a credential (cannot happen with a validated config).
+#[cfg(feature = "broker")]
+const NO_CREDENTIAL: Failure = Failure {
+    status: 500,
+    retry_after_s: None,
+    description: "The identity has no credential for the token authority",
+};
+
+impl Agent {
+    /// Build the agent from a validated configuration.
+    pub fn new(config: Config) -> Agent {
+        let Config {
+            tenant_id,
+            issuer,
+            token_lifetime_s,
+            refresh_margin_s,
+            signing_key,
+            identities,
+            #[cfg(feature = "broker")]
+            authority,
+            allow,
+            allow_hosts,
+            limits,
+            ..
+        } = config;
+        let guard = Guard::new(
+            allow.as_deref(),
+            &allow_hosts,
+            limits.rate_per_s,
+            limits.in_flight,
+        );
+        #[cfg(feature = "broker")]
+        let broker = authority.is_some();
+        #[cfg(not(feature = "broker"))]
+        let broker = false;
+        Agent {
+            identities: IdentityStore::new(identities),
+            tokens: TokenSource::new(
+                signing_key.map(|k| Issuer::new(k.0, &issuer, &tenant_id, token_lifetime_s)),
+                refresh_margin_s,
+                broker,
+            ),
+            guard,
+            tenant: tenant_id,
+            #[cfg(feature = "broker")]
+            events: heapless::Deque::new(),
+        }
+    }
+
+    /// The issuer (issuer mode, or broker mode with a `signing_key`).
+    pub fn issuer(&self) -> Option<&Issuer> {
+        self.tokens.issuer()
+    }
+
+    /// The allow-lists and limits (drivers set the agent's own subnets).
+    pub fn guard_mut(&mut self) -> &mut Guard {
+        &mut self.guard
+    }
+
+    /// Whether a fetch is queued or in flight (drivers poll more often then).
+    #[cfg(feature = "broker")]
+    pub fn fetching(&self) -> bool {
+        self.tokens.fetching()
+    }
+
+    /// Write pending log lines.
+    #[cfg(feature = "broker")]
+    pub fn drain_events<W: core::fmt::Write>(&mut self, log: &mut W) {
+        while let Some(line) = self.events.pop_front() {
+            let _ = writeln!(log, "{line}");
+        }
+    }
+
+    pub fn identities(&self) -> &IdentityStore {
+        &self.identities
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        self.tokens.cache()
+    }
+
+    /// The token sources.
+    pub fn tokens(&self) -> &TokenSource {
+        &self.tokens
+    }
+}
+
+#[cfg(feature = "broker")]
+impl JobQueue for Agent {
+    fn start_job(&mut self) -> Option<JobSpec> {
+        loop {
+            let (identity, resource) = self.tokens.jobs.start_next()?;
+            let Some(id) = self.identities.get(identity) else {
+                continue;
+            };
+            let Some(credential) = id.credential.clone() else {
+                self.tokens
+                    .jobs
+                    .finish(identity, &resource, Err(NO_CREDENTIAL), 0, 0);
+                continue;
+            };
+            return Some(JobSpec {
+                identity,
+                resource,
+                client_id: id.client_id.clone(),
+                credential,
+            });
+        }
+    }
+
+    fn finish_job(
+        &mut self,
+        identity: u8,
+        resource: &str,
+        result: Result<TokenAnswer, Failure>,
+        now_us: u64,
+    ) {
+        self.tokens.finish_fetch(identity, resource, result, now_us);
+    }
+
+    /// Kept until the driver drains it; the oldest is dropped when full.
+    fn event(&mut self, args: core::fmt::Arguments<'_>) {
+        let mut line: heapless::String<EVENT_LINE_MAX> = heapless::String::new();
+        let _ = line.write_fmt(args);
+        if self.events.is_full() {
+            self.events.pop_front();
+        }
+        let _ = self.events.push_back(line);
+    }
+}

@@ -1,0 +1,59 @@
+//! Tokens: the fixed-size [`cache`] and the [`issuer`] that mints self-signed ES256 JWTs.
+//!
+//! The cache never knows HTTP: it maps (identity index, resource) to a token and its times.
+//! A cached token is served while it has more than the refresh margin to live; otherwise the
+//! caller obtains a fresh one (mint, or an upstream fetch) and inserts it. When the cache
+//! is full, the entry that expires soonest is evicted.
+
+pub mod cache;
+pub mod issuer;
+pub mod source;
+
+pub use cache::{Insert, TokenCache};
+pub use issuer::{Issuer, MintError};
+pub use source::TokenSource;
+
+use crate::limits::TOKEN_MAX;
+use crate::secret::Secret;
+
+/// An access token with its times (Unix seconds).
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub access_token: Secret<TOKEN_MAX>,
+    pub not_before: u64,
+    pub expires_on: u64,
+    /// Monotonic time the agent obtained it (broker mode: `bypass_cache` needs a newer one).
+    pub obtained_us: u64,
+}
+
+impl Token {
+    /// Seconds left at `now` (0 when expired).
+    pub fn expires_in(&self, now: u64) -> u64 {
+        self.expires_on.saturating_sub(now)
+    }
+}
+
+/// A token with the text `tok` that expires at `expires_on` (for tests).
+#[cfg(test)]
+pub(crate) fn test_token(expires_on: u64) -> Token {
+    let mut t = Token {
+        access_token: Secret::new(),
+        not_before: 0,
+        expires_on,
+        obtained_us: 0,
+    };
+    t.access_token.buf_mut().extend_from_slice(b"tok").unwrap();
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let t = test_token(1);
+        assert!(!std::format!("{t:?}").contains("tok\""));
+        assert!(std::format!("{:?}", t.access_token).contains("redacted"));
+    }
+}
