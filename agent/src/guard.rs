@@ -152,6 +152,21 @@ impl Guard {
         }
     }
 
+    /// The agent's own subnet changed from `old` to `new` (an interface got another address,
+    /// or lost it): `old` leaves the allow-list (unless it is one of [`DEFAULT_ALLOW`]), `new`
+    /// joins it. Nothing changes when `allow` was configured.
+    pub fn replace_own_subnet(&mut self, old: Option<Cidr>, new: Option<Cidr>) {
+        if self.explicit {
+            return;
+        }
+        if let Some(old) = old.filter(|o| Some(*o) != new && !DEFAULT_ALLOW.contains(o)) {
+            self.allow.retain(|c| *c != old);
+        }
+        if let Some(new) = new {
+            self.add_own_subnet(new);
+        }
+    }
+
     pub fn source_allowed(&self, ip: IpAddr) -> bool {
         self.allow.iter().any(|c| c.contains(ip))
     }
@@ -291,6 +306,35 @@ mod tests {
         );
         assert!(!explicit.source_allowed(ip("127.0.0.1")));
         assert!(explicit.source_allowed(ip("192.168.3.4")));
+    }
+
+    #[test]
+    fn own_subnet_is_replaced_not_accumulated() {
+        let net = |s| Cidr::parse(s).unwrap();
+        let mut g = Guard::default();
+        let rules = g.allow.len();
+        g.replace_own_subnet(None, Some(net("10.0.2.15/24")));
+        assert!(g.source_allowed(ip("10.0.2.9")));
+        // A new DHCP lease on another subnet: the old one goes.
+        g.replace_own_subnet(Some(net("10.0.2.15/24")), Some(net("192.168.7.20/24")));
+        assert!(!g.source_allowed(ip("10.0.2.9")));
+        assert!(g.source_allowed(ip("192.168.7.1")));
+        assert_eq!(g.allow.len(), rules + 1);
+        // The same address again changes nothing; a lost lease removes it.
+        g.replace_own_subnet(Some(net("192.168.7.20/24")), Some(net("192.168.7.20/24")));
+        assert!(g.source_allowed(ip("192.168.7.1")));
+        g.replace_own_subnet(Some(net("192.168.7.20/24")), None);
+        assert!(!g.source_allowed(ip("192.168.7.1")));
+        assert_eq!(g.allow.len(), rules);
+        // A link-local address never takes the default link-local rule with it.
+        g.replace_own_subnet(None, Some(net("169.254.0.0/16")));
+        g.replace_own_subnet(Some(net("169.254.0.0/16")), None);
+        assert!(g.source_allowed(ip("169.254.1.2")));
+        // An explicit allow-list is left alone.
+        let mut explicit = Guard::new(Some(&[net("192.168.0.0/16")]), &[], 20, 5);
+        explicit.replace_own_subnet(Some(net("192.168.0.0/16")), Some(net("10.0.2.0/24")));
+        assert!(explicit.source_allowed(ip("192.168.3.4")));
+        assert!(!explicit.source_allowed(ip("10.0.2.15")));
     }
 
     #[test]

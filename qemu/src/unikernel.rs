@@ -193,6 +193,10 @@ fn serve(
     let mut last_busy_us = clock.monotonic_us();
     loop {
         let status = net.poll(&mut nic, &mut agent.borrow_mut(), clock, entropy, log);
+        if let Some(change) = status.address_change {
+            // The agent's own subnet may ask for tokens (unless `allow` is configured).
+            change.apply_to(agent.borrow_mut().guard_mut());
+        }
         #[cfg(not(feature = "broker"))]
         let working = false;
         #[cfg(feature = "broker")]

@@ -17,23 +17,29 @@
 //!   does not complete in time) is reset; a closing socket gets [`CLOSE_LINGER_US`].
 //! * Slirp (QEMU user networking) drops the first SYN towards a guest whose MAC it has not
 //!   seen, so one ARP request for the gateway is sent as soon as the address is known.
-//! * Broker mode (cargo feature `broker`): the authority's sockets and DNS, in [`upstream`]
+//! * Broker mode (cargo feature `broker`): the authority's sockets and DNS, in `upstream`
 //!   (`Net::poll_upstream`). Drivers that never call `poll_upstream` leave those sockets
 //!   closed; a build without the feature has none.
+//!
+//! Parts: the interface (address, DHCP, ARP, the ready line) here; the port-80 sockets and
+//! their connections in `listeners`; broker mode's sockets in `upstream`. An address change
+//! is reported once in [`PollStatus::address_change`]: the driver moves the agent's own subnet.
 //!
 //! Memory is fixed: [`NetMemory`] holds every socket buffer and connection; nothing allocates.
 
 use core::fmt::Write;
-use core::net::{IpAddr, Ipv4Addr};
+use core::net::IpAddr;
 
 use imds_hal::{Clock, Entropy};
 use smoltcp::iface::{
     Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet, SocketStorage,
 };
 use smoltcp::phy::{Device, TxToken};
+use smoltcp::socket::dhcpv4;
 #[cfg(feature = "dns")]
 use smoltcp::socket::dns;
-use smoltcp::socket::{dhcpv4, tcp};
+mod listeners;
+use listeners::Slot;
 #[cfg(feature = "broker")]
 mod upstream;
 use smoltcp::time::{Duration, Instant};
@@ -46,7 +52,8 @@ pub use upstream::{EPHEMERAL_PORT_FIRST, UPSTREAM_TCP_RX_BUF, UPSTREAM_TCP_TX_BU
 
 use crate::agent::Agent;
 use crate::config::NetworkConfig;
-use crate::connection::{Connection, Listener};
+use crate::connection::Connection;
+use crate::guard::{Cidr, Guard};
 #[cfg(feature = "broker")]
 use crate::limits::BROKER_TASKS;
 use crate::limits::LISTEN_SOCKETS;
@@ -127,34 +134,6 @@ impl Default for NetMemory<'_> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    /// The socket listens (or is in the middle of a handshake).
-    Listening,
-    /// A connection is established and owns the slot's [`Connection`].
-    Active { peer_closed: bool },
-    /// We closed (or reset) the socket; it is re-armed once smoltcp is done with it.
-    Closing { since_us: u64 },
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    handle: SocketHandle,
-    state: SlotState,
-}
-
-impl Slot {
-    /// Whether the slot can take a new connection now or in a moment: listening, or closed
-    /// less than [`CLOSING_SOON_US`] ago (listening again once the peer acknowledges).
-    fn is_spare(&self, socket: tcp::State, now_us: u64) -> bool {
-        match self.state {
-            SlotState::Listening => socket == tcp::State::Listen,
-            SlotState::Closing { since_us } => now_us.saturating_sub(since_us) < CLOSING_SOON_US,
-            SlotState::Active { .. } => false,
-        }
-    }
-}
-
 /// What one [`Net::poll`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollStatus {
@@ -163,6 +142,27 @@ pub struct PollStatus {
     /// When smoltcp next needs a poll for its own timers (retransmission, DHCP renewal), if
     /// ever. A caller that sleeps must also wake for incoming frames (or poll regularly).
     pub next_in: Option<Duration>,
+    /// The interface address changed (reported once): the driver moves the agent's own subnet
+    /// ([`AddressChange::apply_to`]). Nothing was served in this poll, so that the next one
+    /// serves with the new subnet in place.
+    pub address_change: Option<AddressChange>,
+}
+
+/// The interface address before and after a change (the static address at start, a DHCP
+/// lease with a new address, a lost lease).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressChange {
+    pub old: Option<Ipv4Cidr>,
+    pub new: Option<Ipv4Cidr>,
+}
+
+impl AddressChange {
+    /// The agent's own subnet in `guard` becomes the new address's (unless `allow` is
+    /// configured): a client on the old subnet only is no longer let in.
+    pub fn apply_to(&self, guard: &mut Guard) {
+        let own = |a: Ipv4Cidr| Cidr::new(IpAddr::V4(a.address()), a.prefix_len());
+        guard.replace_own_subnet(self.old.map(own), self.new.map(own));
+    }
 }
 
 /// The interface, its sockets and the connections.
@@ -184,6 +184,8 @@ pub struct Net<'a> {
     arp_due: bool,
     /// The ready line ([`READY_PREFIX`]) is due: an address was just set.
     ready_due: bool,
+    /// An address change the driver has not been told about.
+    address_change: Option<AddressChange>,
 }
 
 fn instant(us: u64) -> Instant {
@@ -229,25 +231,7 @@ impl<'a> Net<'a> {
             Some(_) => None,
             None => Some(sockets.add(dhcpv4::Socket::new())),
         };
-        let mut rx = tcp_rx.iter_mut();
-        let mut tx = tcp_tx.iter_mut();
-        let slots = core::array::from_fn(|_| {
-            let (Some(rx), Some(tx)) = (rx.next(), tx.next()) else {
-                unreachable!("one buffer pair per slot")
-            };
-            let mut socket = tcp::Socket::new(
-                tcp::SocketBuffer::new(&mut rx[..]),
-                tcp::SocketBuffer::new(&mut tx[..]),
-            );
-            // No smoltcp timeout: it counts from the peer's last packet even on a quiet
-            // connection; the idle timeout of `Connection` covers dead peers.
-            socket.set_nagle_enabled(false);
-            let _ = socket.listen(HTTP_PORT);
-            Slot {
-                handle: sockets.add(socket),
-                state: SlotState::Listening,
-            }
-        });
+        let slots = listeners::listening_slots(&mut sockets, tcp_rx, tcp_tx);
         #[cfg(feature = "broker")]
         let upstream = upstream::Upstream::new(
             &mut sockets,
@@ -272,6 +256,7 @@ impl<'a> Net<'a> {
             gateway: None,
             arp_due: false,
             ready_due: false,
+            address_change: None,
         };
         match network {
             Some(n) => {
@@ -325,15 +310,12 @@ impl<'a> Net<'a> {
         }
     }
 
-    /// Whether a connection waits for an upstream fetch (the driver keeps polling then).
-    pub fn has_parked(&self) -> bool {
-        self.slots
-            .iter()
-            .zip(self.conns.iter())
-            .any(|(s, c)| matches!(s.state, SlotState::Active { .. }) && c.is_parked())
-    }
-
     fn set_address(&mut self, address: Option<Ipv4Cidr>, gateway: Option<Ipv4Address>) {
+        if address != self.address {
+            // Not reported yet: the old address is still the one the driver knows.
+            let old = self.address_change.map_or(self.address, |c| c.old);
+            self.address_change = Some(AddressChange { old, new: address });
+        }
         self.address = address;
         self.gateway = gateway;
         self.iface.update_ip_addrs(|addrs| {
@@ -364,13 +346,6 @@ impl<'a> Net<'a> {
         let now = instant(clock.monotonic_us());
         let received = self.iface.poll(now, device, &mut self.sockets);
         self.poll_dhcp(clock, log);
-        if let Some(a) = self.address {
-            // The agent's own subnet may ask for tokens (unless `allow` is configured).
-            agent.guard_mut().add_own_subnet(crate::guard::Cidr::new(
-                IpAddr::V4(a.address()),
-                a.prefix_len(),
-            ));
-        }
         if self.arp_due {
             self.arp_due = false;
             if let (Some(a), Some(gw)) = (self.address, self.gateway) {
@@ -389,6 +364,14 @@ impl<'a> Net<'a> {
                 );
             }
         }
+        if let Some(change) = self.address_change.take() {
+            // The driver moves the agent's own subnet first; the next poll serves.
+            return PollStatus {
+                busy: true,
+                next_in: self.iface.poll_delay(now, &self.sockets),
+                address_change: Some(change),
+            };
+        }
         self.serve(agent, clock, entropy, log);
         let now = instant(clock.monotonic_us());
         let sent = self.iface.poll(now, device, &mut self.sockets);
@@ -396,6 +379,7 @@ impl<'a> Net<'a> {
             busy: received == PollResult::SocketStateChanged
                 || sent == PollResult::SocketStateChanged,
             next_in: self.iface.poll_delay(now, &self.sockets),
+            address_change: None,
         }
     }
 
@@ -427,157 +411,6 @@ impl<'a> Net<'a> {
             None => {}
         }
     }
-
-    fn serve<C: Clock, E: Entropy, W: Write>(
-        &mut self,
-        agent: &mut Agent,
-        clock: &C,
-        entropy: &mut E,
-        log: &mut W,
-    ) {
-        for (slot, conn) in self.slots.iter_mut().zip(self.conns.iter_mut()) {
-            let socket = self.sockets.get_mut::<tcp::Socket>(slot.handle);
-            serve_slot(slot, socket, conn, agent, clock, entropy, log);
-        }
-        let now_us = clock.monotonic_us();
-        let spare = self
-            .slots
-            .iter()
-            .filter(|s| s.is_spare(self.sockets.get::<tcp::Socket>(s.handle).state(), now_us))
-            .count();
-        // Closing another connection while others are about to free their sockets would
-        // only cost a client its connection (under a flood of short connections, the
-        // well-behaved keep-alive client was the one closed).
-        if spare < SPARE_LISTENERS {
-            self.make_room(agent, now_us);
-        }
-    }
-
-    /// (Almost) every socket is busy: close the connection that has waited longest without
-    /// giving the agent a request (an idle keep-alive connection, or a request head that does
-    /// not complete: [`Connection::eviction_key`]), so that a new client is not refused
-    /// while old or slow ones merely hold their sockets.
-    fn make_room(&mut self, agent: &mut Agent, now_us: u64) {
-        let victim = self
-            .slots
-            .iter()
-            .zip(self.conns.iter())
-            .enumerate()
-            .filter(|(_, (s, _))| matches!(s.state, SlotState::Active { .. }))
-            .filter_map(|(i, (_, c))| c.eviction_key().map(|k| (i, k)))
-            .min_by_key(|&(_, k)| k)
-            .map(|(i, _)| i);
-        if let Some(i) = victim {
-            self.conns[i].abandon(agent);
-            let slot = &mut self.slots[i];
-            self.sockets.get_mut::<tcp::Socket>(slot.handle).close();
-            slot.state = SlotState::Closing { since_us: now_us };
-        }
-    }
-}
-
-/// Move one slot along: accept, shuttle bytes, close, re-arm.
-fn serve_slot<C: Clock, E: Entropy, W: Write>(
-    slot: &mut Slot,
-    socket: &mut tcp::Socket<'_>,
-    conn: &mut Connection,
-    agent: &mut Agent,
-    clock: &C,
-    entropy: &mut E,
-    log: &mut W,
-) {
-    let now_us = clock.monotonic_us();
-    if slot.state == SlotState::Listening {
-        match socket.state() {
-            tcp::State::Listen | tcp::State::SynReceived => return,
-            tcp::State::Established | tcp::State::CloseWait => {
-                let peer = socket
-                    .remote_endpoint()
-                    .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |e| e.addr.into());
-                conn.abandon(agent);
-                conn.reset(Listener::Imds, peer, now_us);
-                slot.state = SlotState::Active { peer_closed: false };
-            }
-            // Reset during the handshake, or any state a listening socket should not reach.
-            _ => {
-                rearm(slot, socket);
-                return;
-            }
-        }
-    }
-
-    if let SlotState::Closing { since_us } = slot.state {
-        // Discard whatever the peer still sends; the answer is out.
-        let _ = socket.recv(|b| (b.len(), ()));
-        // FIN-WAIT-2: the peer has acknowledged everything including our FIN, so it has the
-        // whole answer; waiting for its FIN would only keep the slot from listening.
-        if !socket.is_open() || socket.state() == tcp::State::FinWait2 {
-            rearm(slot, socket);
-        } else if now_us.saturating_sub(since_us) > CLOSE_LINGER_US {
-            socket.abort();
-        }
-        return;
-    }
-
-    let SlotState::Active { mut peer_closed } = slot.state else {
-        return;
-    };
-    loop {
-        let mut progress = false;
-        while socket.can_recv() {
-            let space = conn.rx_space();
-            if space.is_empty() {
-                break;
-            }
-            match socket.recv_slice(space) {
-                Ok(n) if n > 0 => {
-                    conn.rx_commit(n, now_us);
-                    progress = true;
-                }
-                _ => break,
-            }
-        }
-        if !peer_closed && !socket.may_recv() {
-            peer_closed = true;
-            conn.rx_closed();
-        }
-        conn.process(agent, clock, entropy, log);
-        let pending = conn.tx_pending();
-        if !pending.is_empty() && socket.can_send() {
-            if let Ok(n) = socket.send_slice(pending) {
-                if n > 0 {
-                    conn.tx_consume(n);
-                    progress = true;
-                }
-            }
-        }
-        if !progress {
-            break;
-        }
-    }
-    slot.state = SlotState::Active { peer_closed };
-
-    if !socket.is_active() {
-        // Reset by the peer, or smoltcp gave up retransmitting.
-        conn.abandon(agent);
-        rearm(slot, socket);
-    } else if conn.wants_close() {
-        conn.abandon(agent);
-        socket.close();
-        slot.state = SlotState::Closing { since_us: now_us };
-    } else if conn.timed_out(now_us) {
-        conn.abandon(agent);
-        socket.abort();
-        slot.state = SlotState::Closing { since_us: now_us };
-    }
-}
-
-fn rearm(slot: &mut Slot, socket: &mut tcp::Socket<'_>) {
-    if socket.is_open() {
-        socket.abort();
-    }
-    let _ = socket.listen(HTTP_PORT);
-    slot.state = SlotState::Listening;
 }
 
 /// Broadcast "who has `target`? tell `source`" straight through the device.

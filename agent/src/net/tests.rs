@@ -1,6 +1,7 @@
 //! The network loop on a simulated wire: a smoltcp client (and, for broker mode, a DNS server
 //! and a TLS 1.3 authority) on the far side, wired by two frame queues.
 
+use super::listeners::{Slot, SlotState};
 use super::*;
 use crate::broker::pipe::{Pipe, PipeState};
 use crate::broker::task::{self, TaskBuffers};
@@ -13,7 +14,7 @@ use core::pin::Pin;
 use core::task::Waker;
 use imds_hal::EntropyError;
 use smoltcp::phy::{DeviceCapabilities, FaultInjector, Medium, RxToken};
-use smoltcp::socket::udp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::EthernetFrame;
 use smoltcp::wire::IpAddress;
 use std::boxed::Box;
@@ -240,13 +241,16 @@ impl Rig {
     fn step(&mut self, us: u64) {
         self.clock.advance(us);
         for _ in 0..4 {
-            self.net.poll(
+            let status = self.net.poll(
                 &mut self.server,
                 &mut self.agent.borrow_mut(),
                 self.clock,
                 &mut self.entropy,
                 &mut self.log,
             );
+            if let Some(change) = status.address_change {
+                change.apply_to(self.agent.borrow_mut().guard_mut());
+            }
             let mut upstream = false;
             if !self.tasks.is_empty() {
                 for t in self.tasks.iter_mut() {
