@@ -6,7 +6,7 @@
 //! them.
 
 #[cfg(feature = "broker")]
-use crate::broker::{upstream::TokenAnswer, Failure, JobQueue, JobSpec};
+use crate::broker::{upstream::TokenAnswer, FetchError, JobQueue, JobSpec};
 use crate::config::{Config, Guid};
 use crate::guard::Guard;
 use crate::identity::IdentityStore;
@@ -35,14 +35,6 @@ impl core::fmt::Debug for Agent {
             .finish()
     }
 }
-
-/// A fetch for an identity without a credential (cannot happen with a validated config).
-#[cfg(feature = "broker")]
-const NO_CREDENTIAL: Failure = Failure {
-    status: 500,
-    retry_after_s: None,
-    description: "The identity has no credential for the token authority",
-};
 
 impl Agent {
     /// Build the agent from a validated configuration.
@@ -134,7 +126,7 @@ impl JobQueue for Agent {
             let Some(credential) = id.credential.clone() else {
                 self.tokens
                     .jobs
-                    .finish(identity, &resource, Err(NO_CREDENTIAL), 0, 0);
+                    .finish(identity, &resource, Err(FetchError::NoCredential), 0, 0);
                 continue;
             };
             return Some(JobSpec {
@@ -150,7 +142,7 @@ impl JobQueue for Agent {
         &mut self,
         identity: u8,
         resource: &str,
-        result: Result<TokenAnswer, Failure>,
+        result: Result<TokenAnswer, FetchError>,
         now_us: u64,
     ) {
         self.tokens.finish_fetch(identity, resource, result, now_us);

@@ -8,10 +8,9 @@
 use crate::agent::Agent;
 use crate::http::{self, HttpError, Parse, ResponseHead};
 use crate::imds;
+use crate::imds::Error;
 pub use crate::imds::{Ctx, Listener, Now, Reply};
-use crate::limits::{
-    CONN_RX_BUF, CONN_TX_BUF, FETCH_WAIT_MAX_US, HEAD_DEADLINE_US, IDLE_TIMEOUT_US,
-};
+use crate::limits::{CONN_RX_BUF, CONN_TX_BUF, HEAD_DEADLINE_US, IDLE_TIMEOUT_US};
 use core::fmt::Write;
 use core::net::{IpAddr, Ipv4Addr};
 use imds_hal::{Clock, Entropy};
@@ -167,22 +166,11 @@ impl Connection {
                         peer: self.peer,
                         parked_since_us: self.parked_since_us,
                     };
+                    // The router parks a request that waits for a fetch, answers it when the
+                    // fetch ends or the wait is too long, and releases it then.
                     imds::handle(agent, &req, &ctx, entropy, &mut self.reply);
                     if self.reply.pending {
-                        let since = *self.parked_since_us.get_or_insert(start_us);
-                        if start_us.saturating_sub(since) > FETCH_WAIT_MAX_US {
-                            agent.guard_mut().unpark(self.peer);
-                            self.parked_since_us = None;
-                            self.reply.clear();
-                            self.reply.retry_after_s = Some(5);
-                            self.reply.error(
-                                503,
-                                "service_unavailable",
-                                "Timed out waiting for the token authority",
-                            );
-                        }
-                    }
-                    if self.reply.pending {
+                        self.parked_since_us.get_or_insert(start_us);
                         Outcome::Parked
                     } else {
                         let keep_alive = req.keep_alive && !self.reply.close;
@@ -235,9 +223,7 @@ impl Connection {
                     keep_alive,
                     ok,
                 } => {
-                    if self.parked_since_us.take().is_some() {
-                        agent.guard_mut().unpark(self.peer);
-                    }
+                    self.parked_since_us = None;
                     self.answered = true;
                     // Drop the request from the receive buffer (pipelined bytes move up).
                     self.rx.copy_within(used..self.rx_filled, 0);
@@ -264,11 +250,8 @@ impl Connection {
     }
 
     fn answer_error<W: Write>(&mut self, e: HttpError, log: &mut W) {
-        let mut desc: heapless::String<96> = heapless::String::new();
-        let _ = write!(desc, "{e}");
         self.reply.clear();
-        self.reply
-            .error(e.status(), imds::error_code(e.status()), &desc);
+        self.reply.fail(Error::Http(e));
         let head = ResponseHead {
             status: self.reply.status,
             content_type: self.reply.content_type,
@@ -279,7 +262,7 @@ impl Connection {
         self.tx.clear();
         self.tx_sent = 0;
         let _ = http::write_response(&mut self.tx, &head, &self.reply.body, false);
-        let _ = writeln!(log, "{} - - {} - 0us ({})", self.peer, e.status(), desc);
+        let _ = writeln!(log, "{} - - {} - 0us ({e})", self.peer, e.status());
         self.rx_filled = 0;
         self.close_after_tx = true;
     }
@@ -311,7 +294,7 @@ impl Connection {
     /// before dropping or reusing a connection.
     pub fn abandon(&mut self, agent: &mut Agent) {
         if self.parked_since_us.take().is_some() {
-            agent.guard_mut().unpark(self.peer);
+            imds::release(agent, self.peer);
         }
     }
 
@@ -324,7 +307,7 @@ impl Connection {
     /// Whether the connection has outlived its idle timeout or its request-head deadline.
     pub fn timed_out(&self, now_us: u64) -> bool {
         if self.parked_since_us.is_some() {
-            // Waiting for the authority: `process` answers 503 when that takes too long.
+            // Waiting for the authority: the router answers 503 when that takes too long.
             return false;
         }
         now_us.saturating_sub(self.last_activity_us) > IDLE_TIMEOUT_US

@@ -6,14 +6,19 @@
 
 use crate::agent::Agent;
 #[cfg(feature = "broker")]
-use crate::broker::JobState;
+use crate::broker::{FetchError, JobState};
 use crate::config::Guid;
 use crate::guard::Refusal;
+use crate::http::HttpError;
 use crate::http::{ContentType, Method, Request};
 use crate::identity::{SelectError, Selector};
-use crate::limits::{CONN_TX_BUF, PARAM_DECODE_BUF, RESOURCE_MAX};
+use crate::limits::{
+    CONN_TX_BUF, DESCRIPTION_MAX, PARAM_DECODE_BUF, RESOURCE_MAX, RETRY_AFTER_DEFAULT_S,
+};
 use crate::oidc;
 use crate::query;
+use crate::query::QueryError;
+use crate::token::MintError;
 use crate::token::Token;
 use core::fmt::Write as _;
 use imds_hal::Entropy;
@@ -178,8 +183,17 @@ impl Reply {
         );
     }
 
-    fn bad_request(&mut self, description: &str) {
-        self.error(400, "invalid_request", description);
+    /// The answer to `error` (its [`wire`] form).
+    pub fn fail(&mut self, error: Error) {
+        let w = wire(error);
+        let mut description: heapless::String<DESCRIPTION_MAX> = heapless::String::new();
+        let _ = write!(description, "{}", w.description);
+        self.retry_after_s = w.retry_after_s;
+        if w.newest_versions {
+            self.api_version_error(&description);
+        } else {
+            self.error(w.status, w.code, &description);
+        }
     }
 
     fn api_version_error(&mut self, description: &str) {
@@ -207,8 +221,210 @@ impl Default for Reply {
     }
 }
 
+// ---- The one wire-error table -----------------------------------------------------------------
+
+/// The router's own reasons to refuse a request (the other modules' errors have their types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    PathNotFound,
+    MethodNotAllowed,
+    MetadataHeaderMissing,
+    Proxied,
+    InvalidQuery,
+    ApiVersionMissing,
+    ApiVersionInvalid,
+    NotForm,
+    ResourceMissing,
+    ResourceTooLong,
+    RepeatedParameter,
+    IdentityNotFound,
+    NoTokenSource,
+    ResponseTooLarge,
+    /// A parked request waited longer than [`crate::limits::FETCH_WAIT_MAX_US`] for its fetch.
+    FetchWaitTimeout,
+    /// The job table is full.
+    FetchesFull,
+}
+
+/// Every error the agent answers with, whichever module found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The request cannot be read (`http`).
+    Http(HttpError),
+    /// The query string or form body cannot be decoded (`query`).
+    Query(QueryError),
+    /// The router's own checks.
+    Request(RequestError),
+    /// No single identity matches (`identity`).
+    Select(SelectError),
+    /// Minting failed (`token::issuer`).
+    Mint(MintError),
+    /// The fetch from the authority failed (`broker`).
+    #[cfg(feature = "broker")]
+    Fetch(FetchError),
+    /// The guard refused: allow-lists, rate, in-flight (`guard`).
+    Refused(Refusal),
+}
+
+/// An error as it goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireError {
+    pub status: u16,
+    /// The `error` field.
+    pub code: &'static str,
+    /// The `error_description` field.
+    pub description: Description,
+    /// The `Retry-After` header.
+    pub retry_after_s: Option<u32>,
+    /// The body also lists `newest-versions` (api-version errors).
+    pub newest_versions: bool,
+}
+
+/// An `error_description`: fixed text, or the error's own `Display`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Description {
+    Text(&'static str),
+    Http(HttpError),
+    Query(QueryError),
+}
+
+impl core::fmt::Display for Description {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Description::Text(t) => f.write_str(t),
+            Description::Http(e) => write!(f, "{e}"),
+            Description::Query(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The one table from errors to the wire: status, code, description, Retry-After.
+pub fn wire(error: Error) -> WireError {
+    use Description::Text;
+    use RequestError as R;
+    let (status, description, retry_after_s) = match error {
+        Error::Http(e) => (e.status(), Description::Http(e), None),
+        Error::Query(e) => (400, Description::Query(e), None),
+        Error::Request(e) => match e {
+            R::PathNotFound => (404, Text("Path not found"), None),
+            R::MethodNotAllowed => (405, Text("The requested method is not allowed"), None),
+            R::MetadataHeaderMissing => (400, Text("Required metadata header not specified"), None),
+            R::Proxied => (
+                400,
+                Text("Request through a proxy (X-Forwarded-For / Forwarded) is not allowed"),
+                None,
+            ),
+            R::InvalidQuery => (400, Text("Invalid query string"), None),
+            R::ApiVersionMissing => (
+                400,
+                Text("Required query variable 'api-version' is missing"),
+                None,
+            ),
+            R::ApiVersionInvalid => (
+                400,
+                Text("Bad request. api-version is invalid or was not specified in the request."),
+                None,
+            ),
+            R::NotForm => (
+                400,
+                Text("POST body must be application/x-www-form-urlencoded"),
+                None,
+            ),
+            R::ResourceMissing => (
+                400,
+                Text("Required query variable 'resource' is missing"),
+                None,
+            ),
+            R::ResourceTooLong => (400, Text("Parameter 'resource' is too long"), None),
+            R::RepeatedParameter => (
+                400,
+                Text("A query parameter is specified more than once"),
+                None,
+            ),
+            R::IdentityNotFound => (400, Text("Identity not found"), None),
+            R::NoTokenSource => (500, Text("No token source configured"), None),
+            R::ResponseTooLarge => (500, Text("Response too large"), None),
+            R::FetchWaitTimeout => (
+                503,
+                Text("Timed out waiting for the token authority"),
+                Some(RETRY_AFTER_DEFAULT_S),
+            ),
+            R::FetchesFull => (503, Text("Too many token requests in progress"), Some(1)),
+        },
+        Error::Select(e) => (400, Text(e.description()), None),
+        Error::Mint(MintError::TooLarge) => (400, Text("Parameter 'resource' is too long"), None),
+        Error::Mint(MintError::Entropy(_)) => {
+            (500, Text("Token service unavailable: no entropy"), None)
+        }
+        #[cfg(feature = "broker")]
+        Error::Fetch(e) => {
+            let unavailable = |t, after: Option<u32>| {
+                (503, Text(t), Some(after.unwrap_or(RETRY_AFTER_DEFAULT_S)))
+            };
+            match e {
+                FetchError::Unreachable => unavailable("The token authority is unreachable", None),
+                FetchError::Timeout => {
+                    unavailable("The token authority did not answer in time", None)
+                }
+                FetchError::Broken => {
+                    unavailable("The connection to the token authority broke", None)
+                }
+                FetchError::Unavailable { retry_after_s } => {
+                    unavailable("The token authority is unavailable", retry_after_s)
+                }
+                FetchError::Entropy => (500, Text("No entropy for the TLS handshake"), None),
+                FetchError::Tls => (
+                    500,
+                    Text(
+                        "TLS with the token authority failed (untrusted certificate or wrong name)",
+                    ),
+                    None,
+                ),
+                FetchError::Unreadable => (
+                    500,
+                    Text("The token authority sent an unreadable answer"),
+                    None,
+                ),
+                FetchError::Refused => (
+                    500,
+                    Text("The token authority refused the token request"),
+                    None,
+                ),
+                FetchError::NoCredential => (
+                    500,
+                    Text("The identity has no credential for the token authority"),
+                    None,
+                ),
+            }
+        }
+        Error::Refused(Refusal::TooMany { retry_after_s }) => {
+            (429, Text("Too many requests"), Some(retry_after_s))
+        }
+        Error::Refused(Refusal::SourceNotAllowed) => (
+            403,
+            Text("The source address is not allowed to get tokens"),
+            None,
+        ),
+        Error::Refused(Refusal::HostNotAllowed) => (
+            403,
+            Text("The Host header names a host that is not allowed"),
+            None,
+        ),
+    };
+    WireError {
+        status,
+        code: error_code(status),
+        description,
+        retry_after_s,
+        newest_versions: matches!(
+            error,
+            Error::Request(R::ApiVersionMissing | R::ApiVersionInvalid)
+        ),
+    }
+}
+
 /// The error code IMDS uses for a status.
-pub fn error_code(status: u16) -> &'static str {
+fn error_code(status: u16) -> &'static str {
     match status {
         400 | 413 | 414 | 431 => "invalid_request",
         403 => "forbidden",
@@ -270,6 +486,26 @@ pub fn handle<E: Entropy>(
     entropy: &mut E,
     reply: &mut Reply,
 ) {
+    route(agent, req, ctx, entropy, reply);
+    if ctx.parked_since_us.is_some() && !reply.pending {
+        // A parked request is answered: its wait no longer counts against its source.
+        release(agent, ctx.peer);
+    }
+}
+
+/// A parked request from `peer` is gone without an answer (its connection closed): its wait
+/// no longer counts against its source. ([`handle`] releases the ones it answers.)
+pub fn release(agent: &mut Agent, peer: core::net::IpAddr) {
+    agent.guard.unpark(peer);
+}
+
+fn route<E: Entropy>(
+    agent: &mut Agent,
+    req: &Request<'_>,
+    ctx: &Ctx,
+    entropy: &mut E,
+    reply: &mut Reply,
+) {
     reply.clear();
     let path = req.path;
     if path_is(path, "/metadata/identity/oauth2/token") {
@@ -317,7 +553,7 @@ pub fn handle<E: Entropy>(
     } else {
         // Including /metadata/identity/getplatformmetadata: clients probing it for an mTLS
         // flow must see a non-200 answer and fall back to the classic token endpoint.
-        reply.error(404, "not_found", "Path not found");
+        reply.fail(Error::Request(RequestError::PathNotFound));
     }
 }
 
@@ -326,11 +562,7 @@ fn get_only(req: &Request<'_>, reply: &mut Reply) -> bool {
         true
     } else {
         reply.allow = Some("GET, HEAD");
-        reply.error(
-            405,
-            "method_not_allowed",
-            "The requested method is not allowed",
-        );
+        reply.fail(Error::Request(RequestError::MethodNotAllowed));
         false
     }
 }
@@ -341,28 +573,26 @@ fn metadata_checks(req: &Request<'_>, reply: &mut Reply, need_api_version: bool)
         return false;
     }
     if !metadata_header_ok(req) {
-        reply.bad_request("Required metadata header not specified");
+        reply.fail(Error::Request(RequestError::MetadataHeaderMissing));
         return false;
     }
     if proxied(req) {
-        reply.bad_request("Request through a proxy (X-Forwarded-For / Forwarded) is not allowed");
+        reply.fail(Error::Request(RequestError::Proxied));
         return false;
     }
     if need_api_version {
         let mut buf = [0u8; PARAM_DECODE_BUF];
         let Ok(params) = query::decode(req.query.as_bytes(), &mut buf) else {
-            reply.bad_request("Invalid query string");
+            reply.fail(Error::Request(RequestError::InvalidQuery));
             return false;
         };
         match params.get("api-version") {
             None => {
-                reply.api_version_error("Required query variable 'api-version' is missing");
+                reply.fail(Error::Request(RequestError::ApiVersionMissing));
                 return false;
             }
             Some(v) if !API_VERSIONS.contains(&v) => {
-                reply.api_version_error(
-                    "Bad request. api-version is invalid or was not specified in the request.",
-                );
+                reply.fail(Error::Request(RequestError::ApiVersionInvalid));
                 return false;
             }
             Some(_) => {}
@@ -389,34 +619,14 @@ fn is_form(req: &Request<'_>) -> bool {
 /// The source allow-list and the `Host` check (403).
 fn guard_checks(agent: &Agent, req: &Request<'_>, ctx: &Ctx, reply: &mut Reply) -> bool {
     if !agent.guard.source_allowed(ctx.peer) {
-        reply.error(
-            403,
-            "forbidden",
-            "The source address is not allowed to get tokens",
-        );
+        reply.fail(Error::Refused(Refusal::SourceNotAllowed));
         return false;
     }
     if !agent.guard.host_allowed(req.header("host")) {
-        reply.error(
-            403,
-            "forbidden",
-            "The Host header names a host that is not allowed",
-        );
+        reply.fail(Error::Refused(Refusal::HostNotAllowed));
         return false;
     }
     true
-}
-
-fn refuse(reply: &mut Reply, r: Refusal) {
-    match r {
-        Refusal::TooMany { retry_after_s } => {
-            reply.retry_after_s = Some(retry_after_s);
-            reply.error(429, "too_many_requests", "Too many requests");
-        }
-        Refusal::SourceNotAllowed | Refusal::HostNotAllowed => {
-            reply.error(403, "forbidden", "Not allowed");
-        }
-    }
 }
 
 fn token_endpoint<E: Entropy>(
@@ -438,11 +648,7 @@ fn token_endpoint<E: Entropy>(
         } else {
             "GET, HEAD"
         });
-        reply.error(
-            405,
-            "method_not_allowed",
-            "The requested method is not allowed",
-        );
+        reply.fail(Error::Request(RequestError::MethodNotAllowed));
         return;
     }
     // Who may ask.
@@ -451,18 +657,18 @@ fn token_endpoint<E: Entropy>(
     }
     // 2. Metadata header (fast path for SDK probes).
     if !metadata_header_ok(req) {
-        reply.bad_request("Required metadata header not specified");
+        reply.fail(Error::Request(RequestError::MetadataHeaderMissing));
         return;
     }
     // 3. Proxied requests may not come from this VM.
     if proxied(req) {
-        reply.bad_request("Request through a proxy (X-Forwarded-For / Forwarded) is not allowed");
+        reply.fail(Error::Request(RequestError::Proxied));
         return;
     }
     // Parameters: the query, or for a legacy form POST the body.
     let source: &[u8] = if req.method == Method::Post {
         if !is_form(req) {
-            reply.bad_request("POST body must be application/x-www-form-urlencoded");
+            reply.fail(Error::Request(RequestError::NotForm));
             return;
         }
         req.body
@@ -473,9 +679,7 @@ fn token_endpoint<E: Entropy>(
     let params = match query::decode(source, &mut buf) {
         Ok(p) => p,
         Err(e) => {
-            let mut d: heapless::String<64> = heapless::String::new();
-            let _ = write!(d, "{e}");
-            reply.bad_request(&d);
+            reply.fail(Error::Query(e));
             return;
         }
     };
@@ -483,13 +687,11 @@ fn token_endpoint<E: Entropy>(
     if endpoint == Endpoint::Imds {
         match params.get("api-version") {
             None => {
-                reply.api_version_error("Required query variable 'api-version' is missing");
+                reply.fail(Error::Request(RequestError::ApiVersionMissing));
                 return;
             }
             Some(v) if !API_VERSIONS.contains(&v) || v < TOKEN_MIN_API_VERSION => {
-                reply.api_version_error(
-                    "Bad request. api-version is invalid or was not specified in the request.",
-                );
+                reply.fail(Error::Request(RequestError::ApiVersionInvalid));
                 return;
             }
             Some(_) => {}
@@ -499,24 +701,24 @@ fn token_endpoint<E: Entropy>(
     let resource = match params.get("resource") {
         Some(r) if !r.is_empty() => r,
         _ => {
-            reply.bad_request("Required query variable 'resource' is missing");
+            reply.fail(Error::Request(RequestError::ResourceMissing));
             return;
         }
     };
     if resource.len() > RESOURCE_MAX {
-        reply.bad_request("Parameter 'resource' is too long");
+        reply.fail(Error::Request(RequestError::ResourceTooLong));
         return;
     }
     // 6. A parameter given twice.
     if params.duplicate().is_some() {
-        reply.bad_request("A query parameter is specified more than once");
+        reply.fail(Error::Request(RequestError::RepeatedParameter));
         return;
     }
     // Identity selection.
     let selector = match Selector::from_params(&params) {
         Ok(s) => s,
         Err(e) => {
-            reply.bad_request(e.description());
+            reply.fail(Error::Select(e));
             return;
         }
     };
@@ -527,7 +729,7 @@ fn token_endpoint<E: Entropy>(
             | SelectError::MultipleUserAssigned
             | SelectError::MultipleSelectors),
         ) => {
-            reply.bad_request(e.description());
+            reply.fail(Error::Select(e));
             return;
         }
     };
@@ -571,7 +773,7 @@ fn serve_minted<E: Entropy>(
     reply: &mut Reply,
 ) {
     let Some(identity) = agent.identities.get(r.index) else {
-        reply.bad_request("Identity not found");
+        reply.fail(Error::Request(RequestError::IdentityNotFound));
         return;
     };
     if !r.bypass {
@@ -581,12 +783,12 @@ fn serve_minted<E: Entropy>(
         }
     }
     let Some(issuer) = agent.tokens.issuer.as_ref() else {
-        reply.error(500, "server_error", "No token source configured");
+        reply.fail(Error::Request(RequestError::NoTokenSource));
         return;
     };
     // Minting costs: charge it to the source.
     if let Err(r) = agent.guard.charge(r.peer, r.mono_us) {
-        refuse(reply, r);
+        reply.fail(Error::Refused(r));
         return;
     }
     match issuer.mint(identity, r.resource, now, entropy) {
@@ -594,23 +796,27 @@ fn serve_minted<E: Entropy>(
             write_token(reply, &token, r.resource, identity, r.selector, now);
             agent.tokens.cache.insert(r.index, r.resource, token);
         }
-        Err(crate::token::MintError::TooLarge) => {
-            reply.bad_request("Parameter 'resource' is too long");
-        }
-        Err(crate::token::MintError::Entropy(_)) => {
-            reply.error(500, "server_error", "Token service unavailable: no entropy");
-        }
+        Err(e) => reply.fail(Error::Mint(e)),
     }
 }
 
 /// Mark the request as waiting; a source's first wait counts against its in-flight limit.
 #[cfg(feature = "broker")]
+/// A request that waited [`crate::limits::FETCH_WAIT_MAX_US`] is answered 503 instead (and released by
+/// [`handle`], like every parked request once it is answered).
 fn park(agent: &mut Agent, r: &TokenRequest<'_>, reply: &mut Reply) {
-    if r.parked_since_us.is_none() {
-        if let Err(refusal) = agent.guard.park(r.peer, r.mono_us) {
-            refuse(reply, refusal);
+    match r.parked_since_us {
+        None => {
+            if let Err(refusal) = agent.guard.park(r.peer, r.mono_us) {
+                reply.fail(Error::Refused(refusal));
+                return;
+            }
+        }
+        Some(since) if r.mono_us.saturating_sub(since) > crate::limits::FETCH_WAIT_MAX_US => {
+            reply.fail(Error::Request(RequestError::FetchWaitTimeout));
             return;
         }
+        Some(_) => {}
     }
     reply.pending = true;
 }
@@ -620,7 +826,7 @@ fn park(agent: &mut Agent, r: &TokenRequest<'_>, reply: &mut Reply) {
 #[cfg(feature = "broker")]
 fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut Reply) {
     let Some(identity) = agent.identities.get(r.index) else {
-        reply.bad_request("Identity not found");
+        reply.fail(Error::Request(RequestError::IdentityNotFound));
         return;
     };
     let margin = agent.tokens.refresh_margin_s;
@@ -658,13 +864,8 @@ fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut
     }
     agent.tokens.jobs.expire(now.mono_us);
     match agent.tokens.jobs.get(r.index, r.resource).map(|j| j.state) {
-        Some(JobState::Failed { failure, .. }) if r.parked_since_us.is_some() || !r.bypass => {
-            reply.retry_after_s = failure.retry_after_s;
-            reply.error(
-                failure.status,
-                error_code(failure.status),
-                failure.description,
-            );
+        Some(JobState::Failed { error, .. }) if r.parked_since_us.is_some() || !r.bypass => {
+            reply.fail(Error::Fetch(error));
         }
         Some(JobState::Queued | JobState::InFlight) => park(agent, r, reply),
         _ => match agent
@@ -679,15 +880,8 @@ fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut
                     .map_err(|_| None)
             }) {
             Ok(()) => park(agent, r, reply),
-            Err(Some(refusal)) => refuse(reply, refusal),
-            Err(_) => {
-                reply.retry_after_s = Some(1);
-                reply.error(
-                    503,
-                    "service_unavailable",
-                    "Too many token requests in progress",
-                );
-            }
+            Err(Some(refusal)) => reply.fail(Error::Refused(refusal)),
+            Err(_) => reply.fail(Error::Request(RequestError::FetchesFull)),
         },
     }
 }
@@ -734,7 +928,7 @@ fn write_token(
         let old = reply.body.len();
         if !reply.body.starts_with(OPEN) || reply.body.resize(old + token.len(), 0).is_err() {
             reply.body.clear();
-            reply.error(500, "server_error", "Response too large");
+            reply.fail(Error::Request(RequestError::ResponseTooLarge));
             return;
         }
         reply

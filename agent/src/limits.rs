@@ -54,6 +54,8 @@ pub const IDLE_TIMEOUT_US: u64 = 30_000_000;
 /// A request head must arrive completely within this time of its first byte (slowloris).
 pub const HEAD_DEADLINE_US: u64 = 10_000_000;
 
+/// Longest `error_description` the router writes.
+pub const DESCRIPTION_MAX: usize = 128;
 /// Largest configuration document.
 pub const CONFIG_MAX: usize = 64 * 1024;
 /// Scratch space for unescaping one JSON string of the config (a PEM key or certificate).
@@ -69,6 +71,9 @@ pub const BROKER_TASKS: usize = 2;
 /// moving (a TLS flight is several records; the next network poll sends what the last round
 /// queued).
 pub const TASK_ROUNDS: usize = 4;
+/// `Retry-After` of a 503 whose cause names no time (the authority unreachable, a parked
+/// request's wait over).
+pub const RETRY_AFTER_DEFAULT_S: u32 = 5;
 /// Log lines of the broker tasks kept until the driver prints them (the oldest is dropped).
 pub const EVENT_QUEUE: usize = 16;
 /// Longest log line of a broker task (longer ones are cut).

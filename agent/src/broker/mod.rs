@@ -46,21 +46,35 @@ pub trait JobQueue {
         &mut self,
         identity: u8,
         resource: &str,
-        result: Result<TokenAnswer, Failure>,
+        result: Result<TokenAnswer, FetchError>,
         now_us: u64,
     );
     /// Record a log line (kept until the driver drains it).
     fn event(&mut self, args: core::fmt::Arguments<'_>);
 }
 
-/// What a failed fetch answers to the clients that wait for it.
+/// Why a fetch failed: what the clients that wait for it are answered (the router's wire
+/// table, `imds::wire`, says how).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Failure {
-    /// 500 (the authority refused us, bad answer, bad certificate) or 503 (unreachable,
-    /// overloaded, timed out: try again).
-    pub status: u16,
-    pub retry_after_s: Option<u32>,
-    pub description: &'static str,
+pub enum FetchError {
+    /// The connection could not be made.
+    Unreachable,
+    /// No answer in time.
+    Timeout,
+    /// The connection broke.
+    Broken,
+    /// The authority answered 5xx or 429, with its `Retry-After` if it sent one.
+    Unavailable { retry_after_s: Option<u32> },
+    /// No entropy for the TLS handshake.
+    Entropy,
+    /// TLS failed (untrusted certificate or wrong name).
+    Tls,
+    /// The answer could not be read.
+    Unreadable,
+    /// The authority refused the token request.
+    Refused,
+    /// The identity has no credential for the authority.
+    NoCredential,
 }
 
 /// State of one fetch.
@@ -70,7 +84,7 @@ pub enum JobState {
     InFlight,
     /// Failed; remembered until the monotonic time `until_us`.
     Failed {
-        failure: Failure,
+        error: FetchError,
         until_us: u64,
     },
 }
@@ -162,7 +176,7 @@ impl Jobs {
         &mut self,
         identity: u8,
         resource: &str,
-        result: Result<(), Failure>,
+        result: Result<(), FetchError>,
         now_us: u64,
         hold_us: u64,
     ) {
@@ -177,9 +191,9 @@ impl Jobs {
             Ok(()) => {
                 self.entries.swap_remove(i);
             }
-            Err(failure) => {
+            Err(error) => {
                 self.entries[i].state = JobState::Failed {
-                    failure,
+                    error,
                     until_us: now_us + hold_us,
                 };
             }
@@ -206,10 +220,8 @@ impl Jobs {
 mod tests {
     use super::*;
 
-    const F: Failure = Failure {
-        status: 503,
+    const F: FetchError = FetchError::Unavailable {
         retry_after_s: Some(2),
-        description: "x",
     };
 
     #[test]

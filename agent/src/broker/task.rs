@@ -3,7 +3,7 @@
 //! chain and name verified against the configured CA: never an unverified connection), the
 //! client-credentials request with a fresh client assertion, and the answer. It retries 5xx,
 //! 429 and transport failures with back-off (honouring `Retry-After`) within a total time
-//! budget, then reports success (token into the cache) or a [`Failure`] to the agent.
+//! budget, then reports success (token into the cache) or a [`FetchError`] to the agent.
 //!
 //! Drivers poll the future with a no-op waker on every loop turn (the pipe and the clock are
 //! the only things it waits on), so no executor and no allocation are needed.
@@ -12,7 +12,7 @@ use super::pin::PinVerifier;
 use super::pipe::{Pipe, PipeIo, PipeState, Target};
 use super::rng::Rng;
 use super::upstream::{self, ResponseError, TokenAnswer, TokenAnswerError};
-use super::{assertion, Failure, JobQueue, JobSpec};
+use super::{assertion, FetchError, JobQueue, JobSpec};
 use crate::config::{AuthorityConfig, Trust};
 use crate::limits::{
     FETCH_ATTEMPTS, FETCH_ATTEMPT_TIMEOUT_US, FETCH_CONNECT_TIMEOUT_US, TLS_READ_BUF,
@@ -133,39 +133,21 @@ impl AttemptError {
         )
     }
 
-    fn failure(&self) -> Failure {
-        let unavailable = |description, retry_after_s: Option<u32>| Failure {
-            status: 503,
-            retry_after_s: Some(retry_after_s.unwrap_or(5)),
-            description,
-        };
-        let error = |description| Failure {
-            status: 500,
-            retry_after_s: None,
-            description,
-        };
+    /// What the clients waiting for the fetch are told.
+    fn fetch_error(&self) -> FetchError {
         match self {
-            AttemptError::Connect => unavailable("The token authority is unreachable", None),
-            AttemptError::Timeout => {
-                unavailable("The token authority did not answer in time", None)
-            }
-            AttemptError::Broken => {
-                unavailable("The connection to the token authority broke", None)
-            }
-            AttemptError::Tls(TlsError::Io(_)) | AttemptError::Tls(TlsError::ConnectionClosed) => {
-                unavailable("The connection to the token authority broke", None)
-            }
-            AttemptError::Status { retry_after_s, .. } => {
-                unavailable("The token authority is unavailable", *retry_after_s)
-            }
-            AttemptError::Entropy => error("No entropy for the TLS handshake"),
-            AttemptError::Tls(_) => {
-                error("TLS with the token authority failed (untrusted certificate or wrong name)")
-            }
-            AttemptError::Http(_) | AttemptError::Token(_) => {
-                error("The token authority sent an unreadable answer")
-            }
-            AttemptError::Refused { .. } => error("The token authority refused the token request"),
+            AttemptError::Connect => FetchError::Unreachable,
+            AttemptError::Timeout => FetchError::Timeout,
+            AttemptError::Broken
+            | AttemptError::Tls(TlsError::Io(_))
+            | AttemptError::Tls(TlsError::ConnectionClosed) => FetchError::Broken,
+            AttemptError::Status { retry_after_s, .. } => FetchError::Unavailable {
+                retry_after_s: *retry_after_s,
+            },
+            AttemptError::Entropy => FetchError::Entropy,
+            AttemptError::Tls(_) => FetchError::Tls,
+            AttemptError::Http(_) | AttemptError::Token(_) => FetchError::Unreadable,
+            AttemptError::Refused { .. } => FetchError::Refused,
         }
     }
 }
@@ -488,7 +470,7 @@ pub async fn run<A: JobQueue, C: Clock, E: Entropy>(
                 a.finish_job(
                     job.identity,
                     &job.resource,
-                    Err(e.failure()),
+                    Err(e.fetch_error()),
                     clock.monotonic_us(),
                 );
             }

@@ -6,7 +6,7 @@
 use super::Token;
 use super::{Issuer, TokenCache};
 #[cfg(feature = "broker")]
-use crate::broker::{upstream::TokenAnswer, Failure, Jobs};
+use crate::broker::{upstream::TokenAnswer, FetchError, Jobs};
 
 /// The token sources of an agent.
 pub struct TokenSource {
@@ -79,7 +79,7 @@ impl TokenSource {
         &mut self,
         identity: u8,
         resource: &str,
-        result: Result<TokenAnswer, Failure>,
+        result: Result<TokenAnswer, FetchError>,
         now_us: u64,
     ) {
         let result = result.map(|answer| {
