@@ -6,7 +6,7 @@
 
 use crate::agent::Agent;
 #[cfg(feature = "broker")]
-use crate::broker::{FetchError, JobState};
+use crate::broker::FetchError;
 use crate::config::Guid;
 use crate::guard::Refusal;
 use crate::http::HttpError;
@@ -18,8 +18,8 @@ use crate::limits::{
 use crate::oidc;
 use crate::query;
 use crate::query::QueryError;
-use crate::token::MintError;
 use crate::token::Token;
+use crate::token::{MintError, Need, Obtained, TokenError};
 use core::fmt::Write as _;
 use imds_hal::Entropy;
 use serde::Serialize;
@@ -101,11 +101,6 @@ pub struct Now {
     /// Monotonic microseconds (timeouts, holds).
     pub mono_us: u64,
 }
-
-/// A brokered token is not renewed ahead more often than this (short-lived upstream tokens
-/// would otherwise be fetched again on every request).
-#[cfg(feature = "broker")]
-const MIN_REFRESH_INTERVAL_US: u64 = 30_000_000;
 
 /// What the router answers.
 #[derive(Debug)]
@@ -294,6 +289,20 @@ impl core::fmt::Display for Description {
             Description::Text(t) => f.write_str(t),
             Description::Http(e) => write!(f, "{e}"),
             Description::Query(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<TokenError> for Error {
+    fn from(e: TokenError) -> Error {
+        match e {
+            TokenError::NoTokenSource => Error::Request(RequestError::NoTokenSource),
+            TokenError::Mint(e) => Error::Mint(e),
+            TokenError::Refused(r) => Error::Refused(r),
+            #[cfg(feature = "broker")]
+            TokenError::Fetch(e) => Error::Fetch(e),
+            #[cfg(feature = "broker")]
+            TokenError::FetchesFull => Error::Request(RequestError::FetchesFull),
         }
     }
 }
@@ -745,12 +754,7 @@ fn token_endpoint<E: Entropy>(
         peer: ctx.peer,
         mono_us: ctx.now.mono_us,
     };
-    #[cfg(feature = "broker")]
-    if agent.tokens.broker {
-        serve_brokered(agent, &tr, ctx.now, reply);
-        return;
-    }
-    serve_minted(agent, &tr, ctx.now.unix_s, entropy, reply);
+    serve_token(agent, &tr, ctx.now, entropy, reply);
 }
 
 struct TokenRequest<'a> {
@@ -758,17 +762,16 @@ struct TokenRequest<'a> {
     resource: &'a str,
     selector: Selector<'a>,
     bypass: bool,
-    #[cfg_attr(not(feature = "broker"), allow(dead_code))]
     parked_since_us: Option<u64>,
     peer: core::net::IpAddr,
     mono_us: u64,
 }
 
-/// Issuer mode: from the cache, or minted now.
-fn serve_minted<E: Entropy>(
+/// The token from the agent's token source (cached, minted, or fetched: waited for).
+fn serve_token<E: Entropy>(
     agent: &mut Agent,
     r: &TokenRequest<'_>,
-    now: u64,
+    now: Now,
     entropy: &mut E,
     reply: &mut Reply,
 ) {
@@ -776,34 +779,30 @@ fn serve_minted<E: Entropy>(
         reply.fail(Error::Request(RequestError::IdentityNotFound));
         return;
     };
-    if !r.bypass {
-        if let Some(t) = agent.tokens.cache.get(r.index, r.resource, now) {
-            write_token(reply, t, r.resource, identity, r.selector, now);
-            return;
-        }
-    }
-    let Some(issuer) = agent.tokens.issuer.as_ref() else {
-        reply.fail(Error::Request(RequestError::NoTokenSource));
-        return;
+    let need = Need {
+        bypass: r.bypass,
+        parked_since_us: r.parked_since_us,
     };
-    // Minting costs: charge it to the source.
-    if let Err(r) = agent.guard.charge(r.peer, r.mono_us) {
-        reply.fail(Error::Refused(r));
-        return;
-    }
-    match issuer.mint(identity, r.resource, now, entropy) {
-        Ok(token) => {
-            write_token(reply, &token, r.resource, identity, r.selector, now);
-            agent.tokens.cache.insert(r.index, r.resource, token);
-        }
-        Err(e) => reply.fail(Error::Mint(e)),
+    let guard = &mut agent.guard;
+    match agent.tokens.obtain(
+        identity,
+        r.index,
+        r.resource,
+        need,
+        now.unix_s,
+        now.mono_us,
+        entropy,
+        || guard.charge(r.peer, r.mono_us),
+    ) {
+        Obtained::Ready(t) => write_token(reply, t, r.resource, identity, r.selector, now.unix_s),
+        Obtained::Pending => park(agent, r, reply),
+        Obtained::Failed(e) => reply.fail(e.into()),
     }
 }
 
-/// Mark the request as waiting; a source's first wait counts against its in-flight limit.
-#[cfg(feature = "broker")]
-/// A request that waited [`crate::limits::FETCH_WAIT_MAX_US`] is answered 503 instead (and released by
-/// [`handle`], like every parked request once it is answered).
+/// Mark the request as waiting; a source's first wait counts against its in-flight limit. A
+/// request that waited [`crate::limits::FETCH_WAIT_MAX_US`] is answered 503 instead (and
+/// released by [`handle`], like every parked request once it is answered).
 fn park(agent: &mut Agent, r: &TokenRequest<'_>, reply: &mut Reply) {
     match r.parked_since_us {
         None => {
@@ -819,71 +818,6 @@ fn park(agent: &mut Agent, r: &TokenRequest<'_>, reply: &mut Reply) {
         Some(_) => {}
     }
     reply.pending = true;
-}
-
-/// Broker mode: from the cache (renewed ahead of expiry in the background), or wait for a
-/// fetch. A known token that is still valid is served while its renewal runs or fails.
-#[cfg(feature = "broker")]
-fn serve_brokered(agent: &mut Agent, r: &TokenRequest<'_>, now: Now, reply: &mut Reply) {
-    let Some(identity) = agent.identities.get(r.index) else {
-        reply.fail(Error::Request(RequestError::IdentityNotFound));
-        return;
-    };
-    let margin = agent.tokens.refresh_margin_s;
-    let entry = agent.tokens.cache.peek(r.index, r.resource);
-    // A token fetched while this request waited is its answer, however short-lived.
-    let new_for_me = |t: &Token| {
-        r.parked_since_us
-            .is_some_and(|since| t.obtained_us >= since)
-    };
-    // bypass_cache: only a token obtained after this request arrived will do.
-    if let Some(t) = entry.filter(|t| !r.bypass || new_for_me(t)) {
-        let left = t.expires_on.saturating_sub(now.unix_s);
-        if left > margin || (new_for_me(t) && left > 0) {
-            write_token(reply, t, r.resource, identity, r.selector, now.unix_s);
-            let age_us = now.mono_us.saturating_sub(t.obtained_us);
-            if left <= 2 * margin && age_us >= MIN_REFRESH_INTERVAL_US {
-                // Refresh ahead, nobody waits for it. A full job table just means later.
-                let _ = agent
-                    .tokens
-                    .jobs
-                    .enqueue(r.index, r.resource, true, now.mono_us);
-            }
-            return;
-        }
-        if left > 0 && agent.tokens.jobs.get(r.index, r.resource).is_some() {
-            // Inside the margin, but a renewal is running or just failed: the known token
-            // is better than an error.
-            write_token(reply, t, r.resource, identity, r.selector, now.unix_s);
-            let _ = agent
-                .tokens
-                .jobs
-                .enqueue(r.index, r.resource, true, now.mono_us);
-            return;
-        }
-    }
-    agent.tokens.jobs.expire(now.mono_us);
-    match agent.tokens.jobs.get(r.index, r.resource).map(|j| j.state) {
-        Some(JobState::Failed { error, .. }) if r.parked_since_us.is_some() || !r.bypass => {
-            reply.fail(Error::Fetch(error));
-        }
-        Some(JobState::Queued | JobState::InFlight) => park(agent, r, reply),
-        _ => match agent
-            .guard
-            .charge(r.peer, r.mono_us)
-            .map_err(Some)
-            .and_then(|()| {
-                agent
-                    .tokens
-                    .jobs
-                    .enqueue(r.index, r.resource, false, now.mono_us)
-                    .map_err(|_| None)
-            }) {
-            Ok(()) => park(agent, r, reply),
-            Err(Some(refusal)) => reply.fail(Error::Refused(refusal)),
-            Err(_) => reply.fail(Error::Request(RequestError::FetchesFull)),
-        },
-    }
 }
 
 fn write_token(

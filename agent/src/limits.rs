@@ -74,6 +74,9 @@ pub const TASK_ROUNDS: usize = 4;
 /// `Retry-After` of a 503 whose cause names no time (the authority unreachable, a parked
 /// request's wait over).
 pub const RETRY_AFTER_DEFAULT_S: u32 = 5;
+/// A brokered token is not renewed ahead more often than this (short-lived upstream tokens
+/// would otherwise be fetched again on every request).
+pub const MIN_REFRESH_INTERVAL_US: u64 = 30_000_000;
 /// Log lines of the broker tasks kept until the driver prints them (the oldest is dropped).
 pub const EVENT_QUEUE: usize = 16;
 /// Longest log line of a broker task (longer ones are cut).

@@ -11,7 +11,7 @@ pub mod source;
 
 pub use cache::{Insert, TokenCache};
 pub use issuer::{Issuer, MintError};
-pub use source::TokenSource;
+pub use source::{Need, Obtained, TokenError, TokenSource};
 
 use crate::limits::TOKEN_MAX;
 use crate::secret::Secret;
