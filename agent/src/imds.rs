@@ -894,6 +894,482 @@ mod tests {
     use crate::config::{IdentityConfig, IdentityKind};
     use crate::secret::Secret;
 
+    // ---- the router, function level: `Request` in, `Reply` out; one test per case of the
+    // contract suite (tests/src/contract.rs) that the router decides ----
+
+    use crate::config::tests::{doc, SYS, USER1, USER2};
+    use crate::config::Config;
+    use crate::http::{self, Parse};
+    use crate::token::CountingEntropy;
+    use std::string::String;
+    use std::vec::Vec;
+
+    const MGMT: &str = "https://management.azure.com/";
+    const MD: &str = "Metadata: true";
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const USER1_CLIENT: &str = "12222222-2222-2222-2222-222222222222";
+    const USER1_OBJECT: &str = "22222222-2222-2222-2222-222222222222";
+    const USER1_RESOURCE: &str = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/one";
+    const SYS_CLIENT: &str = "11111111-1111-1111-1111-111111111111";
+
+    fn agent() -> Agent {
+        let d = doc("", &[SYS, USER1, USER2].join(","));
+        Agent::new(Config::parse(d.as_bytes()).unwrap())
+    }
+
+    /// The router's answer to the raw request `raw`.
+    fn ask(agent: &mut Agent, raw: &str) -> Reply {
+        let Ok(Parse::Complete(req, _)) = http::parse(raw.as_bytes()) else {
+            panic!("not a complete request: {raw}")
+        };
+        let ctx = Ctx {
+            now: Now {
+                unix_s: 1_000_000,
+                mono_us: 0,
+            },
+            peer: "127.0.0.1".parse().unwrap(),
+            parked_since_us: None,
+        };
+        let mut reply = Reply::new();
+        // Another token id for every request.
+        static REQUESTS: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+        let seed = REQUESTS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        handle(agent, &req, &ctx, &mut CountingEntropy(seed), &mut reply);
+        reply
+    }
+
+    fn request(method: &str, target: &str, headers: &[&str], body: &str) -> String {
+        let mut r = std::format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        for h in headers {
+            r.push_str(h);
+            r.push_str("\r\n");
+        }
+        if !body.is_empty() {
+            r.push_str(&std::format!("Content-Length: {}\r\n", body.len()));
+        }
+        r.push_str("\r\n");
+        r.push_str(body);
+        r
+    }
+
+    fn get(agent: &mut Agent, target: &str, headers: &[&str]) -> Reply {
+        ask(agent, &request("GET", target, headers, ""))
+    }
+
+    fn token_target(resource: &str, extra: &str) -> String {
+        std::format!(
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}{extra}",
+            resource.replace(':', "%3A").replace('/', "%2F")
+        )
+    }
+
+    fn body(r: &Reply) -> &str {
+        core::str::from_utf8(&r.body).unwrap()
+    }
+
+    /// The value of a JSON string field of the body.
+    fn field<'r>(r: &'r Reply, name: &str) -> Option<&'r str> {
+        let key = std::format!("\"{name}\":\"");
+        let b = body(r);
+        let start = b.find(&key)? + key.len();
+        Some(&b[start..start + b[start..].find('"')?])
+    }
+
+    fn assert_token(r: &Reply, resource: &str, client_id: &str) {
+        assert_eq!(r.status, 200, "{}", body(r));
+        assert_eq!(field(r, "resource"), Some(resource), "{}", body(r));
+        assert_eq!(field(r, "client_id"), Some(client_id), "{}", body(r));
+        assert_eq!(field(r, "token_type"), Some("Bearer"));
+        assert!(field(r, "access_token").is_some_and(|t| t.split('.').count() == 3));
+    }
+
+    fn assert_error(r: &Reply, status: u16, code: &str) {
+        assert_eq!(r.status, status, "{}", body(r));
+        assert_eq!(field(r, "error"), Some(code), "{}", body(r));
+        assert!(field(r, "error_description").is_some());
+    }
+
+    #[test]
+    fn router_system_assigned_by_default() {
+        let mut a = agent();
+        let r = get(&mut a, &token_target(MGMT, ""), &[MD]);
+        assert_token(&r, MGMT, SYS_CLIENT);
+        assert!(field(&r, "object_id").is_none() && field(&r, "msi_res_id").is_none());
+    }
+
+    #[test]
+    fn router_user_assigned_by_each_selector() {
+        let mut a = agent();
+        for sel in [
+            std::format!("&client_id={USER1_CLIENT}"),
+            std::format!("&client_id={}", USER1_CLIENT.to_uppercase()),
+        ] {
+            assert_token(
+                &get(&mut a, &token_target(MGMT, &sel), &[MD]),
+                MGMT,
+                USER1_CLIENT,
+            );
+        }
+        // Echoed: the selector's field with the identity's own spelling.
+        let rid = USER1_RESOURCE.to_lowercase();
+        for (sel, value, echo, echoed) in [
+            ("object_id", USER1_OBJECT, "object_id", USER1_OBJECT),
+            ("principal_id", USER1_OBJECT, "object_id", USER1_OBJECT),
+            ("msi_res_id", rid.as_str(), "msi_res_id", USER1_RESOURCE),
+            ("mi_res_id", rid.as_str(), "msi_res_id", USER1_RESOURCE),
+        ] {
+            let selector = std::format!("&{sel}={value}");
+            let r = get(&mut a, &token_target(MGMT, &selector), &[MD]);
+            assert_token(&r, MGMT, USER1_CLIENT);
+            assert_eq!(field(&r, echo), Some(echoed), "{sel}");
+        }
+    }
+
+    #[test]
+    fn router_header_and_path_variants() {
+        let mut a = agent();
+        for h in ["metadata: true", "Metadata: True", "METADATA:TRUE"] {
+            assert_token(
+                &get(&mut a, &token_target(MGMT, ""), &[h]),
+                MGMT,
+                SYS_CLIENT,
+            );
+        }
+        let target = "/metadata/identity/oauth2/token/?api-version=2019-08-01&resource=https://management.azure.com/";
+        let r = get(
+            &mut a,
+            target,
+            &[MD, "Content-Type: application/x-www-form-urlencoded"],
+        );
+        assert_token(&r, MGMT, SYS_CLIENT);
+        let target = "/METADATA/identity/oauth2/token?api-version=2025-04-07&resource=https%3A%2F%2Fmanagement.azure.com%2F";
+        assert_token(&get(&mut a, target, &[MD]), MGMT, SYS_CLIENT);
+        let target = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net";
+        assert_token(
+            &get(&mut a, target, &[MD]),
+            "https://vault.azure.net",
+            SYS_CLIENT,
+        );
+        let target = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=api://x+y";
+        assert_token(&get(&mut a, target, &[MD]), "api://x y", SYS_CLIENT);
+        let extra = "&authority=x&xms_cc=cp1&token_sha256_to_refresh=ab";
+        assert_token(
+            &get(&mut a, &token_target(MGMT, extra), &[MD]),
+            MGMT,
+            SYS_CLIENT,
+        );
+    }
+
+    #[test]
+    fn router_head_answers_like_get() {
+        // The router answers HEAD like GET; the connection sends the head only.
+        let mut a = agent();
+        let r = ask(&mut a, &request("HEAD", &token_target(MGMT, ""), &[MD], ""));
+        assert_token(&r, MGMT, SYS_CLIENT);
+    }
+
+    #[test]
+    fn router_cache_and_bypass() {
+        let mut a = agent();
+        let token = |a: &mut Agent, extra: &str| {
+            let r = get(a, &token_target("https://cache.test/", extra), &[MD]);
+            String::from(field(&r, "access_token").unwrap())
+        };
+        let first = token(&mut a, "");
+        assert_eq!(token(&mut a, ""), first, "served from the cache");
+        let fresh = token(&mut a, "&bypass_cache=true");
+        assert_ne!(fresh, first, "bypass_cache forces a fresh token");
+        assert_eq!(
+            token(&mut a, ""),
+            fresh,
+            "the fresh token replaced the cached one"
+        );
+        let r = get(&mut a, &token_target("https://cache.test", ""), &[MD]);
+        assert_eq!(field(&r, "resource"), Some("https://cache.test"));
+        assert_ne!(field(&r, "access_token"), Some(fresh.as_str()));
+    }
+
+    #[test]
+    fn router_metadata_header_required() {
+        let mut a = agent();
+        for headers in [
+            &[][..],
+            &["Metadata: false"][..],
+            &["Metadata: yes"][..],
+            &["Metadata:"][..],
+        ] {
+            let r = get(&mut a, &token_target(MGMT, ""), headers);
+            assert_error(&r, 400, "invalid_request");
+            assert_eq!(
+                field(&r, "error_description"),
+                Some("Required metadata header not specified")
+            );
+        }
+        assert_error(
+            &get(&mut a, "/metadata/identity/oauth2/token", &[]),
+            400,
+            "invalid_request",
+        );
+    }
+
+    #[test]
+    fn router_proxied_requests_refused() {
+        let mut a = agent();
+        for h in ["X-Forwarded-For: 10.0.0.1", "Forwarded: for=10.0.0.1"] {
+            assert_error(
+                &get(&mut a, &token_target(MGMT, ""), &[MD, h]),
+                400,
+                "invalid_request",
+            );
+        }
+    }
+
+    #[test]
+    fn router_methods() {
+        let mut a = agent();
+        for m in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+            let r = ask(
+                &mut a,
+                &request(m, &token_target(MGMT, ""), &[MD, "Content-Length: 0"], ""),
+            );
+            assert_error(&r, 405, "method_not_allowed");
+            assert!(r.allow.is_some_and(|v| v.contains("GET")));
+        }
+    }
+
+    #[test]
+    fn router_api_version_rules() {
+        let mut a = agent();
+        let base = "/metadata/identity/oauth2/token?resource=https%3A%2F%2Fmanagement.azure.com%2F";
+        // Missing, empty, unknown, older than the token endpoint, not a date.
+        for version in [
+            None,
+            Some(""),
+            Some("2099-01-01"),
+            Some("2017-12-01"),
+            Some("latest"),
+        ] {
+            let q = version
+                .map(|v| std::format!("&api-version={v}"))
+                .unwrap_or_default();
+            let r = get(&mut a, &std::format!("{base}{q}"), &[MD]);
+            assert_error(&r, 400, "invalid_request");
+            assert!(
+                body(&r).contains(r#""newest-versions":["2025-04-07""#),
+                "{}",
+                body(&r)
+            );
+        }
+        for v in ["2018-02-01", "2019-08-01", "2021-02-01", "2025-04-07"] {
+            assert_eq!(
+                get(&mut a, &std::format!("{base}&api-version={v}"), &[MD]).status,
+                200,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn router_resource_rules() {
+        let mut a = agent();
+        let long = "x".repeat(RESOURCE_MAX + 1);
+        for target in [
+            String::from("/metadata/identity/oauth2/token?api-version=2018-02-01"),
+            String::from("/metadata/identity/oauth2/token?api-version=2018-02-01&resource="),
+            token_target(&long, ""),
+            token_target(MGMT, "&resource=https://other/"),
+            token_target(MGMT, "&api-version=2018-02-01"),
+            String::from("/metadata/identity/oauth2/token?api-version=2018-02-01&resource=%zz"),
+        ] {
+            assert_error(&get(&mut a, &target, &[MD]), 400, "invalid_request");
+        }
+    }
+
+    #[test]
+    fn router_selection_errors() {
+        let mut a = agent();
+        for extra in [
+            std::format!("&client_id={USER1_CLIENT}&object_id={USER1_OBJECT}"),
+            std::format!("&client_id={USER1_CLIENT}&client_id={USER1_CLIENT}"),
+        ] {
+            assert_error(
+                &get(&mut a, &token_target(MGMT, &extra), &[MD]),
+                400,
+                "invalid_request",
+            );
+        }
+        for extra in [
+            "&client_id=00000000-0000-0000-0000-00000000dead",
+            "&msi_res_id=/subscriptions/nope",
+        ] {
+            let r = get(&mut a, &token_target(MGMT, extra), &[MD]);
+            assert_error(&r, 400, "invalid_request");
+            assert_eq!(field(&r, "error_description"), Some("Identity not found"));
+        }
+    }
+
+    #[test]
+    fn router_neighbouring_endpoints() {
+        let mut a = agent();
+        let r = get(
+            &mut a,
+            "/metadata/identity/getplatformmetadata?api-version=2025-04-07",
+            &[MD],
+        );
+        assert_error(&r, 404, "not_found");
+        let r = get(
+            &mut a,
+            "/metadata/identity/info?api-version=2018-02-01",
+            &[MD],
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(field(&r, "tenantId"), Some(TENANT));
+        let r = get(
+            &mut a,
+            "/metadata/identity/info?api-version=2018-02-01",
+            &[],
+        );
+        assert_error(&r, 400, "invalid_request");
+        assert_error(
+            &get(&mut a, "/metadata/identity/info", &[MD]),
+            400,
+            "invalid_request",
+        );
+        let r = get(&mut a, "/metadata/versions", &[MD]);
+        assert_eq!(r.status, 200);
+        assert!(body(&r).contains(r#""2018-02-01""#));
+        assert_error(&get(&mut a, "/no/such/path", &[MD]), 404, "not_found");
+        let r = get(&mut a, "/.well-known/openid-configuration", &[]);
+        assert_eq!(r.status, 200);
+        assert!(field(&r, "issuer").is_some_and(|i| i.contains(TENANT)));
+        assert!(field(&r, "jwks_uri").is_some_and(|u| u.ends_with("/.well-known/jwks.json")));
+        assert!(body(&r).contains(r#""id_token_signing_alg_values_supported":["ES256"]"#));
+        for path in ["/.well-known/jwks.json", "/discovery/keys"] {
+            let r = get(&mut a, path, &[]);
+            assert_eq!(r.status, 200);
+            assert_eq!(field(&r, "kty"), Some("EC"));
+            assert_eq!(field(&r, "crv"), Some("P-256"));
+        }
+    }
+
+    #[test]
+    fn router_legacy_endpoint() {
+        let mut a = agent();
+        let target = "/oauth2/token?resource=https%3A%2F%2Fmanagement.azure.com%2F";
+        assert_token(&get(&mut a, target, &[MD]), MGMT, SYS_CLIENT);
+        for sel in [
+            std::format!("&client_id={USER1_CLIENT}"),
+            std::format!("&object_id={USER1_OBJECT}"),
+        ] {
+            let r = get(&mut a, &std::format!("{target}{sel}"), &[MD]);
+            assert_token(&r, MGMT, USER1_CLIENT);
+        }
+        let form =
+            std::format!("resource=https%3A%2F%2Fmanagement.azure.com%2F&client_id={USER1_CLIENT}");
+        let post = request(
+            "POST",
+            "/oauth2/token",
+            &[MD, "Content-Type: application/x-www-form-urlencoded"],
+            &form,
+        );
+        assert_token(&ask(&mut a, &post), MGMT, USER1_CLIENT);
+        assert_error(&get(&mut a, target, &[]), 400, "invalid_request");
+        assert_error(&get(&mut a, "/oauth2/token", &[MD]), 400, "invalid_request");
+        let json = request(
+            "POST",
+            "/oauth2/token",
+            &[MD, "Content-Type: application/json"],
+            "{}",
+        );
+        assert_error(&ask(&mut a, &json), 400, "invalid_request");
+    }
+
+    /// Unreadable requests never reach the router: the connection answers them through the
+    /// same table.
+    #[test]
+    fn router_unreadable_requests_in_the_wire_table() {
+        for (e, status) in [
+            (HttpError::BadRequest("malformed request head"), 400),
+            (HttpError::HeadTooLarge, 431),
+            (HttpError::UriTooLong, 414),
+            (HttpError::BodyTooLarge, 413),
+        ] {
+            let w = wire(Error::Http(e));
+            assert_eq!(
+                (w.status, w.code, w.retry_after_s),
+                (status, "invalid_request", None)
+            );
+        }
+        let mut r = Reply::new();
+        r.fail(Error::Http(HttpError::BadRequest("malformed request head")));
+        assert_eq!(
+            field(&r, "error_description"),
+            Some("Bad request: malformed request head")
+        );
+    }
+
+    #[test]
+    fn wire_table_retry_after() {
+        let cases: Vec<(Error, u16, &str, Option<u32>)> = std::vec![
+            (
+                Error::Refused(Refusal::TooMany { retry_after_s: 3 }),
+                429,
+                "too_many_requests",
+                Some(3)
+            ),
+            (
+                Error::Request(RequestError::FetchWaitTimeout),
+                503,
+                "service_unavailable",
+                Some(RETRY_AFTER_DEFAULT_S)
+            ),
+            (
+                Error::Request(RequestError::FetchesFull),
+                503,
+                "service_unavailable",
+                Some(1)
+            ),
+            (
+                Error::Mint(MintError::TooLarge),
+                400,
+                "invalid_request",
+                None
+            ),
+            (
+                Error::Refused(Refusal::SourceNotAllowed),
+                403,
+                "forbidden",
+                None
+            ),
+            #[cfg(feature = "broker")]
+            (
+                Error::Fetch(FetchError::Unavailable {
+                    retry_after_s: Some(7)
+                }),
+                503,
+                "service_unavailable",
+                Some(7)
+            ),
+            #[cfg(feature = "broker")]
+            (
+                Error::Fetch(FetchError::Unreachable),
+                503,
+                "service_unavailable",
+                Some(RETRY_AFTER_DEFAULT_S)
+            ),
+            #[cfg(feature = "broker")]
+            (Error::Fetch(FetchError::Tls), 500, "server_error", None),
+        ];
+        for (e, status, code, retry) in cases {
+            let w = wire(e);
+            assert_eq!(
+                (w.status, w.code, w.retry_after_s),
+                (status, code, retry),
+                "{e:?}"
+            );
+        }
+    }
+
     fn reply_for(token: &[u8]) -> Reply {
         let mut access_token = Secret::new();
         access_token.buf_mut().extend_from_slice(token).unwrap();

@@ -46,6 +46,21 @@ pub(crate) fn test_token(expires_on: u64) -> Token {
     t
 }
 
+/// A deterministic entropy source for tests: 1, 2, 3, ...
+#[cfg(test)]
+pub(crate) struct CountingEntropy(pub(crate) u8);
+
+#[cfg(test)]
+impl imds_hal::Entropy for CountingEntropy {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), imds_hal::EntropyError> {
+        for b in buf {
+            self.0 = self.0.wrapping_add(1);
+            *b = self.0;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -273,16 +273,7 @@ mod tests {
     const MARGIN: u32 = 300;
     const R: &str = "https://r/";
 
-    struct Counter(u8);
-    impl Entropy for Counter {
-        fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
-            for b in buf {
-                self.0 = self.0.wrapping_add(1);
-                *b = self.0;
-            }
-            Ok(())
-        }
-    }
+    use crate::token::CountingEntropy as Counter;
     struct NoEntropy;
     impl Entropy for NoEntropy {
         fn fill(&mut self, _: &mut [u8]) -> Result<(), EntropyError> {
