@@ -193,9 +193,19 @@ pub fn build_command(release: bool) -> Command {
     c
 }
 
+/// Say what is about to be built before a build that may take minutes (cargo's own progress
+/// follows on the terminal).
+pub fn announce_build(what: &str, c: &Command) {
+    eprintln!(
+        "xtask: building {what} (first build: a few minutes): {}",
+        print_cmd(c)
+    );
+}
+
 /// Build the image; its path, or why not.
 pub fn try_build_image(release: bool) -> Result<PathBuf, String> {
     let mut c = build_command(release);
+    announce_build("the unikernel image", &c);
     let status = c.status().map_err(|e| format!("{}: {e}", print_cmd(&c)))?;
     if !status.success() {
         return Err(format!("{} failed: {status}", print_cmd(&c)));
@@ -240,6 +250,10 @@ pub fn try_build_image_with(release: bool, features: &[&str]) -> Result<PathBuf,
     c.arg("--features")
         .arg(features.join(","))
         .env("CARGO_TARGET_DIR", features_target_dir(features));
+    announce_build(
+        &format!("the unikernel image with {}", features.join(", ")),
+        &c,
+    );
     let status = c.status().map_err(|e| format!("{}: {e}", print_cmd(&c)))?;
     if !status.success() {
         return Err(format!("{} failed: {status}", print_cmd(&c)));
