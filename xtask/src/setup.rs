@@ -169,7 +169,7 @@ impl Need {
         match self {
             Need::RustTarget => "run, size, bench boot|broker, soak, test",
             Need::Qemu => "run, bench boot|broker, soak, test",
-            Need::Wrk => "bench host|broker, soak",
+            Need::Wrk => "bench host|broker",
             Need::Nginx => "bench host",
             Need::Curl => "bench broker, test",
             Need::Node | Need::NodePackages => "bench broker, test",
