@@ -283,10 +283,13 @@ fn the_print_cmd_line_boots_and_serves_after_the_ready_line() {
         .args(["xtask", "run", "--print-cmd", "--port", &port.to_string()])
         .arg("--config")
         .arg(&cfg.path);
-    let out = xtask::run_with_timeout(cargo, Duration::from_secs(600))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        xtask::run_with_timeout(cargo, Duration::from_secs(600)).unwrap_or_else(|e| panic!("{e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rfind(|l| !l.trim().is_empty()).expect("a line");
+    let line = stdout
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .expect("a line");
     assert!(line.starts_with("qemu-system-x86_64 "), "{stdout}");
     let mut sh = std::process::Command::new("sh");
     sh.arg("-c").arg(format!("exec {line}"));

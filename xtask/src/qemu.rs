@@ -180,6 +180,12 @@ pub fn image_path(release: bool) -> PathBuf {
 
 /// The cargo command that builds the image (`--profile image` when `release`, else `dev`).
 pub fn build_command(release: bool) -> Command {
+    build_command_profile(if release { "image" } else { "dev" })
+}
+
+/// The cargo command that builds the image with a cargo profile (`image`, `dev`, or
+/// `image-syms`: the `image` code with its symbol table, for `cargo xtask size`).
+pub fn build_command_profile(profile: &str) -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root()).args([
         "build",
@@ -188,7 +194,7 @@ pub fn build_command(release: bool) -> Command {
         "--target",
         TARGET,
         "--profile",
-        if release { "image" } else { "dev" },
+        profile,
     ]);
     c
 }

@@ -334,7 +334,8 @@ pub fn needs_of(command: &str, args: &[String]) -> Vec<Need> {
     let sub = args.first().map(String::as_str);
     match command {
         "run" if has("--host") => vec![],
-        "run" | "size" => vec![Need::RustTarget, Need::Qemu],
+        "run" => vec![Need::RustTarget, Need::Qemu],
+        "size" => vec![Need::RustTarget],
         "bench" => match sub {
             Some("boot") => vec![Need::RustTarget, Need::Qemu],
             Some("broker") => vec![
@@ -499,7 +500,6 @@ mod tests {
         for (cmd, a) in [
             ("run", args(&[])),
             ("run", args(&["--print-cmd"])),
-            ("size", args(&[])),
             ("bench", args(&["boot"])),
             ("bench", args(&["broker"])),
             ("soak", args(&[])),
@@ -510,6 +510,7 @@ mod tests {
             assert!(n.contains(&Need::Qemu), "{cmd} {a:?}");
         }
         assert!(needs_of("run", &args(&["--host"])).is_empty());
+        assert_eq!(needs_of("size", &args(&[])), [Need::RustTarget]);
         assert_eq!(
             needs_of("bench", &args(&["host"])),
             [Need::Wrk, Need::Nginx]
