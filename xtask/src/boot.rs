@@ -15,10 +15,10 @@
 //! `bench boot` measures, over `--runs` boots (20) of the release image for each network setup
 //! (DHCP, the demo config; static address), from QEMU's spawn:
 //! - the first byte on the serial console: QEMU's own start-up and firmware, the floor;
-//! - the serial line saying the guest has its address;
+//! - the guest's ready line (`imds-agent: ready: ...`, [`qemu::READY_LINE`]);
 //! - the first token: HTTP 200 from the token endpoint over hostfwd. The client sends its
-//!   request as soon as that line appears (earlier SYNs would reach a guest without a NIC and
-//!   slirp would retransmit them a second later), and retries on failure.
+//!   request as soon as the ready line appears (earlier SYNs would reach a guest without an
+//!   address and slirp would retransmit them a second later), and retries on failure.
 //!
 //! It then finds the smallest `-m` (MiB) that still serves a token. It prints a table and writes
 //! `target/bench/boot.json`. Figures are reported, never asserted.
@@ -224,7 +224,7 @@ fn boot_once(image: &Path, opts: &QemuOpts, timeout: Duration) -> Result<Sample>
                         None => "QEMU exited without a console line (triple fault?)".into(),
                     });
                 }
-                Err(_) => return Err(format!("no address line within {timeout:?}")),
+                Err(_) => return Err(format!("no ready line within {timeout:?}")),
             }
         }
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -403,7 +403,7 @@ pub fn bench(args: &[String]) -> Result {
         report["accel"].as_str().unwrap_or(""),
         qemu::DEFAULT_MEM_MB
     );
-    println!("| address | first serial byte | address line | first token | token / first byte |");
+    println!("| address | first serial byte | ready line | first token | token / first byte |");
     println!("|---|---:|---:|---:|---:|");
     for (name, _, samples) in &setups {
         let fb = sorted(samples.iter().map(|s| s.first_byte_ms));
