@@ -171,13 +171,25 @@ pub fn crate_of(demangled: &str) -> String {
 
 /// The defined code and data symbols of an unstripped ELF, largest first.
 pub fn read_symbols(image: &Path) -> Result<Vec<Symbol>> {
-    use object::{ObjectSymbol, SymbolKind};
+    use object::{ObjectSymbol, SectionKind, SymbolKind};
     let data = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
     let elf = object::File::parse(&*data).map_err(|e| format!("{}: {e}", image.display()))?;
+    // Bytes of the file only: `.bss` statics cost RAM, not image bytes.
+    let in_file = |s: &object::Symbol| {
+        s.section_index()
+            .and_then(|i| elf.section_by_index(i).ok())
+            .is_some_and(|sec| {
+                !matches!(
+                    sec.kind(),
+                    SectionKind::UninitializedData | SectionKind::UninitializedTls
+                )
+            })
+    };
     let mut out: Vec<Symbol> = elf
         .symbols()
         .filter(|s| s.is_definition() && s.size() > 0)
         .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Data))
+        .filter(in_file)
         .filter_map(|s| {
             let raw = s.name().ok()?;
             let name = format!("{:#}", rustc_demangle::demangle(raw));
