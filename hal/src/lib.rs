@@ -7,7 +7,8 @@
 //! * [`Clock`] — a monotonic clock (timeouts, rate limits) and the wall clock (token times);
 //! * [`Entropy`] — a cryptographically secure random source (token ids, assertion `jti`s);
 //! * [`ConfigSource`] — where the configuration document comes from (a file, QEMU fw_cfg);
-//! * [`Console`] — where log lines go (stderr, the serial port);
+//! * [`Console`] — where log lines go (stderr, the serial port), written with [`text::Text`]
+//!   (numbers and addresses without `core::fmt`);
 //! * the NIC is a [`smoltcp::phy::Device`], taken generically by the network loop.
 //!
 //! Backends: `host` (feature `std`) and, on `target_os = "none"`, the bare-metal x86_64
@@ -16,6 +17,7 @@
 
 #[cfg(feature = "std")]
 pub mod host;
+pub mod text;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod x86_64;

@@ -167,6 +167,36 @@ fn panic_prints_the_message_and_exits() {
 }
 
 #[test]
+fn panic_line_has_location_and_message() {
+    let opts = QemuOpts {
+        fw_cfg: vec![(
+            qemu::PANIC_TEST_FW_CFG.into(),
+            crash_file("panic-test-line", "panic"),
+        )],
+        ..no_network(None)
+    };
+    let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
+    guest.wait_exit(EXIT_TIMEOUT).expect("QEMU exits");
+    let out = guest.output();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("imds-agent: panic: "))
+        .unwrap_or_else(|| panic!("no panic line:\n{out}"));
+    let rest = line
+        .strip_prefix("imds-agent: panic: panicked at qemu/src/unikernel.rs:")
+        .unwrap_or_else(|| panic!("{line}"));
+    let (position, message) = rest.split_once(": ").unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        position.split(':').all(|n| n.parse::<u32>().is_ok()),
+        "{line}"
+    );
+    assert_eq!(
+        message,
+        "requested by fw_cfg file opt/imds-agent/panic-test"
+    );
+}
+
+#[test]
 fn cpu_exception_is_reported() {
     let opts = QemuOpts {
         fw_cfg: vec![(
