@@ -40,7 +40,8 @@ fn usage() -> ExitCode {
          bench boot [--runs N] [--max-mem MIB]           QEMU spawn -> first token; smallest -m\n\
          fuzz [--seconds N]                              run every cargo-fuzz target (nightly)\n\
          soak [--seconds N] [--target daemon|unikernel|both]   abuse + volume soak, soak.json\n\
-         keygen [--alg ES256|PS256|RS256] --out FILE     an identity key for broker mode + its JWK"
+         keygen [--alg ES256|PS256|RS256] --out FILE     an identity key for broker mode + its JWK\n\
+         deb                                             Debian package of the daemon (cargo-deb), prints its path"
     );
     ExitCode::from(2)
 }
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::run(rest),
         "soak" => soak::run(rest),
         "keygen" => keygen::run(rest),
+        "deb" => xtask::deb::run(rest),
         _ => return usage(),
     };
     match result {
