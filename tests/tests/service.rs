@@ -587,7 +587,7 @@ fn systemd_analyze_verify_accepts_the_unit() {
         "MemoryDenyWriteExecute=yes",
         "Restart=on-failure",
         "LoadCredential=config.json:/etc/imds-agent/config.json",
-        "ExecStart=/usr/bin/imds-agent --config %d/config.json",
+        "ExecStart=/usr/bin/imds-agent --config ${CREDENTIALS_DIRECTORY}/config.json",
         "ExecStartPre=+/usr/sbin/ip address replace 169.254.169.254/32 dev imds0",
         "ExecStopPost=+-/usr/sbin/ip link delete imds0",
     ] {
