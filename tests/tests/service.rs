@@ -654,9 +654,32 @@ fn systemd_analyze_verify_accepts_the_unit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The package, built once per test process (a release build) by `cargo xtask deb`'s code.
+fn deb() -> &'static Path {
+    static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DEB.get_or_init(|| xtask::deb::build().expect("cargo xtask deb"))
+}
+
+/// Extract the package's files (`dpkg-deb -x`) and control files (`dpkg-deb -e`) into `dir`:
+/// (root, control).
+fn unpack(dir: &Path) -> (PathBuf, PathBuf) {
+    let (x, ctrl) = (dir.join("root"), dir.join("DEBIAN"));
+    for (flag, to) in [("-x", &x), ("-e", &ctrl)] {
+        let ok = Command::new("dpkg-deb")
+            .arg(flag)
+            .arg(deb())
+            .arg(to)
+            .status()
+            .expect("dpkg-deb")
+            .success();
+        assert!(ok, "dpkg-deb {flag}");
+    }
+    (x, ctrl)
+}
+
 #[test]
 fn deb_package_contents_and_its_binary() {
-    let deb = xtask::deb::build().expect("cargo xtask deb");
+    let deb = deb();
     assert!(deb.extension().is_some_and(|e| e == "deb"), "{deb:?}");
     let out = Command::new("dpkg-deb")
         .arg("--contents")
@@ -698,14 +721,7 @@ fn deb_package_contents_and_its_binary() {
 
     // Control: the dependency for the Exec*=+ lines, and the maintainer scripts.
     let dir = scratch("deb");
-    let ctrl = dir.join("DEBIAN");
-    assert!(Command::new("dpkg-deb")
-        .arg("-e")
-        .arg(&deb)
-        .arg(&ctrl)
-        .status()
-        .unwrap()
-        .success());
+    let (x, ctrl) = unpack(&dir);
     let control = std::fs::read_to_string(ctrl.join("control")).unwrap();
     assert!(control.contains("Package: imds-agent"), "{control}");
     assert!(
@@ -729,14 +745,6 @@ fn deb_package_contents_and_its_binary() {
     }
 
     // The packaged binary alone: --init-config output passes its own --check-config.
-    let x = dir.join("root");
-    assert!(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&x)
-        .status()
-        .unwrap()
-        .success());
     let bin = x.join("usr/bin/imds-agent");
     let out = Command::new(&bin).arg("--version").output().unwrap();
     assert_eq!(
@@ -778,5 +786,78 @@ fn deb_package_contents_and_its_binary() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("identities: 2"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The maintainer scripts of the package, run for real against the packaged binary: in a
+/// private mount namespace where /etc, /var and /usr/bin are copy-on-write overlays (the
+/// upper layers are scratch directories), so the machine's own /etc is never touched.
+#[test]
+fn maintainer_scripts_create_the_config_once_and_purge_it() {
+    let dir = scratch("maint");
+    let (x, ctrl) = unpack(&dir);
+    let ov = dir.join("overlay");
+    let mut mounts = String::new();
+    for (name, lower) in [("etc", "/etc"), ("var", "/var"), ("bin", "/usr/bin")] {
+        let (upper, work) = (ov.join(name).join("upper"), ov.join(name).join("work"));
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        if name == "bin" {
+            std::fs::copy(x.join("usr/bin/imds-agent"), upper.join("imds-agent")).unwrap();
+        }
+        mounts.push_str(&format!(
+            "mount -t overlay overlay -o lowerdir={lower},upperdir={},workdir={} {lower}\n",
+            upper.display(),
+            work.display()
+        ));
+    }
+    let host_had_config = Path::new("/etc/imds-agent").exists();
+    let script = format!(
+        r#"set -eu
+{mounts}
+test ! -e /etc/imds-agent/config.json || {{ echo "a config is already there"; exit 1; }}
+C={ctrl}
+sh $C/postinst configure
+echo "mode=$(stat -c %a /etc/imds-agent/config.json) dir=$(stat -c %a /etc/imds-agent)"
+/usr/bin/imds-agent --check-config /etc/imds-agent/config.json
+cp /etc/imds-agent/config.json {first}
+sh $C/postinst configure 0.1.0-1
+cmp /etc/imds-agent/config.json {first} && echo "upgrade: unchanged"
+echo '{{"edited": true}}' > /etc/imds-agent/config.json
+sh $C/postinst configure 0.1.0-1
+grep -q edited /etc/imds-agent/config.json && echo "edited: kept"
+sh $C/prerm remove
+sh $C/postrm remove
+test -f /etc/imds-agent/config.json && echo "remove: kept"
+sh $C/postrm purge
+test ! -e /etc/imds-agent && echo "purge: removed"
+"#,
+        ctrl = ctrl.display(),
+        first = dir.join("first.json").display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for expect in [
+        "imds-agent: wrote /etc/imds-agent/config.json (mode 0600)",
+        "mode=600 dir=755",
+        "/etc/imds-agent/config.json: ok",
+        "identity: system client_id=",
+        "upgrade: unchanged",
+        "edited: kept",
+        "remove: kept",
+        "purge: removed",
+    ] {
+        assert!(stdout.contains(expect), "{expect:?} in\n{stdout}{stderr}");
+    }
+    assert_eq!(
+        Path::new("/etc/imds-agent").exists(),
+        host_had_config,
+        "the machine's /etc is untouched"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
