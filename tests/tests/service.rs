@@ -683,7 +683,7 @@ fn deb_package_contents_and_its_binary() {
     assert!(deb.extension().is_some_and(|e| e == "deb"), "{deb:?}");
     let out = Command::new("dpkg-deb")
         .arg("--contents")
-        .arg(&deb)
+        .arg(deb)
         .output()
         .expect("dpkg-deb");
     assert!(out.status.success());
