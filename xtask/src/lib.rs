@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod config;
+pub mod deb;
 pub mod http;
 pub mod load;
 pub mod qemu;

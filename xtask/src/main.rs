@@ -44,6 +44,7 @@ fn usage() -> ExitCode {
          fuzz [--seconds N]                              run every cargo-fuzz target (nightly)\n\
          soak [--seconds N] [--target daemon|unikernel|both]   abuse + volume soak, soak.json\n\
          keygen [--alg ES256|PS256|RS256] --out FILE     an identity key for broker mode + its JWK\n\
+         deb                                             Debian package of the daemon (cargo-deb), prints its path\n\
          doctor [--install]                              prerequisites: there or not, how to install\n\
          \n\
          Every command installs what it needs first (`doctor` lists it all)."
@@ -80,6 +81,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::run(rest),
         "soak" => soak::run(rest),
         "keygen" => keygen::run(rest),
+        "deb" => xtask::deb::run(rest),
         _ => return usage(),
     };
     match result {

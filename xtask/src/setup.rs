@@ -310,6 +310,9 @@ fn python_has_venv() -> bool {
 pub fn ensure(needs: &[Need]) -> Result<(), String> {
     for &need in needs {
         ensure(need.after())?;
+        // One install at a time (tests ask from several threads); checked again under the lock.
+        static ONE: Mutex<()> = Mutex::new(());
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
         if !need.present() {
             eprintln!(
                 "xtask: {} is missing (needed by: {}); installing it",
