@@ -83,6 +83,76 @@ pub trait Text: Write {
         self
     }
 
+    /// An IPv6 address as `core::net::Ipv6Addr`'s `Display` writes it (RFC 5952: lowercase
+    /// hex, the longest run of two or more zero groups as `::`, IPv4-mapped as
+    /// `::ffff:a.b.c.d`).
+    fn ipv6(&mut self, a: core::net::Ipv6Addr) -> &mut Self {
+        if let Some(v4) = a.to_ipv4_mapped() {
+            return self.put("::ffff:").ipv4(v4.octets());
+        }
+        let groups = a.segments();
+        // The longest run of zero groups (the first of equal ones), if at least two long.
+        let (mut best, mut best_len, mut run, mut run_len) = (0, 0, 0, 0);
+        for (i, g) in groups.iter().enumerate() {
+            if *g == 0 {
+                if run_len == 0 {
+                    run = i;
+                }
+                run_len += 1;
+                if run_len > best_len {
+                    (best, best_len) = (run, run_len);
+                }
+            } else {
+                run_len = 0;
+            }
+        }
+        let hex_group = |out: &mut Self, g: u16| {
+            let mut buf = [0u8; 4];
+            let mut i = buf.len();
+            let mut n = g;
+            loop {
+                i -= 1;
+                buf[i] = b"0123456789abcdef"[usize::from(n & 0xf)];
+                n >>= 4;
+                if n == 0 {
+                    break;
+                }
+            }
+            out.put(core::str::from_utf8(&buf[i..]).unwrap_or("?"));
+        };
+        if best_len < 2 {
+            for (i, g) in groups.iter().enumerate() {
+                if i > 0 {
+                    self.put(":");
+                }
+                hex_group(self, *g);
+            }
+            return self;
+        }
+        for (i, g) in groups[..best].iter().enumerate() {
+            if i > 0 {
+                self.put(":");
+            }
+            hex_group(self, *g);
+        }
+        self.put("::");
+        for (i, g) in groups[best + best_len..].iter().enumerate() {
+            if i > 0 {
+                self.put(":");
+            }
+            hex_group(self, *g);
+        }
+        self
+    }
+
+    /// An IP address as `core::net::IpAddr`'s `Display` writes it.
+    fn ip(&mut self, a: core::net::IpAddr) -> &mut Self {
+        match a {
+            core::net::IpAddr::V4(v4) => self.ipv4(v4.octets()),
+            core::net::IpAddr::V6(v6) => self.ipv6(v6),
+        }
+    }
+
     /// The end of the line.
     fn end(&mut self) -> &mut Self {
         self.put("\n")
@@ -124,5 +194,44 @@ mod tests {
             );
         }
         assert_eq!(text(|s| s.put("a ").dec(1).put(" b").end()), "a 1 b\n");
+    }
+
+    #[test]
+    fn ipv6_as_display_writes_it() {
+        use core::net::{IpAddr, Ipv6Addr};
+        let mut cases: std::vec::Vec<Ipv6Addr> = [
+            "::",
+            "::1",
+            "1::",
+            "fe80::1",
+            "2001:db8::8:800:200c:417a",
+            "2001:db8:0:0:1:0:0:1",
+            "2001:0:0:1:0:0:0:1",
+            "1:0:1:0:1:0:1:0",
+            "::ffff:10.0.2.15",
+            "::10.0.2.15",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        // Every pattern of zero / non-zero groups, with varied values.
+        for mask in 0u32..256 {
+            let mut g = [0u16; 8];
+            for (i, x) in g.iter_mut().enumerate() {
+                if mask & (1 << i) != 0 {
+                    *x = (mask as u16).wrapping_mul(0x9e37).wrapping_add(i as u16) | 1;
+                }
+            }
+            cases.push(Ipv6Addr::from(g));
+        }
+        for a in cases {
+            assert_eq!(text(|s| s.ipv6(a)), format!("{a}"));
+            assert_eq!(text(|s| s.ip(IpAddr::V6(a))), format!("{a}"));
+        }
+        assert_eq!(
+            text(|s| s.ip(IpAddr::V4([127, 0, 0, 1].into()))),
+            "127.0.0.1"
+        );
     }
 }
