@@ -23,6 +23,7 @@ use crate::pem::parse_signing_key;
 use core::cell::RefCell;
 use core::fmt;
 use core::net::{Ipv4Addr, SocketAddr};
+use imds_hal::text::Text;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use zeroize::Zeroize;
 
@@ -194,15 +195,22 @@ fn truncated<const N: usize>(s: &str) -> heapless::String<N> {
     out
 }
 
-impl fmt::Display for FieldPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.field)?;
+impl FieldPath {
+    /// The path (`identities[1].client_id`), written without `core::fmt` (the image's console).
+    pub fn describe<W: Text + ?Sized>(&self, out: &mut W) {
+        out.put(&self.field);
         if let Some(i) = self.index {
-            write!(f, "[{i}]")?;
+            out.put("[").dec(i as u64).put("]");
         }
         if let Some(sub) = &self.sub {
-            write!(f, ".{sub}")?;
+            out.put(".").put(sub);
         }
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.describe(f);
         Ok(())
     }
 }
@@ -224,20 +232,46 @@ pub enum ConfigError {
     Unknown(FieldPath),
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ConfigError {
+    /// The message (`config: field `identities[1].client_id`: must be a GUID ...`), written
+    /// without `core::fmt` (the image's console); `Display` writes the same.
+    pub fn describe<W: Text + ?Sized>(&self, out: &mut W) {
+        out.put("config: ");
         match self {
             ConfigError::Syntax {
                 at: Some(p),
                 detail,
             } => {
-                write!(f, "config: field `{p}`: {detail}")
+                out.put("field `");
+                p.describe(out);
+                out.put("`: ").put(detail);
             }
-            ConfigError::Syntax { at: None, detail } => write!(f, "config: {detail}"),
-            ConfigError::Missing(p) => write!(f, "config: field `{p}` is required"),
-            ConfigError::Invalid { field, why } => write!(f, "config: field `{field}`: {why}"),
-            ConfigError::Unknown(p) => write!(f, "config: unknown field `{p}`"),
+            ConfigError::Syntax { at: None, detail } => {
+                out.put(detail);
+            }
+            ConfigError::Missing(p) => {
+                out.put("field `");
+                p.describe(out);
+                out.put("` is required");
+            }
+            ConfigError::Invalid { field, why } => {
+                out.put("field `");
+                field.describe(out);
+                out.put("`: ").put(why);
+            }
+            ConfigError::Unknown(p) => {
+                out.put("unknown field `");
+                p.describe(out);
+                out.put("`");
+            }
         }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.describe(f);
+        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@
 //! (no allocation, fuzzed upstream); framing (`Content-Length`, limits, keep-alive) is here.
 
 use crate::limits::{MAX_HEADERS, REQUEST_BODY_MAX, REQUEST_HEAD_MAX, REQUEST_TARGET_MAX};
-use core::fmt::Write as _;
+use imds_hal::text::Text;
 
 /// A request method the agent tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +93,22 @@ impl HttpError {
     }
 }
 
+impl HttpError {
+    /// The message, written without `core::fmt`; `Display` writes the same.
+    pub fn describe<W: Text + ?Sized>(&self, out: &mut W) {
+        match self {
+            HttpError::BadRequest(why) => out.put("Bad request: ").put(why),
+            HttpError::HeadTooLarge => out.put("Request header section too large"),
+            HttpError::UriTooLong => out.put("Request URI too long"),
+            HttpError::BodyTooLarge => out.put("Request body too large"),
+        };
+    }
+}
+
 impl core::fmt::Display for HttpError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            HttpError::BadRequest(why) => write!(f, "Bad request: {why}"),
-            HttpError::HeadTooLarge => f.write_str("Request header section too large"),
-            HttpError::UriTooLong => f.write_str("Request URI too long"),
-            HttpError::BodyTooLarge => f.write_str("Request body too large"),
-        }
+        self.describe(f);
+        Ok(())
     }
 }
 
@@ -340,33 +348,44 @@ pub fn write_response<const N: usize>(
     body: &[u8],
     head_only: bool,
 ) -> Result<(), ResponseTooLarge> {
-    let mut s: heapless::String<256> = heapless::String::new();
-    let r = (|| -> core::fmt::Result {
-        write!(
-            s,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nServer: imds-agent\r\n",
-            head.status,
-            reason(head.status),
-            head.content_type.as_str(),
-            body.len()
-        )?;
-        if let Some(secs) = head.retry_after_s {
-            write!(s, "Retry-After: {secs}\r\n")?;
+    /// Appends to `out`, remembering whether anything did not fit.
+    struct Append<'a, const N: usize> {
+        out: &'a mut heapless::Vec<u8, N>,
+        full: bool,
+    }
+    impl<const N: usize> core::fmt::Write for Append<'_, N> {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            if self.out.extend_from_slice(s.as_bytes()).is_err() {
+                self.full = true;
+            }
+            Ok(())
         }
-        if let Some(allow) = head.allow {
-            write!(s, "Allow: {allow}\r\n")?;
-        }
-        if head.keep_alive {
-            s.push_str("Connection: keep-alive\r\n\r\n")
-                .map_err(|_| core::fmt::Error)
-        } else {
-            s.push_str("Connection: close\r\n\r\n")
-                .map_err(|_| core::fmt::Error)
-        }
-    })();
-    r.map_err(|_| ResponseTooLarge)?;
-    out.extend_from_slice(s.as_bytes())
-        .map_err(|_| ResponseTooLarge)?;
+    }
+    // Written piece by piece, without `core::fmt`'s formatting machinery (see `imds_hal::text`).
+    let mut w = Append { out, full: false };
+    w.put("HTTP/1.1 ")
+        .dec(head.status.into())
+        .put(" ")
+        .put(reason(head.status))
+        .put("\r\nContent-Type: ")
+        .put(head.content_type.as_str())
+        .put("\r\nContent-Length: ")
+        .dec(body.len() as u64)
+        .put("\r\nServer: imds-agent\r\n");
+    if let Some(secs) = head.retry_after_s {
+        w.put("Retry-After: ").dec(secs.into()).put("\r\n");
+    }
+    if let Some(allow) = head.allow {
+        w.put("Allow: ").put(allow).put("\r\n");
+    }
+    w.put(if head.keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    if w.full {
+        return Err(ResponseTooLarge);
+    }
     if !head_only {
         out.extend_from_slice(body).map_err(|_| ResponseTooLarge)?;
     }
@@ -499,5 +518,37 @@ mod tests {
         assert!(s.contains("Retry-After: 2\r\n"));
         assert!(s.contains("Content-Length: 2\r\n"));
         assert!(s.ends_with("\r\n\r\n{}"));
+        assert_eq!(
+            s,
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 2\r\nServer: imds-agent\r\nRetry-After: 2\r\nConnection: keep-alive\r\n\r\n{}"
+        );
+    }
+
+    #[test]
+    fn a_response_that_does_not_fit_is_refused() {
+        let head = ResponseHead {
+            status: 405,
+            content_type: ContentType::Json,
+            retry_after_s: None,
+            allow: Some("GET, HEAD"),
+            keep_alive: false,
+        };
+        // The head alone does not fit.
+        let mut small: heapless::Vec<u8, 64> = heapless::Vec::new();
+        assert_eq!(
+            write_response(&mut small, &head, b"{}", false),
+            Err(ResponseTooLarge)
+        );
+        // The head fits, the body does not.
+        let mut out: heapless::Vec<u8, 200> = heapless::Vec::new();
+        assert_eq!(
+            write_response(&mut out, &head, &[b'x'; 100], false),
+            Err(ResponseTooLarge)
+        );
+        out.clear();
+        write_response(&mut out, &head, &[b'x'; 100], true).unwrap();
+        assert!(core::str::from_utf8(&out)
+            .unwrap()
+            .contains("Allow: GET, HEAD\r\nConnection: close\r\n\r\n"));
     }
 }

@@ -19,14 +19,21 @@ pub enum QueryError {
     TooLong,
 }
 
-impl core::fmt::Display for QueryError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
+impl QueryError {
+    /// The message.
+    pub fn as_str(&self) -> &'static str {
+        match self {
             QueryError::BadPercentEncoding => "Invalid percent-encoding in the query string",
             QueryError::NotUtf8 => "Query string is not valid UTF-8",
             QueryError::TooManyParams => "Too many query parameters",
             QueryError::TooLong => "Query string too long",
-        })
+        }
+    }
+}
+
+impl core::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -7,7 +7,8 @@
 //! * [`Clock`] — a monotonic clock (timeouts, rate limits) and the wall clock (token times);
 //! * [`Entropy`] — a cryptographically secure random source (token ids, assertion `jti`s);
 //! * [`ConfigSource`] — where the configuration document comes from (a file, QEMU fw_cfg);
-//! * [`Console`] — where log lines go (stderr, the serial port);
+//! * [`Console`] — where log lines go (stderr, the serial port), written with [`text::Text`]
+//!   (numbers and addresses without `core::fmt`);
 //! * the NIC is a [`smoltcp::phy::Device`], taken generically by the network loop.
 //!
 //! Backends: `host` (feature `std`) and, on `target_os = "none"`, the bare-metal x86_64
@@ -16,6 +17,7 @@
 
 #[cfg(feature = "std")]
 pub mod host;
+pub mod text;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod x86_64;
@@ -39,12 +41,19 @@ pub enum EntropyError {
     Failed,
 }
 
+impl EntropyError {
+    /// The message.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EntropyError::Unavailable => "no secure entropy source on this machine",
+            EntropyError::Failed => "the entropy source failed",
+        }
+    }
+}
+
 impl core::fmt::Display for EntropyError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            EntropyError::Unavailable => f.write_str("no secure entropy source on this machine"),
-            EntropyError::Failed => f.write_str("the entropy source failed"),
-        }
+        f.write_str(self.as_str())
     }
 }
 
@@ -67,13 +76,24 @@ pub enum ConfigSourceError {
     Io,
 }
 
+impl ConfigSourceError {
+    /// The message, written without `core::fmt` (the image's console).
+    pub fn describe<W: text::Text + ?Sized>(&self, out: &mut W) {
+        match self {
+            ConfigSourceError::Missing => out.put("no configuration supplied"),
+            ConfigSourceError::TooLarge(n) => out
+                .put("configuration too large (")
+                .dec(*n as u64)
+                .put(" bytes)"),
+            ConfigSourceError::Io => out.put("reading the configuration failed"),
+        };
+    }
+}
+
 impl core::fmt::Display for ConfigSourceError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            ConfigSourceError::Missing => f.write_str("no configuration supplied"),
-            ConfigSourceError::TooLarge(n) => write!(f, "configuration too large ({n} bytes)"),
-            ConfigSourceError::Io => f.write_str("reading the configuration failed"),
-        }
+        self.describe(f);
+        Ok(())
     }
 }
 

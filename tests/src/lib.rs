@@ -290,12 +290,6 @@ pub fn verify_with_jwks(token: &str, jwks: &Value) -> Result<Value, String> {
 pub use xtask::load::wait_listening;
 
 /// A directory under target/ for test tools (venvs, node packages).
-pub fn tools_dir(name: &str) -> PathBuf {
-    let d = target_dir().join("test-tools").join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }

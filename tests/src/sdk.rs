@@ -5,7 +5,7 @@
 //! `ManagedIdentityCredential` for a token from any base URL (the host daemon on loopback, the
 //! unikernel behind QEMU's `hostfwd`).
 
-use crate::{root, tools_dir};
+use crate::root;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,69 +17,22 @@ use xtask::run_with_timeout;
 /// so a daemon that answers wrongly still ends well within this.
 pub const SDK_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How long installing the SDK may take (PyPI downloads).
-pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// `tests/py/requirements.txt`: the pinned Python SDK packages.
-pub fn python_requirements() -> PathBuf {
-    root().join("tests/py/requirements.txt")
-}
-
 /// The resource azure-identity derives from a scope: the scope without its `/.default` suffix.
 pub fn scope_resource(scope: &str) -> &str {
     scope.strip_suffix("/.default").unwrap_or(scope)
 }
 
-/// The venv with the pinned Azure SDK for Python, created and filled on first use (idempotent:
-/// a marker holding the requirements it was built from skips the install next time; a file lock
-/// keeps parallel test processes from installing at once). Panics with pip's output when the
-/// install fails: a test that needs the SDK must fail, not skip, without it.
+/// The venv with the pinned Azure SDK for Python, created and filled on first use
+/// ([`xtask::setup::python_venv`]). Panics with pip's output when the install fails: a test
+/// that needs the SDK must fail, not skip, without it.
 pub fn ensure_python_venv() -> PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
-        install_python_venv()
+        xtask::setup::ensure(&[xtask::setup::Need::Python])
+            .and_then(|()| xtask::setup::python_venv())
             .unwrap_or_else(|e| panic!("setting up the Python SDK venv failed: {e}"))
     })
     .clone()
-}
-
-fn install_python_venv() -> Result<PathBuf, String> {
-    let dir = tools_dir("py");
-    let venv = dir.join("venv");
-    let python = venv.join("bin/python");
-    let marker = venv.join(".imds-requirements");
-    let reqs_path = python_requirements();
-    let reqs =
-        std::fs::read_to_string(&reqs_path).map_err(|e| format!("{}: {e}", reqs_path.display()))?;
-
-    let lock =
-        std::fs::File::create(dir.join(".install.lock")).map_err(|e| format!("lock file: {e}"))?;
-    lock.lock()
-        .map_err(|e| format!("locking {}: {e}", dir.display()))?;
-    if python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == reqs) {
-        return Ok(venv);
-    }
-    if !python.exists() {
-        let mut c = Command::new("python3");
-        c.args(["-m", "venv"]).arg(&venv);
-        run_with_timeout(c, INSTALL_TIMEOUT)
-            .map_err(|e| format!("python3 -m venv {}: {e}", venv.display()))?;
-    }
-    let mut c = Command::new(&python);
-    c.args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--no-input",
-        "-r",
-    ])
-    .arg(&reqs_path);
-    run_with_timeout(c, INSTALL_TIMEOUT)
-        .map_err(|e| format!("pip install -r {} (needs PyPI): {e}", reqs_path.display()))?;
-    std::fs::write(&marker, &reqs).map_err(|e| format!("{}: {e}", marker.display()))?;
-    Ok(venv)
 }
 
 /// Get a token with azure-identity's `ManagedIdentityCredential` from the IMDS endpoint at

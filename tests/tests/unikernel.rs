@@ -167,6 +167,36 @@ fn panic_prints_the_message_and_exits() {
 }
 
 #[test]
+fn panic_line_has_location_and_message() {
+    let opts = QemuOpts {
+        fw_cfg: vec![(
+            qemu::PANIC_TEST_FW_CFG.into(),
+            crash_file("panic-test-line", "panic"),
+        )],
+        ..no_network(None)
+    };
+    let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
+    guest.wait_exit(EXIT_TIMEOUT).expect("QEMU exits");
+    let out = guest.output();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("imds-agent: panic: "))
+        .unwrap_or_else(|| panic!("no panic line:\n{out}"));
+    let rest = line
+        .strip_prefix("imds-agent: panic: panicked at qemu/src/unikernel.rs:")
+        .unwrap_or_else(|| panic!("{line}"));
+    let (position, message) = rest.split_once(": ").unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        position.split(':').all(|n| n.parse::<u32>().is_ok()),
+        "{line}"
+    );
+    assert_eq!(
+        message,
+        "requested by fw_cfg file opt/imds-agent/panic-test"
+    );
+}
+
+#[test]
 fn cpu_exception_is_reported() {
     let opts = QemuOpts {
         fw_cfg: vec![(
@@ -268,4 +298,43 @@ fn boot_log_and_request_log() {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
     assert!(!out.contains("BEGIN PRIVATE KEY"), "the log shows a key");
+}
+
+/// The README's harness recipe, as a user runs it: spawn the line `cargo xtask run --print-cmd`
+/// prints (through a shell), wait for the ready line, then ask for a token.
+#[test]
+fn the_print_cmd_line_boots_and_serves_after_the_ready_line() {
+    image(); // built once for this test binary (the print-cmd run then finds it up to date)
+    let cfg = DemoConfig::new("unikernel-print-cmd");
+    let port = qemu::free_port();
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo
+        .current_dir(xtask::root())
+        .args(["xtask", "run", "--print-cmd", "--port", &port.to_string()])
+        .arg("--config")
+        .arg(&cfg.path);
+    let out =
+        xtask::run_with_timeout(cargo, Duration::from_secs(600)).unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .expect("a line");
+    assert!(line.starts_with("qemu-system-x86_64 "), "{stdout}");
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c").arg(format!("exec {line}"));
+    let mut guest = Guest::spawn_command(sh).expect("spawn the printed command");
+    let ready = guest
+        .wait_ready(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ready,
+        "imds-agent: ready: http://10.0.2.15:80 http://169.254.169.254:80"
+    );
+    let r = get(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &token_target(MGMT, ""),
+        &[MD],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 }

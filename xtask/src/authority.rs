@@ -67,24 +67,30 @@ fn raw(addr: SocketAddr, request: &[u8]) -> Response {
 pub fn ensure_node_packages() -> PathBuf {
     static DONE: OnceLock<PathBuf> = OnceLock::new();
     DONE.get_or_init(|| {
-        install_node_packages()
+        crate::setup::ensure(&[crate::setup::Need::Node])
+            .and_then(|()| try_ensure_node_packages())
             .unwrap_or_else(|e| panic!("installing the authority's node packages failed: {e}"))
     })
     .clone()
 }
 
-fn install_node_packages() -> Result<PathBuf, String> {
+/// Whether `node_modules` holds the packages of the current lock file.
+pub fn node_packages_ready() -> bool {
+    let dir = peer_dir();
+    let marker = dir.join("node_modules/.imds-package-lock.json");
+    dir.join("node_modules/oidc-provider/package.json").exists()
+        && std::fs::read_to_string(dir.join("package-lock.json"))
+            .is_ok_and(|lock| std::fs::read_to_string(&marker).is_ok_and(|m| m == lock))
+}
+
+/// [`ensure_node_packages`] without the panic: `npm ci` unless the packages are there.
+pub fn try_ensure_node_packages() -> Result<PathBuf, String> {
     let dir = peer_dir();
     let modules = dir.join("node_modules");
-    let marker = modules.join(".imds-package-lock.json");
     let lock_path = dir.join("package-lock.json");
     let lock_text =
         std::fs::read_to_string(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
-    let ready = || {
-        modules.join("oidc-provider/package.json").exists()
-            && std::fs::read_to_string(&marker).is_ok_and(|m| m == lock_text)
-    };
-    if ready() {
+    if node_packages_ready() {
         return Ok(modules);
     }
     let lock_dir = target_dir().join("test-tools");
@@ -92,9 +98,10 @@ fn install_node_packages() -> Result<PathBuf, String> {
     let lock = std::fs::File::create(lock_dir.join(".authority-npm.lock"))
         .map_err(|e| format!("lock file: {e}"))?;
     lock.lock().map_err(|e| format!("locking: {e}"))?;
-    if ready() {
+    if node_packages_ready() {
         return Ok(modules);
     }
+    eprintln!("xtask: running: npm ci --omit=dev (in {})", dir.display());
     let mut c = Command::new("npm");
     c.current_dir(&dir).args([
         "ci",
@@ -105,7 +112,8 @@ fn install_node_packages() -> Result<PathBuf, String> {
     ]);
     crate::run_with_timeout(c, NPM_TIMEOUT)
         .map_err(|e| format!("npm ci in {} (needs npm): {e}", dir.display()))?;
-    std::fs::write(&marker, &lock_text).map_err(|e| format!("{}: {e}", marker.display()))?;
+    std::fs::write(modules.join(".imds-package-lock.json"), &lock_text)
+        .map_err(|e| format!("npm marker: {e}"))?;
     Ok(modules)
 }
 

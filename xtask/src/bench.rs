@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use xtask::http::pct;
-use xtask::{config, root, target_dir};
+use xtask::{config, target_dir};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -84,17 +84,6 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-/// Run a command, echoing it; error unless it succeeds.
-fn sh(mut c: Command) -> Result {
-    eprintln!("+ {}", show_cmd(&c));
-    let s = c.status().map_err(|e| format!("{}: {e}", show_cmd(&c)))?;
-    if s.success() {
-        Ok(())
-    } else {
-        Err(format!("{} failed: {s}", show_cmd(&c)))
-    }
-}
-
 fn show_cmd(c: &Command) -> String {
     let mut s = c.get_program().to_string_lossy().into_owned();
     for a in c.get_args() {
@@ -107,40 +96,6 @@ fn show_cmd(c: &Command) -> String {
         }
     }
     s
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Make sure a Debian-packaged tool is there (`apt-get install -y PKG` if not).
-fn ensure_tool(tool: &str, package: &str) -> Result {
-    if have(tool) {
-        return Ok(());
-    }
-    eprintln!("xtask bench: `{tool}` is missing; installing the Debian package {package}");
-    let mut install = Command::new("apt-get");
-    install.args(["install", "-y", "--no-install-recommends", package]);
-    if sh(install).is_err() {
-        let mut update = Command::new("apt-get");
-        update.arg("update");
-        sh(update)?;
-        let mut install = Command::new("apt-get");
-        install.args(["install", "-y", "--no-install-recommends", package]);
-        sh(install)?;
-    }
-    if have(tool) {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{tool}` still not found after installing {package}"
-        ))
-    }
 }
 
 /// A loopback port nobody listens on right now.
@@ -205,7 +160,7 @@ impl Pinning {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        if cpus >= 2 && have("taskset") {
+        if cpus >= 2 && xtask::setup::have("taskset") {
             Pinning {
                 server: Some("0"),
                 client: Some("1"),
@@ -617,23 +572,11 @@ fn fmt_us(us: f64) -> String {
 fn host(o: Opts) -> Result {
     let bench = target_dir().join("bench");
     std::fs::create_dir_all(&bench).map_err(|e| e.to_string())?;
-    ensure_tool("wrk", "wrk")?;
-    ensure_tool("nginx", "nginx-light")?;
     if o.perf {
-        ensure_tool("perf", "linux-perf")?;
+        xtask::setup::ensure_apt("perf", "linux-perf")?;
     }
 
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build.current_dir(root()).args([
-        "build",
-        "--release",
-        "-p",
-        "imds-agent",
-        "--bin",
-        "imds-agent",
-    ]);
-    sh(build)?;
-    let bin = target_dir().join("release/imds-agent");
+    let bin = xtask::load::build_release_daemon()?;
 
     let cfg = bench.join("config.json");
     config::write_demo(&cfg, "127.0.0.1:0", None).map_err(|e| format!("{}: {e}", cfg.display()))?;

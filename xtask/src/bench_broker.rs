@@ -362,16 +362,6 @@ fn cold_unikernel(s: &Setup, runs: usize) -> Result<(Vec<f64>, String)> {
 
 pub fn run(args: &[String]) -> Result {
     let o = parse(args)?;
-    for tool in ["curl", "wrk", "node"] {
-        let ok = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return Err(format!("`{tool}` is needed (apt-get install {tool})"));
-        }
-    }
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     eprintln!("building the daemon (release) ...");

@@ -15,10 +15,10 @@
 //! `bench boot` measures, over `--runs` boots (20) of the release image for each network setup
 //! (DHCP, the demo config; static address), from QEMU's spawn:
 //! - the first byte on the serial console: QEMU's own start-up and firmware, the floor;
-//! - the serial line saying the guest has its address;
+//! - the guest's ready line (`imds-agent: ready: ...`, [`qemu::READY_LINE`]);
 //! - the first token: HTTP 200 from the token endpoint over hostfwd. The client sends its
-//!   request as soon as that line appears (earlier SYNs would reach a guest without a NIC and
-//!   slirp would retransmit them a second later), and retries on failure.
+//!   request as soon as the ready line appears (earlier SYNs would reach a guest without an
+//!   address and slirp would retransmit them a second later), and retries on failure.
 //!
 //! It then finds the smallest `-m` (MiB) that still serves a token. It prints a table and writes
 //! `target/bench/boot.json`. Figures are reported, never asserted.
@@ -224,7 +224,7 @@ fn boot_once(image: &Path, opts: &QemuOpts, timeout: Duration) -> Result<Sample>
                         None => "QEMU exited without a console line (triple fault?)".into(),
                     });
                 }
-                Err(_) => return Err(format!("no address line within {timeout:?}")),
+                Err(_) => return Err(format!("no ready line within {timeout:?}")),
             }
         }
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -316,6 +316,147 @@ fn bench_config(dir: &Path, static_net: bool) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Where the boot stack is in the image: `(address, bytes)` of `boot_stack` ..
+/// `boot_stack_top` (local labels of `qemu/src/boot.rs`), read from the `image-syms` build of
+/// the same code (the stripped image has the same layout; checked on `.bss`).
+fn stack_region(image: &Path) -> Result<(u64, u64)> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let mut c = qemu::build_command_profile("image-syms");
+    qemu::announce_build("the image with its symbol table", &c);
+    let status = c.status().map_err(|e| format!("cargo build: {e}"))?;
+    if !status.success() {
+        return Err(format!("{} failed: {status}", qemu::print_cmd(&c)));
+    }
+    let syms_path = target_dir()
+        .join(qemu::TARGET)
+        .join("image-syms")
+        .join(qemu::PACKAGE);
+    let syms_data =
+        std::fs::read(&syms_path).map_err(|e| format!("{}: {e}", syms_path.display()))?;
+    let image_data = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    let syms = object::File::parse(&*syms_data).map_err(|e| e.to_string())?;
+    let stripped = object::File::parse(&*image_data).map_err(|e| e.to_string())?;
+    let bss = |f: &object::File| f.section_by_name(".bss").map(|s| (s.address(), s.size()));
+    if bss(&syms) != bss(&stripped) {
+        return Err("the image-syms build's .bss differs from the image's".into());
+    }
+    let addr = |name: &str| {
+        syms.symbols()
+            .find(|s| s.name() == Ok(name))
+            .map(|s| s.address())
+            .ok_or_else(|| format!("no symbol `{name}` in {}", syms_path.display()))
+    };
+    let (base, top) = (addr("boot_stack")?, addr("boot_stack_top")?);
+    if top <= base {
+        return Err(format!("boot stack {base:#x}..{top:#x}?"));
+    }
+    Ok((base, top - base))
+}
+
+/// The deepest the stack went: bytes from its top down to the lowest byte that is not zero.
+/// The boot code zeroes `.bss` (the stack with it) before it runs Rust; a frame that wrote only
+/// zeros at its bottom is counted a little short.
+pub fn stack_used(dump: &[u8]) -> u64 {
+    let untouched = dump.iter().position(|&b| b != 0).unwrap_or(dump.len());
+    (dump.len() - untouched) as u64
+}
+
+/// One HMP command over QEMU's monitor socket; the text up to the next prompt.
+fn monitor(sock: &Path, command: &str) -> Result<String> {
+    use std::os::unix::net::UnixStream;
+    let mut s = UnixStream::connect(sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut read_prompt = |s: &mut UnixStream, text: &mut Vec<u8>| -> Result {
+        while !String::from_utf8_lossy(text).contains("(qemu) ") {
+            let n = s.read(&mut buf).map_err(|e| format!("monitor: {e}"))?;
+            if n == 0 {
+                return Err("monitor closed".into());
+            }
+            text.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    };
+    read_prompt(&mut s, &mut text)?;
+    text.clear();
+    s.write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| format!("monitor: {e}"))?;
+    read_prompt(&mut s, &mut text)?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Boot once with a monitor, ask for tokens and the other documents (a cache miss per
+/// identity and resource, a cache hit, errors), then dump the stack: its high-water mark.
+fn stack_high_water(
+    image: &Path,
+    cfg: &Path,
+    opts: QemuOpts,
+    timeout: Duration,
+) -> Result<(u64, u64)> {
+    let (base, size) = stack_region(image)?;
+    let dir = target_dir().join("bench");
+    let sock = dir.join("boot-monitor.sock");
+    let dump = dir.join("boot-stack.bin");
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&dump);
+    let Network::User {
+        hostfwd_port: Some(port),
+    } = opts.network
+    else {
+        return Err("the stack probe needs user networking with hostfwd".into());
+    };
+    let mut opts = opts;
+    opts.extra.push("-monitor".into());
+    opts.extra
+        .push(format!("unix:{},server=on,wait=off", sock.display()).into());
+    let mut guest = qemu::Guest::spawn(image, &opts).map_err(|e| format!("QEMU: {e}"))?;
+    guest.wait_ready(timeout)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let doc: Value = serde_json::from_slice(&std::fs::read(cfg).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let mut targets = vec![
+        TOKEN_TARGET.to_string(),
+        TOKEN_TARGET.to_string(),
+        format!("{TOKEN_TARGET}&bypass_cache=true"),
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"
+            .into(),
+        "/metadata/identity/info?api-version=2018-02-01".into(),
+        "/.well-known/openid-configuration".into(),
+        "/.well-known/jwks.json".into(),
+        "/metadata/identity/oauth2/token?api-version=1999-01-01&resource=x".into(),
+        "/nothing".into(),
+    ];
+    for id in doc["identities"].as_array().into_iter().flatten() {
+        if let Some(c) = id["client_id"].as_str() {
+            targets.push(format!("{TOKEN_TARGET}&client_id={c}"));
+        }
+    }
+    for t in &targets {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET {t} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        http::read_response(&mut s, false).map_err(|e| format!("{t}: {e}"))?;
+    }
+    monitor(
+        &sock,
+        &format!("pmemsave {base:#x} {size} \"{}\"", dump.display()),
+    )?;
+    let bytes = std::fs::read(&dump).map_err(|e| format!("{}: {e}", dump.display()))?;
+    if bytes.len() as u64 != size {
+        return Err(format!("pmemsave wrote {} of {size} bytes", bytes.len()));
+    }
+    drop(guest);
+    Ok((stack_used(&bytes), size))
+}
+
 /// `cargo xtask bench boot`.
 pub fn bench(args: &[String]) -> Result {
     let f = Flags::parse(
@@ -385,7 +526,17 @@ pub fn bench(args: &[String]) -> Result {
         }
     }
 
+    eprintln!("bench boot: stack high-water mark ...");
+    let stack = stack_high_water(
+        &image,
+        dhcp_cfg,
+        opts_for(dhcp_cfg, qemu::DEFAULT_MEM_MB),
+        timeout,
+    );
+
     let mut report = json!({
+        "stack_used_bytes": stack.as_ref().ok().map(|s| s.0),
+        "stack_bytes": stack.as_ref().ok().map(|s| s.1),
         "machine": format!("{machine:?}").to_lowercase(),
         "accel": format!("{accel:?}").to_lowercase(),
         "runs": runs,
@@ -394,7 +545,7 @@ pub fn bench(args: &[String]) -> Result {
         "mem_mib": qemu::DEFAULT_MEM_MB,
         "min_mem_mib": min_mem,
         "mem_probes": probes,
-        "method": "times from QEMU's spawn; the token request is sent when the serial console says the guest has its address",
+        "method": "times from QEMU's spawn; the token request is sent on the guest's ready line; stack: lowest non-zero byte of the (zeroed at boot) boot stack, dumped with the QEMU monitor's pmemsave",
     });
     println!(
         "\nboot, {} boots each, {} {}, -m {} (ms from QEMU spawn: median [min .. max], p25-p75)\n",
@@ -403,7 +554,7 @@ pub fn bench(args: &[String]) -> Result {
         report["accel"].as_str().unwrap_or(""),
         qemu::DEFAULT_MEM_MB
     );
-    println!("| address | first serial byte | address line | first token | token / first byte |");
+    println!("| address | first serial byte | ready line | first token | token / first byte |");
     println!("|---|---:|---:|---:|---:|");
     for (name, _, samples) in &setups {
         let fb = sorted(samples.iter().map(|s| s.first_byte_ms));
@@ -444,6 +595,14 @@ pub fn bench(args: &[String]) -> Result {
         Some(m) => println!("smallest -m that serves a token: {m} MiB (target 2)"),
         None => println!("no -m up to {max_mem} MiB served a token"),
     }
+    match &stack {
+        Ok((used, size)) => println!(
+            "stack high-water mark (boot; tokens for each identity, cached and bypassed; documents; errors): {} KiB of the {} KiB boot stack",
+            used.div_ceil(1024),
+            size / 1024
+        ),
+        Err(e) => println!("stack high-water mark: not measured: {e}"),
+    }
     for p in &probes {
         if p["ok"] == false {
             println!("  -m {}: {}", p["mib"], p["why"].as_str().unwrap_or(""));
@@ -468,6 +627,13 @@ mod tests {
         assert!(f.has("--print-cmd"));
         assert!(Flags::parse(&a, &["--port"], &[], "u").is_err());
         assert!(Flags::parse(&a[..1], &["--port"], &[], "u").is_err());
+    }
+
+    #[test]
+    fn stack_use_is_counted_from_the_top() {
+        assert_eq!(stack_used(&[0, 0, 0, 0]), 0);
+        assert_eq!(stack_used(&[0, 0, 7, 0]), 2);
+        assert_eq!(stack_used(&[1, 0, 0, 0]), 4);
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! `cargo xtask fuzz [--seconds N] [TARGET...]`: run every cargo-fuzz target of `fuzz/` for N
 //! seconds (default 600) and print how many inputs each executed.
 //!
-//! Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`); without them it says
-//! so and skips. New inputs go to `target/fuzz/corpus/<target>/`, so the committed seeds in
+//! Needs a nightly toolchain and cargo-fuzz, which it installs when missing
+//! (`rustup toolchain install nightly`, `cargo install cargo-fuzz`). New inputs go to `target/fuzz/corpus/<target>/`, so the committed seeds in
 //! `fuzz/corpus/<target>/` stay small; crashes land in `fuzz/artifacts/<target>/`. Built without
 //! a sanitizer (`-s none`: the agent forbids `unsafe`) but with debug assertions and overflow
 //! checks, so exec rates are those of optimised code.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use xtask::{root, target_dir};
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -29,13 +29,6 @@ fn nightly_cargo() -> Command {
         c.env_remove(var);
     }
     c
-}
-
-fn quiet_ok(mut c: Command) -> bool {
-    c.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// One target's figures, from libFuzzer's `-print_final_stats=1`.
@@ -98,18 +91,9 @@ pub fn run(args: &[String]) -> Result {
         }
     }
     let fuzz_dir = root().join("fuzz");
-    let mut version = nightly_cargo();
-    version.arg("--version");
-    if !quiet_ok(version) {
-        eprintln!("xtask fuzz: skipped: no nightly toolchain (`rustup toolchain install nightly`)");
-        return Ok(());
-    }
-    let mut fuzz = nightly_cargo();
-    fuzz.args(["fuzz", "--version"]);
-    if !quiet_ok(fuzz) {
-        eprintln!("xtask fuzz: skipped: cargo-fuzz is not installed (`cargo install cargo-fuzz`)");
-        return Ok(());
-    }
+    // Installed by `cargo xtask` before this runs (`setup::needs_of`); checked again for
+    // callers of this function (`cargo xtask test`).
+    xtask::setup::ensure(&[xtask::setup::Need::CargoFuzz])?;
     let list = nightly_cargo()
         .args(["fuzz", "list"])
         .current_dir(&fuzz_dir)

@@ -4,6 +4,7 @@
 pub mod authority;
 pub mod config;
 pub mod cycles;
+pub mod deb;
 pub mod http;
 pub mod load;
 pub mod qemu;

@@ -49,12 +49,12 @@ pub fn build_release_daemon() -> Result<PathBuf, String> {
     c.current_dir(crate::root()).args([
         "build",
         "--release",
-        "-q",
         "-p",
         "imds-agent",
         "--bin",
         "imds-agent",
     ]);
+    crate::qemu::announce_build("the host daemon (release)", &c);
     let s = c.status().map_err(|e| format!("cargo build: {e}"))?;
     if !s.success() {
         return Err(format!("cargo build --release -p imds-agent failed: {s}"));

@@ -8,7 +8,10 @@
 //! cargo xtask bench host                 benchmark the host daemon against nginx
 //! cargo xtask bench broker               broker mode: cold first token vs curl, cached under a fetch
 //! cargo xtask bench boot                 unikernel: QEMU spawn -> first token, smallest -m
+//! cargo xtask doctor [--install]         what the commands need, whether it is there, how to install it
 //! ```
+//!
+//! Every command first installs what it needs (`setup::needs_of`), saying what it runs.
 
 mod bench;
 mod bench_broker;
@@ -40,7 +43,11 @@ fn usage() -> ExitCode {
          bench boot [--runs N] [--max-mem MIB]           QEMU spawn -> first token; smallest -m\n\
          fuzz [--seconds N]                              run every cargo-fuzz target (nightly)\n\
          soak [--seconds N] [--target daemon|unikernel|both]   abuse + volume soak, soak.json\n\
-         keygen [--alg ES256|PS256|RS256] --out FILE     an identity key for broker mode + its JWK"
+         keygen [--alg ES256|PS256|RS256] --out FILE     an identity key for broker mode + its JWK\n\
+         deb                                             Debian package of the daemon (cargo-deb), prints its path\n\
+         doctor [--install]                              prerequisites: there or not, how to install\n\
+         \n\
+         Every command installs what it needs first (`doctor` lists it all)."
     );
     ExitCode::from(2)
 }
@@ -57,7 +64,12 @@ fn main() -> ExitCode {
         return usage();
     };
     let rest = &args[1..];
+    if let Err(e) = xtask::setup::ensure(&xtask::setup::needs_of(cmd, rest)) {
+        eprintln!("xtask {cmd}: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cmd.as_str() {
+        "doctor" => xtask::setup::doctor(rest.iter().any(|a| a == "--install")),
         "config" => cmd_config(rest),
         "run" if rest.iter().any(|a| a == "--host") => cmd_run(rest),
         "run" => boot::run_unikernel(rest),
@@ -69,6 +81,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::run(rest),
         "soak" => soak::run(rest),
         "keygen" => keygen::run(rest),
+        "deb" => xtask::deb::run(rest),
         _ => return usage(),
     };
     match result {
@@ -126,17 +139,7 @@ fn cmd_run(args: &[String]) -> Result {
             p
         }
     };
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "-p",
-        "imds-agent",
-        "--bin",
-        "imds-agent",
-    ]);
-    status(build)?;
-    let exe = xtask::target_dir().join("release/imds-agent");
+    let exe = xtask::load::build_release_daemon()?;
     println!("imds-agent (host daemon) on 127.0.0.1:{port}; try:\n");
     println!("  curl -s -H 'Metadata: true' 'http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'\n");
     let mut c = Command::new(exe);

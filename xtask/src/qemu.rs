@@ -180,6 +180,12 @@ pub fn image_path(release: bool) -> PathBuf {
 
 /// The cargo command that builds the image (`--profile image` when `release`, else `dev`).
 pub fn build_command(release: bool) -> Command {
+    build_command_profile(if release { "image" } else { "dev" })
+}
+
+/// The cargo command that builds the image with a cargo profile (`image`, `dev`, or
+/// `image-syms`: the `image` code with its symbol table, for `cargo xtask size`).
+pub fn build_command_profile(profile: &str) -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root()).args([
         "build",
@@ -188,14 +194,24 @@ pub fn build_command(release: bool) -> Command {
         "--target",
         TARGET,
         "--profile",
-        if release { "image" } else { "dev" },
+        profile,
     ]);
     c
+}
+
+/// Say what is about to be built before a build that may take minutes (cargo's own progress
+/// follows on the terminal).
+pub fn announce_build(what: &str, c: &Command) {
+    eprintln!(
+        "xtask: building {what} (first build: a few minutes): {}",
+        print_cmd(c)
+    );
 }
 
 /// Build the image; its path, or why not.
 pub fn try_build_image(release: bool) -> Result<PathBuf, String> {
     let mut c = build_command(release);
+    announce_build("the unikernel image", &c);
     let status = c.status().map_err(|e| format!("{}: {e}", print_cmd(&c)))?;
     if !status.success() {
         return Err(format!("{} failed: {status}", print_cmd(&c)));
@@ -240,6 +256,10 @@ pub fn try_build_image_with(release: bool, features: &[&str]) -> Result<PathBuf,
     c.arg("--features")
         .arg(features.join(","))
         .env("CARGO_TARGET_DIR", features_target_dir(features));
+    announce_build(
+        &format!("the unikernel image with {}", features.join(", ")),
+        &c,
+    );
     let status = c.status().map_err(|e| format!("{}: {e}", print_cmd(&c)))?;
     if !status.success() {
         return Err(format!("{} failed: {status}", print_cmd(&c)));

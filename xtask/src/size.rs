@@ -7,6 +7,13 @@
 //! Each variant's image is copied to `target/size/<name>`; the default image
 //! (`target/x86_64-unknown-none/image/imds-unikernel`) is rebuilt last, so it is left as the
 //! featureless build the tests and `cargo xtask run` use.
+//!
+//! Where the bytes are: each variant is also built with profile `image-syms` (the same code
+//! with its symbol table) and its defined symbols are summed per crate (demangled names; the
+//! first path segment, or the implementing type's crate for `<T as Trait>::f`) and listed by
+//! size (the 20 largest), like cargo-bloat. The default image must not reach `core::fmt`: a
+//! `core::fmt::write` symbol in it fails the command (the formatting machinery costs ~50 KB).
+//! Everything goes to `target/bench/size.json`.
 
 use object::{Object, ObjectSection};
 use serde_json::{json, Value};
@@ -19,6 +26,8 @@ type Result<T = ()> = std::result::Result<T, String>;
 
 /// The budget file, relative to the workspace root.
 pub const BUDGET_FILE: &str = "qemu/size-budget.json";
+/// How many of the largest symbols are listed.
+pub const TOP_SYMBOLS: usize = 20;
 /// The sections reported.
 pub const SECTIONS: [&str; 4] = [".text", ".rodata", ".data", ".bss"];
 
@@ -136,6 +145,104 @@ fn build_variant(v: &Variant) -> Result<PathBuf> {
     Ok(copy)
 }
 
+/// One symbol of the unstripped image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Symbol {
+    /// Demangled, without the hash.
+    pub name: String,
+    pub krate: String,
+    pub bytes: u64,
+}
+
+/// The crate a demangled symbol belongs to: its first path segment; for `<T as Trait>::f` and
+/// `<T>::f`, T's crate (the code is T's implementation); `[other]` for names without a path
+/// (assembly, linker symbols).
+pub fn crate_of(demangled: &str) -> String {
+    let mut s = demangled;
+    while let Some(rest) = s.strip_prefix('<') {
+        s = rest.trim_start_matches('&').trim_start_matches("mut ");
+        s = s.trim_start_matches("dyn ");
+    }
+    match s.find("::") {
+        Some(i) if !s[..i].contains([' ', '<', '>', '[', '(']) && i > 0 => s[..i].to_string(),
+        _ => "[other]".to_string(),
+    }
+}
+
+/// The defined code and data symbols of an unstripped ELF, largest first.
+pub fn read_symbols(image: &Path) -> Result<Vec<Symbol>> {
+    use object::{ObjectSymbol, SectionKind, SymbolKind};
+    let data = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    let elf = object::File::parse(&*data).map_err(|e| format!("{}: {e}", image.display()))?;
+    // Bytes of the file only: `.bss` statics cost RAM, not image bytes.
+    let in_file = |s: &object::Symbol| {
+        s.section_index()
+            .and_then(|i| elf.section_by_index(i).ok())
+            .is_some_and(|sec| {
+                !matches!(
+                    sec.kind(),
+                    SectionKind::UninitializedData | SectionKind::UninitializedTls
+                )
+            })
+    };
+    let mut out: Vec<Symbol> = elf
+        .symbols()
+        .filter(|s| s.is_definition() && s.size() > 0)
+        .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Data))
+        .filter(in_file)
+        .filter_map(|s| {
+            let raw = s.name().ok()?;
+            let name = format!("{:#}", rustc_demangle::demangle(raw));
+            Some(Symbol {
+                krate: crate_of(&name),
+                name,
+                bytes: s.size(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+/// Bytes per crate, largest first.
+pub fn per_crate(symbols: &[Symbol]) -> Vec<(String, u64)> {
+    let mut map = std::collections::BTreeMap::<String, u64>::new();
+    for s in symbols {
+        *map.entry(s.krate.clone()).or_default() += s.bytes;
+    }
+    let mut v: Vec<_> = map.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
+/// The symbols that show `core::fmt`'s formatting machinery is linked in.
+pub fn fmt_symbols(symbols: &[Symbol]) -> Vec<&Symbol> {
+    symbols
+        .iter()
+        .filter(|s| s.name == "core::fmt::write" || s.name.starts_with("core::fmt::write::"))
+        .collect()
+}
+
+fn build_symbols(v: &Variant) -> Result<PathBuf> {
+    let mut c = qemu::build_command_profile("image-syms");
+    if !v.features.is_empty() {
+        c.args(["--features", &v.features.join(",")]);
+    }
+    let status = c
+        .status()
+        .map_err(|e| format!("{}: {e}", qemu::print_cmd(&c)))?;
+    if !status.success() {
+        return Err(format!("{} failed: {status}", qemu::print_cmd(&c)));
+    }
+    let built = target_dir()
+        .join(qemu::TARGET)
+        .join("image-syms")
+        .join(qemu::PACKAGE);
+    let copy = target_dir().join("size").join(format!("{}.syms", v.name));
+    std::fs::copy(&built, &copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+    Ok(copy)
+}
+
 fn kib(b: u64) -> String {
     format!("{:.1} KiB", b as f64 / 1024.0)
 }
@@ -172,6 +279,19 @@ pub fn run(args: &[String]) -> Result {
         }
         let image = build_variant(v)?;
         let s = read_sizes(&image)?;
+        let syms = read_symbols(&build_symbols(v)?)?;
+        let crates = per_crate(&syms);
+        let fmt = fmt_symbols(&syms);
+        if v.features.is_empty() && !fmt.is_empty() {
+            over.push(format!(
+                "{}: core::fmt is linked in ({}): no formatting machinery in the default image",
+                v.name,
+                fmt.iter()
+                    .map(|s| format!("{} {} B", s.name, s.bytes))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         let within = v.max_bytes.map(|m| s.file <= m);
         if within == Some(false) {
             let m = v.max_bytes.unwrap_or(0);
@@ -194,13 +314,47 @@ pub fn run(args: &[String]) -> Result {
             "name": v.name, "features": v.features, "max_bytes": v.max_bytes,
             "image": image.display().to_string(),
             "file_bytes": s.file, "sections": sections, "within_budget": within,
+            "core_fmt": !fmt.is_empty(),
+            "crates": crates.iter().map(|(c, b)| json!({"crate": c, "bytes": b})).collect::<Vec<_>>(),
+            "largest_symbols": syms.iter().take(TOP_SYMBOLS).map(|s| json!({"symbol": s.name, "crate": s.krate, "bytes": s.bytes})).collect::<Vec<_>>(),
         }));
     }
 
+    let doc = json!({ "budget_file": BUDGET_FILE, "variants": results });
+    let report = target_dir().join("bench/size.json");
+    if let Some(dir) = report.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(&report, serde_json::to_string_pretty(&doc).expect("json"))
+        .map_err(|e| format!("{}: {e}", report.display()))?;
     if as_json {
-        let doc = json!({ "budget_file": BUDGET_FILE, "variants": results });
         println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
     } else {
+        for r in &results {
+            let Some(crates) = r["crates"].as_array() else {
+                continue;
+            };
+            println!(
+                "\n{}: bytes per crate (symbols of the image-syms build)",
+                r["name"].as_str().unwrap_or("")
+            );
+            for c in crates {
+                println!(
+                    "  {:>8}  {}",
+                    c["bytes"].as_u64().unwrap_or(0),
+                    c["crate"].as_str().unwrap_or("")
+                );
+            }
+            println!("  largest symbols:");
+            for s in r["largest_symbols"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:>8}  {}",
+                    s["bytes"].as_u64().unwrap_or(0),
+                    s["symbol"].as_str().unwrap_or("")
+                );
+            }
+        }
+        println!();
         println!("| variant | file | .text | .rodata | .data | .bss | budget |");
         println!("|---|---:|---:|---:|---:|---:|---|");
         for r in &results {
@@ -233,7 +387,10 @@ pub fn run(args: &[String]) -> Result {
                 sec(".bss"),
             );
         }
-        println!("\n(bytes; file = the stripped ELF QEMU loads; .bss is not in the file)");
+        println!(
+            "\n(bytes; file = the stripped ELF QEMU loads; .bss is not in the file; {})",
+            report.display()
+        );
     }
     if over.is_empty() {
         Ok(())
@@ -269,6 +426,49 @@ mod tests {
             .unwrap();
         assert_eq!(v[0].features, ["a"]);
         assert_eq!(v[0].max_bytes, None);
+    }
+
+    #[test]
+    fn symbols_are_counted_per_crate() {
+        for (name, krate) in [
+            ("core::fmt::write", "core"),
+            ("smoltcp::iface::interface::Interface::poll", "smoltcp"),
+            (
+                "<smoltcp::wire::ipv4::Address as core::fmt::Display>::fmt",
+                "smoltcp",
+            ),
+            ("<&mut T as core::fmt::Write>::write_str", "[other]"),
+            ("<imds_agent::http::Parser>::feed", "imds_agent"),
+            ("imds_boot_main", "[other]"),
+            ("memcpy", "[other]"),
+        ] {
+            assert_eq!(crate_of(name), krate, "{name}");
+        }
+        let sym = |name: &str, bytes| Symbol {
+            name: name.into(),
+            krate: crate_of(name),
+            bytes,
+        };
+        let syms = [
+            sym("core::fmt::write", 700),
+            sym("core::str::from_utf8", 300),
+            sym("smoltcp::f", 500),
+        ];
+        assert_eq!(
+            per_crate(&syms),
+            [("core".to_string(), 1000), ("smoltcp".to_string(), 500)]
+        );
+        assert_eq!(fmt_symbols(&syms).len(), 1);
+        assert!(fmt_symbols(&syms[1..]).is_empty());
+    }
+
+    #[test]
+    fn reads_own_symbols() {
+        // The test binary is unstripped: it has symbols, and it formats.
+        let syms = read_symbols(&std::env::current_exe().unwrap()).unwrap();
+        assert!(syms.len() > 100);
+        assert!(syms.windows(2).all(|w| w[0].bytes >= w[1].bytes));
+        assert!(!fmt_symbols(&syms).is_empty());
     }
 
     #[test]

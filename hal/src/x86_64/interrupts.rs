@@ -6,7 +6,7 @@
 //! and the NIC is polled: the only interrupt ever enabled is the LAPIC timer, and interrupts are
 //! only enabled inside [`LapicTimer::halt_us`] (`sti; hlt; cli`).
 
-use core::fmt::Write;
+use crate::text::Text;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use super::clock::rdtsc;
@@ -265,16 +265,19 @@ extern "C" fn imds_hal_exception(frame: &ExceptionFrame) -> ! {
     // SAFETY: reading CR2 (the faulting address of the last page fault) has no side effects.
     unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
     let mut log = Serial::com1();
-    let _ = writeln!(
-        log,
-        "imds-agent: fatal: CPU exception {} ({}) at rip {:#x}, error code {:#x}, rsp {:#x}, cr2 {:#x}",
-        frame.vector,
-        exception_name(frame.vector),
-        frame.rip,
-        frame.error_code,
-        frame.rsp,
-        cr2
-    );
+    log.put("imds-agent: fatal: CPU exception ")
+        .dec(frame.vector)
+        .put(" (")
+        .put(exception_name(frame.vector))
+        .put(") at rip ")
+        .hex(frame.rip)
+        .put(", error code ")
+        .hex(frame.error_code)
+        .put(", rsp ")
+        .hex(frame.rsp)
+        .put(", cr2 ")
+        .hex(cr2)
+        .end();
     exit(EXCEPTION_EXIT_CODE.load(Ordering::Relaxed))
 }
 

@@ -85,12 +85,19 @@ pub enum BarError {
     NoSpace,
 }
 
+impl BarError {
+    /// The message.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BarError::InvalidBar => "invalid PCI BAR",
+            BarError::NoSpace => "PCI BARs do not fit in the address window",
+        }
+    }
+}
+
 impl core::fmt::Display for BarError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            BarError::InvalidBar => f.write_str("invalid PCI BAR"),
-            BarError::NoSpace => f.write_str("PCI BARs do not fit in the address window"),
-        }
+        f.write_str(self.as_str())
     }
 }
 

@@ -11,6 +11,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use crate::text::Text;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use virtio_drivers::device::net::VirtIONetRaw;
@@ -118,17 +119,51 @@ pub enum NicError {
     AlreadyTaken,
 }
 
-impl core::fmt::Display for NicError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+impl NicError {
+    /// The message, written without `core::fmt` (the image's console).
+    pub fn describe<W: Text + ?Sized>(&self, out: &mut W) {
         match self {
             NicError::NotFound => {
-                f.write_str("no virtio-net device (PCI bus 0, microvm virtio-mmio slots)")
+                out.put("no virtio-net device (PCI bus 0, microvm virtio-mmio slots)");
             }
-            NicError::Bars(e) => write!(f, "virtio-net: {e}"),
-            NicError::Transport(e) => write!(f, "virtio-net PCI transport: {e}"),
-            NicError::Driver(e) => write!(f, "virtio-net driver: {e}"),
-            NicError::AlreadyTaken => f.write_str("virtio-net already initialised"),
+            NicError::Bars(e) => {
+                out.put("virtio-net: ").put(e.as_str());
+            }
+            NicError::Transport(_) => {
+                out.put("virtio-net PCI transport: its capabilities are missing or broken");
+            }
+            NicError::Driver(e) => {
+                out.put("virtio-net driver: ").put(driver_error(e));
+            }
+            NicError::AlreadyTaken => {
+                out.put("virtio-net already initialised");
+            }
         }
+    }
+}
+
+/// What virtio-drivers' error means, as a plain string.
+fn driver_error(e: &virtio_drivers::Error) -> &'static str {
+    use virtio_drivers::Error as E;
+    match e {
+        E::QueueFull => "virtqueue full",
+        E::NotReady => "device not ready",
+        E::WrongToken => "device used an unexpected descriptor chain",
+        E::AlreadyUsed => "virtqueue already in use",
+        E::InvalidParam => "invalid parameter",
+        E::DmaError => "DMA memory could not be allocated",
+        E::IoError => "I/O error",
+        E::Unsupported => "request not supported by the device",
+        E::ConfigSpaceTooSmall => "config space smaller than expected",
+        E::ConfigSpaceMissing => "config space missing",
+        _ => "device error",
+    }
+}
+
+impl core::fmt::Display for NicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.describe(f);
+        Ok(())
     }
 }
 

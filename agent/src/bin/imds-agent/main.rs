@@ -1,7 +1,11 @@
 //! The host daemon: the imds-agent core on std sockets, one thread, an event loop (mio).
 //!
-//! `imds-agent --config FILE [--listen ADDR:PORT] [--legacy-listen ADDR:PORT|off]`
+//! `imds-agent --config FILE [--listen ADDR:PORT] [--legacy-listen ADDR:PORT|off]`, and
+//! `--check-config FILE`, `--init-config FILE`, `--version`, `--help` (see [`HELP`]).
+//! Under systemd: readiness on `$NOTIFY_SOCKET`, log priorities for the journal ([`journal`]).
 
+mod cli;
+mod journal;
 mod upstream;
 
 use imds_agent::broker::pipe::Pipe;
@@ -13,12 +17,15 @@ use imds_agent::limits::{BROKER_TASKS, CONFIG_MAX, HOST_MAX_CONNECTIONS};
 use imds_agent::Agent;
 use imds_hal::host::{FileConfig, HostClock, HostEntropy};
 use imds_hal::{Clock, ConfigSource};
+use journal::{notify, say, Level, Log};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use sd_notify::NotifyState;
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,15 +36,44 @@ const SIGNALS: Token = Token(2);
 const FIRST_CONN: usize = 16;
 
 const USAGE: &str =
-    "usage: imds-agent --config FILE [--listen ADDR:PORT] [--legacy-listen ADDR:PORT|off]";
+    "usage: imds-agent --config FILE [--listen ADDR:PORT] [--legacy-listen ADDR:PORT|off]\n\
+       imds-agent --check-config FILE | --init-config FILE | --version | --help";
+
+const HELP: &str = "\
+imds-agent: an Azure-compatible IMDS managed-identity token endpoint (host daemon)
+
+usage: imds-agent --config FILE [--listen ADDR:PORT] [--legacy-listen ADDR:PORT|off]
+       imds-agent --check-config FILE | --init-config FILE | --version | --help
+
+  -c, --config FILE                 serve with this configuration (JSON)
+      --listen ADDR:PORT            IMDS listener, instead of the config's listen.imds
+      --legacy-listen ADDR:PORT|off legacy (App Service style) listener, or none
+      --check-config FILE           validate FILE as at start, print what would be served; exit 0, or 2
+      --init-config FILE            write a fresh config (new key, one system-assigned identity,
+                                    issuer mode, mode 0600); never overwrites (exit 2)
+  -V, --version                     print the version
+  -h, --help                        print this help
+
+Under systemd: READY=1/STOPPING=1/STATUS= on $NOTIFY_SOCKET (Type=notify), and log lines
+carry journal priorities (<6> info, <4> warning, <3> error) when JOURNAL_STREAM is set.";
+
+enum Action {
+    Run,
+    Check(PathBuf),
+    Init(PathBuf),
+    Version,
+    Help,
+}
 
 struct Args {
-    config: std::path::PathBuf,
+    action: Action,
+    config: Option<PathBuf>,
     listen: Option<SocketAddr>,
     legacy: Option<Option<SocketAddr>>,
 }
 
 fn parse_args() -> Result<Args, String> {
+    let mut action = Action::Run;
     let mut config = None;
     let mut listen = None;
     let mut legacy = None;
@@ -49,6 +85,10 @@ fn parse_args() -> Result<Args, String> {
         };
         match a.as_str() {
             "--config" | "-c" => config = Some(value("--config")?.into()),
+            "--check-config" => action = Action::Check(value("--check-config")?.into()),
+            "--init-config" => action = Action::Init(value("--init-config")?.into()),
+            "--version" | "-V" => action = Action::Version,
+            "--help" | "-h" => action = Action::Help,
             "--listen" => {
                 let v = value("--listen")?;
                 listen = Some(
@@ -67,24 +107,34 @@ fn parse_args() -> Result<Args, String> {
                         })?)
                     });
             }
-            "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
+    if matches!(action, Action::Run) && config.is_none() {
+        return Err(format!("--config is required\n{USAGE}"));
+    }
     Ok(Args {
-        config: config.ok_or_else(|| format!("--config is required\n{USAGE}"))?,
+        action,
+        config,
         listen,
         legacy,
     })
 }
 
-/// Log lines to stderr, buffered and flushed once per event-loop turn.
-struct Log(io::BufWriter<io::Stderr>);
-
-impl std::fmt::Write for Log {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.write_all(s.as_bytes()).map_err(|_| std::fmt::Error)
-    }
+/// Read and validate the configuration, as at start. Err: the message (without the program
+/// name) that the daemon prints before it exits with status 2.
+fn load_config(path: &Path) -> Result<Config, String> {
+    let mut doc = vec![0u8; CONFIG_MAX];
+    let mut source = FileConfig {
+        path: path.to_path_buf(),
+    };
+    let config = match source.read_config(&mut doc) {
+        Ok(bytes) => Config::parse(bytes),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    // The document holds the private key: wipe it.
+    zeroize::Zeroize::zeroize(&mut doc[..]);
+    config.map_err(|e| format!("{}: {e}", path.display()))
 }
 
 struct Conn {
@@ -102,38 +152,53 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("imds-agent: {e}");
+            say(Level::Err, &format!("imds-agent: {e}"));
             return ExitCode::from(2);
         }
     };
-    let mut doc = vec![0u8; CONFIG_MAX];
-    let mut source = FileConfig {
-        path: args.config.clone(),
-    };
-    let config = match source.read_config(&mut doc) {
-        Ok(bytes) => Config::parse(bytes),
-        Err(e) => {
-            eprintln!("imds-agent: {}: {e}", args.config.display());
-            return ExitCode::from(2);
+    let path = match args.action {
+        Action::Version => {
+            println!("imds-agent {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
         }
+        Action::Help => {
+            println!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Action::Init(path) => {
+            return match cli::init_config(&path) {
+                Ok(()) => {
+                    println!("imds-agent: wrote {} (mode 0600)", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err((code, e)) => {
+                    say(Level::Err, &format!("imds-agent: {e}"));
+                    ExitCode::from(code)
+                }
+            };
+        }
+        Action::Check(ref path) => path.clone(),
+        Action::Run => args.config.clone().expect("checked by parse_args"),
     };
-    // The document holds the private key: wipe it.
-    zeroize::Zeroize::zeroize(&mut doc[..]);
-    let config = match config {
+    let config = match load_config(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("imds-agent: {}: {e}", args.config.display());
+            say(Level::Err, &format!("imds-agent: {e}"));
             return ExitCode::from(2);
         }
     };
     let imds_addr = args.listen.unwrap_or(config.listen.imds);
     let legacy_addr = args.legacy.unwrap_or(config.listen.legacy);
+    if let Action::Check(_) = args.action {
+        print!("{}", cli::describe(&path, &config, imds_addr, legacy_addr));
+        return ExitCode::SUCCESS;
+    }
     let authority = config.authority.clone();
     let agent = Agent::new(config);
     match run(agent, authority, imds_addr, legacy_addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("imds-agent: {e}");
+            say(Level::Err, &format!("imds-agent: {e}"));
             ExitCode::from(1)
         }
     }
@@ -178,21 +243,31 @@ fn run(
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
 
-    let mut log = Log(io::BufWriter::with_capacity(64 * 1024, io::stderr()));
-    eprintln!(
-        "imds-agent: listening imds={} legacy={} identities={} mode={} kid={}",
-        imds.local_addr()?,
-        legacy
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "off".into()),
+    let mut log = Log::new();
+    let imds_local = imds.local_addr()?;
+    let legacy_local = legacy.as_ref().and_then(|l| l.local_addr().ok());
+    log.line(
+        Level::Info,
+        format_args!(
+            "imds-agent: listening imds={} legacy={} identities={} mode={} kid={}",
+            imds_local,
+            legacy_local
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
+            agent.identities().len(),
+            match &authority {
+                Some(a) => format!("broker({})", a.token_url),
+                None => "issuer".into(),
+            },
+            agent.issuer().map(|i| i.kid()).unwrap_or("-"),
+        ),
+    );
+    log.flush();
+    let status = format!(
+        "serving {} identities on {}{}",
         agent.identities().len(),
-        match &authority {
-            Some(a) => format!("broker({})", a.token_url),
-            None => "issuer".into(),
-        },
-        agent.issuer().map(|i| i.kid()).unwrap_or("-"),
+        imds_local,
+        legacy_local.map(|a| format!(", {a}")).unwrap_or_default()
     );
 
     // The host's own subnets may ask (unless `allow` is configured).
@@ -246,6 +321,9 @@ fn run(
     let mut live = 0usize;
     let mut events = Events::with_capacity(1024);
     let mut last_sweep = clock.monotonic_us();
+    // Every listener is bound and listening (the kernel completes handshakes from here on)
+    // and the loop below accepts: tell systemd.
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     loop {
         // While fetches run, turn often: the tasks' timers and parked requests need it.
         let busy = agent.borrow().fetching()
@@ -265,11 +343,12 @@ fn run(
             match ev.token() {
                 SIGNALS => {
                     if let Some(sig) = signals.pending().next() {
-                        let _ = std::fmt::Write::write_fmt(
-                            &mut log,
-                            format_args!("imds-agent: signal {sig}, shutting down\n"),
+                        notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
+                        log.line(
+                            Level::Info,
+                            format_args!("imds-agent: signal {sig}, shutting down"),
                         );
-                        let _ = log.0.flush();
+                        log.flush();
                         return Ok(());
                     }
                 }
@@ -408,7 +487,7 @@ fn run(
                 }
             }
         }
-        let _ = log.0.flush();
+        log.flush();
     }
 }
 
