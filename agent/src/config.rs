@@ -1160,7 +1160,7 @@ impl Config {
             }
             None => {
                 let mut s = heapless::String::new();
-                let _ = fmt::write(&mut s, format_args!("https://sts.windows.net/{tenant_id}/"));
+                s.put("https://sts.windows.net/").put(&tenant_id).put("/");
                 s
             }
         };

@@ -13,6 +13,7 @@ pub use crate::imds::{Ctx, Listener, Now, Reply};
 use crate::limits::{CONN_RX_BUF, CONN_TX_BUF, HEAD_DEADLINE_US, IDLE_TIMEOUT_US};
 use core::fmt::Write;
 use core::net::{IpAddr, Ipv4Addr};
+use imds_hal::text::Text;
 use imds_hal::{Clock, Entropy};
 
 /// Room for the status line and headers in front of the largest body.
@@ -189,16 +190,19 @@ impl Connection {
                                 .is_ok();
                         let since = self.parked_since_us.unwrap_or(start_us);
                         let micros = clock.monotonic_us().saturating_sub(since);
-                        let _ = writeln!(
-                            log,
-                            "{} {} {} {} {} {}us",
-                            self.peer,
-                            req.method_str,
-                            req.path,
-                            self.reply.status,
-                            self.reply.client_id.as_deref().unwrap_or("-"),
-                            micros
-                        );
+                        log.ip(self.peer)
+                            .put(" ")
+                            .put(req.method_str)
+                            .put(" ")
+                            .put(req.path)
+                            .put(" ")
+                            .dec(self.reply.status.into())
+                            .put(" ")
+                            .put(self.reply.client_id.as_deref().unwrap_or("-"))
+                            .put(" ")
+                            .dec(micros)
+                            .put("us")
+                            .end();
                         Outcome::Answered {
                             used,
                             keep_alive,
@@ -262,7 +266,12 @@ impl Connection {
         self.tx.clear();
         self.tx_sent = 0;
         let _ = http::write_response(&mut self.tx, &head, &self.reply.body, false);
-        let _ = writeln!(log, "{} - - {} - 0us ({e})", self.peer, e.status());
+        log.ip(self.peer)
+            .put(" - - ")
+            .dec(e.status().into())
+            .put(" - 0us (");
+        e.describe(log);
+        log.put(")").end();
         self.rx_filled = 0;
         self.close_after_tx = true;
     }

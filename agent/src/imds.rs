@@ -20,7 +20,7 @@ use crate::query;
 use crate::query::QueryError;
 use crate::token::Token;
 use crate::token::{MintError, Need, Obtained, TokenError};
-use core::fmt::Write as _;
+use imds_hal::text::Text;
 use imds_hal::Entropy;
 use serde::Serialize;
 
@@ -182,7 +182,7 @@ impl Reply {
     pub fn fail(&mut self, error: Error) {
         let w = wire(error);
         let mut description: heapless::String<DESCRIPTION_MAX> = heapless::String::new();
-        let _ = write!(description, "{}", w.description);
+        w.description.describe(&mut description);
         self.retry_after_s = w.retry_after_s;
         if w.newest_versions {
             self.api_version_error(&description);
@@ -283,13 +283,25 @@ pub enum Description {
     Query(QueryError),
 }
 
+impl Description {
+    /// The text, written without `core::fmt`; `Display` writes the same.
+    pub fn describe<W: Text + ?Sized>(&self, out: &mut W) {
+        match self {
+            Description::Text(t) => {
+                out.put(t);
+            }
+            Description::Http(e) => e.describe(out),
+            Description::Query(e) => {
+                out.put(e.as_str());
+            }
+        }
+    }
+}
+
 impl core::fmt::Display for Description {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Description::Text(t) => f.write_str(t),
-            Description::Http(e) => write!(f, "{e}"),
-            Description::Query(e) => write!(f, "{e}"),
-        }
+        self.describe(f);
+        Ok(())
     }
 }
 
@@ -464,7 +476,7 @@ struct TokenBody<'a> {
 
 fn decimal(n: u64) -> heapless::String<20> {
     let mut s = heapless::String::new();
-    let _ = write!(s, "{n}");
+    s.dec(n);
     s
 }
 

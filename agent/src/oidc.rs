@@ -4,7 +4,7 @@
 
 use crate::http::Request;
 use crate::token::Issuer;
-use core::fmt::Write as _;
+use imds_hal::text::Text;
 use serde::Serialize;
 
 /// A `Host` header value safe to echo into a URL, or the IMDS address.
@@ -31,12 +31,15 @@ impl Urls {
     /// The URLs on `host` (from [`host_of`]).
     pub fn for_host(host: &str) -> Urls {
         let mut jwks_uri = heapless::String::new();
-        let _ = write!(jwks_uri, "http://{host}/.well-known/jwks.json");
+        jwks_uri
+            .put("http://")
+            .put(host)
+            .put("/.well-known/jwks.json");
         let mut token_endpoint = heapless::String::new();
-        let _ = write!(
-            token_endpoint,
-            "http://{host}/metadata/identity/oauth2/token"
-        );
+        token_endpoint
+            .put("http://")
+            .put(host)
+            .put("/metadata/identity/oauth2/token");
         Urls {
             jwks_uri,
             token_endpoint,

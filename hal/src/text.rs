@@ -72,6 +72,13 @@ pub trait Text: Write {
         self.put(core::str::from_utf8(&buf[i..]).unwrap_or("?"))
     }
 
+    /// A byte as two lowercase hexadecimal digits (`{:02x}`).
+    fn hex2(&mut self, b: u8) -> &mut Self {
+        let digits = b"0123456789abcdef";
+        let pair = [digits[usize::from(b >> 4)], digits[usize::from(b & 0xf)]];
+        self.put(core::str::from_utf8(&pair).unwrap_or("??"))
+    }
+
     /// An IPv4 address in dotted decimal.
     fn ipv4(&mut self, a: [u8; 4]) -> &mut Self {
         for (i, b) in a.iter().enumerate() {
@@ -179,6 +186,7 @@ mod tests {
         for n in [0u64, 7, 10, 99, 100, 65535, 1 << 32, u64::MAX] {
             assert_eq!(text(|s| s.dec(n)), format!("{n}"));
             assert_eq!(text(|s| s.hex(n)), format!("{n:#x}"));
+            assert_eq!(text(|s| s.hex2(n as u8)), format!("{:02x}", n as u8));
         }
         for n in [0i64, -1, 42, i64::MIN, i64::MAX] {
             assert_eq!(text(|s| s.signed(n)), format!("{n}"));

@@ -317,34 +317,18 @@ fn bench_config(dir: &Path, static_net: bool) -> Result<PathBuf> {
 }
 
 /// Where the boot stack is in the image: `(address, bytes)` of `boot_stack` ..
-/// `boot_stack_top` (local labels of `qemu/src/boot.rs`), read from the `image-syms` build of
-/// the same code (the stripped image has the same layout; checked on `.bss`).
-fn stack_region(image: &Path) -> Result<(u64, u64)> {
-    use object::{Object, ObjectSection, ObjectSymbol};
-    let mut c = qemu::build_command_profile("image-syms");
-    qemu::announce_build("the image with its symbol table", &c);
-    let status = c.status().map_err(|e| format!("cargo build: {e}"))?;
-    if !status.success() {
-        return Err(format!("{} failed: {status}", qemu::print_cmd(&c)));
-    }
-    let syms_path = target_dir()
-        .join(qemu::TARGET)
-        .join("image-syms")
-        .join(qemu::PACKAGE);
-    let syms_data =
-        std::fs::read(&syms_path).map_err(|e| format!("{}: {e}", syms_path.display()))?;
-    let image_data = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
-    let syms = object::File::parse(&*syms_data).map_err(|e| e.to_string())?;
-    let stripped = object::File::parse(&*image_data).map_err(|e| e.to_string())?;
-    let bss = |f: &object::File| f.section_by_name(".bss").map(|s| (s.address(), s.size()));
-    if bss(&syms) != bss(&stripped) {
-        return Err("the image-syms build's .bss differs from the image's".into());
-    }
+/// `boot_stack_top` (local labels of `qemu/src/boot.rs`), read from cargo's unstripped output
+/// of the same build ([`qemu::symbols_path`]).
+fn stack_region() -> Result<(u64, u64)> {
+    use object::{Object, ObjectSymbol};
+    let path = qemu::symbols_path(true);
+    let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let syms = object::File::parse(&*data).map_err(|e| e.to_string())?;
     let addr = |name: &str| {
         syms.symbols()
             .find(|s| s.name() == Ok(name))
             .map(|s| s.address())
-            .ok_or_else(|| format!("no symbol `{name}` in {}", syms_path.display()))
+            .ok_or_else(|| format!("no symbol `{name}` in {}", path.display()))
     };
     let (base, top) = (addr("boot_stack")?, addr("boot_stack_top")?);
     if top <= base {
@@ -395,7 +379,7 @@ fn stack_high_water(
     opts: QemuOpts,
     timeout: Duration,
 ) -> Result<(u64, u64)> {
-    let (base, size) = stack_region(image)?;
+    let (base, size) = stack_region()?;
     let dir = target_dir().join("bench");
     let sock = dir.join("boot-monitor.sock");
     let dump = dir.join("boot-stack.bin");

@@ -170,22 +170,21 @@ impl Default for QemuOpts {
     }
 }
 
-/// Path of the image built by [`build_image`].
+/// The file QEMU boots, built by [`build_image`]: the `release` build stripped
+/// (`…/image/imds-unikernel-stripped`), or the debug build as cargo wrote it.
 pub fn image_path(release: bool) -> PathBuf {
-    target_dir()
-        .join(TARGET)
-        .join(if release { "image" } else { "debug" })
-        .join(PACKAGE)
+    image_path_with(release, &[])
+}
+
+/// What cargo wrote for the image: with `release` (profile `image`), the same code as
+/// [`image_path`] with its symbol table and line tables, for `cargo xtask size`, the stack
+/// probe of `bench boot` and `addr2line` on the addresses a panic prints.
+pub fn symbols_path(release: bool) -> PathBuf {
+    symbols_path_with(release, &[])
 }
 
 /// The cargo command that builds the image (`--profile image` when `release`, else `dev`).
 pub fn build_command(release: bool) -> Command {
-    build_command_profile(if release { "image" } else { "dev" })
-}
-
-/// The cargo command that builds the image with a cargo profile (`image`, `dev`, or
-/// `image-syms`: the `image` code with its symbol table, for `cargo xtask size`).
-pub fn build_command_profile(profile: &str) -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root()).args([
         "build",
@@ -194,7 +193,7 @@ pub fn build_command_profile(profile: &str) -> Command {
         "--target",
         TARGET,
         "--profile",
-        profile,
+        if release { "image" } else { "dev" },
     ]);
     c
 }
@@ -208,19 +207,9 @@ pub fn announce_build(what: &str, c: &Command) {
     );
 }
 
-/// Build the image; its path, or why not.
+/// Build the image; the path of the file QEMU boots, or why not.
 pub fn try_build_image(release: bool) -> Result<PathBuf, String> {
-    let mut c = build_command(release);
-    announce_build("the unikernel image", &c);
-    let status = c.status().map_err(|e| format!("{}: {e}", print_cmd(&c)))?;
-    if !status.success() {
-        return Err(format!("{} failed: {status}", print_cmd(&c)));
-    }
-    let image = image_path(release);
-    if !image.is_file() {
-        return Err(format!("{} built no {}", print_cmd(&c), image.display()));
-    }
-    Ok(image)
+    try_build_image_with(release, &[])
 }
 
 /// Build the image and return its path; panics (with the command line) when the build fails.
@@ -232,41 +221,69 @@ pub fn build_image(release: bool) -> PathBuf {
 /// `["broker"]`): its own, so that a feature build never overwrites the default image that
 /// other tests and `cargo xtask size` look at (and neither rebuild flips the other).
 fn features_target_dir(features: &[&str]) -> PathBuf {
+    if features.is_empty() {
+        return target_dir();
+    }
     target_dir().join(format!("image-{}", features.join("-")))
 }
 
-/// Path of the image built by [`build_image_with`].
-pub fn image_path_with(release: bool, features: &[&str]) -> PathBuf {
-    if features.is_empty() {
-        return image_path(release);
-    }
+/// [`symbols_path`] of the build with `features`.
+pub fn symbols_path_with(release: bool, features: &[&str]) -> PathBuf {
     features_target_dir(features)
         .join(TARGET)
         .join(if release { "image" } else { "debug" })
         .join(PACKAGE)
 }
 
-/// Build the image with cargo features of `imds-unikernel` (e.g. `broker`); its path, or why
-/// not.
-pub fn try_build_image_with(release: bool, features: &[&str]) -> Result<PathBuf, String> {
-    if features.is_empty() {
-        return try_build_image(release);
+/// [`image_path`] of the build with `features`.
+pub fn image_path_with(release: bool, features: &[&str]) -> PathBuf {
+    let built = symbols_path_with(release, features);
+    if release {
+        built.with_file_name(format!("{PACKAGE}-stripped"))
+    } else {
+        built
     }
+}
+
+/// Build the image with cargo features of `imds-unikernel` (e.g. `broker`); the path of the
+/// file QEMU boots, or why not. A release build is stripped after linking (`objcopy
+/// --strip-all`), not by cargo: the profile's `strip` changes the generated code, and the
+/// stripped file must be the same code as the one with symbols ([`symbols_path_with`]).
+pub fn try_build_image_with(release: bool, features: &[&str]) -> Result<PathBuf, String> {
     let mut c = build_command(release);
-    c.arg("--features")
-        .arg(features.join(","))
-        .env("CARGO_TARGET_DIR", features_target_dir(features));
-    announce_build(
-        &format!("the unikernel image with {}", features.join(", ")),
-        &c,
-    );
+    let what = if features.is_empty() {
+        "the unikernel image".to_string()
+    } else {
+        c.arg("--features")
+            .arg(features.join(","))
+            .env("CARGO_TARGET_DIR", features_target_dir(features));
+        format!("the unikernel image with {}", features.join(", "))
+    };
+    announce_build(&what, &c);
     let status = c.status().map_err(|e| format!("{}: {e}", print_cmd(&c)))?;
     if !status.success() {
         return Err(format!("{} failed: {status}", print_cmd(&c)));
     }
+    let built = symbols_path_with(release, features);
+    if !built.is_file() {
+        return Err(format!("{} built no {}", print_cmd(&c), built.display()));
+    }
+    if !release {
+        return Ok(built);
+    }
     let image = image_path_with(release, features);
-    if !image.is_file() {
-        return Err(format!("{} built no {}", print_cmd(&c), image.display()));
+    crate::setup::ensure_apt("objcopy", "binutils")?;
+    let mut strip = Command::new("objcopy");
+    strip.arg("--strip-all").arg(&built).arg(&image);
+    let out = strip
+        .output()
+        .map_err(|e| format!("{}: {e}", print_cmd(&strip)))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {}",
+            print_cmd(&strip),
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(image)
 }

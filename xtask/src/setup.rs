@@ -99,6 +99,8 @@ pub enum Need {
     RustTarget,
     /// `qemu-system-x86_64` (Debian `qemu-system-x86`): runs the image.
     Qemu,
+    /// `objcopy` (Debian `binutils`): strips the image after linking.
+    Binutils,
     /// `wrk`: load generator of the benchmarks and soaks.
     Wrk,
     /// `nginx`: the reference server of `bench host`.
@@ -127,9 +129,10 @@ pub enum Need {
 
 impl Need {
     /// Every prerequisite, in install order.
-    pub const ALL: [Need; 14] = [
+    pub const ALL: [Need; 15] = [
         Need::RustTarget,
         Need::Qemu,
+        Need::Binutils,
         Need::Wrk,
         Need::Nginx,
         Need::Curl,
@@ -149,6 +152,7 @@ impl Need {
         match self {
             Need::RustTarget => "rust target x86_64-unknown-none",
             Need::Qemu => "QEMU (qemu-system-x86_64)",
+            Need::Binutils => "objcopy (binutils)",
             Need::Wrk => "wrk",
             Need::Nginx => "nginx",
             Need::Curl => "curl",
@@ -169,6 +173,7 @@ impl Need {
         match self {
             Need::RustTarget => "run, size, bench boot|broker, soak, test",
             Need::Qemu => "run, bench boot|broker, soak, test",
+            Need::Binutils => "run, size, bench boot|broker, soak, test",
             Need::Wrk => "bench host|broker",
             Need::Nginx => "bench host",
             Need::Curl => "bench broker, test",
@@ -187,6 +192,7 @@ impl Need {
         match self {
             Need::RustTarget => "rustup target add x86_64-unknown-none".into(),
             Need::Qemu => format!("{sudo}apt-get install -y qemu-system-x86"),
+            Need::Binutils => format!("{sudo}apt-get install -y binutils"),
             Need::Wrk => format!("{sudo}apt-get install -y wrk"),
             Need::Nginx => format!("{sudo}apt-get install -y nginx-light"),
             Need::Curl => format!("{sudo}apt-get install -y curl"),
@@ -213,6 +219,7 @@ impl Need {
         match self {
             Need::RustTarget => rustup_lists(&["target", "list", "--installed"], TARGET),
             Need::Qemu => have("qemu-system-x86_64"),
+            Need::Binutils => have("objcopy"),
             Need::Wrk => have("wrk"),
             Need::Nginx => have("nginx"),
             Need::Curl => have("curl"),
@@ -233,6 +240,7 @@ impl Need {
         match self {
             Need::RustTarget => run_shown("rustup target add x86_64-unknown-none"),
             Need::Qemu => ensure_apt("qemu-system-x86_64", "qemu-system-x86"),
+            Need::Binutils => ensure_apt("objcopy", "binutils"),
             Need::Wrk => ensure_apt("wrk", "wrk"),
             Need::Nginx => ensure_apt("nginx", "nginx-light"),
             Need::Curl => ensure_apt("curl", "curl"),
@@ -337,12 +345,13 @@ pub fn needs_of(command: &str, args: &[String]) -> Vec<Need> {
     let sub = args.first().map(String::as_str);
     match command {
         "run" if has("--host") => vec![],
-        "run" => vec![Need::RustTarget, Need::Qemu],
-        "size" => vec![Need::RustTarget],
+        "run" => vec![Need::RustTarget, Need::Binutils, Need::Qemu],
+        "size" => vec![Need::RustTarget, Need::Binutils],
         "bench" => match sub {
-            Some("boot") => vec![Need::RustTarget, Need::Qemu],
+            Some("boot") => vec![Need::RustTarget, Need::Binutils, Need::Qemu],
             Some("broker") => vec![
                 Need::RustTarget,
+                Need::Binutils,
                 Need::Qemu,
                 Need::Curl,
                 Need::Wrk,
@@ -350,11 +359,12 @@ pub fn needs_of(command: &str, args: &[String]) -> Vec<Need> {
             ],
             _ => vec![Need::Wrk, Need::Nginx],
         },
-        "soak" => vec![Need::RustTarget, Need::Qemu],
+        "soak" => vec![Need::RustTarget, Need::Binutils, Need::Qemu],
         "fuzz" => vec![Need::CargoFuzz],
         "deb" => vec![Need::CargoDeb],
         "test" => vec![
             Need::RustTarget,
+            Need::Binutils,
             Need::Qemu,
             Need::Curl,
             Need::NodePackages,
@@ -513,7 +523,10 @@ mod tests {
             assert!(n.contains(&Need::Qemu), "{cmd} {a:?}");
         }
         assert!(needs_of("run", &args(&["--host"])).is_empty());
-        assert_eq!(needs_of("size", &args(&[])), [Need::RustTarget]);
+        assert_eq!(
+            needs_of("size", &args(&[])),
+            [Need::RustTarget, Need::Binutils]
+        );
         assert_eq!(
             needs_of("bench", &args(&["host"])),
             [Need::Wrk, Need::Nginx]

@@ -4,12 +4,11 @@
 //! `max_bytes` (a `null` budget is reported only). A variant whose cargo feature
 //! `imds-unikernel` does not define (yet) is reported as skipped.
 //!
-//! Each variant's image is copied to `target/size/<name>`; the default image
-//! (`target/x86_64-unknown-none/image/imds-unikernel`) is rebuilt last, so it is left as the
-//! featureless build the tests and `cargo xtask run` use.
+//! Each variant is built where the tests build it (`xtask::qemu::try_build_image_with`: the
+//! default image in `target/`, a feature build in `target/image-<features>/`).
 //!
-//! Where the bytes are: each variant is also built with profile `image-syms` (the same code
-//! with its symbol table) and its defined symbols are summed per crate (demangled names; the
+//! Where the bytes are: cargo's output of each variant (the same code, with its symbol table:
+//! xtask strips a copy for QEMU) is read and its defined symbols are summed per crate (demangled names; the
 //! first path segment, or the implementing type's crate for `<T as Trait>::f`) and listed by
 //! size (the 20 largest), like cargo-bloat. The default image must not reach `core::fmt`: a
 //! `core::fmt::write` symbol in it fails the command (the formatting machinery costs ~50 KB).
@@ -127,22 +126,11 @@ fn package_features() -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
-fn build_variant(v: &Variant) -> Result<PathBuf> {
-    let mut c = qemu::build_command(true);
-    if !v.features.is_empty() {
-        c.args(["--features", &v.features.join(",")]);
-    }
-    let status = c
-        .status()
-        .map_err(|e| format!("{}: {e}", qemu::print_cmd(&c)))?;
-    if !status.success() {
-        return Err(format!("{} failed: {status}", qemu::print_cmd(&c)));
-    }
-    let dir = target_dir().join("size");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let copy = dir.join(&v.name);
-    std::fs::copy(qemu::image_path(true), &copy).map_err(|e| format!("{}: {e}", copy.display()))?;
-    Ok(copy)
+/// Build a variant: the file QEMU boots and cargo's output with symbols (the same code).
+fn build_variant(v: &Variant) -> Result<(PathBuf, PathBuf)> {
+    let features: Vec<&str> = v.features.iter().map(String::as_str).collect();
+    let image = qemu::try_build_image_with(true, &features)?;
+    Ok((image, qemu::symbols_path_with(true, &features)))
 }
 
 /// One symbol of the unstripped image.
@@ -223,26 +211,6 @@ pub fn fmt_symbols(symbols: &[Symbol]) -> Vec<&Symbol> {
         .collect()
 }
 
-fn build_symbols(v: &Variant) -> Result<PathBuf> {
-    let mut c = qemu::build_command_profile("image-syms");
-    if !v.features.is_empty() {
-        c.args(["--features", &v.features.join(",")]);
-    }
-    let status = c
-        .status()
-        .map_err(|e| format!("{}: {e}", qemu::print_cmd(&c)))?;
-    if !status.success() {
-        return Err(format!("{} failed: {status}", qemu::print_cmd(&c)));
-    }
-    let built = target_dir()
-        .join(qemu::TARGET)
-        .join("image-syms")
-        .join(qemu::PACKAGE);
-    let copy = target_dir().join("size").join(format!("{}.syms", v.name));
-    std::fs::copy(&built, &copy).map_err(|e| format!("{}: {e}", copy.display()))?;
-    Ok(copy)
-}
-
 fn kib(b: u64) -> String {
     format!("{:.1} KiB", b as f64 / 1024.0)
 }
@@ -256,9 +224,7 @@ pub fn run(args: &[String]) -> Result {
     let budget_path = root().join(BUDGET_FILE);
     let text = std::fs::read_to_string(&budget_path)
         .map_err(|e| format!("{}: {e}", budget_path.display()))?;
-    let mut variants = parse_budget(&text)?;
-    // Featureless variants last: the default image path then holds the default build.
-    variants.sort_by_key(|v| v.features.is_empty());
+    let variants = parse_budget(&text)?;
     let defined = package_features()?;
 
     let mut results = Vec::new();
@@ -277,9 +243,9 @@ pub fn run(args: &[String]) -> Result {
             }));
             continue;
         }
-        let image = build_variant(v)?;
+        let (image, symbols) = build_variant(v)?;
         let s = read_sizes(&image)?;
-        let syms = read_symbols(&build_symbols(v)?)?;
+        let syms = read_symbols(&symbols)?;
         let crates = per_crate(&syms);
         let fmt = fmt_symbols(&syms);
         if v.features.is_empty() && !fmt.is_empty() {
@@ -335,7 +301,7 @@ pub fn run(args: &[String]) -> Result {
                 continue;
             };
             println!(
-                "\n{}: bytes per crate (symbols of the image-syms build)",
+                "\n{}: bytes per crate (symbols of the unstripped build)",
                 r["name"].as_str().unwrap_or("")
             );
             for c in crates {

@@ -29,6 +29,7 @@
 
 use core::fmt::Write;
 use core::net::IpAddr;
+use imds_hal::text::Text;
 
 use imds_hal::{Clock, Entropy};
 use smoltcp::iface::{
@@ -188,6 +189,13 @@ pub struct Net<'a> {
     address_change: Option<AddressChange>,
 }
 
+/// `A.B.C.D/N`, as smoltcp's `Display` writes it.
+fn put_cidr<W: Write + ?Sized>(log: &mut W, c: Ipv4Cidr) {
+    log.ipv4(c.address().octets())
+        .put("/")
+        .dec(c.prefix_len().into());
+}
+
 fn instant(us: u64) -> Instant {
     Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
 }
@@ -262,17 +270,22 @@ impl<'a> Net<'a> {
             Some(n) => {
                 let cidr = Ipv4Cidr::new(n.address, n.prefix_len);
                 net.set_address(Some(cidr), n.gateway);
-                let _ = write!(log, "imds-agent: net: address {cidr} (static)");
+                log.put("imds-agent: net: address ");
+                put_cidr(log, cidr);
+                log.put(" (static)");
             }
             None => {
                 net.set_address(None, None);
-                let _ = write!(log, "imds-agent: net: waiting for DHCP");
+                log.put("imds-agent: net: waiting for DHCP");
             }
         }
-        let _ = writeln!(
-            log,
-            ", also answering on {IMDS_ADDRESS}, {LISTEN_SOCKETS} sockets on port {HTTP_PORT}"
-        );
+        log.put(", also answering on ")
+            .ipv4(IMDS_ADDRESS.octets())
+            .put(", ")
+            .dec(LISTEN_SOCKETS as u64)
+            .put(" sockets on port ")
+            .dec(HTTP_PORT.into())
+            .end();
         net
     }
 
@@ -357,11 +370,16 @@ impl<'a> Net<'a> {
             if let Some(a) = self.address {
                 // After the gateway's ARP request: a client that connects on this line finds
                 // the guest's MAC known to the gateway (slirp drops a SYN for an unknown one).
-                let _ = writeln!(
-                    log,
-                    "{READY_PREFIX}http://{}:{HTTP_PORT} http://{IMDS_ADDRESS}:{HTTP_PORT}",
-                    a.address()
-                );
+                log.put(READY_PREFIX)
+                    .put("http://")
+                    .ipv4(a.address().octets())
+                    .put(":")
+                    .dec(HTTP_PORT.into())
+                    .put(" http://")
+                    .ipv4(IMDS_ADDRESS.octets())
+                    .put(":")
+                    .dec(HTTP_PORT.into())
+                    .end();
             }
         }
         if let Some(change) = self.address_change.take() {
@@ -392,18 +410,22 @@ impl<'a> Net<'a> {
                 let servers = c.dns_servers.clone();
                 self.set_address(Some(address), router);
                 self.set_dns_servers(&servers);
-                let _ = write!(log, "imds-agent: net: DHCP address {address}");
+                log.put("imds-agent: net: DHCP address ");
+                put_cidr(log, address);
                 if let Some(gw) = router {
-                    let _ = write!(log, ", gateway {gw}");
+                    log.put(", gateway ").ipv4(gw.octets());
                 }
                 if let Some(dns) = servers.first() {
-                    let _ = write!(log, ", DNS {dns}");
+                    log.put(", DNS ").ipv4(dns.octets());
                 }
-                let _ = writeln!(log, " ({} ms since boot)", clock.monotonic_us() / 1000);
+                log.put(" (")
+                    .dec(clock.monotonic_us() / 1000)
+                    .put(" ms since boot)")
+                    .end();
             }
             Some(dhcpv4::Event::Deconfigured) => {
                 if self.address.is_some() {
-                    let _ = writeln!(log, "imds-agent: net: DHCP lease lost");
+                    log.put("imds-agent: net: DHCP lease lost").end();
                 }
                 self.set_address(None, None);
                 self.set_dns_servers(&[]);

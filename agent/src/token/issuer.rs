@@ -19,12 +19,20 @@ pub enum MintError {
     TooLarge,
 }
 
+impl MintError {
+    /// The message, written without `core::fmt`; `Display` writes the same.
+    pub fn describe<W: imds_hal::text::Text + ?Sized>(&self, out: &mut W) {
+        out.put("cannot mint a token: ").put(match self {
+            MintError::Entropy(e) => e.as_str(),
+            MintError::TooLarge => "it would be too large",
+        });
+    }
+}
+
 impl fmt::Display for MintError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MintError::Entropy(e) => write!(f, "cannot mint a token: {e}"),
-            MintError::TooLarge => f.write_str("cannot mint a token: it would be too large"),
-        }
+        self.describe(f);
+        Ok(())
     }
 }
 
