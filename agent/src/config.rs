@@ -22,7 +22,9 @@ use crate::pem::certificate_der;
 use crate::pem::parse_signing_key;
 use core::cell::RefCell;
 use core::fmt;
-use core::net::{Ipv4Addr, SocketAddr};
+use core::net::Ipv4Addr;
+#[cfg(any(feature = "std", feature = "broker"))]
+use core::net::SocketAddr;
 use imds_hal::text::Text;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use zeroize::Zeroize;
@@ -32,8 +34,10 @@ pub const DEFAULT_TOKEN_LIFETIME_S: u32 = 86_400;
 /// Default `refresh_margin_s`: clients refresh their copy when less than 5 minutes remain.
 pub const DEFAULT_REFRESH_MARGIN_S: u32 = 300;
 /// Default IMDS listener of the host daemon.
+#[cfg(feature = "std")]
 pub const DEFAULT_IMDS_LISTEN: &str = "169.254.169.254:80";
 /// Default legacy (VM extension) listener of the host daemon.
+#[cfg(feature = "std")]
 pub const DEFAULT_LEGACY_LISTEN: &str = "127.0.0.1:50342";
 
 pub type Guid = heapless::String<36>;
@@ -96,7 +100,9 @@ pub enum Trust {
     SpkiSha256([u8; 32]),
 }
 
-/// Where the host daemon listens.
+/// Where the host daemon listens. Read with the `std` feature (the host daemon) only: the
+/// image has no listen address, and skips the field unread.
+#[cfg(feature = "std")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenConfig {
     pub imds: SocketAddr,
@@ -135,6 +141,7 @@ pub struct Config {
     /// Broker mode when present.
     #[cfg(feature = "broker")]
     pub authority: Option<AuthorityConfig>,
+    #[cfg(feature = "std")]
     pub listen: ListenConfig,
     pub network: Option<NetworkConfig>,
     pub identities: heapless::Vec<IdentityConfig, MAX_IDENTITIES>,
@@ -343,6 +350,7 @@ struct RawAuthority {
     timeout_s: Option<u32>,
 }
 
+#[cfg(feature = "std")]
 #[derive(Default)]
 struct RawListen {
     imds: Option<Str<64>>,
@@ -362,6 +370,7 @@ struct Raw {
     token_lifetime_s: Option<u32>,
     refresh_margin_s: Option<u32>,
     signing_key: Option<Str<PEM_MAX>>,
+    #[cfg(feature = "std")]
     listen: Option<RawListen>,
     network: Option<RawNetwork>,
     #[cfg(feature = "broker")]
@@ -514,7 +523,13 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "token_lifetime_s" => raw.token_lifetime_s = Some(map.next_value()?),
                 "refresh_margin_s" => raw.refresh_margin_s = Some(map.next_value()?),
                 "signing_key" => raw.signing_key = Some(next_str(map)?),
+                #[cfg(feature = "std")]
                 "listen" => raw.listen = Some(map.next_value_seed(ListenSeed(t))?),
+                // The image has no listen address: the field is allowed and skipped.
+                #[cfg(not(feature = "std"))]
+                "listen" => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
                 "network" => raw.network = map.next_value_seed(OptNetworkSeed(t))?,
                 #[cfg(feature = "broker")]
                 "authority" => raw.authority = map.next_value_seed(OptAuthoritySeed(t))?,
@@ -546,8 +561,10 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
     }
 }
 
+#[cfg(feature = "std")]
 struct ListenSeed<'t>(&'t Tracker);
 
+#[cfg(feature = "std")]
 impl<'de> DeserializeSeed<'de> for ListenSeed<'_> {
     type Value = RawListen;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawListen, D::Error> {
@@ -555,6 +572,7 @@ impl<'de> DeserializeSeed<'de> for ListenSeed<'_> {
     }
 }
 
+#[cfg(feature = "std")]
 impl<'de> Visitor<'de> for ListenSeed<'_> {
     type Value = RawListen;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -819,6 +837,7 @@ fn guid(value: Option<&Str<64>>, path: FieldPath) -> Result<Guid, ConfigError> {
     Ok(out)
 }
 
+#[cfg(any(feature = "std", feature = "broker"))]
 fn socket_addr(v: &str, path: FieldPath) -> Result<SocketAddr, ConfigError> {
     v.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
         field: path,
@@ -830,7 +849,7 @@ fn socket_addr(v: &str, path: FieldPath) -> Result<SocketAddr, ConfigError> {
 /// `spki_sha256`: 32 bytes from base64 (as `openssl dgst -sha256 -binary | base64` prints
 /// them) or hex, with or without curl's `sha256//` prefix.
 fn spki_pin(v: &str) -> Option<[u8; 32]> {
-    use base64::Engine as _;
+    use base64ct::Encoding as _;
     let v = v.trim();
     let v = v.strip_prefix("sha256//").unwrap_or(v);
     let mut pin = [0u8; 32];
@@ -845,7 +864,7 @@ fn spki_pin(v: &str) -> Option<[u8; 32]> {
         return Some(pin);
     }
     let mut buf = [0u8; 33];
-    match base64::engine::general_purpose::STANDARD.decode_slice(v, &mut buf) {
+    match base64ct::Base64::decode(v, &mut buf).map(<[u8]>::len) {
         Ok(32) => {
             pin.copy_from_slice(&buf[..32]);
             Some(pin)
@@ -1204,6 +1223,7 @@ impl Config {
             (None, true) => None,
             (None, false) => return Err(ConfigError::Missing(FieldPath::top("signing_key"))),
         };
+        #[cfg(feature = "std")]
         let listen = {
             let l = raw.listen.as_ref();
             let imds = match l.and_then(|l| l.imds.as_ref()) {
@@ -1262,6 +1282,7 @@ impl Config {
             signing_key,
             #[cfg(feature = "broker")]
             authority,
+            #[cfg(feature = "std")]
             listen,
             network,
             identities,

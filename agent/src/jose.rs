@@ -1,8 +1,7 @@
 //! JOSE on p256 + sha2: base64url, ES256 compact JWS, the public JWK and its RFC 7638
 //! thumbprint. No hand-written crypto: signing and verification are p256's ECDSA.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine as _;
+use base64ct::{Base64UrlUnpadded as B64, Encoding as _};
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -39,20 +38,16 @@ pub fn b64url_append<const N: usize>(
     out: &mut heapless::Vec<u8, N>,
 ) -> Result<(), JoseError> {
     let start = out.len();
-    let need = base64::encoded_len(data.len(), false).ok_or(JoseError::TooLarge)?;
+    let need = B64::encoded_len(data);
     out.resize(start + need, 0)
         .map_err(|_| JoseError::TooLarge)?;
-    B64.encode_slice(data, &mut out[start..])
-        .map_err(|_| JoseError::TooLarge)?;
+    B64::encode(data, &mut out[start..]).map_err(|_| JoseError::TooLarge)?;
     Ok(())
 }
 
 /// Base64url-decode `data` into `out`, returning the decoded prefix.
 pub fn b64url_decode<'o>(data: &[u8], out: &'o mut [u8]) -> Result<&'o [u8], JoseError> {
-    let n = B64
-        .decode_slice(data, out)
-        .map_err(|_| JoseError::Malformed)?;
-    Ok(&out[..n])
+    B64::decode(data, out).map_err(|_| JoseError::Malformed)
 }
 
 /// The public key's affine coordinates, base64url-encoded (43 characters each).
@@ -72,7 +67,7 @@ impl PublicJwk {
             let mut s = heapless::String::<43>::new();
             let mut buf = [0u8; 43];
             if let Some(c) = c {
-                if let Ok(n) = B64.encode_slice(c, &mut buf) {
+                if let Ok(n) = B64::encode(c, &mut buf).map(str::len) {
                     for &b in &buf[..n] {
                         let _ = s.push(b as char);
                     }
@@ -98,7 +93,7 @@ impl PublicJwk {
         let digest = h.finalize();
         let mut buf = [0u8; 43];
         let mut s = heapless::String::new();
-        if let Ok(n) = B64.encode_slice(&digest[..], &mut buf) {
+        if let Ok(n) = B64::encode(&digest[..], &mut buf).map(str::len) {
             for &b in &buf[..n] {
                 let _ = s.push(b as char);
             }

@@ -42,7 +42,6 @@ pub fn certificate_der(pem: &str) -> Result<heapless::Vec<u8, CA_DER_MAX>, &'sta
 /// before it, 64-column base64 lines, padding, matching labels): its label and its decoded
 /// body in `out`. `None` if it is not one, or if `out` is too small.
 pub fn pem_decode<'p, 'o>(pem: &'p str, out: &'o mut [u8]) -> Option<(&'p str, &'o [u8])> {
-    use base64::Engine as _;
     const BEGIN: &[u8] = b"-----BEGIN ";
     const END: &[u8] = b"-----END ";
     const WIDTH: usize = 64;
@@ -105,9 +104,9 @@ pub fn pem_decode<'p, 'o>(pem: &'p str, out: &'o mut [u8]) -> Option<(&'p str, &
             b64.get_mut(n..n + line.len())?.copy_from_slice(line);
             n += line.len();
         }
-        base64::engine::general_purpose::STANDARD
-            .decode_slice(&b64[..n], out)
+        <base64ct::Base64 as base64ct::Encoding>::decode(&b64[..n], out)
             .ok()
+            .map(<[u8]>::len)
     })();
     b64.zeroize();
     Some((label, &out[..decoded?]))
@@ -272,7 +271,6 @@ fn bit_string_bytes(value: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
     use p256::pkcs8::DecodePrivateKey;
     use proptest::prelude::*;
     use std::vec::Vec;
@@ -340,9 +338,9 @@ mod tests {
 
     fn pem(label: &str, der: &[u8]) -> std::string::String {
         let mut b64 = std::vec![0u8; der.len() * 4 / 3 + 4];
-        let n = base64::engine::general_purpose::STANDARD
-            .encode_slice(der, &mut b64)
-            .unwrap();
+        let n = <base64ct::Base64 as base64ct::Encoding>::encode(der, &mut b64)
+            .unwrap()
+            .len();
         let mut s = std::format!("-----BEGIN {label}-----\n");
         for line in b64[..n].chunks(64) {
             s.push_str(core::str::from_utf8(line).unwrap());
