@@ -80,6 +80,7 @@ impl fmt::Debug for Issuer {
 }
 
 impl Issuer {
+    /// An issuer minting with `key`, `iss` = `issuer`, for `tenant_id`, tokens living `lifetime_s`.
     pub fn new(
         key: p256::ecdsa::SigningKey,
         issuer: &str,
@@ -102,14 +103,17 @@ impl Issuer {
         &self.kid
     }
 
+    /// The public key as a JWK (for the key set).
     pub fn jwk(&self) -> &PublicJwk {
         &self.jwk
     }
 
+    /// The `iss` of minted tokens.
     pub fn issuer_url(&self) -> &str {
         &self.issuer
     }
 
+    /// The public key.
     pub fn verifying_key(&self) -> &p256::ecdsa::VerifyingKey {
         self.key.verifying_key()
     }

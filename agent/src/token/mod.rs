@@ -19,8 +19,11 @@ use crate::secret::Secret;
 /// An access token with its times (Unix seconds).
 #[derive(Debug, Clone)]
 pub struct Token {
+    /// The token itself.
     pub access_token: Secret<TOKEN_MAX>,
+    /// Start of validity, Unix seconds.
     pub not_before: u64,
+    /// Expiry, Unix seconds.
     pub expires_on: u64,
     /// Monotonic time the agent obtained it (broker mode: `bypass_cache` needs a newer one).
     pub obtained_us: u64,

@@ -60,6 +60,7 @@ impl TokenSource {
         self.issuer.as_ref()
     }
 
+    /// The token cache.
     pub fn cache(&self) -> &TokenCache {
         &self.cache
     }
