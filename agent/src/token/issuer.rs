@@ -183,7 +183,6 @@ impl Issuer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::IdentityKind;
 
     struct Counter(u8);
     impl Entropy for Counter {
@@ -195,23 +194,7 @@ mod tests {
             Ok(())
         }
     }
-    struct NoEntropy;
-    impl Entropy for NoEntropy {
-        fn fill(&mut self, _: &mut [u8]) -> Result<(), EntropyError> {
-            Err(EntropyError::Unavailable)
-        }
-    }
-
-    fn identity() -> IdentityConfig {
-        IdentityConfig {
-            kind: IdentityKind::User,
-            client_id: "12222222-2222-2222-2222-222222222222".try_into().unwrap(),
-            object_id: "22222222-2222-2222-2222-222222222222".try_into().unwrap(),
-            resource_id: "/subscriptions/s/x".try_into().unwrap(),
-            #[cfg(feature = "broker")]
-            credential: None,
-        }
-    }
+    use crate::token::{test_identity as identity, NoEntropy};
 
     #[test]
     fn minted_token_verifies_and_has_entra_claims() {
