@@ -101,10 +101,12 @@ impl Agent {
         }
     }
 
+    /// The identities of the configuration.
     pub fn identities(&self) -> &IdentityStore {
         &self.identities
     }
 
+    /// The token cache.
     pub fn cache(&self) -> &TokenCache {
         self.tokens.cache()
     }

@@ -14,8 +14,8 @@ use crate::guard::{Cidr, DEFAULT_IN_FLIGHT, DEFAULT_RATE_PER_S};
 #[cfg(feature = "broker")]
 use crate::limits::{CA_DER_MAX, FETCH_TOTAL_TIMEOUT_US};
 use crate::limits::{
-    CONFIG_STRING_MAX, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES, MAX_IDENTITIES, MAX_USER_IDENTITIES,
-    PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
+    CONFIG_STRING_MAX, HOST_NAME_MAX, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES, MAX_IDENTITIES,
+    MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
 };
 #[cfg(feature = "broker")]
 use crate::pem::certificate_der;
@@ -40,21 +40,28 @@ pub const DEFAULT_IMDS_LISTEN: &str = "169.254.169.254:80";
 #[cfg(feature = "std")]
 pub const DEFAULT_LEGACY_LISTEN: &str = "127.0.0.1:50342";
 
+/// A GUID in its 8-4-4-4-12 text form.
 pub type Guid = heapless::String<36>;
 
 /// Whose identity it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityKind {
+    /// System-assigned.
     System,
+    /// User-assigned.
     User,
 }
 
 /// One identity of the VM.
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
+    /// System- or user-assigned.
     pub kind: IdentityKind,
+    /// The application (client) id.
     pub client_id: Guid,
+    /// The object (principal) id.
     pub object_id: Guid,
+    /// The ARM resource id.
     pub resource_id: heapless::String<RESOURCE_ID_MAX>,
     /// Broker mode: how the identity proves itself to the authority.
     #[cfg(feature = "broker")]
@@ -71,12 +78,14 @@ pub struct AuthorityConfig {
     /// The token endpoint, as configured (also the `aud` of client assertions).
     pub token_url: heapless::String<URL_MAX>,
     /// Host name from `token_url` (TLS server name and `Host` header).
-    pub host: heapless::String<64>,
+    pub host: heapless::String<HOST_NAME_MAX>,
+    /// TCP port from `token_url` (443 by default).
     pub port: u16,
     /// Path (and query) from `token_url`.
     pub path: heapless::String<URL_MAX>,
     /// The only trust anchor: a CA certificate or a pin of the server's key.
     pub trust: Trust,
+    /// `resource=` (v1) or `scope=` (v2) requests.
     pub style: Style,
     /// Fixed address to connect to (no DNS).
     pub address: Option<SocketAddr>,
@@ -105,6 +114,7 @@ pub enum Trust {
 #[cfg(feature = "std")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenConfig {
+    /// The IMDS listener.
     pub imds: SocketAddr,
     /// `None` when the config sets `"legacy": null`.
     pub legacy: Option<SocketAddr>,
@@ -113,8 +123,11 @@ pub struct ListenConfig {
 /// Static address of the unikernel (DHCP when absent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetworkConfig {
+    /// The interface address.
     pub address: Ipv4Addr,
+    /// Its prefix length.
     pub prefix_len: u8,
+    /// The default gateway, if any.
     pub gateway: Option<Ipv4Addr>,
 }
 
@@ -132,30 +145,40 @@ impl fmt::Debug for SigningKey {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The tenant (`tid` claim, `/metadata/identity/info`).
     pub tenant_id: Guid,
+    /// The `iss` of minted tokens.
     pub issuer: heapless::String<URL_MAX>,
+    /// Lifetime of a minted token.
     pub token_lifetime_s: u32,
+    /// A cached token is renewed when less than this is left.
     pub refresh_margin_s: u32,
     /// Issuer mode's key; optional in broker mode (then no JWKS is published).
     pub signing_key: Option<SigningKey>,
     /// Broker mode when present.
     #[cfg(feature = "broker")]
     pub authority: Option<AuthorityConfig>,
+    /// Where the host daemon listens (read with `std` only).
     #[cfg(feature = "std")]
     pub listen: ListenConfig,
+    /// The unikernel's static address (DHCP when absent).
     pub network: Option<NetworkConfig>,
+    /// The identities of the VM.
     pub identities: heapless::Vec<IdentityConfig, MAX_IDENTITIES>,
     /// Sources allowed to get tokens (`None`: loopback, link-local and the agent's subnets).
     pub allow: Option<heapless::Vec<Cidr, MAX_ALLOW_RULES>>,
     /// Host names accepted in the `Host` header besides IP literals and `localhost`.
-    pub allow_hosts: heapless::Vec<heapless::String<64>, MAX_ALLOW_HOSTS>,
+    pub allow_hosts: heapless::Vec<heapless::String<HOST_NAME_MAX>, MAX_ALLOW_HOSTS>,
+    /// Per-source limits.
     pub limits: LimitsConfig,
 }
 
 /// Per-source limits on requests that need a mint or a fetch (0 disables one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitsConfig {
+    /// Costly requests per second and source.
     pub rate_per_s: u32,
+    /// Requests of one source waiting for a fetch at once.
     pub in_flight: u32,
 }
 
@@ -171,8 +194,11 @@ impl Default for LimitsConfig {
 /// Where in the document a problem is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldPath {
+    /// The top-level field.
     pub field: heapless::String<40>,
+    /// The list index, if the field is a list.
     pub index: Option<usize>,
+    /// The field inside it, if any.
     pub sub: Option<heapless::String<40>>,
 }
 
@@ -228,13 +254,20 @@ pub enum ConfigError {
     /// The document is not valid JSON (or a value has the wrong JSON type); `at` is the field
     /// being read when it went wrong, if any.
     Syntax {
+        /// The field being read.
         at: Option<FieldPath>,
+        /// What went wrong.
         detail: &'static str,
     },
     /// A required field is absent.
     Missing(FieldPath),
     /// A field is present but its value is wrong.
-    Invalid { field: FieldPath, why: &'static str },
+    Invalid {
+        /// The field.
+        field: FieldPath,
+        /// What is wrong with its value.
+        why: &'static str,
+    },
     /// A field the agent does not know (a typo?).
     Unknown(FieldPath),
 }
@@ -379,7 +412,7 @@ struct Raw {
     #[cfg(not(feature = "broker"))]
     authority: bool,
     allow: Option<heapless::Vec<Str<48>, MAX_ALLOW_RULES>>,
-    allow_hosts: Option<heapless::Vec<Str<64>, MAX_ALLOW_HOSTS>>,
+    allow_hosts: Option<heapless::Vec<Str<HOST_NAME_MAX>, MAX_ALLOW_HOSTS>>,
     limits: Option<RawLimits>,
     identities: Option<heapless::Vec<RawIdentity, MAX_IDENTITIES>>,
     identities_overflow: bool,

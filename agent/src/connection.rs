@@ -57,6 +57,7 @@ impl Default for Connection {
 }
 
 impl Connection {
+    /// An idle connection (drivers call [`Connection::reset`] per TCP connection).
     pub const fn new() -> Self {
         Connection {
             rx: [0; CONN_RX_BUF],
@@ -100,6 +101,7 @@ impl Connection {
         self.reply.clear();
     }
 
+    /// The client's address.
     pub fn peer(&self) -> IpAddr {
         self.peer
     }
@@ -295,6 +297,7 @@ impl Connection {
         (self.close_after_tx || self.peer_closed) && self.tx_sent >= self.tx.len()
     }
 
+    /// When bytes last arrived (monotonic microseconds).
     pub fn last_activity_us(&self) -> u64 {
         self.last_activity_us
     }

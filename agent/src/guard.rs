@@ -5,7 +5,7 @@
 //! answers 429 beyond that; imds-agent applies the same figures per source address, to the
 //! work that costs only: answers from the cache are cheap and never throttled.
 
-use crate::limits::{MAX_ALLOW_HOSTS, MAX_ALLOW_RULES, MAX_RATE_SOURCES};
+use crate::limits::{HOST_NAME_MAX, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES, MAX_RATE_SOURCES};
 use core::net::IpAddr;
 
 /// Default costly requests per second per source (Azure's figure).
@@ -16,11 +16,14 @@ pub const DEFAULT_IN_FLIGHT: u32 = 5;
 /// An address block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
+    /// The address (host bits are ignored).
     pub addr: IpAddr,
+    /// The prefix length.
     pub prefix_len: u8,
 }
 
 impl Cidr {
+    /// The block `addr/prefix_len`.
     pub const fn new(addr: IpAddr, prefix_len: u8) -> Cidr {
         Cidr { addr, prefix_len }
     }
@@ -37,6 +40,7 @@ impl Cidr {
         (prefix_len <= max).then_some(Cidr { addr, prefix_len })
     }
 
+    /// Whether `ip` is in the block.
     pub fn contains(&self, ip: IpAddr) -> bool {
         // IPv4-mapped IPv6 peers (dual-stack sockets) compare as IPv4.
         let ip = match ip {
@@ -89,7 +93,10 @@ pub enum Refusal {
     /// 403: the `Host` header names a host the config does not list.
     HostNotAllowed,
     /// 429: too many costly requests; retry after this many seconds.
-    TooMany { retry_after_s: u32 },
+    TooMany {
+        /// Seconds until the source may try again.
+        retry_after_s: u32,
+    },
 }
 
 /// The allow-lists and the per-source limits.
@@ -98,7 +105,7 @@ pub struct Guard {
     allow: heapless::Vec<Cidr, MAX_ALLOW_RULES>,
     /// Whether `allow` was configured (then it replaces the defaults and own subnets).
     explicit: bool,
-    allow_hosts: heapless::Vec<heapless::String<64>, MAX_ALLOW_HOSTS>,
+    allow_hosts: heapless::Vec<heapless::String<HOST_NAME_MAX>, MAX_ALLOW_HOSTS>,
     rate_per_s: u32,
     in_flight_max: u32,
     sources: heapless::Vec<Source, MAX_RATE_SOURCES>,
@@ -114,7 +121,7 @@ impl Guard {
     /// `allow`: the configured list (`None`: the defaults plus the agent's own subnets).
     pub fn new(
         allow: Option<&[Cidr]>,
-        allow_hosts: &[heapless::String<64>],
+        allow_hosts: &[heapless::String<HOST_NAME_MAX>],
         rate_per_s: u32,
         in_flight_max: u32,
     ) -> Guard {
@@ -167,6 +174,7 @@ impl Guard {
         }
     }
 
+    /// Whether `ip` may ask for tokens.
     pub fn source_allowed(&self, ip: IpAddr) -> bool {
         self.allow.iter().any(|c| c.contains(ip))
     }

@@ -11,8 +11,11 @@ use imds_hal::text::Text;
 /// A request method the agent tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// `GET`.
     Get,
+    /// `HEAD`.
     Head,
+    /// `POST`.
     Post,
     /// Any other (syntactically valid) method: answered 405 where a route exists.
     Other,
@@ -32,14 +35,18 @@ impl Method {
 /// One header: the name as sent, the raw value.
 #[derive(Debug, Clone, Copy)]
 pub struct Header<'a> {
+    /// The header name as sent.
     pub name: &'a str,
+    /// Its raw value.
     pub value: &'a [u8],
 }
 
 /// A complete, framed request borrowed from the receive buffer.
 #[derive(Debug)]
 pub struct Request<'a> {
+    /// The method, if one the agent answers.
     pub method: Method,
+    /// The method as sent (for the log).
     pub method_str: &'a str,
     /// Path part of the request target (before `?`), not decoded.
     pub path: &'a str,
@@ -47,7 +54,9 @@ pub struct Request<'a> {
     pub query: &'a str,
     /// HTTP minor version: 0 or 1.
     pub minor_version: u8,
+    /// The headers.
     pub headers: heapless::Vec<Header<'a>, MAX_HEADERS>,
+    /// The body (`Content-Length` bytes).
     pub body: &'a [u8],
     /// Whether the connection stays open after the answer.
     pub keep_alive: bool,
@@ -314,7 +323,9 @@ pub fn reason(status: u16) -> &'static str {
 /// Content types the agent answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentType {
+    /// `application/json`.
     Json,
+    /// `text/plain`.
     Text,
 }
 
@@ -330,10 +341,15 @@ impl ContentType {
 /// The head of a response; the body is written by the caller into the same buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseHead {
+    /// Status code.
     pub status: u16,
+    /// The body's type.
     pub content_type: ContentType,
+    /// A `Retry-After` header.
     pub retry_after_s: Option<u32>,
+    /// An `Allow` header (405).
     pub allow: Option<&'static str>,
+    /// `Connection: keep-alive` or `close`.
     pub keep_alive: bool,
 }
 

@@ -12,9 +12,13 @@ use crate::query::Params;
 /// How a request picked its identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selector<'a> {
+    /// No selector: the system-assigned identity, or the only user-assigned one.
     Default,
+    /// `client_id`.
     ClientId(&'a str),
+    /// `object_id` / `principal_id`.
     ObjectId(&'a str),
+    /// `msi_res_id` / `mi_res_id`.
     ResourceId(&'a str),
 }
 
@@ -85,22 +89,27 @@ pub struct IdentityStore {
 }
 
 impl IdentityStore {
+    /// The identities of a validated configuration.
     pub fn new(list: heapless::Vec<IdentityConfig, MAX_IDENTITIES>) -> Self {
         IdentityStore { list }
     }
 
+    /// The identity at `index`.
     pub fn get(&self, index: u8) -> Option<&IdentityConfig> {
         self.list.get(index as usize)
     }
 
+    /// How many identities there are.
     pub fn len(&self) -> usize {
         self.list.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
+    /// Every identity, in configuration order.
     pub fn iter(&self) -> impl Iterator<Item = &IdentityConfig> {
         self.list.iter()
     }

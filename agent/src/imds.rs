@@ -86,6 +86,7 @@ pub const NEWEST_VERSIONS: [&str; 3] = ["2025-04-07", "2024-07-17", "2024-03-15"
 /// What the router knows about a request besides its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ctx {
+    /// The time the request is handled at.
     pub now: Now,
     /// The source address.
     pub peer: core::net::IpAddr,
@@ -105,10 +106,15 @@ pub struct Now {
 /// What the router answers.
 #[derive(Debug)]
 pub struct Reply {
+    /// Status code.
     pub status: u16,
+    /// The body's type.
     pub content_type: ContentType,
+    /// A `Retry-After` header.
     pub retry_after_s: Option<u32>,
+    /// An `Allow` header (405).
     pub allow: Option<&'static str>,
+    /// The body.
     pub body: heapless::Vec<u8, CONN_TX_BUF>,
     /// Client id of the identity a token was issued for (for the log line).
     pub client_id: Option<Guid>,
@@ -120,6 +126,7 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// An empty reply.
     pub fn new() -> Reply {
         Reply {
             status: 500,
@@ -221,19 +228,33 @@ impl Default for Reply {
 /// The router's own reasons to refuse a request (the other modules' errors have their types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestError {
+    /// 404: no such path.
     PathNotFound,
+    /// 405: not a method the endpoint answers.
     MethodNotAllowed,
+    /// 400: no `Metadata: true`.
     MetadataHeaderMissing,
+    /// 400: `X-Forwarded-For` or `Forwarded`.
     Proxied,
+    /// 400: the query string cannot be read.
     InvalidQuery,
+    /// 400: no `api-version`.
     ApiVersionMissing,
+    /// 400: an `api-version` the endpoint does not know.
     ApiVersionInvalid,
+    /// 400: a POST that is not a form.
     NotForm,
+    /// 400: no `resource`.
     ResourceMissing,
+    /// 400: a `resource` longer than [`RESOURCE_MAX`].
     ResourceTooLong,
+    /// 400: a parameter given twice.
     RepeatedParameter,
+    /// 400: the selected identity does not exist.
     IdentityNotFound,
+    /// 500: no issuer and no authority.
     NoTokenSource,
+    /// 500: the answer does not fit the reply buffer.
     ResponseTooLarge,
     /// A parked request waited longer than [`crate::limits::FETCH_WAIT_MAX_US`] for its fetch.
     FetchWaitTimeout,
@@ -264,6 +285,7 @@ pub enum Error {
 /// An error as it goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WireError {
+    /// HTTP status.
     pub status: u16,
     /// The `error` field.
     pub code: &'static str,
@@ -278,8 +300,11 @@ pub struct WireError {
 /// An `error_description`: fixed text, or the error's own `Display`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Description {
+    /// Fixed text.
     Text(&'static str),
+    /// The HTTP error's text.
     Http(HttpError),
+    /// The query error's text.
     Query(QueryError),
 }
 

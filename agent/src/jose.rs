@@ -52,11 +52,14 @@ pub fn b64url_decode<'o>(data: &[u8], out: &'o mut [u8]) -> Result<&'o [u8], Jos
 
 /// The public key's affine coordinates, base64url-encoded (43 characters each).
 pub struct PublicJwk {
+    /// The x coordinate, base64url.
     pub x: heapless::String<43>,
+    /// The y coordinate, base64url.
     pub y: heapless::String<43>,
 }
 
 impl PublicJwk {
+    /// The JWK of `key`.
     pub fn of(key: &VerifyingKey) -> PublicJwk {
         // Uncompressed SEC1 point: 0x04 || x || y. (Slicing its bytes rather than calling
         // `x()`/`y()` keeps sec1's tag decoding, and the `Debug` of its errors that its

@@ -54,6 +54,14 @@ pub const IDLE_TIMEOUT_US: u64 = 30_000_000;
 /// A request head must arrive completely within this time of its first byte (slowloris).
 pub const HEAD_DEADLINE_US: u64 = 10_000_000;
 
+/// Receive buffer of one listening TCP socket of the unikernel (the advertised window). A request larger than this
+/// arrives in several polls.
+pub const TCP_RX_BUF: usize = 2048;
+/// Send buffer of one listening TCP socket of the unikernel. A response larger than this leaves in several polls.
+pub const TCP_TX_BUF: usize = 4096;
+/// Longest host name: the authority's (`token_url`), `allow_hosts` entries (RFC 1035 allows
+/// 253; these are configured names, checked at parse time).
+pub const HOST_NAME_MAX: usize = 64;
 /// Longest `error_description` the router writes.
 pub const DESCRIPTION_MAX: usize = 128;
 /// Largest configuration document.
@@ -77,6 +85,20 @@ pub const RETRY_AFTER_DEFAULT_S: u32 = 5;
 /// A brokered token is not renewed ahead more often than this (short-lived upstream tokens
 /// would otherwise be fetched again on every request).
 pub const MIN_REFRESH_INTERVAL_US: u64 = 30_000_000;
+/// Back-off after the first failed attempt of a fetch; doubled after each further one (at
+/// most 16 times this).
+pub const FETCH_BACKOFF_FIRST_US: u64 = 500_000;
+/// A `Retry-After` from the authority is honoured up to this many seconds between attempts.
+pub const FETCH_RETRY_AFTER_MAX_S: u64 = 10;
+/// DNS servers kept from DHCP (the authority's host name is resolved with them).
+pub const DNS_SERVERS: usize = 3;
+/// Receive buffer of one upstream (authority) socket: the window the authority may fill
+/// before the TLS session has read it. One TLS record is up to 16 KiB; a token answer is a
+/// few KiB.
+pub const UPSTREAM_TCP_RX_BUF: usize = 8192;
+/// Send buffer of one upstream socket (the TLS handshake's first flight and the token request
+/// fit in it).
+pub const UPSTREAM_TCP_TX_BUF: usize = 4096;
 /// Log lines of the broker tasks kept until the driver prints them (the oldest is dropped).
 pub const EVENT_QUEUE: usize = 16;
 /// Longest log line of a broker task (longer ones are cut).
@@ -88,6 +110,7 @@ pub const MAX_PENDING_FETCHES: usize = 16;
 pub const UPSTREAM_RESPONSE_MAX: usize = TOKEN_MAX + 4096;
 /// TLS record buffers of one upstream connection (a full TLS record is 16 640 bytes).
 pub const TLS_READ_BUF: usize = 16_640;
+/// TLS record buffer for writing to the authority.
 pub const TLS_WRITE_BUF: usize = 4096;
 /// Bytes buffered between an upstream socket and its TLS session, each way.
 pub const UPSTREAM_PIPE_BUF: usize = 4096;

@@ -67,14 +67,17 @@ impl<'b> Params<'b> {
         None
     }
 
+    /// How many parameters there are.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// The parameters in order, as (name, value).
     pub fn iter(&self) -> impl Iterator<Item = (&'b str, &'b str)> + '_ {
         self.entries.iter().copied()
     }

@@ -10,11 +10,13 @@ pub struct Secret<const N: usize> {
 }
 
 impl<const N: usize> Secret<N> {
+    /// An empty secret.
     pub fn new() -> Self {
         Secret {
             bytes: heapless::Vec::new(),
         }
     }
+    /// The bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -22,12 +24,15 @@ impl<const N: usize> Secret<N> {
     pub fn as_str(&self) -> &str {
         core::str::from_utf8(&self.bytes).unwrap_or("")
     }
+    /// The buffer, to fill it.
     pub fn buf_mut(&mut self) -> &mut heapless::Vec<u8, N> {
         &mut self.bytes
     }
+    /// How many bytes.
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
+    /// Whether it is empty.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

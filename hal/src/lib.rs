@@ -7,8 +7,8 @@
 //! * [`Clock`] — a monotonic clock (timeouts, rate limits) and the wall clock (token times);
 //! * [`Entropy`] — a cryptographically secure random source (token ids, assertion `jti`s);
 //! * [`ConfigSource`] — where the configuration document comes from (a file, QEMU fw_cfg);
-//! * [`Console`] — where log lines go (stderr, the serial port), written with [`text::Text`]
-//!   (numbers and addresses without `core::fmt`);
+//! * log lines go to any `core::fmt::Write` (stderr, the serial port), written with
+//!   [`text::Text`] (numbers and addresses without `core::fmt`'s formatting machinery);
 //! * the NIC is a [`smoltcp::phy::Device`], taken generically by the network loop.
 //!
 //! Backends: `host` (feature `std`) and, on `target_os = "none"`, the bare-metal x86_64
@@ -21,8 +21,6 @@ pub mod text;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod x86_64;
-
-pub use smoltcp::phy::Device as NetDevice;
 
 /// Time as the agent sees it.
 pub trait Clock {
@@ -104,8 +102,3 @@ pub trait ConfigSource {
     /// Read the whole document into `buf`; return the filled prefix.
     fn read_config<'a>(&mut self, buf: &'a mut [u8]) -> Result<&'a [u8], ConfigSourceError>;
 }
-
-/// Where log lines go. Lines never contain secrets: that is the caller's duty.
-pub trait Console: core::fmt::Write {}
-
-impl<T: core::fmt::Write> Console for T {}

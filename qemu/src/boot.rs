@@ -9,8 +9,11 @@
 //! 3. enables PAE, long mode and paging, loads a 64-bit GDT and far-returns into 64-bit code;
 //! 4. sets up a stack of [`STACK_SIZE`] bytes and calls `imds_boot_main(start_info)`.
 //!
-//! Interrupts stay off for the whole run (the agent polls), so no IDT is installed; a fault
-//! triple-faults and QEMU resets (no reboot loop: the profiles pass `-no-reboot`).
+//! `imds_boot_main` installs an IDT first thing (`imds_hal::x86_64::interrupts::init`): a CPU
+//! exception prints what happened and exits with `exit_code::CPU_EXCEPTION`. Interrupts stay
+//! off except inside the idle nap (`sti; hlt; cli` until the LAPIC timer fires: the agent
+//! polls). A fault before the IDT is in place triple-faults and QEMU resets (no reboot loop:
+//! the profiles pass `-no-reboot`).
 
 /// Boot stack (in `.bss`, so it costs RAM, not image bytes). The agent (~160 KiB) and the
 /// network memory (~300 KiB) live in `imds_boot_main`'s frame.

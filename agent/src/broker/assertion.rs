@@ -15,7 +15,9 @@ pub const ASSERTION_MAX: usize = 1536;
 /// Why no assertion could be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AssertionError {
+    /// No entropy for the assertion id or the signature.
     Entropy(EntropyError),
+    /// The assertion does not fit its buffer.
     TooLarge,
 }
 

@@ -12,14 +12,18 @@ use sha2::Digest;
 /// Signature algorithm of a client assertion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alg {
+    /// ECDSA P-256 with SHA-256.
     Es256,
+    /// RSASSA-PSS with SHA-256 (Entra ID's choice for certificate credentials).
     #[cfg(feature = "rsa")]
     Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
     #[cfg(feature = "rsa")]
     Rs256,
 }
 
 impl Alg {
+    /// The JOSE `alg` name.
     pub fn name(self) -> &'static str {
         match self {
             Alg::Es256 => "ES256",
@@ -56,7 +60,9 @@ impl Alg {
 /// A private key of a supported type.
 #[derive(Clone)]
 pub enum ClientKey {
+    /// A P-256 key (ES256).
     Es256(p256::ecdsa::SigningKey),
+    /// An RSA key (PS256, RS256).
     #[cfg(feature = "rsa")]
     Rsa(alloc::boxed::Box<rsa::RsaPrivateKey>),
 }
@@ -160,9 +166,13 @@ pub fn thumbprints(pem: &str) -> Result<Thumbprints, &'static str> {
 /// An identity's credential.
 #[derive(Clone)]
 pub struct Credential {
+    /// How assertions are signed.
     pub alg: Alg,
+    /// The private key.
     pub key: ClientKey,
+    /// The assertion header's `kid`.
     pub kid: heapless::String<43>,
+    /// Thumbprints of the client certificate (`x5t`, `x5t#S256`), if configured.
     pub cert: Option<Thumbprints>,
 }
 

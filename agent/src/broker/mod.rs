@@ -30,9 +30,13 @@ use upstream::TokenAnswer;
 
 /// What the task needs of one job (copied out of the agent: no borrow across `await`).
 pub struct JobSpec {
+    /// Index of the identity.
     pub identity: u8,
+    /// The resource the token is for.
     pub resource: heapless::String<RESOURCE_MAX>,
+    /// The identity's client id (the assertion's `iss` and `sub`).
     pub client_id: Guid,
+    /// How the identity proves itself to the authority.
     pub credential: Credential,
 }
 
@@ -64,7 +68,10 @@ pub enum FetchError {
     /// The connection broke.
     Broken,
     /// The authority answered 5xx or 429, with its `Retry-After` if it sent one.
-    Unavailable { retry_after_s: Option<u32> },
+    Unavailable {
+        /// The authority's `Retry-After`, in seconds.
+        retry_after_s: Option<u32>,
+    },
     /// No entropy for the TLS handshake.
     Entropy,
     /// TLS failed (untrusted certificate or wrong name).
@@ -80,19 +87,27 @@ pub enum FetchError {
 /// State of one fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
+    /// Waiting for a task.
     Queued,
+    /// A task is fetching it.
     InFlight,
     /// Failed; remembered until the monotonic time `until_us`.
     Failed {
+        /// Why.
         error: FetchError,
+        /// Until when the failure is answered to the clients that ask.
         until_us: u64,
     },
 }
 
 #[derive(Debug, Clone)]
+/// One fetch of the job table.
 pub struct Job {
+    /// Index of the identity.
     pub identity: u8,
+    /// The resource the token is for.
     pub resource: heapless::String<RESOURCE_MAX>,
+    /// Where the fetch is.
     pub state: JobState,
     /// A background refresh of a token that is still served (nobody waits for it).
     pub background: bool,
@@ -109,6 +124,7 @@ pub struct Jobs {
 }
 
 impl Jobs {
+    /// The job of (identity, resource), if any.
     pub fn get(&self, identity: u8, resource: &str) -> Option<&Job> {
         self.entries
             .iter()
@@ -200,10 +216,12 @@ impl Jobs {
         }
     }
 
+    /// How many jobs the table holds.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -30,6 +30,7 @@ pub struct PinVerifier {
 }
 
 impl PinVerifier {
+    /// A verifier that trusts the server key whose SPKI hashes to `pin`.
     pub fn new(pin: [u8; 32]) -> Self {
         PinVerifier {
             pin,

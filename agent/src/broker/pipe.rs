@@ -6,7 +6,7 @@
 //! — opens the real socket, moves bytes both ways and reports what happened. Single-threaded:
 //! the two sides take turns, so a `RefCell` is all the sharing needed.
 
-use crate::limits::UPSTREAM_PIPE_BUF;
+use crate::limits::{HOST_NAME_MAX, UPSTREAM_PIPE_BUF};
 use core::cell::RefCell;
 use core::net::SocketAddr;
 use core::task::Poll;
@@ -14,7 +14,9 @@ use core::task::Poll;
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub host: heapless::String<64>,
+    /// Host name (TLS server name; resolved unless `address` is set).
+    pub host: heapless::String<HOST_NAME_MAX>,
+    /// TCP port.
     pub port: u16,
     /// A fixed address (no DNS) if configured.
     pub address: Option<SocketAddr>,
@@ -38,8 +40,11 @@ pub enum PipeState {
 }
 
 #[derive(Debug)]
+/// The shared state of a [`Pipe`].
 pub struct PipeInner {
+    /// Where the connection is.
     pub state: PipeState,
+    /// A connect request the driver has not taken yet.
     pub target: Option<Target>,
     /// Socket → TLS.
     pub rx: heapless::Deque<u8, UPSTREAM_PIPE_BUF>,
@@ -62,6 +67,7 @@ impl Default for Pipe {
 }
 
 impl Pipe {
+    /// An idle pipe.
     pub const fn new() -> Self {
         Pipe {
             inner: RefCell::new(PipeInner {
@@ -74,6 +80,7 @@ impl Pipe {
         }
     }
 
+    /// Where the connection is.
     pub fn state(&self) -> PipeState {
         self.inner.borrow().state
     }
@@ -183,6 +190,7 @@ impl Pipe {
         }
     }
 
+    /// Whether bytes wait to be sent.
     pub fn has_tx(&self) -> bool {
         !self.inner.borrow().tx.is_empty()
     }

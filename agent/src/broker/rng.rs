@@ -7,7 +7,9 @@ use imds_hal::Entropy;
 /// Entropy as a `rand_core` RNG for the TLS key exchange. A failing source poisons the
 /// handshake: the flag is checked before anything secret is sent.
 pub struct Rng<'e, E: Entropy> {
+    /// The entropy source.
     pub entropy: &'e mut E,
+    /// Set when the source failed (the handshake or signature must not be used).
     pub failed: &'e Cell<bool>,
 }
 

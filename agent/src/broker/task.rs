@@ -15,8 +15,8 @@ use super::upstream::{self, ResponseError, TokenAnswer, TokenAnswerError};
 use super::{assertion, FetchError, JobQueue, JobSpec};
 use crate::config::{AuthorityConfig, Trust};
 use crate::limits::{
-    FETCH_ATTEMPTS, FETCH_ATTEMPT_TIMEOUT_US, FETCH_CONNECT_TIMEOUT_US, TLS_READ_BUF,
-    TLS_WRITE_BUF, TOKEN_MAX, UPSTREAM_RESPONSE_MAX,
+    FETCH_ATTEMPTS, FETCH_ATTEMPT_TIMEOUT_US, FETCH_BACKOFF_FIRST_US, FETCH_CONNECT_TIMEOUT_US,
+    FETCH_RETRY_AFTER_MAX_S, TLS_READ_BUF, TLS_WRITE_BUF, TOKEN_MAX, UPSTREAM_RESPONSE_MAX,
 };
 use core::cell::{Cell, RefCell};
 use core::future::{poll_fn, Future};
@@ -232,6 +232,7 @@ pub struct TaskBuffers {
 }
 
 impl TaskBuffers {
+    /// Zeroed buffers.
     pub const fn new() -> Self {
         TaskBuffers {
             tls_read: [0; TLS_READ_BUF],
@@ -426,8 +427,8 @@ pub async fn run<A: JobQueue, C: Clock, E: Entropy>(
                         AttemptError::Status {
                             retry_after_s: Some(s),
                             ..
-                        } => (*s as u64).min(10) * 1_000_000,
-                        _ => 500_000u64 << attempt_no.min(4),
+                        } => (*s as u64).min(FETCH_RETRY_AFTER_MAX_S) * 1_000_000,
+                        _ => FETCH_BACKOFF_FIRST_US << attempt_no.min(4),
                     };
                     if !e.retryable()
                         || attempt_no >= FETCH_ATTEMPTS

@@ -92,8 +92,11 @@ pub enum ResponseError {
 /// A complete HTTP response from the authority.
 #[derive(Debug)]
 pub struct HttpAnswer<'a> {
+    /// HTTP status.
     pub status: u16,
+    /// The `Retry-After` header, in seconds.
     pub retry_after_s: Option<u32>,
+    /// The body.
     pub body: &'a [u8],
 }
 
@@ -200,8 +203,11 @@ fn dechunk(buf: &mut [u8], eof: bool, dry_run: bool) -> Result<usize, ResponseEr
 /// What a token answer says, read leniently.
 #[derive(Debug)]
 pub struct TokenAnswer {
+    /// The token.
     pub access_token: crate::secret::Secret<TOKEN_MAX>,
+    /// Expiry, Unix seconds.
     pub expires_on: u64,
+    /// Start of validity, Unix seconds.
     pub not_before: u64,
 }
 
@@ -214,7 +220,9 @@ pub enum TokenAnswerError {
     Malformed(&'static str),
     /// An OAuth2 error body (`error`, `error_description`): the description is kept for logs.
     OAuth {
+        /// The OAuth2 `error` code.
         error: heapless::String<64>,
+        /// The `error_description`.
         description: heapless::String<200>,
     },
 }

@@ -57,7 +57,7 @@ use crate::connection::Connection;
 use crate::guard::{Cidr, Guard};
 #[cfg(feature = "broker")]
 use crate::limits::BROKER_TASKS;
-use crate::limits::LISTEN_SOCKETS;
+use crate::limits::{DNS_SERVERS, LISTEN_SOCKETS};
 
 /// The TCP port the agent answers on.
 pub const HTTP_PORT: u16 = 80;
@@ -70,11 +70,7 @@ pub const HTTP_PORT: u16 = 80;
 pub const READY_PREFIX: &str = "imds-agent: ready: ";
 /// The IMDS address, answered on next to the interface's own address.
 pub const IMDS_ADDRESS: Ipv4Address = Ipv4Address::new(169, 254, 169, 254);
-/// Receive buffer of one TCP socket (the advertised window). A request larger than this
-/// arrives in several polls.
-pub const TCP_RX_BUF: usize = 2048;
-/// Send buffer of one TCP socket. A response larger than this leaves in several polls.
-pub const TCP_TX_BUF: usize = 4096;
+pub use crate::limits::{TCP_RX_BUF, TCP_TX_BUF};
 /// A socket we closed gets this long to finish the FIN exchange before it is reset.
 pub const CLOSE_LINGER_US: u64 = 5_000_000;
 /// A socket closed less than this long ago counts as a spare listener when deciding whether
@@ -99,13 +95,17 @@ pub const NET_SOCKETS: usize = LISTEN_SOCKETS + 1;
 pub struct NetMemory<'a> {
     /// smoltcp's socket table: the listening sockets, the upstream sockets, DHCP, DNS.
     pub sockets: [SocketStorage<'a>; NET_SOCKETS],
+    /// Receive buffers of the listening sockets.
     pub tcp_rx: [[u8; TCP_RX_BUF]; LISTEN_SOCKETS],
+    /// Send buffers of the listening sockets.
     pub tcp_tx: [[u8; TCP_TX_BUF]; LISTEN_SOCKETS],
+    /// One connection per listening socket.
     pub conns: [Connection; LISTEN_SOCKETS],
     /// Buffers of the upstream (broker) sockets.
     #[cfg(feature = "broker")]
     pub upstream_rx: [[u8; UPSTREAM_TCP_RX_BUF]; BROKER_TASKS],
     #[cfg(feature = "broker")]
+    /// Send buffers of the upstream sockets.
     pub upstream_tx: [[u8; UPSTREAM_TCP_TX_BUF]; BROKER_TASKS],
     /// Query slots of the DNS socket (one per upstream socket).
     #[cfg(feature = "dns")]
@@ -113,6 +113,7 @@ pub struct NetMemory<'a> {
 }
 
 impl NetMemory<'_> {
+    /// Zeroed memory, every socket slot empty.
     pub const fn new() -> Self {
         NetMemory {
             sockets: [const { SocketStorage::EMPTY }; NET_SOCKETS],
@@ -153,7 +154,9 @@ pub struct PollStatus {
 /// lease with a new address, a lost lease).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddressChange {
+    /// The address the driver knew (None: none).
     pub old: Option<Ipv4Cidr>,
+    /// The address now (None: none).
     pub new: Option<Ipv4Cidr>,
 }
 
@@ -177,7 +180,7 @@ pub struct Net<'a> {
     #[cfg(feature = "broker")]
     upstream: upstream::Upstream,
     /// DNS servers (from DHCP, or [`Net::set_dns_servers`]).
-    dns_servers: heapless::Vec<Ipv4Address, 3>,
+    dns_servers: heapless::Vec<Ipv4Address, DNS_SERVERS>,
     mac: EthernetAddress,
     address: Option<Ipv4Cidr>,
     gateway: Option<Ipv4Address>,
@@ -305,7 +308,7 @@ impl<'a> Net<'a> {
         &self.dns_servers
     }
 
-    /// Replace the DNS servers (at most three are kept).
+    /// Replace the DNS servers (at most [`DNS_SERVERS`] are kept).
     pub fn set_dns_servers(&mut self, servers: &[Ipv4Address]) {
         self.dns_servers.clear();
         for s in servers.iter().take(self.dns_servers.capacity()) {
@@ -313,7 +316,8 @@ impl<'a> Net<'a> {
         }
         #[cfg(feature = "dns")]
         {
-            let mut list: heapless::Vec<smoltcp::wire::IpAddress, 3> = heapless::Vec::new();
+            let mut list: heapless::Vec<smoltcp::wire::IpAddress, DNS_SERVERS> =
+                heapless::Vec::new();
             for s in &self.dns_servers {
                 let _ = list.push(smoltcp::wire::IpAddress::Ipv4(*s));
             }

@@ -21,14 +21,8 @@ use smoltcp::wire::{IpAddress, Ipv4Address};
 use super::Net;
 use crate::broker::pipe::{Pipe, PipeState, Target};
 use crate::limits::BROKER_TASKS;
+pub use crate::limits::{UPSTREAM_TCP_RX_BUF, UPSTREAM_TCP_TX_BUF};
 
-/// Receive buffer of one upstream (authority) socket: the window the authority may fill
-/// before the TLS session has read it. One TLS record is up to 16 KiB; a token answer is a
-/// few KiB.
-pub const UPSTREAM_TCP_RX_BUF: usize = 8192;
-/// Send buffer of one upstream socket (the TLS handshake's first flight and the token request
-/// fit in it).
-pub const UPSTREAM_TCP_TX_BUF: usize = 4096;
 /// Local ports of upstream connections (the IANA dynamic range).
 pub const EPHEMERAL_PORT_FIRST: u16 = 49_152;
 /// How many ephemeral ports there are.

@@ -90,10 +90,12 @@ impl TokenCache {
         }
     }
 
+    /// How many tokens are cached.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -88,6 +88,7 @@ impl fmt::Debug for Issuer {
 }
 
 impl Issuer {
+    /// An issuer minting with `key`, `iss` = `issuer`, for `tenant_id`, tokens living `lifetime_s`.
     pub fn new(
         key: p256::ecdsa::SigningKey,
         issuer: &str,
@@ -110,14 +111,17 @@ impl Issuer {
         &self.kid
     }
 
+    /// The public key as a JWK (for the key set).
     pub fn jwk(&self) -> &PublicJwk {
         &self.jwk
     }
 
+    /// The `iss` of minted tokens.
     pub fn issuer_url(&self) -> &str {
         &self.issuer
     }
 
+    /// The public key.
     pub fn verifying_key(&self) -> &p256::ecdsa::VerifyingKey {
         self.key.verifying_key()
     }
@@ -187,7 +191,6 @@ impl Issuer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::IdentityKind;
 
     struct Counter(u8);
     impl Entropy for Counter {
@@ -199,23 +202,7 @@ mod tests {
             Ok(())
         }
     }
-    struct NoEntropy;
-    impl Entropy for NoEntropy {
-        fn fill(&mut self, _: &mut [u8]) -> Result<(), EntropyError> {
-            Err(EntropyError::Unavailable)
-        }
-    }
-
-    fn identity() -> IdentityConfig {
-        IdentityConfig {
-            kind: IdentityKind::User,
-            client_id: "12222222-2222-2222-2222-222222222222".try_into().unwrap(),
-            object_id: "22222222-2222-2222-2222-222222222222".try_into().unwrap(),
-            resource_id: "/subscriptions/s/x".try_into().unwrap(),
-            #[cfg(feature = "broker")]
-            credential: None,
-        }
-    }
+    use crate::token::{test_identity as identity, NoEntropy};
 
     #[test]
     fn minted_token_verifies_and_has_entra_claims() {

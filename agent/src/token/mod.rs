@@ -19,8 +19,11 @@ use crate::secret::Secret;
 /// An access token with its times (Unix seconds).
 #[derive(Debug, Clone)]
 pub struct Token {
+    /// The token itself.
     pub access_token: Secret<TOKEN_MAX>,
+    /// Start of validity, Unix seconds.
     pub not_before: u64,
+    /// Expiry, Unix seconds.
     pub expires_on: u64,
     /// Monotonic time the agent obtained it (broker mode: `bypass_cache` needs a newer one).
     pub obtained_us: u64,
@@ -36,14 +39,44 @@ impl Token {
 /// A token with the text `tok` that expires at `expires_on` (for tests).
 #[cfg(test)]
 pub(crate) fn test_token(expires_on: u64) -> Token {
+    test_token_at(expires_on, 0)
+}
+
+/// [`test_token`] obtained at the monotonic time `obtained_us`.
+#[cfg(test)]
+pub(crate) fn test_token_at(expires_on: u64, obtained_us: u64) -> Token {
     let mut t = Token {
         access_token: Secret::new(),
         not_before: 0,
         expires_on,
-        obtained_us: 0,
+        obtained_us,
     };
     t.access_token.buf_mut().extend_from_slice(b"tok").unwrap();
     t
+}
+
+/// An identity for tests (user-assigned).
+#[cfg(test)]
+pub(crate) fn test_identity() -> crate::config::IdentityConfig {
+    crate::config::IdentityConfig {
+        kind: crate::config::IdentityKind::User,
+        client_id: "12222222-2222-2222-2222-222222222222".try_into().unwrap(),
+        object_id: "22222222-2222-2222-2222-222222222222".try_into().unwrap(),
+        resource_id: "/subscriptions/s/x".try_into().unwrap(),
+        #[cfg(feature = "broker")]
+        credential: None,
+    }
+}
+
+/// An entropy source that always fails, for tests.
+#[cfg(test)]
+pub(crate) struct NoEntropy;
+
+#[cfg(test)]
+impl imds_hal::Entropy for NoEntropy {
+    fn fill(&mut self, _: &mut [u8]) -> Result<(), imds_hal::EntropyError> {
+        Err(imds_hal::EntropyError::Unavailable)
+    }
 }
 
 /// A deterministic entropy source for tests: 1, 2, 3, ...

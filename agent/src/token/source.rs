@@ -60,6 +60,7 @@ impl TokenSource {
         self.issuer.as_ref()
     }
 
+    /// The token cache.
     pub fn cache(&self) -> &TokenCache {
         &self.cache
     }
@@ -266,42 +267,13 @@ impl TokenSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::IdentityKind;
-    use crate::secret::Secret;
     use imds_hal::EntropyError;
 
     const MARGIN: u32 = 300;
     const R: &str = "https://r/";
 
     use crate::token::CountingEntropy as Counter;
-    struct NoEntropy;
-    impl Entropy for NoEntropy {
-        fn fill(&mut self, _: &mut [u8]) -> Result<(), EntropyError> {
-            Err(EntropyError::Unavailable)
-        }
-    }
-
-    fn identity() -> IdentityConfig {
-        IdentityConfig {
-            kind: IdentityKind::System,
-            client_id: "11111111-1111-1111-1111-111111111111".try_into().unwrap(),
-            object_id: "21111111-1111-1111-1111-111111111111".try_into().unwrap(),
-            resource_id: "/subscriptions/s/x".try_into().unwrap(),
-            #[cfg(feature = "broker")]
-            credential: None,
-        }
-    }
-
-    fn token(expires_on: u64, obtained_us: u64) -> Token {
-        let mut access_token = Secret::new();
-        access_token.buf_mut().extend_from_slice(b"cached").unwrap();
-        Token {
-            access_token,
-            not_before: 0,
-            expires_on,
-            obtained_us,
-        }
-    }
+    use crate::token::{test_identity as identity, test_token_at as token, NoEntropy};
 
     /// What a case expects: the token's expiry, waiting, or an error.
     #[derive(Debug, PartialEq)]
@@ -342,88 +314,15 @@ mod tests {
             bypass: true,
             parked_since_us: None,
         };
+        #[rustfmt::skip]
         let cases: [Case; 7] = [
-            (
-                "cached while more than the margin is left",
-                Some(10_000),
-                Need::default(),
-                9_699,
-                Ok(()),
-                true,
-                true,
-                Expect::Ready { expires_on: 10_000 },
-                false,
-            ),
-            (
-                "at the margin: minted anew",
-                Some(10_000),
-                Need::default(),
-                9_700,
-                Ok(()),
-                true,
-                true,
-                Expect::Ready {
-                    expires_on: 9_700 + 3600,
-                },
-                true,
-            ),
-            (
-                "nothing cached: minted",
-                None,
-                Need::default(),
-                100,
-                Ok(()),
-                true,
-                true,
-                Expect::Ready { expires_on: 3700 },
-                true,
-            ),
-            (
-                "bypass: minted although cached",
-                Some(10_000),
-                bypass,
-                100,
-                Ok(()),
-                true,
-                true,
-                Expect::Ready { expires_on: 3700 },
-                true,
-            ),
-            (
-                "the source cannot pay for a mint",
-                None,
-                Need::default(),
-                100,
-                Err(TOO_MANY),
-                true,
-                true,
-                Expect::Failed(TokenError::Refused(TOO_MANY)),
-                true,
-            ),
-            (
-                "no issuer",
-                None,
-                Need::default(),
-                100,
-                Ok(()),
-                false,
-                true,
-                Expect::Failed(TokenError::NoTokenSource),
-                false,
-            ),
-            (
-                "no entropy",
-                None,
-                Need::default(),
-                100,
-                Ok(()),
-                true,
-                false,
-                Expect::Failed(TokenError::Mint(MintError::Entropy(
-                    EntropyError::Unavailable,
-                ))),
-                true,
-            ),
+            ("cached while more than the margin is left", Some(10_000), Need::default(), 9_699, Ok(()), true, true, Expect::Ready { expires_on: 10_000 }, false),
+            ("at the margin: minted anew", Some(10_000), Need::default(), 9_700, Ok(()), true, true, Expect::Ready { expires_on: 9_700 + 3600 }, true),
+            ("nothing cached: minted", None, Need::default(), 100, Ok(()), true, true, Expect::Ready { expires_on: 3700 }, true),
+            ("bypass: minted although cached", Some(10_000), bypass, 100, Ok(()), true, true, Expect::Ready { expires_on: 3700 }, true),
+            ("the source cannot pay for a mint", None, Need::default(), 100, Err(TOO_MANY), true, true, Expect::Failed(TokenError::Refused(TOO_MANY)), true),
+            ("no issuer", None, Need::default(), 100, Ok(()), false, true, Expect::Failed(TokenError::NoTokenSource), false),
+            ("no entropy", None, Need::default(), 100, Ok(()), true, false, Expect::Failed(TokenError::Mint(MintError::Entropy(EntropyError::Unavailable))), true),
         ];
         for (rule, cached, need, now_s, charge, has_issuer, entropy, expect, charged) in cases {
             let issuer = has_issuer.then(|| {
@@ -485,149 +384,21 @@ mod tests {
             parked_since_us: Some(since),
         };
         let queued = |background| Some((JobState::Queued, background));
+        #[rustfmt::skip]
         let cases: [Case; 13] = [
-            (
-                "fresh: served",
-                Some((10_000, 0)),
-                Job::None,
-                plain,
-                (9_000, MIN),
-                Ok(()),
-                Expect::Ready { expires_on: 10_000 },
-                None,
-            ),
-            (
-                "under twice the margin: served, renewed ahead",
-                Some((10_000, 0)),
-                Job::None,
-                plain,
-                (9_400, MIN),
-                Ok(()),
-                Expect::Ready { expires_on: 10_000 },
-                queued(true),
-            ),
-            (
-                "renewed ahead at most every 30 s",
-                Some((10_000, 0)),
-                Job::None,
-                plain,
-                (9_400, MIN - 1),
-                Ok(()),
-                Expect::Ready { expires_on: 10_000 },
-                None,
-            ),
-            (
-                "inside the margin: a fetch to wait for",
-                Some((10_000, 0)),
-                Job::None,
-                plain,
-                (9_800, MIN),
-                Ok(()),
-                Expect::Pending,
-                queued(false),
-            ),
-            (
-                "inside the margin while a renewal runs: the known token",
-                Some((10_000, 0)),
-                Job::Running,
-                plain,
-                (9_800, MIN),
-                Ok(()),
-                Expect::Ready { expires_on: 10_000 },
-                Some((JobState::InFlight, false)),
-            ),
-            (
-                "a failure is held and answered",
-                None,
-                Job::Failed(DOWN),
-                plain,
-                (9_800, 1),
-                Ok(()),
-                Expect::Failed(TokenError::Fetch(DOWN)),
-                Some((
-                    JobState::Failed {
-                        error: DOWN,
-                        until_us: crate::limits::FETCH_FAILURE_HOLD_US,
-                    },
-                    false,
-                )),
-            ),
-            (
-                "after the hold: a new fetch",
-                None,
-                Job::Failed(DOWN),
-                plain,
-                (9_800, crate::limits::FETCH_FAILURE_HOLD_US + 1),
-                Ok(()),
-                Expect::Pending,
-                queued(false),
-            ),
-            (
-                "a parked request gets the held failure too",
-                None,
-                Job::Failed(DOWN),
-                parked(0),
-                (9_800, 1),
-                Ok(()),
-                Expect::Failed(TokenError::Fetch(DOWN)),
-                Some((
-                    JobState::Failed {
-                        error: DOWN,
-                        until_us: crate::limits::FETCH_FAILURE_HOLD_US,
-                    },
-                    false,
-                )),
-            ),
-            (
-                "a token fetched while parked is the answer, however short",
-                Some((9_900, 5)),
-                Job::None,
-                parked(5),
-                (9_800, MIN),
-                Ok(()),
-                Expect::Ready { expires_on: 9_900 },
-                None,
-            ),
-            (
-                "bypass: an older token will not do",
-                Some((10_000, 0)),
-                Job::None,
-                bypass,
-                (9_000, MIN),
-                Ok(()),
-                Expect::Pending,
-                queued(false),
-            ),
-            (
-                "the source cannot pay for a fetch",
-                None,
-                Job::None,
-                plain,
-                (100, MIN),
-                Err(TOO_MANY),
-                Expect::Failed(TokenError::Refused(TOO_MANY)),
-                None,
-            ),
-            (
-                "the job table is full",
-                None,
-                Job::Full,
-                plain,
-                (100, MIN),
-                Ok(()),
-                Expect::Failed(TokenError::FetchesFull),
-                None,
-            ),
-            (
-                "expired: a fetch to wait for",
-                Some((100, 0)),
-                Job::None,
-                plain,
-                (100, MIN),
-                Ok(()),
-                Expect::Pending,
-                queued(false),
-            ),
+            ("fresh: served", Some((10_000, 0)), Job::None, plain, (9_000, MIN), Ok(()), Expect::Ready { expires_on: 10_000 }, None),
+            ("under twice the margin: served, renewed ahead", Some((10_000, 0)), Job::None, plain, (9_400, MIN), Ok(()), Expect::Ready { expires_on: 10_000 }, queued(true)),
+            ("renewed ahead at most every 30 s", Some((10_000, 0)), Job::None, plain, (9_400, MIN - 1), Ok(()), Expect::Ready { expires_on: 10_000 }, None),
+            ("inside the margin: a fetch to wait for", Some((10_000, 0)), Job::None, plain, (9_800, MIN), Ok(()), Expect::Pending, queued(false)),
+            ("inside the margin while a renewal runs: the known token", Some((10_000, 0)), Job::Running, plain, (9_800, MIN), Ok(()), Expect::Ready { expires_on: 10_000 }, Some((JobState::InFlight, false))),
+            ("a failure is held and answered", None, Job::Failed(DOWN), plain, (9_800, 1), Ok(()), Expect::Failed(TokenError::Fetch(DOWN)), Some((JobState::Failed { error: DOWN, until_us: crate::limits::FETCH_FAILURE_HOLD_US }, false))),
+            ("after the hold: a new fetch", None, Job::Failed(DOWN), plain, (9_800, crate::limits::FETCH_FAILURE_HOLD_US + 1), Ok(()), Expect::Pending, queued(false)),
+            ("a parked request gets the held failure too", None, Job::Failed(DOWN), parked(0), (9_800, 1), Ok(()), Expect::Failed(TokenError::Fetch(DOWN)), Some((JobState::Failed { error: DOWN, until_us: crate::limits::FETCH_FAILURE_HOLD_US }, false))),
+            ("a token fetched while parked is the answer, however short", Some((9_900, 5)), Job::None, parked(5), (9_800, MIN), Ok(()), Expect::Ready { expires_on: 9_900 }, None),
+            ("bypass: an older token will not do", Some((10_000, 0)), Job::None, bypass, (9_000, MIN), Ok(()), Expect::Pending, queued(false)),
+            ("the source cannot pay for a fetch", None, Job::None, plain, (100, MIN), Err(TOO_MANY), Expect::Failed(TokenError::Refused(TOO_MANY)), None),
+            ("the job table is full", None, Job::Full, plain, (100, MIN), Ok(()), Expect::Failed(TokenError::FetchesFull), None),
+            ("expired: a fetch to wait for", Some((100, 0)), Job::None, plain, (100, MIN), Ok(()), Expect::Pending, queued(false)),
         ];
         for (rule, cached, job, need, (now_s, now_us), charge, expect, after) in cases {
             let mut src = TokenSource::new(None, MARGIN, true);
