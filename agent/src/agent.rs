@@ -14,7 +14,8 @@ use crate::identity::IdentityStore;
 use crate::limits::{EVENT_LINE_MAX, EVENT_QUEUE};
 use crate::token::{Issuer, TokenCache, TokenSource};
 #[cfg(feature = "broker")]
-use core::fmt::Write as _;
+#[cfg(feature = "broker")]
+use imds_hal::text::Text;
 
 /// The state the router works on: identities, the token sources, the guard.
 pub struct Agent {
@@ -97,7 +98,7 @@ impl Agent {
     #[cfg(feature = "broker")]
     pub fn drain_events<W: core::fmt::Write>(&mut self, log: &mut W) {
         while let Some(line) = self.events.pop_front() {
-            let _ = writeln!(log, "{line}");
+            log.put(&line).end();
         }
     }
 
@@ -151,9 +152,14 @@ impl JobQueue for Agent {
     }
 
     /// Kept until the driver drains it; the oldest is dropped when full.
-    fn event(&mut self, args: core::fmt::Arguments<'_>) {
+    fn event(&mut self, text: &str) {
         let mut line: heapless::String<EVENT_LINE_MAX> = heapless::String::new();
-        let _ = line.write_fmt(args);
+        // Cut at the capacity (on a character boundary), as a formatted write would.
+        let mut end = text.len().min(EVENT_LINE_MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let _ = line.push_str(&text[..end]);
         if self.events.is_full() {
             self.events.pop_front();
         }

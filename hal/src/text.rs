@@ -160,6 +160,22 @@ pub trait Text: Write {
         }
     }
 
+    /// A socket address as `core::net::SocketAddr`'s `Display` writes it (`a.b.c.d:port`,
+    /// `[v6]:port`, with `%scope` when it has one).
+    fn socket(&mut self, a: core::net::SocketAddr) -> &mut Self {
+        match a {
+            core::net::SocketAddr::V4(v4) => self.ipv4(v4.ip().octets()),
+            core::net::SocketAddr::V6(v6) => {
+                self.put("[").ipv6(*v6.ip());
+                if v6.scope_id() != 0 {
+                    self.put("%").dec(v6.scope_id().into());
+                }
+                self.put("]")
+            }
+        };
+        self.put(":").dec(a.port().into())
+    }
+
     /// The end of the line.
     fn end(&mut self) -> &mut Self {
         self.put("\n")
@@ -167,6 +183,38 @@ pub trait Text: Write {
 }
 
 impl<W: Write + ?Sized> Text for W {}
+
+/// A sink that remembers whether a write failed (e.g. a full `heapless::String`), for text
+/// that must be whole or refused: [`Text`] itself ignores errors.
+pub struct Checked<'a, W: Write + ?Sized> {
+    out: &'a mut W,
+    failed: bool,
+}
+
+impl<'a, W: Write + ?Sized> Checked<'a, W> {
+    /// Write through to `out`.
+    pub fn new(out: &'a mut W) -> Self {
+        Checked { out, failed: false }
+    }
+
+    /// `Err` if any write failed.
+    pub fn result(&self) -> core::fmt::Result {
+        if self.failed {
+            Err(core::fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<W: Write + ?Sized> Write for Checked<'_, W> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        if self.out.write_str(s).is_err() {
+            self.failed = true;
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -202,6 +250,31 @@ mod tests {
             );
         }
         assert_eq!(text(|s| s.put("a ").dec(1).put(" b").end()), "a 1 b\n");
+    }
+
+    #[test]
+    fn checked_reports_a_write_that_did_not_fit() {
+        let mut small: heapless_like::Small = heapless_like::Small::default();
+        let mut c = Checked::new(&mut small);
+        c.put("abc");
+        assert!(c.result().is_ok());
+        c.put("defg");
+        assert!(c.result().is_err());
+    }
+
+    /// A sink of 5 bytes (hal has no heapless).
+    mod heapless_like {
+        #[derive(Default)]
+        pub struct Small(usize);
+        impl core::fmt::Write for Small {
+            fn write_str(&mut self, s: &str) -> core::fmt::Result {
+                if self.0 + s.len() > 5 {
+                    return Err(core::fmt::Error);
+                }
+                self.0 += s.len();
+                Ok(())
+            }
+        }
     }
 
     #[test]
@@ -241,5 +314,14 @@ mod tests {
             text(|s| s.ip(IpAddr::V4([127, 0, 0, 1].into()))),
             "127.0.0.1"
         );
+        for a in [
+            "10.0.2.2:443",
+            "[::1]:8443",
+            "[fe80::1%3]:80",
+            "[2001:db8::1]:0",
+        ] {
+            let a: core::net::SocketAddr = a.parse().unwrap();
+            assert_eq!(text(|s| s.socket(a)), format!("{a}"));
+        }
     }
 }

@@ -7,7 +7,6 @@
 //! by `imds_agent::broker::runner::Runner` in the image's one loop (`unikernel::serve`).
 
 use core::cell::RefCell;
-use core::fmt::Write;
 use core::future::Future;
 use core::mem::MaybeUninit;
 use core::pin::Pin;
@@ -20,6 +19,7 @@ use imds_agent::broker::task::{self, TaskBuffers};
 use imds_agent::config::{AuthorityConfig, NetworkConfig};
 use imds_agent::limits::BROKER_TASKS;
 use imds_agent::Agent;
+use imds_hal::text::Text;
 use imds_hal::x86_64::clock::TscClock;
 use imds_hal::x86_64::rdrand::Rdrand;
 use imds_hal::x86_64::serial::Serial;
@@ -55,22 +55,20 @@ fn broker_memory() -> (
 
 /// Say where tokens come from.
 pub fn announce(authority: &AuthorityConfig, network: Option<&NetworkConfig>, log: &mut Serial) {
-    let _ = write!(
-        log,
-        "imds-agent: broker mode: {} via ",
-        authority.token_url.as_str()
-    );
-    let _ = match authority.address {
-        Some(a) => writeln!(log, "{a} (configured address)"),
+    log.put("imds-agent: broker mode: ")
+        .put(authority.token_url.as_str())
+        .put(" via ");
+    match authority.address {
+        Some(a) => log.socket(a).put(" (configured address)"),
         None if authority.host.parse::<core::net::Ipv4Addr>().is_ok() => {
-            writeln!(log, "{} (address)", authority.host)
+            log.put(&authority.host).put(" (address)")
         }
-        None if network.is_some() => writeln!(
-            log,
-            "DNS -- but a static network config has no DNS server: set authority.address"
-        ),
-        None => writeln!(log, "DNS (servers from DHCP)"),
-    };
+        None if network.is_some() => {
+            log.put("DNS -- but a static network config has no DNS server: set authority.address")
+        }
+        None => log.put("DNS (servers from DHCP)"),
+    }
+    .end();
 }
 
 /// The broker tasks' pipes and one future that runs every task (`task::run`, buffers in
@@ -101,11 +99,13 @@ pub fn runner<'a, F: Future>(
     log: &mut Serial,
 ) -> Option<Runner<'a, F>> {
     let runner = Runner::new(tasks.as_pin_mut()?, pipes?);
-    let _ = writeln!(
-        log,
-        "imds-agent: broker: {BROKER_TASKS} tasks ({} bytes of futures, {} of buffers)",
-        runner.tasks_size(),
-        core::mem::size_of::<[TaskBuffers; BROKER_TASKS]>()
-    );
+    log.put("imds-agent: broker: ")
+        .dec(BROKER_TASKS as u64)
+        .put(" tasks (")
+        .dec(runner.tasks_size() as u64)
+        .put(" bytes of futures, ")
+        .dec(core::mem::size_of::<[TaskBuffers; BROKER_TASKS]>() as u64)
+        .put(" of buffers)")
+        .end();
     Some(runner)
 }

@@ -24,7 +24,10 @@ pub enum AssertionError {
 impl core::fmt::Display for AssertionError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            AssertionError::Entropy(e) => write!(f, "client assertion: {e}"),
+            AssertionError::Entropy(e) => {
+                f.write_str("client assertion: ")?;
+                f.write_str(e.as_str())
+            }
             AssertionError::TooLarge => f.write_str("client assertion too large"),
         }
     }

@@ -54,7 +54,7 @@ pub trait JobQueue {
         now_us: u64,
     );
     /// Record a log line (kept until the driver drains it).
-    fn event(&mut self, args: core::fmt::Arguments<'_>);
+    fn event(&mut self, line: &str);
 }
 
 /// Why a fetch failed: what the clients that wait for it are answered (the router's wire

@@ -28,7 +28,11 @@ use embedded_tls::{
     Aes128GcmSha256, Certificate, CertificateRef, CertificateVerifyRef, CryptoProvider,
     TlsCipherSuite, TlsClock, TlsConfig, TlsConnection, TlsContext, TlsError, TlsVerifier,
 };
+use imds_hal::text::Text;
 use imds_hal::{Clock, Entropy};
+
+/// One event line, built before it is handed to the agent (cut at its capacity).
+type EventLine = heapless::String<{ crate::limits::EVENT_LINE_MAX }>;
 
 /// Largest server certificate chain kept during the handshake.
 const CERT_CHAIN_MAX: usize = 4096;
@@ -152,24 +156,95 @@ impl AttemptError {
     }
 }
 
-impl core::fmt::Display for AttemptError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+impl AttemptError {
+    /// The message, written without `core::fmt`; `Display` writes the same.
+    fn describe<W: Text + ?Sized>(&self, out: &mut W) {
         match self {
-            AttemptError::Connect => f.write_str("connect failed"),
-            AttemptError::Timeout => f.write_str("timed out"),
-            AttemptError::Broken => f.write_str("connection broken"),
-            AttemptError::Entropy => f.write_str("entropy source failed"),
-            AttemptError::Tls(e) => write!(f, "TLS: {e:?}"),
-            AttemptError::Http(e) => write!(f, "HTTP: {e:?}"),
+            AttemptError::Connect => {
+                out.put("connect failed");
+            }
+            AttemptError::Timeout => {
+                out.put("timed out");
+            }
+            AttemptError::Broken => {
+                out.put("connection broken");
+            }
+            AttemptError::Entropy => {
+                out.put("entropy source failed");
+            }
+            AttemptError::Tls(e) => {
+                out.put("TLS: ").put(tls_error(e));
+            }
+            AttemptError::Http(e) => {
+                out.put("HTTP: ").put(match e {
+                    ResponseError::Incomplete => "Incomplete",
+                    ResponseError::Malformed => "Malformed",
+                });
+            }
             AttemptError::Status {
                 status,
                 retry_after_s,
             } => {
-                write!(f, "HTTP {status} (Retry-After {retry_after_s:?})")
+                out.put("HTTP ").dec((*status).into()).put(" (Retry-After ");
+                match retry_after_s {
+                    Some(s) => out.put("Some(").dec((*s).into()).put(")"),
+                    None => out.put("None"),
+                };
+                out.put(")");
             }
-            AttemptError::Refused { status, answer } => write!(f, "HTTP {status}: {answer}"),
-            AttemptError::Token(e) => write!(f, "{e}"),
+            AttemptError::Refused { status, answer } => {
+                out.put("HTTP ").dec((*status).into()).put(": ");
+                answer.describe(out);
+            }
+            AttemptError::Token(e) => e.describe(out),
         }
+    }
+}
+
+/// embedded-tls's error by the name of its variant (its `Debug`, without the payload of the
+/// few that carry one).
+fn tls_error(e: &TlsError) -> &'static str {
+    match e {
+        TlsError::ConnectionClosed => "ConnectionClosed",
+        TlsError::Unimplemented => "Unimplemented",
+        TlsError::MissingHandshake => "MissingHandshake",
+        TlsError::HandshakeAborted(..) => "HandshakeAborted",
+        TlsError::AbortHandshake(..) => "AbortHandshake",
+        TlsError::IoError => "IoError",
+        TlsError::InternalError => "InternalError",
+        TlsError::InvalidRecord => "InvalidRecord",
+        TlsError::UnknownContentType => "UnknownContentType",
+        TlsError::InvalidNonceLength => "InvalidNonceLength",
+        TlsError::InvalidTicketLength => "InvalidTicketLength",
+        TlsError::UnknownExtensionType => "UnknownExtensionType",
+        TlsError::InsufficientSpace => "InsufficientSpace",
+        TlsError::InvalidHandshake => "InvalidHandshake",
+        TlsError::InvalidCipherSuite => "InvalidCipherSuite",
+        TlsError::InvalidSignatureScheme => "InvalidSignatureScheme",
+        TlsError::InvalidSignature => "InvalidSignature",
+        TlsError::InvalidExtensionsLength => "InvalidExtensionsLength",
+        TlsError::InvalidSessionIdLength => "InvalidSessionIdLength",
+        TlsError::InvalidSupportedVersions => "InvalidSupportedVersions",
+        TlsError::InvalidApplicationData => "InvalidApplicationData",
+        TlsError::InvalidKeyShare => "InvalidKeyShare",
+        TlsError::InvalidCertificate => "InvalidCertificate",
+        TlsError::InvalidCertificateEntry => "InvalidCertificateEntry",
+        TlsError::InvalidCertificateRequest => "InvalidCertificateRequest",
+        TlsError::InvalidPrivateKey => "InvalidPrivateKey",
+        TlsError::UnableToInitializeCryptoEngine => "UnableToInitializeCryptoEngine",
+        TlsError::ParseError(_) => "ParseError",
+        TlsError::OutOfMemory => "OutOfMemory",
+        TlsError::CryptoError => "CryptoError",
+        TlsError::EncodeError => "EncodeError",
+        TlsError::DecodeError => "DecodeError",
+        TlsError::Io(_) => "Io",
+    }
+}
+
+impl core::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.describe(f);
+        Ok(())
     }
 }
 
@@ -436,12 +511,19 @@ pub async fn run<A: JobQueue, C: Clock, E: Entropy>(
                     {
                         break Err(e);
                     }
-                    agent.borrow_mut().event(format_args!(
-                        "upstream: {} {}: attempt {attempt_no} failed ({e}); retrying in {} ms",
-                        job.client_id,
-                        job.resource,
-                        backoff_us / 1000
-                    ));
+                    let mut line = EventLine::new();
+                    line.put("upstream: ")
+                        .put(&job.client_id)
+                        .put(" ")
+                        .put(&job.resource)
+                        .put(": attempt ")
+                        .dec(attempt_no.into())
+                        .put(" failed (");
+                    e.describe(&mut line);
+                    line.put("); retrying in ")
+                        .dec(backoff_us / 1000)
+                        .put(" ms");
+                    agent.borrow_mut().event(&line);
                     sleep_until(clock, now + backoff_us).await;
                 }
             }
@@ -450,12 +532,17 @@ pub async fn run<A: JobQueue, C: Clock, E: Entropy>(
         let mut a = agent.borrow_mut();
         match result {
             Ok(answer) => {
-                a.event(format_args!(
-                    "upstream: {} {}: token (expires in {} s) in {elapsed_ms} ms",
-                    job.client_id,
-                    job.resource,
-                    answer.expires_on.saturating_sub(clock.unix_time_s())
-                ));
+                let mut line = EventLine::new();
+                line.put("upstream: ")
+                    .put(&job.client_id)
+                    .put(" ")
+                    .put(&job.resource)
+                    .put(": token (expires in ")
+                    .dec(answer.expires_on.saturating_sub(clock.unix_time_s()))
+                    .put(" s) in ")
+                    .dec(elapsed_ms)
+                    .put(" ms");
+                a.event(&line);
                 a.finish_job(
                     job.identity,
                     &job.resource,
@@ -464,10 +551,18 @@ pub async fn run<A: JobQueue, C: Clock, E: Entropy>(
                 );
             }
             Err(e) => {
-                a.event(format_args!(
-                    "upstream: {} {}: failed after {attempt_no} attempt(s) in {elapsed_ms} ms: {e}",
-                    job.client_id, job.resource
-                ));
+                let mut line = EventLine::new();
+                line.put("upstream: ")
+                    .put(&job.client_id)
+                    .put(" ")
+                    .put(&job.resource)
+                    .put(": failed after ")
+                    .dec(attempt_no.into())
+                    .put(" attempt(s) in ")
+                    .dec(elapsed_ms)
+                    .put(" ms: ");
+                e.describe(&mut line);
+                a.event(&line);
                 a.finish_job(
                     job.identity,
                     &job.resource,

@@ -7,7 +7,7 @@
 //! computed when absent.
 
 use crate::limits::{TOKEN_MAX, UPSTREAM_RESPONSE_MAX};
-use core::fmt::Write as _;
+use imds_hal::text::{Checked, Text};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 /// Request style of the authority.
@@ -28,7 +28,12 @@ fn pct_encode<W: core::fmt::Write>(out: &mut W, s: &str) -> core::fmt::Result {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
                 out.write_char(b as char)?
             }
-            _ => write!(out, "%{b:02X}")?,
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.write_char('%')?;
+                out.write_char(HEX[usize::from(b >> 4)] as char)?;
+                out.write_char(HEX[usize::from(b & 0xf)] as char)?
+            }
         }
     }
     Ok(())
@@ -68,16 +73,19 @@ pub fn write_token_request<const N: usize>(
         .map_err(|_| core::fmt::Error)?;
     body.push_str(assertion).map_err(|_| core::fmt::Error)?;
     out.clear();
-    write!(out, "POST {path} HTTP/1.1\r\nHost: {host}")?;
+    let mut w = Checked::new(out);
+    w.put("POST ")
+        .put(path)
+        .put(" HTTP/1.1\r\nHost: ")
+        .put(host);
     if port != 443 {
-        write!(out, ":{port}")?;
+        w.put(":").dec(port.into());
     }
-    write!(
-        out,
-        "\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: imds-agent\r\n\r\n{}",
-        body.len(),
-        body
-    )
+    w.put("\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\nContent-Length: ")
+        .dec(body.len() as u64)
+        .put("\r\nConnection: close\r\nUser-Agent: imds-agent\r\n\r\n")
+        .put(&body);
+    w.result()
 }
 
 /// Why an upstream answer could not be used.
@@ -227,12 +235,22 @@ pub enum TokenAnswerError {
     },
 }
 
+impl TokenAnswerError {
+    /// The message, written without `core::fmt`; `Display` writes the same.
+    pub fn describe<W: Text + ?Sized>(&self, out: &mut W) {
+        match self {
+            TokenAnswerError::Malformed(why) => out.put("malformed token response: ").put(why),
+            TokenAnswerError::OAuth { error, description } => {
+                out.put(error).put(": ").put(description)
+            }
+        };
+    }
+}
+
 impl core::fmt::Display for TokenAnswerError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            TokenAnswerError::Malformed(why) => write!(f, "malformed token response: {why}"),
-            TokenAnswerError::OAuth { error, description } => write!(f, "{error}: {description}"),
-        }
+        self.describe(f);
+        Ok(())
     }
 }
 

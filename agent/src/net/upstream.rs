@@ -11,6 +11,7 @@
 
 use core::fmt::Write;
 use core::net::Ipv4Addr;
+use imds_hal::text::Text;
 
 use smoltcp::iface::{SocketHandle, SocketSet};
 #[cfg(feature = "dns")]
@@ -152,7 +153,7 @@ impl Net<'_> {
                     match v4 {
                         Some(ip) => self.connect_upstream(i, pipe, ip, port, log),
                         None => {
-                            let _ = writeln!(log, "imds-agent: upstream: DNS: no IPv4 address");
+                            log.put("imds-agent: upstream: DNS: no IPv4 address").end();
                             self.upstream.slots[i].state = UpstreamState::Idle;
                             pipe.set_failed();
                         }
@@ -160,15 +161,13 @@ impl Net<'_> {
                 }
                 Err(dns::GetQueryResultError::Failed) => {
                     progress = true;
-                    let _ = writeln!(
-                        log,
-                        "imds-agent: upstream: DNS: the name was not resolved{}",
-                        if self.dns_servers.is_empty() {
+                    log.put("imds-agent: upstream: DNS: the name was not resolved")
+                        .put(if self.dns_servers.is_empty() {
                             " (no DNS server: a static network config needs authority.address)"
                         } else {
                             ""
-                        }
-                    );
+                        })
+                        .end();
                     self.upstream.slots[i].state = UpstreamState::Idle;
                     pipe.set_failed();
                 }
@@ -244,10 +243,10 @@ impl Net<'_> {
                 return self.connect_upstream(i, pipe, *a.ip(), a.port(), log);
             }
             Some(core::net::SocketAddr::V6(a)) => {
-                let _ = writeln!(
-                    log,
-                    "imds-agent: upstream: {a}: IPv6 is not supported by the network loop"
-                );
+                log.put("imds-agent: upstream: ")
+                    .socket(a.into())
+                    .put(": IPv6 is not supported by the network loop")
+                    .end();
                 pipe.set_failed();
                 return;
             }
@@ -268,22 +267,25 @@ impl Net<'_> {
                     };
                 }
                 Err(e) => {
-                    let _ = writeln!(
-                        log,
-                        "imds-agent: upstream: DNS: cannot ask for {}: {e}",
-                        target.host
-                    );
+                    log.put("imds-agent: upstream: DNS: cannot ask for ")
+                        .put(&target.host)
+                        .put(": ")
+                        .put(match e {
+                            dns::StartQueryError::NoFreeSlot => "no free slot",
+                            dns::StartQueryError::InvalidName => "invalid name",
+                            dns::StartQueryError::NameTooLong => "name too long",
+                        })
+                        .end();
                     pipe.set_failed();
                 }
             }
         }
         #[cfg(not(feature = "dns"))]
         {
-            let _ = writeln!(
-                log,
-                "imds-agent: upstream: {}: this build has no DNS: configure authority.address",
-                target.host
-            );
+            log.put("imds-agent: upstream: ")
+                .put(&target.host)
+                .put(": this build has no DNS: configure authority.address")
+                .end();
             pipe.set_failed();
         }
     }
@@ -309,7 +311,16 @@ impl Net<'_> {
         match socket.connect(cx, (IpAddress::Ipv4(ip), port), local_port) {
             Ok(()) => self.upstream.slots[i].state = UpstreamState::Connecting,
             Err(e) => {
-                let _ = writeln!(log, "imds-agent: upstream: connect {ip}:{port}: {e}");
+                log.put("imds-agent: upstream: connect ")
+                    .ipv4(ip.octets())
+                    .put(":")
+                    .dec(port.into())
+                    .put(": ")
+                    .put(match e {
+                        tcp::ConnectError::InvalidState => "invalid state",
+                        tcp::ConnectError::Unaddressable => "unaddressable destination",
+                    })
+                    .end();
                 self.upstream.slots[i].state = UpstreamState::Idle;
                 pipe.set_failed();
             }
