@@ -99,6 +99,12 @@ pub fn run(args: &[String]) -> Result {
         }
     }
 
+    step("module graph: no import cycle between modules of agent/ and qemu/");
+    xtask::cycles::check(&xtask::root())?;
+
+    step("the default image's dependencies: no embedded-tls, embedded-io(-async), rand_core, embassy-futures");
+    xtask::cycles::check_image_dependencies(&xtask::root())?;
+
     step("tests (unit, property, integration: daemon, SDK, unikernel)");
     let mut c = cargo();
     c.args(["test", "--workspace", "--no-fail-fast"]);
