@@ -25,12 +25,12 @@
 
 use serde_json::json;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use xtask::http::pct;
-use xtask::{config, target_dir};
+use xtask::{config, load, target_dir};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -96,23 +96,6 @@ fn show_cmd(c: &Command) -> String {
         }
     }
     s
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 /// A server process, stopped with SIGTERM (then SIGKILL) when dropped.
@@ -375,14 +358,6 @@ fn wrk(o: &Opts, pin: &Pinning, addr: SocketAddr, duration_s: u32) -> Result<(Wr
     Ok((parse_wrk(&text)?, text))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// Latency of `n` sequential requests on one keep-alive connection, in microseconds.
 struct Sequential {
     ok: usize,
@@ -419,8 +394,8 @@ fn sequential(addr: SocketAddr, target: &str, n: usize) -> Result<Sequential> {
         ok: lat.len(),
         other,
         throttled,
-        p50_us: percentile(&lat, 50.0),
-        p99_us: percentile(&lat, 99.0),
+        p50_us: load::percentile(&lat, 50.0),
+        p99_us: load::percentile(&lat, 99.0),
         max_us: lat.last().copied().unwrap_or(0.0),
     })
 }
@@ -496,7 +471,7 @@ fn start_nginx(
         child,
     };
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    if !wait_listening(addr, Duration::from_secs(10)) {
+    if !load::wait_listening(addr, Duration::from_secs(10)) {
         let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
         return Err(format!("nginx did not start on {addr}; error.log:\n{log}"));
     }
@@ -523,7 +498,7 @@ fn start_daemon(bin: &Path, cfg: &Path, log: &Path, pin: &Pinning, port: u16) ->
         child,
     };
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    if !wait_listening(addr, Duration::from_secs(10)) {
+    if !load::wait_listening(addr, Duration::from_secs(10)) {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         return Err(format!("imds-agent did not start on {addr}; log:\n{text}"));
     }
@@ -584,7 +559,7 @@ fn host(o: Opts) -> Result {
     eprintln!("xtask bench: {}", pin.describe());
 
     // The daemon, warmed with one token request.
-    let port = free_port()?;
+    let port = load::free_port().map_err(|e| e.to_string())?;
     let daemon_addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let daemon = start_daemon(&bin, &cfg, &bench.join("daemon.log"), &pin, port)?;
     let warm = Client::connect(daemon_addr)?.get(&token_target(""))?;
@@ -598,7 +573,7 @@ fn host(o: Opts) -> Result {
 
     // nginx with the same bytes.
     let nginx_dir = bench.join("nginx");
-    let nginx_port = free_port()?;
+    let nginx_port = load::free_port().map_err(|e| e.to_string())?;
     let nginx_addr: SocketAddr = ([127, 0, 0, 1], nginx_port).into();
     let nginx = start_nginx(&nginx_dir, &pin, nginx_port, &warm.body, &warm.content_type)?;
     let check = Client::connect(nginx_addr)?.get(&token_target(""))?;
@@ -669,8 +644,18 @@ fn host(o: Opts) -> Result {
     }
     let d = median_run(&daemon_runs);
     let n = median_run(&nginx_runs);
-    let d_cpu = median(daemon_runs.iter().map(|r| r.cpu_us_per_req).collect());
-    let n_cpu = median(nginx_runs.iter().map(|r| r.cpu_us_per_req).collect());
+    let d_cpu = load::median(
+        &daemon_runs
+            .iter()
+            .map(|r| r.cpu_us_per_req)
+            .collect::<Vec<f64>>(),
+    );
+    let n_cpu = load::median(
+        &nginx_runs
+            .iter()
+            .map(|r| r.cpu_us_per_req)
+            .collect::<Vec<f64>>(),
+    );
     drop(nginx);
 
     // Latency without load: cache hits, then cache misses (every request mints and signs).
@@ -779,11 +764,6 @@ fn host(o: Opts) -> Result {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// Clock ticks a second (`getconf CLK_TCK`; 100 on Linux in practice).
 fn clock_ticks() -> f64 {
     static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
@@ -876,13 +856,5 @@ mod tests {
         assert_eq!(r.p90_us, 1100.0);
         assert_eq!(r.p99_us, 2500.0);
         assert_eq!(r.non_2xx, 3);
-    }
-
-    #[test]
-    fn percentiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 51.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
     }
 }

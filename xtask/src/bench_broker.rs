@@ -169,11 +169,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// The fetch time the agent logged for its first token ("... token (expires in N s) in M ms").
 fn logged_fetch_ms(log: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(log).ok()?;
@@ -395,11 +390,22 @@ pub fn run(args: &[String]) -> Result {
             curl_wall_ms: curl.2,
         });
     }
-    let agent_med = median(cold.iter().map(|r| r.agent_ms).collect());
-    let fetch_med = median(cold.iter().filter_map(|r| r.agent_fetch_ms).collect());
-    let curl_med = median(cold.iter().map(|r| r.curl_ms).collect());
-    let curl_tls_med = median(cold.iter().map(|r| r.curl_appconnect_ms).collect());
-    let curl_wall_med = median(cold.iter().map(|r| r.curl_wall_ms).collect());
+    let agent_med = xtask::load::median(&cold.iter().map(|r| r.agent_ms).collect::<Vec<f64>>());
+    let fetch_med = xtask::load::median(
+        &cold
+            .iter()
+            .filter_map(|r| r.agent_fetch_ms)
+            .collect::<Vec<f64>>(),
+    );
+    let curl_med = xtask::load::median(&cold.iter().map(|r| r.curl_ms).collect::<Vec<f64>>());
+    let curl_tls_med = xtask::load::median(
+        &cold
+            .iter()
+            .map(|r| r.curl_appconnect_ms)
+            .collect::<Vec<f64>>(),
+    );
+    let curl_wall_med =
+        xtask::load::median(&cold.iter().map(|r| r.curl_wall_ms).collect::<Vec<f64>>());
     let ratio = agent_med / curl_med;
 
     eprintln!("cached tokens under load, then with a fetch in flight ...");
@@ -414,7 +420,7 @@ pub fn run(args: &[String]) -> Result {
     } else {
         None
     };
-    let uk_med = uk.as_ref().map(|(v, _)| median(v.clone()));
+    let uk_med = uk.as_ref().map(|(v, _)| xtask::load::median(&v.clone()));
 
     println!(
         "\nbroker mode: cold first token ({} runs, medians)\n",

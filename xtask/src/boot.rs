@@ -278,18 +278,10 @@ fn spread(v: &[f64]) -> Value {
     json!({
         "min": r(s.first().copied().unwrap_or(0.0)),
         "p25": r(load::percentile(&s, 25.0)),
-        "median": r(median(&s)),
+        "median": r(load::median(&s)),
         "p75": r(load::percentile(&s, 75.0)),
         "max": r(s.last().copied().unwrap_or(0.0)),
     })
-}
-
-fn median(sorted: &[f64]) -> f64 {
-    match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
 }
 
 fn sorted(v: impl Iterator<Item = f64>) -> Vec<f64> {
@@ -548,7 +540,7 @@ pub fn bench(args: &[String]) -> Result {
         let cell = |v: &[f64]| {
             format!(
                 "{:.1} [{:.1} .. {:.1}], {:.1}-{:.1}",
-                median(v),
+                load::median(v),
                 v[0],
                 v[v.len() - 1],
                 load::percentile(v, 25.0),
@@ -560,13 +552,13 @@ pub fn bench(args: &[String]) -> Result {
             cell(&fb),
             cell(&rd),
             cell(&tk),
-            median(&ratios)
+            load::median(&ratios)
         );
         report[*name] = json!({
             "first_byte_ms": spread(&fb),
             "ready_ms": spread(&rd),
             "first_token_ms": spread(&tk),
-            "ratio_first_token_over_first_byte": (median(&ratios) * 100.0).round() / 100.0,
+            "ratio_first_token_over_first_byte": (load::median(&ratios) * 100.0).round() / 100.0,
             "samples": samples.iter().map(|s| json!([
                 (s.first_byte_ms * 10.0).round() / 10.0,
                 (s.ready_ms * 10.0).round() / 10.0,
@@ -618,11 +610,5 @@ mod tests {
         assert_eq!(stack_used(&[0, 0, 0, 0]), 0);
         assert_eq!(stack_used(&[0, 0, 7, 0]), 2);
         assert_eq!(stack_used(&[1, 0, 0, 0]), 4);
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[1.0, 2.0, 3.0]), 2.0);
-        assert_eq!(median(&[1.0, 2.0, 3.0, 4.0]), 2.5);
     }
 }
