@@ -192,7 +192,7 @@ impl Connection {
                                 .is_ok();
                         let since = self.parked_since_us.unwrap_or(start_us);
                         let micros = clock.monotonic_us().saturating_sub(since);
-                        log.ip(self.peer)
+                        put_peer(log, self.peer)
                             .put(" ")
                             .put(req.method_str)
                             .put(" ")
@@ -268,7 +268,7 @@ impl Connection {
         self.tx.clear();
         self.tx_sent = 0;
         let _ = http::write_response(&mut self.tx, &head, &self.reply.body, false);
-        log.ip(self.peer)
+        put_peer(log, self.peer)
             .put(" - - ")
             .dec(e.status().into())
             .put(" - 0us (");
@@ -346,5 +346,17 @@ impl Connection {
             self.head_started_us.unwrap_or(self.last_activity_us)
         };
         Some((self.answered, since))
+    }
+}
+
+/// The peer's address in the access log. Without `std` (the image: smoltcp without IPv6) a
+/// peer is always IPv4, and the IPv6 text code (~500 bytes) stays out of the image.
+fn put_peer<W: Text + ?Sized>(log: &mut W, peer: IpAddr) -> &mut W {
+    match peer {
+        IpAddr::V4(a) => log.ipv4(a.octets()),
+        #[cfg(feature = "std")]
+        IpAddr::V6(a) => log.ipv6(a),
+        #[cfg(not(feature = "std"))]
+        IpAddr::V6(_) => log.put("[IPv6]"),
     }
 }

@@ -7,7 +7,9 @@
 //! 1. zeroes `.bss` (page tables, stack, every static of the image);
 //! 2. identity-maps the first 4 GiB with 2 MiB pages (RAM and the PCI BARs near 4 GiB);
 //! 3. enables PAE, long mode and paging, loads a 64-bit GDT and far-returns into 64-bit code;
-//! 4. sets up a stack of [`STACK_SIZE`] bytes and calls `imds_boot_main(start_info)`.
+//! 4. sets up a small stack of [`STACK_SIZE`] bytes and calls `imds_boot_main(start_info)`,
+//!    which moves to a big stack in RAM the PVH memory map reports ([`big_stack`]: below 1 MiB
+//!    when there is enough there, so that `-m 2` fits) before it does anything else.
 //!
 //! `imds_boot_main` installs an IDT first thing (`imds_hal::x86_64::interrupts::init`): a CPU
 //! exception prints what happened and exits with `exit_code::CPU_EXCEPTION`. Interrupts stay
@@ -15,9 +17,18 @@
 //! polls). A fault before the IDT is in place triple-faults and QEMU resets (no reboot loop:
 //! the profiles pass `-no-reboot`).
 
-/// Boot stack (in `.bss`, so it costs RAM, not image bytes). The agent (~160 KiB) and the
-/// network memory (~300 KiB) live in `imds_boot_main`'s frame.
-pub const STACK_SIZE: usize = 1024 * 1024;
+/// The early stack, in `.bss`: enough for `imds_boot_main` up to [`run_on_big_stack`].
+pub const STACK_SIZE: usize = 16 * 1024;
+
+/// The stack the agent runs on: at least this much RAM from the PVH memory map ([`big_stack`];
+/// measured high-water mark 358 KiB: `cargo xtask bench boot`).
+pub const BIG_STACK_MIN: u64 = 448 * 1024;
+/// At most this much of the region is used.
+pub const BIG_STACK_MAX: u64 = 1024 * 1024;
+/// RAM below this address is left alone (real-mode IVT and BIOS data, QEMU's PVH structures).
+pub const LOW_RAM_FIRST: u64 = 0x1_0000;
+/// The first address above the real-mode region (the image is linked here).
+pub const HIGH_RAM_FIRST: u64 = 0x10_0000;
 
 /// `hvm_start_info.magic` (Xen's `XEN_HVM_START_MAGIC_VALUE`).
 pub const HVM_START_MAGIC: u32 = 0x336e_c578;
@@ -179,7 +190,7 @@ pub fn pvh_magic_ok(start_info: u32) -> bool {
 const STACK_SCAN_WORDS: usize = 512;
 
 /// The values on the stack, from `rsp` up (the newest frames first, at most
-/// [`STACK_SCAN_WORDS`] words, never past the top of the boot stack), that are addresses in
+/// [`STACK_SCAN_WORDS`] words, never past the top of the stack), that are addresses in
 /// the image's code: return addresses of the calls that led here, among other words. The
 /// panic handler prints them instead of a formatted message (formatting links ~40 KB of
 /// `core::fmt`); `addr2line -f -i -C -e` on the `image-syms` build of the same code turns them
@@ -194,11 +205,14 @@ pub fn code_addresses_on_stack(mut each: impl FnMut(u64) -> bool) {
     // SAFETY: reads the stack pointer into a register; no memory is touched.
     unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack)) };
     // Only the addresses of these linker symbols are taken, never their contents.
-    let (lo, hi, top) = (
+    let (lo, hi) = (
         core::ptr::addr_of!(__text_start) as u64,
         core::ptr::addr_of!(__text_end) as u64,
-        core::ptr::addr_of!(boot_stack_top) as u64,
     );
+    let top = match STACK_TOP.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => core::ptr::addr_of!(boot_stack_top) as u64,
+        top => top,
+    };
     let mut at = rsp & !7;
     for _ in 0..STACK_SCAN_WORDS {
         if at + 8 > top {
@@ -211,5 +225,90 @@ pub fn code_addresses_on_stack(mut each: impl FnMut(u64) -> bool) {
             break;
         }
         at += 8;
+    }
+}
+
+/// Where a stack of [`BIG_STACK_MIN`]..[`BIG_STACK_MAX`] bytes fits, as `(bottom, top)`: RAM
+/// (type 1) of the PVH memory map between [`LOW_RAM_FIRST`] and [`HIGH_RAM_FIRST`] (memory
+/// the image does not use), else RAM above `image_end`; the highest such range, and never the
+/// pages of the start info or of the map itself. `None` without a memory map (PVH version 0)
+/// or without such RAM.
+pub fn big_stack(start_info: u32, image_end: u64) -> Option<(u64, u64)> {
+    let read32 = |at: u64| {
+        // SAFETY: `at` is within the start info or its memory map, which QEMU's PVH loader
+        // put in identity-mapped RAM below 4 GiB; a volatile read of RAM has no side effect.
+        unsafe { core::ptr::read_volatile(at as usize as *const u32) }
+    };
+    let read64 = |at: u64| u64::from(read32(at)) | (u64::from(read32(at + 4)) << 32);
+    let info = u64::from(start_info);
+    if read32(info + 4) < 1 {
+        return None; // version 0: no memory map
+    }
+    let (map, entries) = (read64(info + 40), u64::from(read32(info + 48)));
+    let avoid = [
+        (info & !0xfff, (info + 56 + 0xfff) & !0xfff),
+        (map & !0xfff, (map + entries * 24 + 0xfff) & !0xfff),
+    ];
+    // The highest fitting range below 1 MiB, else above the image.
+    let mut found = [None::<(u64, u64)>; 2];
+    for e in 0..entries.min(128) {
+        let at = map + e * 24;
+        if read32(at + 16) != 1 {
+            continue;
+        }
+        let (start, end) = (read64(at), read64(at).saturating_add(read64(at + 8)));
+        for (slot, (lo, hi)) in [(LOW_RAM_FIRST, HIGH_RAM_FIRST), (image_end, u64::MAX)]
+            .into_iter()
+            .enumerate()
+        {
+            let (mut bottom, top) = (start.max(lo), end.min(hi) & !0xf);
+            for (a, b) in avoid {
+                if a < top && b > bottom {
+                    bottom = bottom.max(b);
+                }
+            }
+            let fits = top > bottom && top - bottom >= BIG_STACK_MIN;
+            if fits && found[slot].is_none_or(|(_, t)| top > t) {
+                found[slot] = Some((bottom.max(top.saturating_sub(BIG_STACK_MAX)), top));
+            }
+        }
+    }
+    found[0].or(found[1])
+}
+
+/// The stack the agent runs on (0 until [`run_on_big_stack`]).
+static STACK_TOP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static STACK_BOTTOM: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The big stack, `(bottom, top)`, once [`run_on_big_stack`] switched to it.
+pub fn stack() -> (u64, u64) {
+    (
+        STACK_BOTTOM.load(core::sync::atomic::Ordering::Relaxed),
+        STACK_TOP.load(core::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+/// Zero the stack `(bottom, top)` (so that `cargo xtask bench boot` can find its high-water
+/// mark) and call `main(start_info)` on it. Never returns.
+pub fn run_on_big_stack(stack: (u64, u64), main: extern "C" fn(u32) -> !, start_info: u32) -> ! {
+    let (bottom, top) = stack;
+    STACK_TOP.store(top, core::sync::atomic::Ordering::Relaxed);
+    STACK_BOTTOM.store(bottom, core::sync::atomic::Ordering::Relaxed);
+    // SAFETY: `bottom..top` is RAM the memory map reports and nothing else uses (see
+    // [`big_stack`]); zeroing it touches nothing of the image.
+    unsafe { core::ptr::write_bytes(bottom as usize as *mut u8, 0, (top - bottom) as usize) };
+    // SAFETY: `top` is the 16-byte aligned end of that RAM: the new stack. `main` never
+    // returns, so nothing of the old stack is used again.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {top}",
+            "xor ebp, ebp",
+            "call {main}",
+            "ud2",
+            top = in(reg) top,
+            main = in(reg) main,
+            in("edi") start_info,
+            options(noreturn)
+        )
     }
 }

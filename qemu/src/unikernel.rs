@@ -32,11 +32,38 @@ const IDLE_NAP_US: u64 = 1_000;
 /// fw_cfg file whose presence makes the image crash right after boot (see [`crash_test`]).
 const PANIC_TEST_FILE: &str = "opt/imds-agent/panic-test";
 
-/// Rust entry point, called by the boot trampoline with the PVH `hvm_start_info` address.
+/// Rust entry point, called by the boot trampoline with the PVH `hvm_start_info` address, on
+/// the small early stack: checks the start info and moves to the big stack.
 #[no_mangle]
 pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
     let mut log = Serial::init_com1();
     interrupts::init(exit_code::CPU_EXCEPTION);
+    if !boot::pvh_magic_ok(start_info) {
+        log.put("imds-agent: fatal: not started through PVH (start info at ")
+            .hex(start_info.into())
+            .put("); boot with qemu -kernel")
+            .end();
+        exit(exit_code::BAD_BOOT);
+    }
+    extern "C" {
+        static __image_end: u8;
+    }
+    match boot::big_stack(start_info, core::ptr::addr_of!(__image_end) as u64) {
+        Some(stack) => boot::run_on_big_stack(stack, boot_on_big_stack, start_info),
+        None => {
+            log.put("imds-agent: fatal: the memory map has no RAM for a ")
+                .dec(boot::BIG_STACK_MIN / 1024)
+                .put(" KiB stack (give the guest more memory)")
+                .end();
+            exit(exit_code::BAD_BOOT);
+        }
+    }
+}
+
+/// The boot sequence, on the big stack.
+extern "C" fn boot_on_big_stack(start_info: u32) -> ! {
+    let _ = start_info;
+    let mut log = Serial::com1();
     log.put("imds-agent: unikernel ")
         .put(env!("CARGO_PKG_VERSION"))
         .put(" booting")
@@ -45,14 +72,11 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
         } else {
             ""
         })
+        .put(", stack ")
+        .hex(boot::stack().0)
+        .put("..")
+        .hex(boot::stack().1)
         .end();
-    if !boot::pvh_magic_ok(start_info) {
-        log.put("imds-agent: fatal: not started through PVH (start info at ")
-            .hex(start_info.into())
-            .put("); boot with qemu -kernel")
-            .end();
-        exit(exit_code::BAD_BOOT);
-    }
     crash_test();
     #[cfg(feature = "rsa")]
     crate::heap::init();

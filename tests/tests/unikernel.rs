@@ -343,3 +343,32 @@ fn the_print_cmd_line_boots_and_serves_after_the_ready_line() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// The smallest guest the image is built for: 2 MiB of RAM, the stack below 1 MiB.
+#[test]
+fn serves_in_2_mib_with_its_stack_below_1_mib() {
+    let cfg = DemoConfig::new("unikernel-2mib");
+    let port = qemu::free_port();
+    let opts = QemuOpts {
+        mem_mb: 2,
+        ..QemuOpts::new(&cfg.path, port)
+    };
+    let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
+    guest
+        .wait_ready(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for resource in [MGMT, "https://vault.azure.net"] {
+        let r = get(addr, &token_target(resource, ""), &[MD]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let out = guest.output();
+    let range = out
+        .lines()
+        .find_map(|l| l.split_once(", stack ").map(|(_, r)| r.to_string()))
+        .unwrap_or_else(|| panic!("no stack range:\n{out}"));
+    let (lo, hi) = range.split_once("..").expect("a range");
+    let hex = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap();
+    assert!(hex(lo) >= 0x1_0000 && hex(hi) <= 0x10_0000, "{range}");
+    assert!(hex(hi) - hex(lo) >= 448 * 1024, "{range}");
+}

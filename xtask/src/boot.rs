@@ -308,23 +308,23 @@ fn bench_config(dir: &Path, static_net: bool) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Where the boot stack is in the image: `(address, bytes)` of `boot_stack` ..
-/// `boot_stack_top` (local labels of `qemu/src/boot.rs`), read from cargo's unstripped output
-/// of the same build ([`qemu::symbols_path`]).
-fn stack_region() -> Result<(u64, u64)> {
-    use object::{Object, ObjectSymbol};
-    let path = qemu::symbols_path(true);
-    let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let syms = object::File::parse(&*data).map_err(|e| e.to_string())?;
-    let addr = |name: &str| {
-        syms.symbols()
-            .find(|s| s.name() == Ok(name))
-            .map(|s| s.address())
-            .ok_or_else(|| format!("no symbol `{name}` in {}", path.display()))
+/// The stack the guest runs on, `(address, bytes)`, from its first line
+/// (`imds-agent: unikernel X booting, stack 0xBOTTOM..0xTOP`).
+pub fn stack_region(console: &str) -> Result<(u64, u64)> {
+    let range = console
+        .lines()
+        .find_map(|l| l.split_once(", stack ").map(|(_, r)| r.trim()))
+        .ok_or("the guest printed no stack range")?;
+    let (lo, hi) = range
+        .split_once("..")
+        .ok_or_else(|| format!("stack range `{range}`?"))?;
+    let hex = |v: &str| {
+        u64::from_str_radix(v.trim().trim_start_matches("0x"), 16)
+            .map_err(|_| format!("stack range `{range}`?"))
     };
-    let (base, top) = (addr("boot_stack")?, addr("boot_stack_top")?);
+    let (base, top) = (hex(lo)?, hex(hi)?);
     if top <= base {
-        return Err(format!("boot stack {base:#x}..{top:#x}?"));
+        return Err(format!("stack range `{range}`?"));
     }
     Ok((base, top - base))
 }
@@ -371,7 +371,6 @@ fn stack_high_water(
     opts: QemuOpts,
     timeout: Duration,
 ) -> Result<(u64, u64)> {
-    let (base, size) = stack_region()?;
     let dir = target_dir().join("bench");
     let sock = dir.join("boot-monitor.sock");
     let dump = dir.join("boot-stack.bin");
@@ -389,6 +388,7 @@ fn stack_high_water(
         .push(format!("unix:{},server=on,wait=off", sock.display()).into());
     let mut guest = qemu::Guest::spawn(image, &opts).map_err(|e| format!("QEMU: {e}"))?;
     guest.wait_ready(timeout)?;
+    let (base, size) = stack_region(&guest.output())?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let doc: Value = serde_json::from_slice(&std::fs::read(cfg).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
@@ -521,7 +521,7 @@ pub fn bench(args: &[String]) -> Result {
         "mem_mib": qemu::DEFAULT_MEM_MB,
         "min_mem_mib": min_mem,
         "mem_probes": probes,
-        "method": "times from QEMU's spawn; the token request is sent on the guest's ready line; stack: lowest non-zero byte of the (zeroed at boot) boot stack, dumped with the QEMU monitor's pmemsave",
+        "method": "times from QEMU's spawn; the token request is sent on the guest's ready line; stack: lowest non-zero byte of the stack the guest zeroes at boot (range from its first line), dumped with the QEMU monitor's pmemsave",
     });
     println!(
         "\nboot, {} boots each, {} {}, -m {} (ms from QEMU spawn: median [min .. max], p25-p75)\n",
@@ -573,7 +573,7 @@ pub fn bench(args: &[String]) -> Result {
     }
     match &stack {
         Ok((used, size)) => println!(
-            "stack high-water mark (boot; tokens for each identity, cached and bypassed; documents; errors): {} KiB of the {} KiB boot stack",
+            "stack high-water mark (boot; tokens for each identity, cached and bypassed; documents; errors): {} KiB of the {} KiB stack",
             used.div_ceil(1024),
             size / 1024
         ),
@@ -603,6 +603,14 @@ mod tests {
         assert!(f.has("--print-cmd"));
         assert!(Flags::parse(&a, &["--port"], &[], "u").is_err());
         assert!(Flags::parse(&a[..1], &["--port"], &[], "u").is_err());
+    }
+
+    #[test]
+    fn the_stack_range_from_the_first_line() {
+        let line = "imds-agent: unikernel 0.1.0 booting, stack 0x10000..0x9fc00\n";
+        assert_eq!(stack_region(line).unwrap(), (0x10000, 0x9fc00 - 0x10000));
+        assert!(stack_region("imds-agent: unikernel 0.1.0 booting\n").is_err());
+        assert!(stack_region(", stack 0x20..0x10\n").is_err());
     }
 
     #[test]
