@@ -43,6 +43,21 @@ pub const DEFAULT_LEGACY_LISTEN: &str = "127.0.0.1:50342";
 /// A GUID in its 8-4-4-4-12 text form.
 pub type Guid = heapless::String<36>;
 
+/// A random (version 4) GUID from 16 random bytes (for new configs: `imds-agent
+/// --init-config`, `cargo xtask config --demo`).
+pub fn guid_v4(mut b: [u8; 16]) -> Guid {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut g = Guid::new();
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            g.put("-");
+        }
+        g.hex2(*x);
+    }
+    g
+}
+
 /// Whose identity it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityKind {
@@ -1348,6 +1363,14 @@ pub(crate) mod tests {
     pub const SYS: &str = r#"{"kind":"system","client_id":"11111111-1111-1111-1111-111111111111","object_id":"21111111-1111-1111-1111-111111111111","resource_id":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"}"#;
     pub const USER1: &str = r#"{"kind":"user","client_id":"12222222-2222-2222-2222-222222222222","object_id":"22222222-2222-2222-2222-222222222222","resource_id":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/one"}"#;
     pub const USER2: &str = r#"{"kind":"user","client_id":"13333333-3333-3333-3333-333333333333","object_id":"23333333-3333-3333-3333-333333333333","resource_id":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/two"}"#;
+
+    #[test]
+    fn fresh_guids_are_version_4() {
+        assert_eq!(guid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_eq!(guid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+        let g = guid_v4(*b"0123456789abcdef");
+        assert!(guid(Some(&g.as_str().try_into().unwrap()), FieldPath::top("x")).is_ok());
+    }
 
     fn err(d: &str) -> heapless::String<256> {
         let e = Config::parse(d.as_bytes()).unwrap_err();

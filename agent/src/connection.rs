@@ -72,16 +72,7 @@ impl Connection {
             head_started_us: None,
             parked_since_us: None,
             answered: false,
-            reply: Reply {
-                status: 500,
-                content_type: http::ContentType::Json,
-                retry_after_s: None,
-                allow: None,
-                body: heapless::Vec::new(),
-                client_id: None,
-                close: false,
-                pending: false,
-            },
+            reply: Reply::new(),
         }
     }
 

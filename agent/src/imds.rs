@@ -127,7 +127,7 @@ pub struct Reply {
 
 impl Reply {
     /// An empty reply.
-    pub fn new() -> Reply {
+    pub const fn new() -> Reply {
         Reply {
             status: 500,
             content_type: ContentType::Json,

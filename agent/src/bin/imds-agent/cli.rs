@@ -73,17 +73,7 @@ pub fn describe(
 fn guid() -> String {
     let mut b = [0u8; 16];
     OsRng.fill_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    imds_agent::config::guid_v4(b).as_str().to_string()
 }
 
 /// This machine's host name as an Azure resource name (letters, digits, `-`, `_`, `.`; at
