@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 pub use xtask::http::pct;
 
 pub use xtask::watchdog::Watchdog;
@@ -192,19 +192,9 @@ impl Daemon {
 
     /// Send SIGTERM and wait for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                self.watchdog.disarm();
-                return s;
-            }
-            assert!(Instant::now() < deadline, "daemon did not exit on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let s = xtask::terminate(&mut self.child, "daemon");
+        self.watchdog.disarm();
+        s
     }
 }
 

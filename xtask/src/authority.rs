@@ -920,21 +920,7 @@ impl Authority {
 
     /// Sends SIGTERM and waits for the exit (at most 10 s).
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "authority did not exit on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::terminate(&mut self.child, "authority")
     }
 
     /// The node process id.

@@ -80,3 +80,20 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> 
         v
     })
 }
+
+/// Send SIGTERM to `child` and wait (at most 10 s) for its exit status; panics naming `what`
+/// if it is still running then (tests of a clean shutdown).
+pub fn terminate(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
