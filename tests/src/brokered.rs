@@ -3,7 +3,7 @@
 
 use crate::authority::{Alg, Authority, ClientKey};
 use crate::contract::assert_imds_token_shape;
-use crate::Response;
+use crate::{DemoConfig, Response};
 use serde_json::Value;
 
 /// A client key whose `kid` is what the agent puts in its assertions (the key's RFC 7638
@@ -67,4 +67,44 @@ pub fn assert_imds_error(resp: &Response, status: u16, code: &str, context: impl
             resp.text()
         );
     }
+}
+
+/// The v1 scenario both ways of running share: a token for the system-assigned identity and
+/// one for a user-assigned one are fetched (verified against the authority's JWKS), the same
+/// token is then served from the cache, the assertion the authority checked names the client
+/// (`iss` = `sub` = client id, ES256), and `bypass_cache` fetches anew. `token(resource,
+/// extra query)` asks the agent; `brokered(answer, resource, client id)` is the target's
+/// [`assert_brokered`]. Returns the first answer and the requests the authority saw.
+pub fn v1_fetched_cached_and_served(
+    cfg: &DemoConfig,
+    authority: &Authority,
+    token: impl Fn(&str, &str) -> Response,
+    brokered: impl Fn(&Response, &str, &str) -> Value,
+) -> (Value, Vec<Value>) {
+    const MGMT: &str = "https://management.azure.com/";
+    const VAULT: &str = "https://vault.azure.net";
+    let sys = cfg.system.clone().expect("a system-assigned identity");
+    let user = cfg.users[0].clone();
+    let a = brokered(&token(MGMT, ""), MGMT, &sys.client_id);
+    brokered(
+        &token(VAULT, &format!("&client_id={}", user.client_id)),
+        VAULT,
+        &user.client_id,
+    );
+    assert_eq!(fetched(authority), 2);
+    // Served from the cache: the authority sees nothing more.
+    let b = token(MGMT, "").json();
+    assert_eq!(a["access_token"], b["access_token"]);
+    assert_eq!(fetched(authority), 2);
+    let reqs = authority.requests();
+    let first = &reqs[0];
+    assert_eq!(first["params"]["resource"], MGMT);
+    assert_eq!(first["assertion"]["claims"]["iss"], sys.client_id.as_str());
+    assert_eq!(first["assertion"]["claims"]["sub"], sys.client_id.as_str());
+    assert_eq!(first["assertion"]["header"]["alg"], "ES256");
+    // bypass_cache forces a new fetch.
+    let c = token(MGMT, "&bypass_cache=true").json();
+    assert_ne!(a["access_token"], c["access_token"]);
+    assert_eq!(fetched(authority), 3);
+    (a, reqs)
 }
