@@ -578,9 +578,9 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "listen" => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
-                "network" => raw.network = map.next_value_seed(OptNetworkSeed(t))?,
+                "network" => raw.network = map.next_value_seed(Opt(NetworkSeed(t)))?,
                 #[cfg(feature = "broker")]
-                "authority" => raw.authority = map.next_value_seed(OptAuthoritySeed(t))?,
+                "authority" => raw.authority = map.next_value_seed(Opt(AuthoritySeed(t)))?,
                 #[cfg(not(feature = "broker"))]
                 "authority" => {
                     raw.authority = map.next_value::<Option<de::IgnoredAny>>()?.is_some()
@@ -597,10 +597,7 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 k if k.starts_with('_') || k.starts_with('#') => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
-                other => {
-                    t.unknown.borrow_mut().get_or_insert(FieldPath::top(other));
-                    map.next_value::<de::IgnoredAny>()?;
-                }
+                other => unknown_field(t, FieldPath::top(other), map)?,
             }
             Ok(())
         })?;
@@ -635,12 +632,7 @@ impl<'de> Visitor<'de> for ListenSeed<'_> {
             match key {
                 "imds" => raw.imds = Some(next_str(map)?),
                 "legacy" => raw.legacy = Some(next_opt_str(map)?),
-                other => {
-                    t.unknown
-                        .borrow_mut()
-                        .get_or_insert(FieldPath::nested("listen", None, other));
-                    map.next_value::<de::IgnoredAny>()?;
-                }
+                other => unknown_field(t, FieldPath::nested("listen", None, other), map)?,
             }
             Ok(())
         })?;
@@ -648,19 +640,21 @@ impl<'de> Visitor<'de> for ListenSeed<'_> {
     }
 }
 
-struct OptNetworkSeed<'t>(&'t Tracker);
+/// `null` (or absent) or an object read by the map visitor `V`.
+struct Opt<V>(V);
 
-impl<'de> DeserializeSeed<'de> for OptNetworkSeed<'_> {
-    type Value = Option<RawNetwork>;
+impl<'de, V: Visitor<'de>> DeserializeSeed<'de> for Opt<V> {
+    type Value = Option<V::Value>;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_option(self)
     }
 }
 
-impl<'de> Visitor<'de> for OptNetworkSeed<'_> {
-    type Value = Option<RawNetwork>;
+impl<'de, V: Visitor<'de>> Visitor<'de> for Opt<V> {
+    type Value = Option<V::Value>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("null or an object with `address` and `gateway`")
+        f.write_str("null or ")?;
+        self.0.expecting(f)
     }
     fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
@@ -669,7 +663,28 @@ impl<'de> Visitor<'de> for OptNetworkSeed<'_> {
         Ok(None)
     }
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
+        d.deserialize_map(self.0).map(Some)
+    }
+}
+
+/// A field no one knows: remember the first for the error (a typo is an error, not a silent
+/// default) and skip its value.
+fn unknown_field<'de, A: MapAccess<'de>>(
+    t: &Tracker,
+    path: FieldPath,
+    map: &mut A,
+) -> Result<(), A::Error> {
+    t.unknown.borrow_mut().get_or_insert(path);
+    map.next_value::<de::IgnoredAny>()?;
+    Ok(())
+}
+
+struct NetworkSeed<'t>(&'t Tracker);
+
+impl<'de> Visitor<'de> for NetworkSeed<'_> {
+    type Value = RawNetwork;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `address` and `gateway`")
     }
     #[inline(never)]
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
@@ -680,44 +695,22 @@ impl<'de> Visitor<'de> for OptNetworkSeed<'_> {
             match key {
                 "address" => raw.address = Some(next_str(map)?),
                 "gateway" => raw.gateway = next_opt_str(map)?,
-                other => {
-                    t.unknown
-                        .borrow_mut()
-                        .get_or_insert(FieldPath::nested("network", None, other));
-                    map.next_value::<de::IgnoredAny>()?;
-                }
+                other => unknown_field(t, FieldPath::nested("network", None, other), map)?,
             }
             Ok(())
         })?;
-        Ok(Some(raw))
+        Ok(raw)
     }
 }
 
 #[cfg(feature = "broker")]
-struct OptAuthoritySeed<'t>(&'t Tracker);
+struct AuthoritySeed<'t>(&'t Tracker);
 
 #[cfg(feature = "broker")]
-impl<'de> DeserializeSeed<'de> for OptAuthoritySeed<'_> {
-    type Value = Option<RawAuthority>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
-#[cfg(feature = "broker")]
-impl<'de> Visitor<'de> for OptAuthoritySeed<'_> {
-    type Value = Option<RawAuthority>;
+impl<'de> Visitor<'de> for AuthoritySeed<'_> {
+    type Value = RawAuthority;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("null or an authority object")
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
+        f.write_str("an authority object")
     }
     #[inline(never)]
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
@@ -738,18 +731,11 @@ impl<'de> Visitor<'de> for OptAuthoritySeed<'_> {
                 k if k.starts_with('_') => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
-                other => {
-                    t.unknown.borrow_mut().get_or_insert(FieldPath::nested(
-                        "authority",
-                        None,
-                        other,
-                    ));
-                    map.next_value::<de::IgnoredAny>()?;
-                }
+                other => unknown_field(t, FieldPath::nested("authority", None, other), map)?,
             }
             Ok(())
         })?;
-        Ok(Some(raw))
+        Ok(raw)
     }
 }
 
@@ -837,14 +823,7 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
                 k if k.starts_with('_') => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
-                other => {
-                    t.unknown.borrow_mut().get_or_insert(FieldPath::nested(
-                        "identities",
-                        Some(i),
-                        other,
-                    ));
-                    map.next_value::<de::IgnoredAny>()?;
-                }
+                other => unknown_field(t, FieldPath::nested("identities", Some(i), other), map)?,
             }
             Ok(())
         })?;
