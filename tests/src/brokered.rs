@@ -108,3 +108,25 @@ pub fn v1_fetched_cached_and_served(
     assert_eq!(fetched(authority), 3);
     (a, reqs)
 }
+
+/// The v2 scenario both share: the request carries `scope=R/.default`, and `expires_on` (v2
+/// answers have none) is computed from `expires_in` (3600 s) within `skew_s` of now.
+pub fn v2_scope_and_computed_expiry(
+    cfg: &DemoConfig,
+    authority: &Authority,
+    token: impl Fn(&str, &str) -> Response,
+    brokered: impl Fn(&Response, &str, &str) -> Value,
+    skew_s: u64,
+) {
+    const MGMT: &str = "https://management.azure.com/";
+    let sys = cfg.system.clone().expect("a system-assigned identity");
+    let j = brokered(&token(MGMT, ""), MGMT, &sys.client_id);
+    let req = &authority.requests()[0];
+    assert_eq!(
+        req["params"]["scope"],
+        "https://management.azure.com//.default"
+    );
+    let exp: u64 = j["expires_on"].as_str().unwrap().parse().unwrap();
+    let now = crate::authority::unix_now();
+    assert!(exp.abs_diff(now + 3600) < skew_s, "{exp} vs {now}");
+}
