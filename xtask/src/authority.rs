@@ -33,8 +33,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long `npm ci` may take (registry downloads).
 pub const NPM_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long the authority may take to print its listening line.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the authority may take to print its listening line. Node loads oidc-provider in
+/// about a second; a 2-core machine busy with builds and guests has taken over 30 s.
+pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// Read/write timeout of one HTTPS exchange with the authority.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
