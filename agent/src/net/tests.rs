@@ -327,19 +327,8 @@ impl Rig {
                 })
                 .unwrap();
             }
-            let text = String::from_utf8_lossy(&got).into_owned();
-            if let Some(head_end) = text.find("\r\n\r\n") {
-                let len = text[..head_end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap())
-                    })
-                    .unwrap_or(0);
-                if got.len() >= head_end + 4 + len {
-                    return text;
-                }
+            if http_complete(&got) {
+                return String::from_utf8_lossy(&got).into_owned();
             }
         }
         panic!(
@@ -560,7 +549,7 @@ impl FakeAuthority {
     }
 }
 
-/// Whether `b` holds a whole HTTP request (head and Content-Length body).
+/// Whether `b` holds a whole HTTP message (head and Content-Length body).
 fn http_complete(b: &[u8]) -> bool {
     let text = String::from_utf8_lossy(b);
     let Some(end) = text.find("\r\n\r\n") else {
