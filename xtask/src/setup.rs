@@ -36,13 +36,15 @@ fn sudo() -> &'static str {
     }
 }
 
-/// Run a shell line, echoing it first ("xtask: running: ...").
+/// Run a shell line, echoing it first ("xtask: running: ..."). Its output goes to stderr:
+/// stdout stays for what the command itself prints (`run --print-cmd`'s command line).
 fn run_shown(line: &str) -> Result<(), String> {
     eprintln!("xtask: running: {line}");
     let ok = Command::new("sh")
         .arg("-c")
         .arg(line)
         .current_dir(root())
+        .stdout(std::io::stderr())
         .status()
         .is_ok_and(|s| s.success());
     if ok {
