@@ -84,16 +84,6 @@ fn apt_install(pkg: &str) -> Result<(), String> {
     .map_err(|_| format!("could not install `{pkg}`; run: sudo apt-get install -y {pkg}"))
 }
 
-/// The bare-metal Rust target.
-pub fn ensure_rust_target() -> Result<(), String> {
-    ensure(&[Need::RustTarget])
-}
-
-/// QEMU for the unikernel.
-pub fn ensure_qemu() -> Result<(), String> {
-    ensure(&[Need::Qemu])
-}
-
 /// One prerequisite of some command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {

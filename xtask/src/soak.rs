@@ -389,7 +389,6 @@ pub fn run(args: &[String]) -> Result {
     }
 
     if o.unikernel {
-        xtask::setup::ensure_qemu()?;
         let image = qemu::try_build_image(true)?;
         let cfg = dir.join("soak-unikernel.json");
         config::write_demo(&cfg, "127.0.0.1:0", None).map_err(|e| e.to_string())?;

@@ -237,17 +237,22 @@ impl Rig {
         rig
     }
 
+    /// One poll of the agent's side only (the client's frames stay queued).
+    fn poll_server(&mut self) -> PollStatus {
+        self.net.poll(
+            &mut self.server,
+            &mut self.agent.borrow_mut(),
+            self.clock,
+            &mut self.entropy,
+            &mut self.log,
+        )
+    }
+
     /// Advance time by `us` and let every side run.
     fn step(&mut self, us: u64) {
         self.clock.advance(us);
         for _ in 0..4 {
-            let status = self.net.poll(
-                &mut self.server,
-                &mut self.agent.borrow_mut(),
-                self.clock,
-                &mut self.entropy,
-                &mut self.log,
-            );
+            let status = self.poll_server();
             if let Some(change) = status.address_change {
                 change.apply_to(self.agent.borrow_mut().guard_mut());
             }
@@ -625,13 +630,7 @@ impl FakeDns {
 #[test]
 fn arp_request_for_the_gateway_at_start() {
     let mut rig = Rig::new();
-    rig.net.poll(
-        &mut rig.server,
-        &mut rig.agent.borrow_mut(),
-        rig.clock,
-        &mut rig.entropy,
-        &mut rig.log,
-    );
+    rig.poll_server();
     let frames: Vec<Vec<u8>> = rig.client_dev.rx.borrow().iter().cloned().collect();
     let arp = frames
         .iter()
@@ -665,13 +664,7 @@ fn one_ready_line_once_the_address_is_armed() {
     let mut rig = Rig::new();
     assert!(!rig.log.contains(READY_PREFIX), "{}", rig.log);
     for _ in 0..3 {
-        rig.net.poll(
-            &mut rig.server,
-            &mut rig.agent.borrow_mut(),
-            rig.clock,
-            &mut rig.entropy,
-            &mut rig.log,
-        );
+        rig.poll_server();
     }
     let ready: Vec<&str> = rig
         .log
