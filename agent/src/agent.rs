@@ -23,6 +23,12 @@ pub struct Agent {
     pub(crate) tokens: TokenSource,
     pub(crate) guard: Guard,
     pub(crate) tenant: Guid,
+    /// The signer of `/metadata/attested/document`.
+    pub(crate) attestation: Option<crate::metadata::attested::Attestation>,
+    /// `/metadata/scheduledevents`.
+    pub(crate) schedule: crate::metadata::events::Schedule,
+    /// The `compute` values the attested document and scheduled events carry.
+    pub(crate) compute: crate::metadata::attested::Compute,
     /// Log lines from the broker tasks, drained by the driver.
     #[cfg(feature = "broker")]
     events: heapless::Deque<heapless::String<EVENT_LINE_MAX>, EVENT_QUEUE>,
@@ -52,8 +58,15 @@ impl Agent {
             allow,
             allow_hosts,
             limits,
+            attestation,
+            scheduled_events,
+            compute,
             ..
         } = config;
+        let schedule = crate::metadata::events::Schedule::new(
+            &scheduled_events,
+            &[&tenant_id, &compute.vm_id],
+        );
         let guard = Guard::new(
             allow.as_deref(),
             &allow_hosts,
@@ -73,6 +86,9 @@ impl Agent {
             ),
             guard,
             tenant: tenant_id,
+            attestation,
+            schedule,
+            compute,
             #[cfg(feature = "broker")]
             events: heapless::Deque::new(),
         }

@@ -11,12 +11,15 @@
 #[cfg(feature = "broker")]
 use crate::broker::upstream::Style;
 use crate::guard::{Cidr, DEFAULT_IN_FLIGHT, DEFAULT_RATE_PER_S};
+use crate::limits::MAX_SCHEDULED_EVENTS;
 #[cfg(feature = "broker")]
 use crate::limits::{CA_DER_MAX, FETCH_TOTAL_TIMEOUT_US};
 use crate::limits::{
     CONFIG_STRING_MAX, HOST_NAME_MAX, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES, MAX_IDENTITIES,
     MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
 };
+use crate::metadata::attested::{Attestation, AttestationSeed, Compute, ComputeSeed};
+use crate::metadata::events::{EventConfig, EventsSeed};
 #[cfg(feature = "broker")]
 use crate::pem::certificate_der;
 use crate::pem::parse_signing_key;
@@ -186,6 +189,12 @@ pub struct Config {
     pub allow_hosts: heapless::Vec<heapless::String<HOST_NAME_MAX>, MAX_ALLOW_HOSTS>,
     /// Per-source limits.
     pub limits: LimitsConfig,
+    /// The signer of the attested document (`None`: that endpoint answers 404).
+    pub attestation: Option<Attestation>,
+    /// `scheduled_events`.
+    pub scheduled_events: heapless::Vec<EventConfig, MAX_SCHEDULED_EVENTS>,
+    /// The `instance.compute` values the attested document and scheduled events carry.
+    pub compute: Compute,
 }
 
 /// Per-source limits on requests that need a mint or a fetch (0 disables one).
@@ -218,13 +227,13 @@ pub struct FieldPath {
 }
 
 impl FieldPath {
-    fn top(name: &str) -> Self {
+    pub(crate) fn top(name: &str) -> Self {
         FieldPath {
             field: truncated(name),
             ..Default::default()
         }
     }
-    fn nested(name: &str, index: Option<usize>, sub: &str) -> Self {
+    pub(crate) fn nested(name: &str, index: Option<usize>, sub: &str) -> Self {
         FieldPath {
             field: truncated(name),
             index,
@@ -431,6 +440,10 @@ struct Raw {
     limits: Option<RawLimits>,
     identities: Option<heapless::Vec<RawIdentity, MAX_IDENTITIES>>,
     identities_overflow: bool,
+    attestation: Option<crate::metadata::attested::RawAttestation>,
+    scheduled_events: Option<crate::metadata::events::RawEvents>,
+    // TODO(integrator): H1 (branch `meta`) reads `instance` whole; see `attested::Compute`.
+    compute: Option<crate::metadata::attested::Compute>,
 }
 
 impl Drop for Raw {
@@ -443,20 +456,20 @@ impl Drop for Raw {
     }
 }
 
-fn zeroize_string<const N: usize>(s: &mut heapless::String<N>) {
+pub(crate) fn zeroize_string<const N: usize>(s: &mut heapless::String<N>) {
     let mut bytes = core::mem::take(s).into_bytes();
     bytes.as_mut_slice().zeroize();
     bytes.clear();
 }
 
 /// Records which field was being read when an error surfaced.
-struct Tracker {
+pub(crate) struct Tracker {
     at: RefCell<Option<FieldPath>>,
     unknown: RefCell<Option<FieldPath>>,
 }
 
 impl Tracker {
-    fn set(&self, p: FieldPath) {
+    pub(crate) fn set(&self, p: FieldPath) {
         *self.at.borrow_mut() = Some(p);
     }
 }
@@ -465,7 +478,9 @@ impl Tracker {
 /// through one instantiation of serde-json-core's string code (one per `heapless::String<N>`
 /// would each be in the image), then copied to its size; too long is serde's `invalid_length`,
 /// as from `heapless::String<N>` itself.
-fn next_str<'de, A: MapAccess<'de>, const N: usize>(map: &mut A) -> Result<Str<N>, A::Error> {
+pub(crate) fn next_str<'de, A: MapAccess<'de>, const N: usize>(
+    map: &mut A,
+) -> Result<Str<N>, A::Error> {
     let mut s = next_any_str(map)?;
     let r = fit(&s);
     zeroize_string(&mut s);
@@ -534,7 +549,7 @@ fn fit<E: de::Error, const N: usize>(s: &str) -> Result<Str<N>, E> {
 // displacements (3.5 KB more code in the image).
 
 /// Read a map, calling `field` for each key.
-fn read_map<'de, A, F>(mut map: A, mut field: F) -> Result<(), A::Error>
+pub(crate) fn read_map<'de, A, F>(mut map: A, mut field: F) -> Result<(), A::Error>
 where
     A: MapAccess<'de>,
     F: FnMut(&str, &mut A) -> Result<(), A::Error>,
@@ -588,6 +603,13 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "allow" => raw.allow = Some(next_str_list(map)?),
                 "allow_hosts" => raw.allow_hosts = Some(next_str_list(map)?),
                 "limits" => raw.limits = Some(map.next_value()?),
+                "attestation" => {
+                    raw.attestation = map.next_value_seed(Opt(AttestationSeed(t)))?;
+                }
+                "scheduled_events" => {
+                    raw.scheduled_events = Some(map.next_value_seed(EventsSeed(t))?)
+                }
+                "instance" => raw.compute = Some(map.next_value_seed(ComputeSeed(t, false))?),
                 "identities" => {
                     let (list, overflow) = map.next_value_seed(IdentitiesSeed(t))?;
                     raw.identities = Some(list);
@@ -641,7 +663,7 @@ impl<'de> Visitor<'de> for ListenSeed<'_> {
 }
 
 /// `null` (or absent) or an object read by the map visitor `V`.
-struct Opt<V>(V);
+pub(crate) struct Opt<V>(pub(crate) V);
 
 impl<'de, V: Visitor<'de>> DeserializeSeed<'de> for Opt<V> {
     type Value = Option<V::Value>;
@@ -669,7 +691,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Opt<V> {
 
 /// A field no one knows: remember the first for the error (a typo is an error, not a silent
 /// default) and skip its value.
-fn unknown_field<'de, A: MapAccess<'de>>(
+pub(crate) fn unknown_field<'de, A: MapAccess<'de>>(
     t: &Tracker,
     path: FieldPath,
     map: &mut A,
@@ -1301,7 +1323,15 @@ impl Config {
                 in_flight: l.in_flight.unwrap_or(DEFAULT_IN_FLIGHT),
             },
         };
+        let attestation = match &raw.attestation {
+            Some(a) => Some(crate::metadata::attested::validate(a)?),
+            None => None,
+        };
+        let scheduled_events = crate::metadata::events::validate(raw.scheduled_events.as_ref())?;
         Ok(Config {
+            attestation,
+            scheduled_events,
+            compute: raw.compute.clone().unwrap_or_default(),
             tenant_id,
             issuer,
             token_lifetime_s,

@@ -152,7 +152,7 @@ impl Reply {
         self.pending = false;
     }
 
-    fn json<T: Serialize>(&mut self, status: u16, value: &T) {
+    pub(crate) fn json<T: Serialize>(&mut self, status: u16, value: &T) {
         self.status = status;
         self.content_type = ContentType::Json;
         self.body.clear();
@@ -260,6 +260,14 @@ pub enum RequestError {
     FetchWaitTimeout,
     /// The job table is full.
     FetchesFull,
+    /// 400: an attested-document `nonce` that is not 1 to 32 alphanumerics.
+    NonceInvalid,
+    /// 500: the attested document could not be signed.
+    AttestationFailed,
+    /// 400: a scheduled-events `POST` body that is not `{"StartRequests":[{"EventId":…}]}`.
+    StartRequestMalformed,
+    /// 400: a scheduled-events `POST` naming an event that is not in the document.
+    EventIdUnknown,
 }
 
 /// Every error the agent answers with, whichever module found it.
@@ -396,6 +404,22 @@ pub fn wire(error: Error) -> WireError {
                 Some(RETRY_AFTER_DEFAULT_S),
             ),
             R::FetchesFull => (503, Text("Too many token requests in progress"), Some(1)),
+            R::NonceInvalid => (
+                400,
+                Text("Parameter 'nonce' must be at most 32 alphanumeric characters"),
+                None,
+            ),
+            R::AttestationFailed => (500, Text("The attested document could not be signed"), None),
+            R::StartRequestMalformed => (
+                400,
+                Text("Bad request. The body must be {\"StartRequests\":[{\"EventId\":\"<id>\"}]}"),
+                None,
+            ),
+            R::EventIdUnknown => (
+                400,
+                Text("Bad request. An EventId is not a current scheduled event"),
+                None,
+            ),
         },
         Error::Select(e) => (400, Text(e.description()), None),
         Error::Mint(MintError::TooLarge) => (400, Text("Parameter 'resource' is too long"), None),
@@ -514,13 +538,13 @@ fn path_is(path: &str, route: &str) -> bool {
     p.eq_ignore_ascii_case(route)
 }
 
-fn metadata_header_ok(req: &Request<'_>) -> bool {
+pub(crate) fn metadata_header_ok(req: &Request<'_>) -> bool {
     req.header("metadata")
         .map(|v| crate::http::trim(v).eq_ignore_ascii_case(b"true"))
         .unwrap_or(false)
 }
 
-fn proxied(req: &Request<'_>) -> bool {
+pub(crate) fn proxied(req: &Request<'_>) -> bool {
     req.has_header("x-forwarded-for") || req.has_header("forwarded")
 }
 
@@ -586,6 +610,10 @@ fn route<E: Entropy>(
                 },
             );
         }
+    } else if path_is(path, "/metadata/attested/document") {
+        crate::metadata::attested::serve(agent, req, ctx, reply);
+    } else if path_is(path, "/metadata/scheduledevents") {
+        crate::metadata::events::serve(agent, req, ctx, reply);
     } else if path_is(path, "/.well-known/openid-configuration") && agent.tokens.issuer.is_some() {
         if get_only(req, reply) {
             discovery(agent, req, reply);
@@ -614,7 +642,11 @@ fn get_only(req: &Request<'_>, reply: &mut Reply) -> bool {
 }
 
 /// Method, `Metadata` header, proxy headers and (optionally) api-version.
-fn metadata_checks(req: &Request<'_>, reply: &mut Reply, need_api_version: bool) -> bool {
+pub(crate) fn metadata_checks(
+    req: &Request<'_>,
+    reply: &mut Reply,
+    need_api_version: bool,
+) -> bool {
     if !get_only(req, reply) {
         return false;
     }

@@ -141,3 +141,20 @@ pub const MAX_ALLOW_HOSTS: usize = 8;
 /// Sources tracked for the per-source limits. Full: the longest-quiet source without requests
 /// in flight is forgotten (its bucket would be full again anyway).
 pub const MAX_RATE_SOURCES: usize = 64;
+
+// ---- scheduled events and the attested document (`metadata`) ---------------------------------
+
+/// Configured `scheduled_events`. More: the config is rejected with an error naming
+/// `scheduled_events` (one event's JSON is ~460 bytes: all of them fit one reply).
+pub const MAX_SCHEDULED_EVENTS: usize = 6;
+/// Longest `Description` of a scheduled event. Longer: a config error.
+pub const EVENT_DESCRIPTION_MAX: usize = 128;
+/// Largest attestation certificate (DER). Larger: a config error.
+pub const ATTEST_CERT_DER_MAX: usize = 1280;
+/// Longest `nonce` of an attested-document request (alphanumerics). Longer: 400.
+pub const ATTEST_NONCE_MAX: usize = 32;
+/// Longest value of a `compute` field the attested document and scheduled events carry (vmId,
+/// name, sku, plan, ...). Longer: a config error.
+pub const COMPUTE_FIELD_MAX: usize = 64;
+/// The signed CMS blob (DER) of an attested document: certificate, content, signature.
+pub const ATTEST_DER_MAX: usize = ATTEST_CERT_DER_MAX + 1280;

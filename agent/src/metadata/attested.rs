@@ -1,0 +1,715 @@
+//! `/metadata/attested/document`: the VM's identity document, signed (INSTANCE.md §2.1).
+//!
+//! The answer is `{"encoding":"pkcs7","signature":"<base64 DER>"}`: a CMS `SignedData` (RFC
+//! 5652, version 1) carrying the configured signer certificate and the compact JSON document
+//! as attached `id-data` content, with one `SignerInfo` (issuerAndSerialNumber of the
+//! certificate, digest SHA-256, **no signed attributes**: the signature covers the content
+//! itself, as Azure's does). ES256 (P-256) in every build; RSA PKCS#1 v1.5 with SHA-256 (as
+//! Azure signs) with the `rsa` feature.
+//!
+//! The DER goes through the `der` crate's encoder (structs with borrowed fields deriving
+//! `Sequence`), into a fixed buffer: nothing allocates but the `rsa` crate's big integers.
+//!
+//! The document is valid for [`VALIDITY_S`] (Azure's samples show 5 s, 45 s and 6 h; this
+//! agent picks 6 h).
+
+#![allow(clippy::result_large_err)]
+
+use crate::agent::Agent;
+use crate::config::{next_str, read_map, unknown_field, ConfigError, FieldPath, Tracker};
+use crate::limits::{
+    ATTEST_CERT_DER_MAX, ATTEST_DER_MAX, ATTEST_NONCE_MAX, COMPUTE_FIELD_MAX, PEM_MAX,
+};
+use crate::metadata::events::Civil;
+use core::fmt;
+use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier, OctetStringRef, SetOf};
+use der::{Decode, Encode, Sequence, ValueOrd};
+use imds_hal::text::Text;
+use serde::de::{self, MapAccess, Visitor};
+use serde::Serialize;
+
+/// How long a signed document is valid (`timeStamp.expiresOn - createdOn`).
+pub const VALIDITY_S: u64 = 6 * 3600;
+/// First IMDS api-version with the attested document.
+pub const MIN_API_VERSION: &str = "2018-10-01";
+
+/// The signer's private key.
+#[derive(Clone)]
+pub enum AttestKey {
+    /// P-256: ecdsa-with-SHA256.
+    P256(p256::ecdsa::SigningKey),
+    /// RSA: rsaEncryption (PKCS#1 v1.5 with SHA-256).
+    #[cfg(feature = "rsa")]
+    Rsa(alloc::boxed::Box<rsa::RsaPrivateKey>),
+}
+
+/// The configured signer: its key and its certificate (DER).
+#[derive(Clone)]
+pub struct Attestation {
+    /// The private key.
+    pub key: AttestKey,
+    /// The certificate, DER (its public key is the key's).
+    pub certificate: heapless::Vec<u8, ATTEST_CERT_DER_MAX>,
+}
+
+impl fmt::Debug for Attestation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Attestation(<key redacted>)")
+    }
+}
+
+// ---- the `compute` fields the document carries ------------------------------------------------
+
+type Field = heapless::String<COMPUTE_FIELD_MAX>;
+
+/// The `instance.compute` values the attested document and scheduled events carry.
+///
+/// TODO(integrator, issue 12): branch `meta` (H1) stores the whole `instance` document. On
+/// merge, drop this struct's reading of `instance` in `config.rs` ([`ComputeSeed`]) and make
+/// [`compute_field`] look the names up in H1's storage; the callers only use [`compute_field`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compute {
+    /// `compute.vmId`.
+    pub vm_id: Field,
+    /// `compute.name` (the scheduled events' `Resources`).
+    pub name: Field,
+    /// `compute.subscriptionId`.
+    pub subscription_id: Field,
+    /// `compute.sku`.
+    pub sku: Field,
+    /// `compute.licenseType`.
+    pub license_type: Field,
+    /// `compute.plan.name`.
+    pub plan_name: Field,
+    /// `compute.plan.product`.
+    pub plan_product: Field,
+    /// `compute.plan.publisher`.
+    pub plan_publisher: Field,
+}
+
+/// A `compute` value by its path below `compute` (`vmId`, `plan/name`, ...); `None` when the
+/// config has none.
+pub fn compute_field<'a>(agent: &'a Agent, name: &str) -> Option<&'a str> {
+    let c = &agent.compute;
+    let v = match name {
+        "vmId" => &c.vm_id,
+        "name" => &c.name,
+        "subscriptionId" => &c.subscription_id,
+        "sku" => &c.sku,
+        "licenseType" => &c.license_type,
+        "plan/name" => &c.plan_name,
+        "plan/product" => &c.plan_product,
+        "plan/publisher" => &c.plan_publisher,
+        _ => return None,
+    };
+    (!v.is_empty()).then_some(v.as_str())
+}
+
+/// Reads `instance` for [`Compute`] (other fields skipped). See the TODO on [`Compute`].
+pub(crate) struct ComputeSeed<'t>(pub(crate) &'t Tracker, pub(crate) bool);
+
+impl<'de> de::DeserializeSeed<'de> for ComputeSeed<'_> {
+    type Value = Compute;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Compute, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ComputeSeed<'_> {
+    type Value = Compute;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+    #[inline(never)]
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Compute, A::Error> {
+        let (t, inside) = (self.0, self.1);
+        let mut c = Compute::default();
+        read_map(map, |key, map| {
+            if !inside {
+                // `instance`: only `compute` is read here.
+                if key == "compute" {
+                    c = map.next_value_seed(ComputeSeed(t, true))?;
+                } else {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+                return Ok(());
+            }
+            t.set(FieldPath::nested("instance", None, key));
+            match key {
+                "vmId" => c.vm_id = next_str(map)?,
+                "name" => c.name = next_str(map)?,
+                "subscriptionId" => c.subscription_id = next_str(map)?,
+                "sku" => c.sku = next_str(map)?,
+                "licenseType" => c.license_type = next_str(map)?,
+                "plan" => {
+                    let p = map.next_value_seed(PlanSeed)?;
+                    (c.plan_name, c.plan_product, c.plan_publisher) = p;
+                }
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(c)
+    }
+}
+
+struct PlanSeed;
+
+impl<'de> de::DeserializeSeed<'de> for PlanSeed {
+    type Value = (Field, Field, Field);
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlanSeed {
+    type Value = (Field, Field, Field);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a plan object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let mut p = (Field::new(), Field::new(), Field::new());
+        read_map(map, |key, map| {
+            match key {
+                "name" => p.0 = next_str(map)?,
+                "product" => p.1 = next_str(map)?,
+                "publisher" => p.2 = next_str(map)?,
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(p)
+    }
+}
+
+// ---- config: `attestation` ---------------------------------------------------------------------
+
+/// `attestation` as read: the key decoded at once (no PEM stays around).
+#[derive(Default)]
+pub(crate) struct RawAttestation {
+    key: Option<Result<AttestKey, &'static str>>,
+    certificate: Option<Result<heapless::Vec<u8, ATTEST_CERT_DER_MAX>, &'static str>>,
+}
+
+/// Reads the `attestation` object.
+pub(crate) struct AttestationSeed<'t>(pub(crate) &'t Tracker);
+
+impl<'de> Visitor<'de> for AttestationSeed<'_> {
+    type Value = RawAttestation;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `key` and `certificate`")
+    }
+    #[inline(never)]
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawAttestation, A::Error> {
+        let t = self.0;
+        let mut raw = RawAttestation::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested("attestation", None, key));
+            match key {
+                "key" => {
+                    let mut pem: heapless::String<PEM_MAX> = next_str(map)?;
+                    raw.key = Some(parse_key(&pem));
+                    crate::config::zeroize_string(&mut pem);
+                }
+                "certificate" => {
+                    let pem: heapless::String<PEM_MAX> = next_str(map)?;
+                    raw.certificate = Some(certificate_der(&pem));
+                }
+                k if k.starts_with('_') => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+                other => unknown_field(t, FieldPath::nested("attestation", None, other), map)?,
+            }
+            Ok(())
+        })?;
+        Ok(raw)
+    }
+}
+
+fn parse_key(pem: &str) -> Result<AttestKey, &'static str> {
+    match crate::pem::parse_signing_key(pem) {
+        Ok(k) => Ok(AttestKey::P256(k)),
+        #[cfg(feature = "rsa")]
+        Err(_) => match crate::broker::credential::ClientKey::from_pem(pem) {
+            Ok(crate::broker::credential::ClientKey::Rsa(k)) => Ok(AttestKey::Rsa(k)),
+            Ok(crate::broker::credential::ClientKey::Es256(k)) => Ok(AttestKey::P256(k)),
+            Err(e) => Err(e),
+        },
+        #[cfg(not(feature = "rsa"))]
+        Err(e) => Err(e),
+    }
+}
+
+fn certificate_der(pem: &str) -> Result<heapless::Vec<u8, ATTEST_CERT_DER_MAX>, &'static str> {
+    let mut der = [0u8; ATTEST_CERT_DER_MAX];
+    let (label, der) = crate::pem::pem_decode(pem.trim(), &mut der)
+        .ok_or("is not a PEM certificate (or larger than ATTEST_CERT_DER_MAX bytes of DER)")?;
+    if label != "CERTIFICATE" {
+        return Err("must be a PEM certificate (-----BEGIN CERTIFICATE-----)");
+    }
+    Certificate::from_der(der).map_err(|_| "is not an X.509 certificate")?;
+    heapless::Vec::from_slice(der).map_err(|_| "certificate too large")
+}
+
+/// Validate `attestation`: both fields, and the certificate holds the key's public key.
+#[inline(never)]
+pub(crate) fn validate(raw: &RawAttestation) -> Result<Attestation, ConfigError> {
+    let p = |sub| FieldPath::nested("attestation", None, sub);
+    let key = match &raw.key {
+        None => return Err(ConfigError::Missing(p("key"))),
+        Some(Err(why)) => {
+            return Err(ConfigError::Invalid {
+                field: p("key"),
+                why,
+            })
+        }
+        Some(Ok(k)) => k.clone(),
+    };
+    let certificate = match &raw.certificate {
+        None => return Err(ConfigError::Missing(p("certificate"))),
+        Some(Err(why)) => {
+            return Err(ConfigError::Invalid {
+                field: p("certificate"),
+                why,
+            })
+        }
+        Some(Ok(c)) => c.clone(),
+    };
+    let cert = Certificate::from_der(&certificate).map_err(|_| ConfigError::Invalid {
+        field: p("certificate"),
+        why: "is not an X.509 certificate",
+    })?;
+    if !key_matches(&key, &cert.tbs.spki) {
+        return Err(ConfigError::Invalid {
+            field: p("certificate"),
+            why: "does not hold the public key of `attestation.key`",
+        });
+    }
+    Ok(Attestation { key, certificate })
+}
+
+fn key_matches(key: &AttestKey, spki: &Spki<'_>) -> bool {
+    match key {
+        AttestKey::P256(k) => {
+            let point = k.verifying_key().to_encoded_point(false);
+            spki.algorithm.oid == OID_EC_PUBLIC_KEY
+                && spki.public_key.as_bytes() == Some(point.as_bytes())
+        }
+        #[cfg(feature = "rsa")]
+        AttestKey::Rsa(k) => {
+            use rsa::pkcs1::DecodeRsaPublicKey;
+            use rsa::traits::PublicKeyParts;
+            spki.algorithm.oid == OID_RSA_ENCRYPTION
+                && spki
+                    .public_key
+                    .as_bytes()
+                    .and_then(|b| rsa::RsaPublicKey::from_pkcs1_der(b).ok())
+                    .is_some_and(|p| p.n() == k.n() && p.e() == k.e())
+        }
+    }
+}
+
+// ---- ASN.1 (RFC 5280 certificate, read; RFC 5652 SignedData, written) ------------------------
+
+/// id-signedData (1.2.840.113549.1.7.2).
+const OID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+/// id-data (1.2.840.113549.1.7.1).
+const OID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+/// id-sha256 (2.16.840.1.101.3.4.2.1).
+const OID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+/// ecdsa-with-SHA256 (1.2.840.10045.4.3.2).
+const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+/// id-ecPublicKey (1.2.840.10045.2.1).
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// rsaEncryption (1.2.840.113549.1.1.1).
+#[cfg(feature = "rsa")]
+const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+
+/// `AlgorithmIdentifier`.
+#[derive(Clone, Copy, Sequence, ValueOrd)]
+struct AlgId<'a> {
+    oid: ObjectIdentifier,
+    #[asn1(optional = "true")]
+    parameters: Option<AnyRef<'a>>,
+}
+
+/// `SubjectPublicKeyInfo`.
+#[derive(Sequence)]
+struct Spki<'a> {
+    algorithm: AlgId<'a>,
+    public_key: BitStringRef<'a>,
+}
+
+/// `TBSCertificate`: what the signer info needs (issuer, serial) and the key; the rest kept
+/// as read.
+#[derive(Sequence)]
+struct Tbs<'a> {
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+    version: Option<AnyRef<'a>>,
+    serial: AnyRef<'a>,
+    signature: AnyRef<'a>,
+    issuer: AnyRef<'a>,
+    validity: AnyRef<'a>,
+    subject: AnyRef<'a>,
+    spki: Spki<'a>,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    issuer_unique_id: Option<BitStringRef<'a>>,
+    #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
+    subject_unique_id: Option<BitStringRef<'a>>,
+    #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
+    extensions: Option<AnyRef<'a>>,
+}
+
+/// `Certificate`.
+#[derive(Sequence)]
+struct Certificate<'a> {
+    tbs: Tbs<'a>,
+    algorithm: AnyRef<'a>,
+    signature: AnyRef<'a>,
+}
+
+/// `ContentInfo` with `SignedData` content.
+#[derive(Sequence)]
+struct ContentInfo<'a> {
+    content_type: ObjectIdentifier,
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT")]
+    content: SignedData<'a>,
+}
+
+/// `SignedData`.
+#[derive(Sequence)]
+struct SignedData<'a> {
+    version: u8,
+    digest_algorithms: SetOf<AlgId<'a>, 1>,
+    encap_content_info: EncapsulatedContentInfo<'a>,
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
+    certificates: Option<SetOf<AnyRef<'a>, 1>>,
+    signer_infos: SetOf<SignerInfo<'a>, 1>,
+}
+
+/// `EncapsulatedContentInfo`.
+#[derive(Sequence)]
+struct EncapsulatedContentInfo<'a> {
+    e_content_type: ObjectIdentifier,
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+    e_content: Option<OctetStringRef<'a>>,
+}
+
+/// `IssuerAndSerialNumber`.
+#[derive(Clone, Copy, Sequence, ValueOrd)]
+struct IssuerAndSerialNumber<'a> {
+    issuer: AnyRef<'a>,
+    serial_number: AnyRef<'a>,
+}
+
+/// `SignerInfo` (version 1: issuerAndSerialNumber; no signed or unsigned attributes).
+#[derive(Clone, Copy, Sequence, ValueOrd)]
+struct SignerInfo<'a> {
+    version: u8,
+    sid: IssuerAndSerialNumber<'a>,
+    digest_algorithm: AlgId<'a>,
+    signature_algorithm: AlgId<'a>,
+    signature: OctetStringRef<'a>,
+}
+
+/// Why no document could be signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignError {
+    /// The stored certificate does not parse (cannot happen after validation).
+    Certificate,
+    /// The DER does not fit [`ATTEST_DER_MAX`] (or the encoder failed).
+    TooLarge,
+    /// The RSA signer failed.
+    Signature,
+}
+
+/// The signature over `content` (DER ECDSA-Sig-Value, or the RSA signature) in `out`, and the
+/// signature algorithm.
+fn sign<'o>(
+    key: &AttestKey,
+    content: &[u8],
+    out: &'o mut [u8; 512],
+) -> Result<(&'o [u8], AlgId<'static>), SignError> {
+    match key {
+        AttestKey::P256(k) => {
+            use p256::ecdsa::signature::Signer;
+            let sig: p256::ecdsa::Signature = k.sign(content);
+            let der = sig.to_der();
+            let b = der.as_bytes();
+            out[..b.len()].copy_from_slice(b);
+            Ok((
+                &out[..b.len()],
+                AlgId {
+                    oid: OID_ECDSA_SHA256,
+                    parameters: None,
+                },
+            ))
+        }
+        #[cfg(feature = "rsa")]
+        AttestKey::Rsa(k) => {
+            use rsa::signature::{SignatureEncoding, Signer};
+            let sig = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((**k).clone())
+                .try_sign(content)
+                .map_err(|_| SignError::Signature)?
+                .to_vec();
+            let dst = out.get_mut(..sig.len()).ok_or(SignError::TooLarge)?;
+            dst.copy_from_slice(&sig);
+            Ok((
+                dst,
+                AlgId {
+                    oid: OID_RSA_ENCRYPTION,
+                    parameters: Some(AnyRef::NULL),
+                },
+            ))
+        }
+    }
+}
+
+/// The CMS `SignedData` (DER) over `content`, signed by `att`, in `out`.
+pub fn signed_data<'o>(
+    att: &Attestation,
+    content: &[u8],
+    out: &'o mut [u8],
+) -> Result<&'o [u8], SignError> {
+    let cert = Certificate::from_der(&att.certificate).map_err(|_| SignError::Certificate)?;
+    let cert_any = AnyRef::from_der(&att.certificate).map_err(|_| SignError::Certificate)?;
+    let mut sig_buf = [0u8; 512];
+    let (signature, signature_algorithm) = sign(&att.key, content, &mut sig_buf)?;
+    let sha256 = AlgId {
+        oid: OID_SHA256,
+        parameters: None,
+    };
+    let too_large = |_| SignError::TooLarge;
+    let mut digest_algorithms = SetOf::new();
+    digest_algorithms.insert(sha256).map_err(too_large)?;
+    let mut certificates = SetOf::new();
+    certificates.insert(cert_any).map_err(too_large)?;
+    let mut signer_infos = SetOf::new();
+    signer_infos
+        .insert(SignerInfo {
+            version: 1,
+            sid: IssuerAndSerialNumber {
+                issuer: cert.tbs.issuer,
+                serial_number: cert.tbs.serial,
+            },
+            digest_algorithm: sha256,
+            signature_algorithm,
+            signature: OctetStringRef::new(signature).map_err(too_large)?,
+        })
+        .map_err(too_large)?;
+    let info = ContentInfo {
+        content_type: OID_SIGNED_DATA,
+        content: SignedData {
+            version: 1,
+            digest_algorithms,
+            encap_content_info: EncapsulatedContentInfo {
+                e_content_type: OID_DATA,
+                e_content: Some(OctetStringRef::new(content).map_err(too_large)?),
+            },
+            certificates: Some(certificates),
+            signer_infos,
+        },
+    };
+    let n = info.encode_to_slice(out).map_err(too_large)?.len();
+    Ok(&out[..n])
+}
+
+// ---- the document ------------------------------------------------------------------------------
+
+/// Why a `nonce` is refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadNonce;
+
+/// The nonce to sign: the request's (at most [`ATTEST_NONCE_MAX`] ASCII alphanumerics), or
+/// when absent or empty the current UTC time as `YYYYMMDD-HHMMSS` (Azure's default).
+pub fn nonce(
+    given: Option<&str>,
+    unix_s: u64,
+) -> Result<heapless::String<ATTEST_NONCE_MAX>, BadNonce> {
+    match given {
+        Some(n) if !n.is_empty() => {
+            if n.len() > ATTEST_NONCE_MAX || !n.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(BadNonce);
+            }
+            heapless::String::try_from(n).map_err(|_| BadNonce)
+        }
+        _ => {
+            let c = Civil::of(unix_s);
+            let mut s = heapless::String::new();
+            s.dec(c.year as u64);
+            two(&mut s, c.month);
+            two(&mut s, c.day);
+            s.put("-");
+            two(&mut s, c.hour);
+            two(&mut s, c.minute);
+            two(&mut s, c.second);
+            Ok(s)
+        }
+    }
+}
+
+/// A number below 100 in two digits.
+pub(crate) fn two<W: Text + ?Sized>(out: &mut W, n: u8) {
+    let d = [b'0' + n / 10 % 10, b'0' + n % 10];
+    out.put(core::str::from_utf8(&d).unwrap_or("00"));
+}
+
+/// Azure's `MM/dd/yy HH:mm:ss -0000`.
+fn azure_time(unix_s: u64) -> heapless::String<24> {
+    let c = Civil::of(unix_s);
+    let mut s = heapless::String::new();
+    two(&mut s, c.month);
+    s.put("/");
+    two(&mut s, c.day);
+    s.put("/");
+    two(&mut s, (c.year % 100) as u8);
+    s.put(" ");
+    two(&mut s, c.hour);
+    s.put(":");
+    two(&mut s, c.minute);
+    s.put(":");
+    two(&mut s, c.second);
+    s.put(" -0000");
+    s
+}
+
+#[derive(Serialize)]
+struct Plan<'a> {
+    name: &'a str,
+    product: &'a str,
+    publisher: &'a str,
+}
+
+#[derive(Serialize)]
+struct TimeStamp<'a> {
+    #[serde(rename = "createdOn")]
+    created_on: &'a str,
+    #[serde(rename = "expiresOn")]
+    expires_on: &'a str,
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    nonce: &'a str,
+    plan: Plan<'a>,
+    #[serde(rename = "timeStamp")]
+    time_stamp: TimeStamp<'a>,
+    #[serde(rename = "vmId")]
+    vm_id: &'a str,
+    #[serde(rename = "subscriptionId")]
+    subscription_id: &'a str,
+    sku: &'a str,
+    #[serde(rename = "licenseType")]
+    license_type: &'a str,
+}
+
+/// Largest signed JSON document.
+const DOCUMENT_MAX: usize = 640;
+
+/// The compact JSON document for `nonce` at `unix_s`, in `out`.
+pub fn document<'o>(
+    agent: &Agent,
+    nonce: &str,
+    unix_s: u64,
+    out: &'o mut [u8; DOCUMENT_MAX],
+) -> Option<&'o [u8]> {
+    let f = |name| compute_field(agent, name).unwrap_or("");
+    let created = azure_time(unix_s);
+    let expires = azure_time(unix_s + VALIDITY_S);
+    let doc = Document {
+        nonce,
+        plan: Plan {
+            name: f("plan/name"),
+            product: f("plan/product"),
+            publisher: f("plan/publisher"),
+        },
+        time_stamp: TimeStamp {
+            created_on: &created,
+            expires_on: &expires,
+        },
+        vm_id: f("vmId"),
+        subscription_id: f("subscriptionId"),
+        sku: f("sku"),
+        license_type: f("licenseType"),
+    };
+    let n = serde_json_core::to_slice(&doc, out).ok()?;
+    Some(&out[..n])
+}
+
+/// The answer's body `{"encoding":"pkcs7","signature":"<base64 DER>"}` in `body`.
+pub fn answer<const N: usize>(
+    agent: &Agent,
+    att: &Attestation,
+    nonce: &str,
+    unix_s: u64,
+    body: &mut heapless::Vec<u8, N>,
+) -> Result<(), SignError> {
+    use base64ct::Encoding as _;
+    let mut doc = [0u8; DOCUMENT_MAX];
+    let content = document(agent, nonce, unix_s, &mut doc).ok_or(SignError::TooLarge)?;
+    let mut der = [0u8; ATTEST_DER_MAX];
+    let der = signed_data(att, content, &mut der)?;
+    const HEAD: &[u8] = br#"{"encoding":"pkcs7","signature":""#;
+    const TAIL: &[u8] = br#""}"#;
+    body.clear();
+    body.extend_from_slice(HEAD)
+        .map_err(|_| SignError::TooLarge)?;
+    let at = body.len();
+    let len = base64ct::Base64::encoded_len(der);
+    body.resize(at + len, 0).map_err(|_| SignError::TooLarge)?;
+    base64ct::Base64::encode(der, &mut body[at..]).map_err(|_| SignError::TooLarge)?;
+    body.extend_from_slice(TAIL)
+        .map_err(|_| SignError::TooLarge)
+}
+
+// ---- the route -------------------------------------------------------------------------------
+
+/// `GET /metadata/attested/document?api-version=V[&nonce=N]`. Static for the guard: no
+/// mint/fetch limit applies.
+pub(crate) fn serve(
+    agent: &Agent,
+    req: &crate::http::Request<'_>,
+    ctx: &crate::imds::Ctx,
+    reply: &mut crate::imds::Reply,
+) {
+    use crate::imds::{Error, RequestError as R};
+    let Some(att) = agent.attestation.as_ref() else {
+        reply.fail(Error::Request(R::PathNotFound));
+        return;
+    };
+    if !crate::imds::metadata_checks(req, reply, false) {
+        return;
+    }
+    let mut buf = [0u8; crate::limits::PARAM_DECODE_BUF];
+    let Ok(params) = crate::query::decode(req.query.as_bytes(), &mut buf) else {
+        reply.fail(Error::Request(R::InvalidQuery));
+        return;
+    };
+    if params.duplicate().is_some() {
+        reply.fail(Error::Request(R::RepeatedParameter));
+        return;
+    }
+    match params.get("api-version") {
+        None => return reply.fail(Error::Request(R::ApiVersionMissing)),
+        Some(v) if !crate::imds::API_VERSIONS.contains(&v) || v < MIN_API_VERSION => {
+            return reply.fail(Error::Request(R::ApiVersionInvalid))
+        }
+        Some(_) => {}
+    }
+    let Ok(nonce) = nonce(params.get("nonce"), ctx.now.unix_s) else {
+        reply.fail(Error::Request(R::NonceInvalid));
+        return;
+    };
+    match answer(agent, att, &nonce, ctx.now.unix_s, &mut reply.body) {
+        Ok(()) => {
+            reply.status = 200;
+            reply.content_type = crate::http::ContentType::Json;
+        }
+        Err(SignError::TooLarge) => reply.fail(Error::Request(R::ResponseTooLarge)),
+        Err(_) => reply.fail(Error::Request(R::AttestationFailed)),
+    }
+}

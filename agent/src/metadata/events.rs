@@ -1,0 +1,697 @@
+//! `/metadata/scheduledevents`: configured maintenance events, played out in time
+//! (INSTANCE.md §2.2).
+//!
+//! Each configured event appears `appear_after_s` after the agent started (monotonic time 0:
+//! process start for the daemon, boot for the image) as `Scheduled`, with `NotBefore` =
+//! the wall-clock time then + `notice_s`; it turns `Started` at `NotBefore`, or earlier when a
+//! `POST {"StartRequests":[{"EventId":…}]}` approves it; it disappears `DurationInSeconds`
+//! after it started (never, for `-1`, Azure's "unknown").
+//!
+//! The state is a pure function of the monotonic clock and the approval times: the only
+//! mutable state per event is when it was approved (and the `NotBefore` wall time, fixed
+//! when first shown). `DocumentIncarnation` is 1 + the number of those transitions (appear,
+//! start, gone) passed so far, so it increments exactly when `Events` changes, whoever asks.
+//!
+//! EventIds are stable GUIDs derived (SHA-256) from the tenant, the vmId and the event's
+//! place and settings in the config: the same config gives the same ids after a restart.
+//!
+//! A `POST` must name events that are in the document now (`Scheduled` or `Started`): any
+//! other EventId makes the whole request 400 and approves nothing (Azure: "200 … if it's
+//! passed a valid event ID"). Approving a started event again is a no-op 200.
+
+#![allow(clippy::result_large_err)]
+
+use crate::config::{
+    guid_v4, next_str, read_map, unknown_field, ConfigError, FieldPath, Guid, Tracker,
+};
+use crate::limits::{EVENT_DESCRIPTION_MAX, MAX_SCHEDULED_EVENTS};
+use core::fmt;
+use imds_hal::text::Text;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::Serialize;
+use sha2::Digest;
+
+/// The api-versions of `/metadata/scheduledevents` (its own list, newest first).
+pub const API_VERSIONS: &[&str] = &[
+    "2020-07-01",
+    "2019-08-01",
+    "2019-04-01",
+    "2019-01-01",
+    "2017-11-01",
+    "2017-08-01",
+    "2017-03-01",
+];
+
+/// What is going to happen to the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Paused for a few seconds.
+    Freeze,
+    /// Rebooted.
+    Reboot,
+    /// Moved to another host.
+    Redeploy,
+    /// A spot VM is evicted.
+    Preempt,
+    /// Deleted.
+    Terminate,
+}
+
+impl EventType {
+    fn parse(s: &str) -> Option<EventType> {
+        Some(match s {
+            "Freeze" => EventType::Freeze,
+            "Reboot" => EventType::Reboot,
+            "Redeploy" => EventType::Redeploy,
+            "Preempt" => EventType::Preempt,
+            "Terminate" => EventType::Terminate,
+            _ => return None,
+        })
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Freeze => "Freeze",
+            EventType::Reboot => "Reboot",
+            EventType::Redeploy => "Redeploy",
+            EventType::Preempt => "Preempt",
+            EventType::Terminate => "Terminate",
+        }
+    }
+
+    /// Azure's minimum notice (INSTANCE.md §2.2): the default `notice_s`.
+    pub fn default_notice_s(self) -> u32 {
+        match self {
+            EventType::Freeze | EventType::Reboot => 15 * 60,
+            EventType::Redeploy => 10 * 60,
+            EventType::Preempt => 30,
+            EventType::Terminate => 5 * 60,
+        }
+    }
+}
+
+/// One configured event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventConfig {
+    /// `EventType`.
+    pub kind: EventType,
+    /// Seconds after start at which it appears.
+    pub appear_after_s: u32,
+    /// Seconds between appearing and `NotBefore`.
+    pub notice_s: u32,
+    /// `DurationInSeconds` (`-1`: unknown; the event then stays once started).
+    pub duration_s: i32,
+    /// `Description`.
+    pub description: heapless::String<EVENT_DESCRIPTION_MAX>,
+    /// `EventSource`: `Platform` or `User`.
+    pub user_source: bool,
+}
+
+// ---- config: `scheduled_events` -----------------------------------------------------------------
+
+#[derive(Default)]
+pub(crate) struct RawEvent {
+    kind: Option<heapless::String<16>>,
+    appear_after_s: Option<u32>,
+    notice_s: Option<u32>,
+    duration_s: Option<i64>,
+    description: Option<heapless::String<EVENT_DESCRIPTION_MAX>>,
+    source: Option<heapless::String<16>>,
+}
+
+/// `scheduled_events` as read, and whether it had more than [`MAX_SCHEDULED_EVENTS`].
+pub(crate) type RawEvents = (heapless::Vec<RawEvent, MAX_SCHEDULED_EVENTS>, bool);
+
+/// Reads the `scheduled_events` list.
+pub(crate) struct EventsSeed<'t>(pub(crate) &'t Tracker);
+
+impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
+    type Value = RawEvents;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawEvents, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventsSeed<'_> {
+    type Value = RawEvents;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of events")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawEvents, A::Error> {
+        let mut list = heapless::Vec::new();
+        let mut overflow = false;
+        let mut index = 0;
+        while let Some(item) = seq.next_element_seed(EventSeed(self.0, index))? {
+            if list.push(item).is_err() {
+                overflow = true;
+            }
+            index += 1;
+        }
+        Ok((list, overflow))
+    }
+}
+
+struct EventSeed<'t>(&'t Tracker, usize);
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = RawEvent;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawEvent, D::Error> {
+        self.0
+            .set(FieldPath::nested("scheduled_events", Some(self.1), ""));
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = RawEvent;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+    #[inline(never)]
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEvent, A::Error> {
+        let (t, i) = (self.0, self.1);
+        let mut raw = RawEvent::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested("scheduled_events", Some(i), key));
+            match key {
+                "EventType" => raw.kind = Some(next_str(map)?),
+                "appear_after_s" => raw.appear_after_s = Some(map.next_value()?),
+                "notice_s" => raw.notice_s = Some(map.next_value()?),
+                "DurationInSeconds" => raw.duration_s = Some(map.next_value()?),
+                "Description" => raw.description = Some(next_str(map)?),
+                "EventSource" => raw.source = Some(next_str(map)?),
+                k if k.starts_with('_') => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+                other => unknown_field(
+                    t,
+                    FieldPath::nested("scheduled_events", Some(i), other),
+                    map,
+                )?,
+            }
+            Ok(())
+        })?;
+        Ok(raw)
+    }
+}
+
+/// Validate `scheduled_events` (absent: none).
+#[inline(never)]
+pub(crate) fn validate(
+    raw: Option<&RawEvents>,
+) -> Result<heapless::Vec<EventConfig, MAX_SCHEDULED_EVENTS>, ConfigError> {
+    let mut out = heapless::Vec::new();
+    let Some((list, overflow)) = raw else {
+        return Ok(out);
+    };
+    if *overflow {
+        return Err(ConfigError::Invalid {
+            field: FieldPath::nested("scheduled_events", None, ""),
+            why: "too many events: at most 6 (MAX_SCHEDULED_EVENTS)",
+        });
+    }
+    for (i, r) in list.iter().enumerate() {
+        let p = |sub: &str| FieldPath::nested("scheduled_events", Some(i), sub);
+        let kind = match r.kind.as_deref() {
+            None => return Err(ConfigError::Missing(p("EventType"))),
+            Some(k) => EventType::parse(k).ok_or(ConfigError::Invalid {
+                field: p("EventType"),
+                why: "must be \"Freeze\", \"Reboot\", \"Redeploy\", \"Preempt\" or \"Terminate\"",
+            })?,
+        };
+        let duration_s = match r.duration_s {
+            None => -1,
+            Some(d) if (-1..=i64::from(i32::MAX)).contains(&d) => d as i32,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    field: p("DurationInSeconds"),
+                    why: "must be -1 (unknown) or a number of seconds",
+                })
+            }
+        };
+        let user_source = match r.source.as_deref() {
+            None | Some("Platform") => false,
+            Some("User") => true,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    field: p("EventSource"),
+                    why: "must be \"Platform\" or \"User\"",
+                })
+            }
+        };
+        // Cannot overflow: the raw list has the same capacity.
+        let _ = out.push(EventConfig {
+            kind,
+            appear_after_s: r.appear_after_s.unwrap_or(0),
+            notice_s: r.notice_s.unwrap_or(kind.default_notice_s()),
+            duration_s,
+            description: r.description.clone().unwrap_or_default(),
+            user_source,
+        });
+    }
+    Ok(out)
+}
+
+// ---- civil time (UTC) -----------------------------------------------------------------------
+
+/// A UTC date and time of day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Civil {
+    /// Year.
+    pub year: u32,
+    /// Month, 1..=12.
+    pub month: u8,
+    /// Day of the month, 1..=31.
+    pub day: u8,
+    /// 0..=23.
+    pub hour: u8,
+    /// 0..=59.
+    pub minute: u8,
+    /// 0..=59.
+    pub second: u8,
+    /// Day of the week, 0 = Sunday.
+    pub weekday: u8,
+}
+
+impl Civil {
+    /// The UTC date and time of a Unix time (H. Hinnant's `civil_from_days`).
+    pub fn of(unix_s: u64) -> Civil {
+        let days = (unix_s / 86_400) as i64;
+        let secs = unix_s % 86_400;
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+        let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
+        Civil {
+            year,
+            month,
+            day,
+            hour: (secs / 3600) as u8,
+            minute: (secs / 60 % 60) as u8,
+            second: (secs % 60) as u8,
+            // 1970-01-01 was a Thursday.
+            weekday: ((days + 4).rem_euclid(7)) as u8,
+        }
+    }
+}
+
+/// RFC 1123 time as Azure writes `NotBefore`: `Mon, 11 Apr 2026 22:26:58 GMT`.
+pub fn http_date(unix_s: u64) -> heapless::String<29> {
+    use crate::metadata::attested::two;
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let c = Civil::of(unix_s);
+    let mut s = heapless::String::new();
+    s.put(DAYS[usize::from(c.weekday % 7)]).put(", ");
+    two(&mut s, c.day);
+    s.put(" ")
+        .put(MONTHS[usize::from((c.month + 11) % 12)])
+        .put(" ")
+        .dec(u64::from(c.year))
+        .put(" ");
+    two(&mut s, c.hour);
+    s.put(":");
+    two(&mut s, c.minute);
+    s.put(":");
+    two(&mut s, c.second);
+    s.put(" GMT");
+    s
+}
+
+// ---- the schedule ---------------------------------------------------------------------------
+
+/// An event's state at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Not in the document yet.
+    Pending,
+    /// `Scheduled`.
+    Scheduled,
+    /// `Started`.
+    Started,
+    /// Finished: not in the document any more.
+    Gone,
+}
+
+struct Slot {
+    config: EventConfig,
+    id: Guid,
+    /// Monotonic time of the approval, if one came while the event was `Scheduled`.
+    approved_us: Option<u64>,
+    /// The `NotBefore` wall time, fixed when the event was first shown.
+    not_before_unix: Option<u64>,
+}
+
+impl Slot {
+    fn appear_us(&self) -> u64 {
+        u64::from(self.config.appear_after_s) * 1_000_000
+    }
+    fn natural_start_us(&self) -> u64 {
+        self.appear_us() + u64::from(self.config.notice_s) * 1_000_000
+    }
+    fn start_us(&self) -> u64 {
+        match self.approved_us {
+            Some(a) => a.min(self.natural_start_us()),
+            None => self.natural_start_us(),
+        }
+    }
+    fn gone_us(&self) -> Option<u64> {
+        (self.config.duration_s >= 0)
+            .then(|| self.start_us() + self.config.duration_s as u64 * 1_000_000)
+    }
+    fn status(&self, mono_us: u64) -> Status {
+        if mono_us < self.appear_us() {
+            Status::Pending
+        } else if mono_us < self.start_us() {
+            Status::Scheduled
+        } else if self.gone_us().is_some_and(|g| mono_us >= g) {
+            Status::Gone
+        } else {
+            Status::Started
+        }
+    }
+    /// Transitions passed by `mono_us` (0..=3).
+    fn transitions(&self, mono_us: u64) -> u64 {
+        match self.status(mono_us) {
+            Status::Pending => 0,
+            Status::Scheduled => 1,
+            Status::Started => 2,
+            Status::Gone => 3,
+        }
+    }
+}
+
+/// The configured events and what happened to them.
+pub struct Schedule {
+    slots: heapless::Vec<Slot, MAX_SCHEDULED_EVENTS>,
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Schedule")
+    }
+}
+
+/// Why a `POST` is refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// Not `{"StartRequests":[{"EventId":"…"}, …]}` (or more entries than events).
+    Malformed,
+    /// An EventId that is not in the document now.
+    UnknownEvent,
+}
+
+#[derive(serde::Deserialize)]
+struct StartRequest<'a> {
+    #[serde(rename = "EventId", borrow)]
+    event_id: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct StartRequests<'a> {
+    #[serde(rename = "StartRequests", borrow)]
+    start_requests: heapless::Vec<StartRequest<'a>, MAX_SCHEDULED_EVENTS>,
+}
+
+/// The EventIds of a `POST` body `{"StartRequests":[{"EventId":"…"}, …]}` (unknown keys are
+/// ignored; at most [`MAX_SCHEDULED_EVENTS`] entries).
+pub fn parse_start_requests(
+    body: &[u8],
+) -> Result<heapless::Vec<&str, MAX_SCHEDULED_EVENTS>, StartError> {
+    let (r, _) = serde_json_core::from_slice::<StartRequests<'_>>(body)
+        .map_err(|_| StartError::Malformed)?;
+    Ok(r.start_requests.iter().map(|s| s.event_id).collect())
+}
+
+#[derive(Serialize)]
+struct EventBody<'a> {
+    #[serde(rename = "EventId")]
+    event_id: &'a str,
+    #[serde(rename = "EventType")]
+    event_type: &'a str,
+    #[serde(rename = "ResourceType")]
+    resource_type: &'a str,
+    #[serde(rename = "Resources")]
+    resources: &'a [&'a str],
+    #[serde(rename = "EventStatus")]
+    event_status: &'a str,
+    #[serde(rename = "NotBefore")]
+    not_before: &'a str,
+    #[serde(rename = "Description")]
+    description: &'a str,
+    #[serde(rename = "EventSource")]
+    event_source: &'a str,
+    #[serde(rename = "DurationInSeconds")]
+    duration_s: i32,
+}
+
+/// One event as shown (a serializable view).
+struct Shown<'a> {
+    slot: &'a Slot,
+    started: bool,
+    not_before: heapless::String<29>,
+    resources: &'a [&'a str],
+}
+
+impl Serialize for Shown<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let c = &self.slot.config;
+        EventBody {
+            event_id: &self.slot.id,
+            event_type: c.kind.as_str(),
+            resource_type: "VirtualMachine",
+            resources: self.resources,
+            event_status: if self.started { "Started" } else { "Scheduled" },
+            not_before: if self.started { "" } else { &self.not_before },
+            description: &c.description,
+            event_source: if c.user_source { "User" } else { "Platform" },
+            duration_s: c.duration_s,
+        }
+        .serialize(s)
+    }
+}
+
+/// The document: `{"DocumentIncarnation": n, "Events": [...]}`.
+#[derive(Serialize)]
+pub struct Document<'a> {
+    #[serde(rename = "DocumentIncarnation")]
+    incarnation: u64,
+    #[serde(rename = "Events")]
+    events: heapless::Vec<ShownRef<'a>, MAX_SCHEDULED_EVENTS>,
+}
+
+/// A serializable event of a [`Document`].
+pub struct ShownRef<'a>(Shown<'a>);
+
+impl Serialize for ShownRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl Schedule {
+    /// The schedule of `events`; their ids are derived from `seed` (tenant, vmId).
+    pub fn new(events: &[EventConfig], seed: &[&str]) -> Schedule {
+        let mut slots = heapless::Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let mut h = sha2::Sha256::new();
+            h.update(b"imds-agent scheduled event\0");
+            for s in seed {
+                h.update(s.as_bytes());
+                h.update([0]);
+            }
+            h.update((i as u64).to_be_bytes());
+            h.update(e.kind.as_str().as_bytes());
+            h.update(e.appear_after_s.to_be_bytes());
+            h.update(e.notice_s.to_be_bytes());
+            let d = h.finalize();
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&d[..16]);
+            let _ = slots.push(Slot {
+                config: e.clone(),
+                id: guid_v4(b),
+                approved_us: None,
+                not_before_unix: None,
+            });
+        }
+        Schedule { slots }
+    }
+
+    /// Whether any event is configured.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// `DocumentIncarnation` at `mono_us`: 1 + every transition passed.
+    pub fn incarnation(&self, mono_us: u64) -> u64 {
+        1 + self
+            .slots
+            .iter()
+            .map(|s| s.transitions(mono_us))
+            .sum::<u64>()
+    }
+
+    /// The status of the `i`-th configured event at `mono_us` (tests, logs).
+    pub fn status(&self, i: usize, mono_us: u64) -> Option<Status> {
+        self.slots.get(i).map(|s| s.status(mono_us))
+    }
+
+    /// The id of the `i`-th configured event.
+    pub fn id(&self, i: usize) -> Option<&str> {
+        self.slots.get(i).map(|s| s.id.as_str())
+    }
+
+    /// The document at (`mono_us`, `unix_s`); `resources` is the VM's name (or none).
+    pub fn document<'a>(
+        &'a mut self,
+        mono_us: u64,
+        unix_s: u64,
+        resources: &'a [&'a str],
+    ) -> Document<'a> {
+        let incarnation = self.incarnation(mono_us);
+        let mut events = heapless::Vec::new();
+        for slot in self.slots.iter_mut() {
+            let status = slot.status(mono_us);
+            if matches!(status, Status::Scheduled | Status::Started)
+                && slot.not_before_unix.is_none()
+            {
+                // The wall time of the natural start, fixed when first shown.
+                let ahead_s = slot.natural_start_us().saturating_sub(mono_us) / 1_000_000;
+                let behind_s = mono_us.saturating_sub(slot.natural_start_us()) / 1_000_000;
+                slot.not_before_unix = Some((unix_s + ahead_s).saturating_sub(behind_s));
+            }
+        }
+        for slot in self.slots.iter() {
+            let status = slot.status(mono_us);
+            if !matches!(status, Status::Scheduled | Status::Started) {
+                continue;
+            }
+            let _ = events.push(ShownRef(Shown {
+                slot,
+                started: status == Status::Started,
+                not_before: http_date(slot.not_before_unix.unwrap_or(unix_s)),
+                resources,
+            }));
+        }
+        Document {
+            incarnation,
+            events,
+        }
+    }
+
+    /// Approve the events a `POST` body names, at `mono_us`: all or none.
+    pub fn start(&mut self, body: &[u8], mono_us: u64) -> Result<(), StartError> {
+        let ids = parse_start_requests(body)?;
+        let find = |slots: &heapless::Vec<Slot, MAX_SCHEDULED_EVENTS>, id: &str| {
+            slots.iter().position(|s| {
+                s.id.eq_ignore_ascii_case(id)
+                    && matches!(s.status(mono_us), Status::Scheduled | Status::Started)
+            })
+        };
+        if ids.iter().any(|id| find(&self.slots, id).is_none()) {
+            return Err(StartError::UnknownEvent);
+        }
+        for id in &ids {
+            if let Some(i) = find(&self.slots, id) {
+                let slot = &mut self.slots[i];
+                if slot.status(mono_us) == Status::Scheduled {
+                    slot.approved_us = Some(mono_us);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_and_http_date() {
+        assert_eq!(http_date(0).as_str(), "Thu, 01 Jan 1970 00:00:00 GMT");
+        // 2026-04-11 22:26:58 UTC (the doc's sample), a Saturday.
+        assert_eq!(
+            http_date(1_775_946_418).as_str(),
+            "Sat, 11 Apr 2026 22:26:58 GMT"
+        );
+        assert_eq!(
+            http_date(951_782_400).as_str(),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+        assert_eq!(
+            http_date(4_102_444_799).as_str(),
+            "Thu, 31 Dec 2099 23:59:59 GMT"
+        );
+    }
+}
+
+/// `GET` (the document) and `POST` (approvals) `/metadata/scheduledevents?api-version=V`,
+/// answered at once (no first-call delay). Static for the guard: no mint/fetch limit applies.
+pub(crate) fn serve(
+    agent: &mut crate::agent::Agent,
+    req: &crate::http::Request<'_>,
+    ctx: &crate::imds::Ctx,
+    reply: &mut crate::imds::Reply,
+) {
+    use crate::http::Method;
+    use crate::imds::{Error, RequestError as R};
+    if !matches!(req.method, Method::Get | Method::Head | Method::Post) {
+        reply.allow = Some("GET, HEAD, POST");
+        reply.fail(Error::Request(R::MethodNotAllowed));
+        return;
+    }
+    if !crate::imds::metadata_header_ok(req) {
+        reply.fail(Error::Request(R::MetadataHeaderMissing));
+        return;
+    }
+    if crate::imds::proxied(req) {
+        reply.fail(Error::Request(R::Proxied));
+        return;
+    }
+    let mut buf = [0u8; crate::limits::PARAM_DECODE_BUF];
+    let Ok(params) = crate::query::decode(req.query.as_bytes(), &mut buf) else {
+        reply.fail(Error::Request(R::InvalidQuery));
+        return;
+    };
+    if params.duplicate().is_some() {
+        reply.fail(Error::Request(R::RepeatedParameter));
+        return;
+    }
+    match params.get("api-version") {
+        None => return reply.fail(Error::Request(R::ApiVersionMissing)),
+        Some(v) if !API_VERSIONS.contains(&v) => {
+            return reply.fail(Error::Request(R::ApiVersionInvalid))
+        }
+        Some(_) => {}
+    }
+    let now = ctx.now;
+    if req.method == Method::Post {
+        match agent.schedule.start(req.body, now.mono_us) {
+            Ok(()) => {
+                reply.status = 200;
+                reply.body.clear();
+            }
+            Err(StartError::Malformed) => reply.fail(Error::Request(R::StartRequestMalformed)),
+            Err(StartError::UnknownEvent) => reply.fail(Error::Request(R::EventIdUnknown)),
+        }
+        return;
+    }
+    // The VM's name, copied: the schedule is borrowed mutably below.
+    let name: heapless::String<{ crate::limits::COMPUTE_FIELD_MAX }> =
+        crate::metadata::attested::compute_field(agent, "name")
+            .and_then(|n| heapless::String::try_from(n).ok())
+            .unwrap_or_default();
+    let one = [name.as_str()];
+    let resources: &[&str] = if name.is_empty() { &[] } else { &one };
+    let doc = agent.schedule.document(now.mono_us, now.unix_s, resources);
+    reply.json(200, &doc);
+}
