@@ -713,3 +713,252 @@ pub(crate) fn serve(
         Err(_) => reply.fail(Error::Request(R::AttestationFailed)),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::tests::{doc, SYS};
+    use crate::config::Config;
+    use crate::http::{self, Parse};
+    use crate::imds::{handle, Ctx, Now, Reply};
+    use crate::token::CountingEntropy;
+    use std::string::{String, ToString};
+    use std::vec::Vec;
+
+    pub(crate) const VM_ID: &str = "8d10da9e-7dd6-4a9c-9a6b-0d5e2b6c1f33";
+
+    /// A P-256 key and a self-signed certificate for it (PEM), from rcgen.
+    pub(crate) fn p256_signer() -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(std::vec!["metadata.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (key.serialize_pem(), cert.pem())
+    }
+
+    /// The test config with `extra` top-level fields (a JSON object's members).
+    pub(crate) fn config_with(extra: serde_json::Value) -> Result<Config, ConfigError> {
+        let mut v: serde_json::Value = serde_json::from_str(&doc("", SYS)).unwrap();
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Config::parse(serde_json::to_string(&v).unwrap().as_bytes())
+    }
+
+    fn instance() -> serde_json::Value {
+        serde_json::json!({
+            "compute": {
+                "vmId": VM_ID, "name": "vm-one", "subscriptionId": "11111111-2222-3333-4444-555555555555",
+                "sku": "22_04-lts-gen2", "location": "westeurope",
+                "plan": {"name": "p", "product": "q", "publisher": "r"},
+                "tagsList": [{"name": "a", "value": "b"}]
+            },
+            "network": {"interface": []}
+        })
+    }
+
+    fn agent_with(key: &str, cert: &str) -> Agent {
+        Agent::new(
+            config_with(serde_json::json!({
+                "attestation": {"key": key, "certificate": cert},
+                "instance": instance(),
+            }))
+            .unwrap(),
+        )
+    }
+
+    pub(crate) fn ask(agent: &mut Agent, raw: &str, now: Now) -> Reply {
+        let Ok(Parse::Complete(req, _)) = http::parse(raw.as_bytes()) else {
+            panic!("not a complete request: {raw}")
+        };
+        let ctx = Ctx {
+            now,
+            peer: "127.0.0.1".parse().unwrap(),
+            parked_since_us: None,
+        };
+        let mut reply = Reply::new();
+        handle(agent, &req, &ctx, &mut CountingEntropy(0), &mut reply);
+        reply
+    }
+
+    const NOW: Now = Now {
+        unix_s: 1_775_946_418,
+        mono_us: 0,
+    };
+
+    fn get(agent: &mut Agent, target: &str) -> Reply {
+        ask(
+            agent,
+            &std::format!("GET {target} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n"),
+            NOW,
+        )
+    }
+
+    /// The signed content and the signature of a `SignedData` blob, checked field by field.
+    fn open(der: &[u8], cert_der: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let info = ContentInfo::from_der(der).unwrap();
+        assert_eq!(info.content_type, OID_SIGNED_DATA);
+        let sd = info.content;
+        assert_eq!(sd.version, 1);
+        assert_eq!(sd.digest_algorithms.get(0).unwrap().oid, OID_SHA256);
+        assert_eq!(sd.encap_content_info.e_content_type, OID_DATA);
+        let certs = sd.certificates.unwrap();
+        assert_eq!(certs.len(), 1);
+        assert_eq!(certs.get(0).unwrap().to_der().unwrap(), cert_der);
+        let si = sd.signer_infos.get(0).unwrap();
+        assert_eq!(si.version, 1);
+        let cert = Certificate::from_der(cert_der).unwrap();
+        assert_eq!(si.sid.issuer, cert.tbs.issuer);
+        assert_eq!(si.sid.serial_number, cert.tbs.serial);
+        assert_eq!(si.digest_algorithm.oid, OID_SHA256);
+        assert_eq!(si.signature_algorithm.oid, OID_ECDSA_SHA256);
+        (
+            sd.encap_content_info.e_content.unwrap().as_bytes().to_vec(),
+            si.signature.as_bytes().to_vec(),
+        )
+    }
+
+    #[test]
+    fn attested_document_is_a_signed_data_over_the_json() {
+        use base64ct::Encoding as _;
+        use p256::ecdsa::signature::Verifier;
+        let (key, cert) = p256_signer();
+        let mut agent = agent_with(&key, &cert);
+        let r = get(
+            &mut agent,
+            "/metadata/attested/document?api-version=2025-04-07&nonce=abc123XYZ",
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["encoding"], "pkcs7");
+        let der = base64ct::Base64::decode_vec(v["signature"].as_str().unwrap()).unwrap();
+        let att = agent.attestation.clone().unwrap();
+        let (content, sig) = open(&der, &att.certificate);
+        let doc: serde_json::Value = serde_json::from_slice(&content).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "nonce": "abc123XYZ",
+                "plan": {"name": "p", "product": "q", "publisher": "r"},
+                "timeStamp": {"createdOn": "04/11/26 22:26:58 -0000", "expiresOn": "04/12/26 04:26:58 -0000"},
+                "vmId": VM_ID,
+                "subscriptionId": "11111111-2222-3333-4444-555555555555",
+                "sku": "22_04-lts-gen2",
+                "licenseType": ""
+            })
+        );
+        // Compact JSON, keys in Azure's order.
+        assert!(content.starts_with(br#"{"nonce":"abc123XYZ","plan":{"name":"p""#));
+        #[allow(irrefutable_let_patterns)] // refutable with the `rsa` feature
+        let AttestKey::P256(k) = &att.key
+        else {
+            panic!()
+        };
+        let sig = p256::ecdsa::Signature::from_der(&sig).unwrap();
+        k.verifying_key().verify(&content, &sig).unwrap();
+    }
+
+    #[test]
+    fn attested_nonce_rules() {
+        assert_eq!(
+            nonce(None, 1_775_946_418).unwrap().as_str(),
+            "20260411-222658"
+        );
+        assert_eq!(nonce(Some(""), 0).unwrap().as_str(), "19700101-000000");
+        assert_eq!(nonce(Some("a1"), 0).unwrap().as_str(), "a1");
+        assert!(nonce(Some(&"a".repeat(32)), 0).is_ok());
+        assert_eq!(nonce(Some(&"a".repeat(33)), 0), Err(BadNonce));
+        assert_eq!(nonce(Some("a-b"), 0), Err(BadNonce));
+        assert_eq!(nonce(Some("é"), 0), Err(BadNonce));
+    }
+
+    #[test]
+    fn attested_route_errors() {
+        let (key, cert) = p256_signer();
+        let mut agent = agent_with(&key, &cert);
+        let body = |r: &Reply| String::from_utf8_lossy(&r.body).into_owned();
+        // Default nonce: the request time.
+        let r = get(
+            &mut agent,
+            "/metadata/attested/document?api-version=2018-10-01",
+        );
+        assert_eq!(r.status, 200, "{}", body(&r));
+        for (target, status) in [
+            ("/metadata/attested/document", 400),
+            ("/metadata/attested/document?api-version=2018-04-02", 400),
+            ("/metadata/attested/document?api-version=2099-01-01", 400),
+            ("/metadata/attested/document?api-version=2021-02-01&nonce=a%2Db", 400),
+            (
+                "/metadata/attested/document?api-version=2021-02-01&nonce=123456789012345678901234567890123",
+                400,
+            ),
+            (
+                "/metadata/attested/document?api-version=2021-02-01&api-version=2021-02-01",
+                400,
+            ),
+        ] {
+            let r = get(&mut agent, target);
+            assert_eq!(r.status, status, "{target}: {}", body(&r));
+        }
+        let r = get(
+            &mut agent,
+            "/metadata/attested/document?api-version=2018-04-02",
+        );
+        assert!(body(&r).contains("newest-versions"), "{}", body(&r));
+        // No Metadata header.
+        let r = ask(
+            &mut agent,
+            "GET /metadata/attested/document?api-version=2021-02-01 HTTP/1.1\r\nHost: x\r\n\r\n",
+            NOW,
+        );
+        assert_eq!(r.status, 400);
+        // Not configured: 404.
+        let mut bare = Agent::new(config_with(serde_json::json!({})).unwrap());
+        let r = get(
+            &mut bare,
+            "/metadata/attested/document?api-version=2021-02-01",
+        );
+        assert_eq!(r.status, 404);
+    }
+
+    #[test]
+    fn attestation_config_errors_name_the_field() {
+        let (key, cert) = p256_signer();
+        let (other_key, _) = p256_signer();
+        let err = |v: serde_json::Value| {
+            let mut s = String::new();
+            config_with(v).unwrap_err().describe(&mut s);
+            s
+        };
+        assert_eq!(
+            err(serde_json::json!({"attestation": {"key": other_key, "certificate": cert}})),
+            "config: field `attestation.certificate`: does not hold the public key of `attestation.key`"
+        );
+        assert_eq!(
+            err(serde_json::json!({"attestation": {"key": key}})),
+            "config: field `attestation.certificate` is required"
+        );
+        assert_eq!(
+            err(serde_json::json!({"attestation": {"certificate": cert}})),
+            "config: field `attestation.key` is required"
+        );
+        assert!(
+            err(serde_json::json!({"attestation": {"key": cert, "certificate": cert}}))
+                .starts_with("config: field `attestation.key`: ")
+        );
+        assert!(
+            err(serde_json::json!({"attestation": {"key": key, "certificate": key}}))
+                .starts_with("config: field `attestation.certificate`: must be a PEM certificate")
+        );
+        assert_eq!(
+            err(serde_json::json!({"attestation": {"key": key, "certificate": cert, "x": 1}})),
+            "config: unknown field `attestation.x`"
+        );
+        // `null`: none.
+        assert!(config_with(serde_json::json!({"attestation": null}))
+            .unwrap()
+            .attestation
+            .is_none());
+    }
+}

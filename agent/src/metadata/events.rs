@@ -207,7 +207,7 @@ pub(crate) fn validate(
     };
     if *overflow {
         return Err(ConfigError::Invalid {
-            field: FieldPath::nested("scheduled_events", None, ""),
+            field: FieldPath::top("scheduled_events"),
             why: "too many events: at most 6 (MAX_SCHEDULED_EVENTS)",
         });
     }
@@ -611,29 +611,6 @@ impl Schedule {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_and_http_date() {
-        assert_eq!(http_date(0).as_str(), "Thu, 01 Jan 1970 00:00:00 GMT");
-        // 2026-04-11 22:26:58 UTC (the doc's sample), a Saturday.
-        assert_eq!(
-            http_date(1_775_946_418).as_str(),
-            "Sat, 11 Apr 2026 22:26:58 GMT"
-        );
-        assert_eq!(
-            http_date(951_782_400).as_str(),
-            "Tue, 29 Feb 2000 00:00:00 GMT"
-        );
-        assert_eq!(
-            http_date(4_102_444_799).as_str(),
-            "Thu, 31 Dec 2099 23:59:59 GMT"
-        );
-    }
-}
-
 /// `GET` (the document) and `POST` (approvals) `/metadata/scheduledevents?api-version=V`,
 /// answered at once (no first-call delay). Static for the guard: no mint/fetch limit applies.
 pub(crate) fn serve(
@@ -694,4 +671,349 @@ pub(crate) fn serve(
     let resources: &[&str] = if name.is_empty() { &[] } else { &one };
     let doc = agent.schedule.document(now.mono_us, now.unix_s, resources);
     reply.json(200, &doc);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_and_http_date() {
+        assert_eq!(http_date(0).as_str(), "Thu, 01 Jan 1970 00:00:00 GMT");
+        // 2026-04-11 22:26:58 UTC (the doc's sample), a Saturday.
+        assert_eq!(
+            http_date(1_775_946_418).as_str(),
+            "Sat, 11 Apr 2026 22:26:58 GMT"
+        );
+        assert_eq!(
+            http_date(951_782_400).as_str(),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+        assert_eq!(
+            http_date(4_102_444_799).as_str(),
+            "Thu, 31 Dec 2099 23:59:59 GMT"
+        );
+    }
+
+    use crate::agent::Agent;
+    use crate::imds::Now;
+    use crate::metadata::attested::tests::{ask, config_with};
+    use std::string::String;
+
+    fn ev(kind: EventType, appear: u32, notice: u32, duration: i32) -> EventConfig {
+        EventConfig {
+            kind,
+            appear_after_s: appear,
+            notice_s: notice,
+            duration_s: duration,
+            description: heapless::String::try_from("Host maintenance").unwrap(),
+            user_source: false,
+        }
+    }
+
+    const S: u64 = 1_000_000;
+    const T0: u64 = 1_775_946_418;
+
+    fn doc(s: &mut Schedule, mono_s: u64) -> serde_json::Value {
+        let mut buf = [0u8; 4096];
+        let d = s.document(mono_s * S, T0 + mono_s, &["vm-one"]);
+        let n = serde_json_core::to_slice(&d, &mut buf).unwrap();
+        serde_json::from_slice(&buf[..n]).unwrap()
+    }
+
+    fn body(id: &str) -> String {
+        std::format!(r#"{{"StartRequests":[{{"EventId":"{id}"}}]}}"#)
+    }
+
+    #[test]
+    fn schedule_appear_approve_start_gone() {
+        let mut s = Schedule::new(&[ev(EventType::Reboot, 10, 900, 5)], &["t", "vm"]);
+        let id = String::from(s.id(0).unwrap());
+        assert!(crate::config::is_guid(&id));
+        // Before it appears: no events, incarnation 1; an approval is refused.
+        assert_eq!(
+            doc(&mut s, 0),
+            serde_json::json!({"DocumentIncarnation": 1, "Events": []})
+        );
+        assert_eq!(
+            s.start(body(&id).as_bytes(), 5 * S),
+            Err(StartError::UnknownEvent)
+        );
+        // Appears at 10 s, Scheduled, NotBefore = then + 900 s.
+        let d = doc(&mut s, 10);
+        assert_eq!(
+            d,
+            serde_json::json!({"DocumentIncarnation": 2, "Events": [{
+                "EventId": id, "EventType": "Reboot", "ResourceType": "VirtualMachine",
+                "Resources": ["vm-one"], "EventStatus": "Scheduled",
+                "NotBefore": http_date(T0 + 910).as_str(), "Description": "Host maintenance",
+                "EventSource": "Platform", "DurationInSeconds": 5
+            }]})
+        );
+        // Asking again changes nothing; NotBefore stays what it was.
+        assert_eq!(doc(&mut s, 20), d);
+        // Approved at 30 s: Started, NotBefore "".
+        assert_eq!(s.start(body(&id.to_uppercase()).as_bytes(), 30 * S), Ok(()));
+        let d = doc(&mut s, 31);
+        assert_eq!(d["DocumentIncarnation"], 3);
+        assert_eq!(d["Events"][0]["EventStatus"], "Started");
+        assert_eq!(d["Events"][0]["NotBefore"], "");
+        // Approving a started event again: accepted, nothing changes.
+        assert_eq!(s.start(body(&id).as_bytes(), 32 * S), Ok(()));
+        assert_eq!(doc(&mut s, 34), d);
+        // Gone DurationInSeconds after it started.
+        assert_eq!(
+            doc(&mut s, 35),
+            serde_json::json!({"DocumentIncarnation": 4, "Events": []})
+        );
+        assert_eq!(
+            s.start(body(&id).as_bytes(), 36 * S),
+            Err(StartError::UnknownEvent)
+        );
+        assert_eq!(doc(&mut s, 10_000)["DocumentIncarnation"], 4);
+    }
+
+    #[test]
+    fn schedule_starts_at_not_before_without_approval() {
+        let mut s = Schedule::new(
+            &[
+                ev(EventType::Preempt, 0, 30, -1),
+                ev(EventType::Freeze, 5, 10, 2),
+            ],
+            &["t", "vm"],
+        );
+        assert_ne!(s.id(0), s.id(1));
+        let d = doc(&mut s, 0);
+        assert_eq!(d["DocumentIncarnation"], 2);
+        assert_eq!(d["Events"][0]["EventStatus"], "Scheduled");
+        assert_eq!(d["Events"][0]["NotBefore"], http_date(T0 + 30).as_str());
+        let d = doc(&mut s, 5);
+        assert_eq!(d["DocumentIncarnation"], 3);
+        assert_eq!(d["Events"].as_array().unwrap().len(), 2);
+        assert_eq!(d["Events"][1]["NotBefore"], http_date(T0 + 15).as_str());
+        // The freeze starts at its NotBefore (15 s) and is gone at 17 s.
+        assert_eq!(s.status(1, 14 * S), Some(Status::Scheduled));
+        assert_eq!(doc(&mut s, 15)["Events"][1]["EventStatus"], "Started");
+        assert_eq!(doc(&mut s, 15)["DocumentIncarnation"], 4);
+        let d = doc(&mut s, 17);
+        assert_eq!(d["DocumentIncarnation"], 5);
+        assert_eq!(d["Events"].as_array().unwrap().len(), 1);
+        // The preemption starts at 30 s and, with DurationInSeconds -1, stays.
+        let d = doc(&mut s, 30);
+        assert_eq!(d["Events"][0]["EventStatus"], "Started");
+        assert_eq!(d["Events"][0]["DurationInSeconds"], -1);
+        assert_eq!(d["DocumentIncarnation"], 6);
+        assert_eq!(doc(&mut s, 1_000_000)["DocumentIncarnation"], 6);
+        // Incarnation counts transitions whoever asks (a late first reader sees the same).
+        let late = Schedule::new(
+            &[
+                ev(EventType::Preempt, 0, 30, -1),
+                ev(EventType::Freeze, 5, 10, 2),
+            ],
+            &["t", "vm"],
+        );
+        assert_eq!(late.incarnation(30 * S), 6);
+        assert_eq!(late.id(0), s.id(0));
+    }
+
+    #[test]
+    fn start_request_bodies() {
+        assert_eq!(
+            parse_start_requests(br#"{"StartRequests":[{"EventId":"a"},{"EventId":"b","x":1}]}"#)
+                .unwrap()
+                .as_slice(),
+            ["a", "b"]
+        );
+        assert_eq!(
+            parse_start_requests(br#"{"StartRequests":[]}"#)
+                .unwrap()
+                .len(),
+            0
+        );
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"[]",
+            b"{\"StartRequests\":{}}",
+            b"{\"StartRequests\":[{}]}",
+            b"{\"StartRequests\":[{\"EventId\":1}]}",
+            b"{\"StartRequests\":[{\"EventId\":\"a\"}]",
+            b"{\"StartRequests\":[1,2,3,4,5,6,7]}",
+        ] {
+            assert_eq!(
+                parse_start_requests(bad),
+                Err(StartError::Malformed),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let seven = std::format!(
+            r#"{{"StartRequests":[{}]}}"#,
+            [r#"{"EventId":"a"}"#; 7].join(",")
+        );
+        assert_eq!(
+            parse_start_requests(seven.as_bytes()),
+            Err(StartError::Malformed)
+        );
+    }
+
+    #[test]
+    fn scheduled_events_config() {
+        let c = config_with(serde_json::json!({"scheduled_events": [
+            {"EventType": "Terminate"},
+            {"EventType": "Freeze", "appear_after_s": 3, "notice_s": 1, "DurationInSeconds": 9,
+             "Description": "d", "EventSource": "User"}
+        ]}))
+        .unwrap();
+        assert_eq!(c.scheduled_events.len(), 2);
+        let e = &c.scheduled_events[0];
+        assert_eq!(
+            (e.kind, e.appear_after_s, e.notice_s, e.duration_s),
+            (EventType::Terminate, 0, 300, -1)
+        );
+        assert!(!e.user_source);
+        let e = &c.scheduled_events[1];
+        assert_eq!(
+            (e.kind, e.appear_after_s, e.notice_s, e.duration_s),
+            (EventType::Freeze, 3, 1, 9)
+        );
+        assert!(e.user_source);
+        assert_eq!(e.description.as_str(), "d");
+        for (kind, notice) in [
+            ("Freeze", 900),
+            ("Reboot", 900),
+            ("Redeploy", 600),
+            ("Preempt", 30),
+        ] {
+            let c = config_with(serde_json::json!({"scheduled_events": [{"EventType": kind}]}))
+                .unwrap();
+            assert_eq!(c.scheduled_events[0].notice_s, notice);
+        }
+        let err = |v: serde_json::Value| {
+            let mut s = String::new();
+            config_with(v).unwrap_err().describe(&mut s);
+            s
+        };
+        assert_eq!(
+            err(serde_json::json!({"scheduled_events": [{"EventType": "Freeze"}, {"EventType": "Nap"}]})),
+            "config: field `scheduled_events[1].EventType`: must be \"Freeze\", \"Reboot\", \"Redeploy\", \"Preempt\" or \"Terminate\""
+        );
+        assert_eq!(
+            err(serde_json::json!({"scheduled_events": [{"notice_s": 1}]})),
+            "config: field `scheduled_events[0].EventType` is required"
+        );
+        assert_eq!(
+            err(serde_json::json!({"scheduled_events": [{"EventType": "Freeze", "DurationInSeconds": -2}]})),
+            "config: field `scheduled_events[0].DurationInSeconds`: must be -1 (unknown) or a number of seconds"
+        );
+        assert_eq!(
+            err(
+                serde_json::json!({"scheduled_events": [{"EventType": "Freeze", "EventSource": "Me"}]})
+            ),
+            "config: field `scheduled_events[0].EventSource`: must be \"Platform\" or \"User\""
+        );
+        assert_eq!(
+            err(serde_json::json!({"scheduled_events": [{"EventType": "Freeze", "notice": 1}]})),
+            "config: unknown field `scheduled_events[0].notice`"
+        );
+        assert_eq!(
+            err(serde_json::json!({"scheduled_events": [{"EventType": "Freeze", "notice_s": -1}]})),
+            "config: field `scheduled_events[0].notice_s`: is not a valid number"
+        );
+        let seven: std::vec::Vec<_> = (0..7)
+            .map(|_| serde_json::json!({"EventType": "Freeze"}))
+            .collect();
+        assert_eq!(
+            err(serde_json::json!({"scheduled_events": seven})),
+            "config: field `scheduled_events`: too many events: at most 6 (MAX_SCHEDULED_EVENTS)"
+        );
+        let long = "x".repeat(EVENT_DESCRIPTION_MAX + 1);
+        assert!(err(
+            serde_json::json!({"scheduled_events": [{"EventType": "Freeze", "Description": long}]})
+        )
+        .starts_with("config: field `scheduled_events[0].Description`"));
+    }
+
+    #[test]
+    fn scheduled_events_route() {
+        let mut agent = Agent::new(
+            config_with(serde_json::json!({
+                "scheduled_events": [{"EventType": "Reboot", "appear_after_s": 1, "DurationInSeconds": 2}],
+                "instance": {"compute": {"name": "vm-one", "vmId": "x"}, "network": {}},
+            }))
+            .unwrap(),
+        );
+        let at = |s: u64| Now {
+            unix_s: T0 + s,
+            mono_us: s * S,
+        };
+        let get = |agent: &mut Agent, q: &str, s: u64| {
+            ask(
+                agent,
+                &std::format!("GET /metadata/scheduledevents{q} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n"),
+                at(s),
+            )
+        };
+        let post = |agent: &mut Agent, body: &str, s: u64| {
+            ask(
+                agent,
+                &std::format!(
+                    "POST /metadata/scheduledevents?api-version=2020-07-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ),
+                at(s),
+            )
+        };
+        let json = |r: &crate::imds::Reply| -> serde_json::Value {
+            serde_json::from_slice(&r.body).unwrap()
+        };
+        let r = get(&mut agent, "?api-version=2020-07-01", 0);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            json(&r),
+            serde_json::json!({"DocumentIncarnation": 1, "Events": []})
+        );
+        let r = get(&mut agent, "?api-version=2017-11-01", 1);
+        assert_eq!(r.status, 200);
+        let d = json(&r);
+        assert_eq!(d["DocumentIncarnation"], 2);
+        assert_eq!(d["Events"][0]["Resources"], serde_json::json!(["vm-one"]));
+        let id = d["Events"][0]["EventId"].as_str().unwrap().to_owned();
+        for q in [
+            "",
+            "?api-version=2021-02-01",
+            "?api-version=2020-07-01&api-version=2020-07-01",
+        ] {
+            assert_eq!(get(&mut agent, q, 1).status, 400, "{q}");
+        }
+        let r = ask(
+            &mut agent,
+            "GET /metadata/scheduledevents?api-version=2020-07-01 HTTP/1.1\r\nHost: x\r\n\r\n",
+            at(1),
+        );
+        assert_eq!(r.status, 400);
+        let r = ask(
+            &mut agent,
+            "DELETE /metadata/scheduledevents?api-version=2020-07-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n",
+            at(1),
+        );
+        assert_eq!((r.status, r.allow), (405, Some("GET, HEAD, POST")));
+        assert_eq!(post(&mut agent, "{\"StartRequests\":", 2).status, 400);
+        assert_eq!(
+            post(&mut agent, &body("00000000-0000-4000-8000-000000000000"), 2).status,
+            400
+        );
+        // Refused POSTs changed nothing.
+        assert_eq!(json(&get(&mut agent, "?api-version=2020-07-01", 2)), d);
+        let r = post(&mut agent, &body(&id), 3);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let d = json(&get(&mut agent, "?api-version=2020-07-01", 3));
+        assert_eq!(d["DocumentIncarnation"], 3);
+        assert_eq!(d["Events"][0]["EventStatus"], "Started");
+        let d = json(&get(&mut agent, "?api-version=2020-07-01", 5));
+        assert_eq!(
+            d,
+            serde_json::json!({"DocumentIncarnation": 4, "Events": []})
+        );
+    }
 }
