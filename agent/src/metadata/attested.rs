@@ -790,7 +790,9 @@ pub(crate) mod tests {
     fn get(agent: &mut Agent, target: &str) -> Reply {
         ask(
             agent,
-            &std::format!("GET {target} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n"),
+            &std::format!(
+                "GET {target} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n"
+            ),
             NOW,
         )
     }
@@ -960,5 +962,36 @@ pub(crate) mod tests {
             .unwrap()
             .attestation
             .is_none());
+    }
+
+    #[test]
+    fn metadata_endpoints_do_not_count_against_the_token_limit() {
+        let (key, cert) = p256_signer();
+        let mut agent = Agent::new(
+            config_with(serde_json::json!({
+                "attestation": {"key": key, "certificate": cert},
+                "scheduled_events": [{"EventType": "Freeze"}],
+                "limits": {"rate_per_s": 1, "in_flight": 1},
+            }))
+            .unwrap(),
+        );
+        for _ in 0..5 {
+            let r = get(
+                &mut agent,
+                "/metadata/attested/document?api-version=2021-02-01",
+            );
+            assert_eq!(r.status, 200);
+            let r = get(
+                &mut agent,
+                "/metadata/scheduledevents?api-version=2020-07-01",
+            );
+            assert_eq!(r.status, 200);
+        }
+        let token = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
+        let r = get(&mut agent, token);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        // The limit is real: another mint in the same second is refused.
+        let r = get(&mut agent, &std::format!("{token}&bypass_cache=true"));
+        assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
     }
 }
