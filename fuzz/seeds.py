@@ -162,6 +162,19 @@ def jwt_seeds():
     return seeds
 
 
+# scheduled_events_post: `$ID$` is replaced by the id of event `data[0] % 4` (see the target).
+START_REQUESTS = {
+    "approve": b'\x00{"StartRequests":[{"EventId":"$ID$"}]}',
+    "approve_started": b'\x01{"StartRequests":[{"EventId":"$ID$"}]}',
+    "gone": b'\x02{"StartRequests":[{"EventId":"$ID$"}]}',
+    "empty": b'{"StartRequests":[]}',
+    "unknown": b'{"StartRequests":[{"EventId":"00000000-0000-4000-8000-000000000000"}]}',
+    "extra_keys": b'\x00{"DocumentIncarnation":3,"StartRequests":[{"EventId":"$ID$","x":[1,{}]}]}',
+    "escaped": b'{"StartRequests":[{"EventId":"\\u0041"}]}',
+    "truncated": b'{"StartRequests":[{"EventId":"',
+}
+
+
 def write(target, seeds):
     d = CORPUS / target
     d.mkdir(parents=True, exist_ok=True)
@@ -177,6 +190,7 @@ def main():
     write("config_parse", CONFIGS)
     write("jwt_verify", jwt_seeds())
     write("connection", CONNECTION)
+    write("scheduled_events_post", START_REQUESTS)
 
 
 if __name__ == "__main__":
