@@ -241,6 +241,61 @@ pub fn pkcs8_p256(der: &[u8]) -> Option<p256::ecdsa::SigningKey> {
     Some(key)
 }
 
+/// What a CMS signer needs from an X.509 certificate (RFC 5280): its issuer and serial number
+/// (tag and value, to be written again as read) and its public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateParts<'a> {
+    /// The issuer `Name`: tag, value.
+    pub issuer: (u8, &'a [u8]),
+    /// The `serialNumber` INTEGER: tag, value.
+    pub serial: (u8, &'a [u8]),
+    /// The public key's algorithm OID (content bytes).
+    pub key_algorithm: &'a [u8],
+    /// The public key (the BIT STRING's bytes).
+    pub public_key: &'a [u8],
+}
+
+/// The parts of a DER certificate a signer needs (the shape is checked up to the public key:
+/// `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }`).
+pub fn certificate_parts(der: &[u8]) -> Option<CertificateParts<'_>> {
+    let mut cert = Der(Der::only(der, DER_SEQUENCE)?);
+    let mut tbs = Der(cert.expect(DER_SEQUENCE)?);
+    cert.expect(DER_SEQUENCE)?;
+    cert.expect(DER_BIT_STRING)?;
+    if !cert.0.is_empty() {
+        return None;
+    }
+    // [0] EXPLICIT version, optional.
+    if tbs.0.first() == Some(&0xa0) {
+        tbs.next()?;
+    }
+    let serial = tbs.next().filter(|(t, _)| *t == DER_INTEGER)?;
+    tbs.expect(DER_SEQUENCE)?;
+    let issuer = tbs.next().filter(|(t, _)| *t == DER_SEQUENCE)?;
+    tbs.expect(DER_SEQUENCE)?;
+    tbs.expect(DER_SEQUENCE)?;
+    let mut spki = Der(tbs.expect(DER_SEQUENCE)?);
+    let mut alg = Der(spki.expect(DER_SEQUENCE)?);
+    let key_algorithm = alg.expect(DER_OID)?;
+    let public_key = bit_string_bytes(spki.expect(DER_BIT_STRING)?)?;
+    Some(CertificateParts {
+        issuer,
+        serial,
+        key_algorithm,
+        public_key,
+    })
+}
+
+/// The tag and value of a DER document that is one value.
+pub fn der_tlv(der: &[u8]) -> Option<(u8, &[u8])> {
+    let mut d = Der(der);
+    let tlv = d.next()?;
+    d.0.is_empty().then_some(tlv)
+}
+
+/// id-ecPublicKey, for [`CertificateParts::key_algorithm`].
+pub const EC_PUBLIC_KEY_OID: &[u8] = OID_EC_PUBLIC_KEY;
+
 /// Whether `oid` is an object identifier the `const-oid` crate accepts (3 to 39 bytes, a
 /// valid first octet, base-128 arcs that fit in 32 bits, the last one complete).
 fn oid_well_formed(oid: &[u8]) -> bool {

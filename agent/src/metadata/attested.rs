@@ -21,9 +21,10 @@ use crate::limits::{
     ATTEST_CERT_DER_MAX, ATTEST_DER_MAX, ATTEST_NONCE_MAX, COMPUTE_FIELD_MAX, PEM_MAX,
 };
 use crate::metadata::events::Civil;
+use crate::pem::{certificate_parts, CertificateParts};
 use core::fmt;
-use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier, OctetStringRef, SetOf};
-use der::{Decode, Encode, Sequence, ValueOrd};
+use der::asn1::{AnyRef, ObjectIdentifier, OctetStringRef, UintRef};
+use der::{Decode, Encode, Sequence};
 use imds_hal::text::Text;
 use serde::de::{self, MapAccess, Visitor};
 use serde::Serialize;
@@ -251,7 +252,7 @@ fn certificate_der(pem: &str) -> Result<heapless::Vec<u8, ATTEST_CERT_DER_MAX>, 
     if label != "CERTIFICATE" {
         return Err("must be a PEM certificate (-----BEGIN CERTIFICATE-----)");
     }
-    Certificate::from_der(der).map_err(|_| "is not an X.509 certificate")?;
+    certificate_parts(der).ok_or("is not an X.509 certificate")?;
     heapless::Vec::from_slice(der).map_err(|_| "certificate too large")
 }
 
@@ -279,11 +280,11 @@ pub(crate) fn validate(raw: &RawAttestation) -> Result<Attestation, ConfigError>
         }
         Some(Ok(c)) => c.clone(),
     };
-    let cert = Certificate::from_der(&certificate).map_err(|_| ConfigError::Invalid {
+    let cert = certificate_parts(&certificate).ok_or(ConfigError::Invalid {
         field: p("certificate"),
         why: "is not an X.509 certificate",
     })?;
-    if !key_matches(&key, &cert.tbs.spki) {
+    if !key_matches(&key, &cert) {
         return Err(ConfigError::Invalid {
             field: p("certificate"),
             why: "does not hold the public key of `attestation.key`",
@@ -292,23 +293,20 @@ pub(crate) fn validate(raw: &RawAttestation) -> Result<Attestation, ConfigError>
     Ok(Attestation { key, certificate })
 }
 
-fn key_matches(key: &AttestKey, spki: &Spki<'_>) -> bool {
+fn key_matches(key: &AttestKey, cert: &CertificateParts<'_>) -> bool {
     match key {
         AttestKey::P256(k) => {
             let point = k.verifying_key().to_encoded_point(false);
-            spki.algorithm.oid == OID_EC_PUBLIC_KEY
-                && spki.public_key.as_bytes() == Some(point.as_bytes())
+            cert.key_algorithm == crate::pem::EC_PUBLIC_KEY_OID
+                && cert.public_key == point.as_bytes()
         }
         #[cfg(feature = "rsa")]
         AttestKey::Rsa(k) => {
             use rsa::pkcs1::DecodeRsaPublicKey;
             use rsa::traits::PublicKeyParts;
-            spki.algorithm.oid == OID_RSA_ENCRYPTION
-                && spki
-                    .public_key
-                    .as_bytes()
-                    .and_then(|b| rsa::RsaPublicKey::from_pkcs1_der(b).ok())
-                    .is_some_and(|p| p.n() == k.n() && p.e() == k.e())
+            cert.key_algorithm == OID_RSA_ENCRYPTION.as_bytes()
+                && rsa::RsaPublicKey::from_pkcs1_der(cert.public_key)
+                    .is_ok_and(|p| p.n() == k.n() && p.e() == k.e())
         }
     }
 }
@@ -323,53 +321,39 @@ const OID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.
 const OID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 /// ecdsa-with-SHA256 (1.2.840.10045.4.3.2).
 const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
-/// id-ecPublicKey (1.2.840.10045.2.1).
-const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 /// rsaEncryption (1.2.840.113549.1.1.1).
 #[cfg(feature = "rsa")]
 const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 
 /// `AlgorithmIdentifier`.
-#[derive(Clone, Copy, Sequence, ValueOrd)]
+#[derive(Clone, Copy, Sequence)]
 struct AlgId<'a> {
     oid: ObjectIdentifier,
     #[asn1(optional = "true")]
     parameters: Option<AnyRef<'a>>,
 }
 
-/// `SubjectPublicKeyInfo`.
-#[derive(Sequence)]
-struct Spki<'a> {
-    algorithm: AlgId<'a>,
-    public_key: BitStringRef<'a>,
+/// A `SET OF` with one element (nothing to sort): the element's encoding under a SET tag.
+#[derive(Clone, Copy)]
+struct SetOfOne<T>(T);
+
+impl<T> der::FixedTag for SetOfOne<T> {
+    const TAG: der::Tag = der::Tag::Set;
 }
 
-/// `TBSCertificate`: what the signer info needs (issuer, serial) and the key; the rest kept
-/// as read.
-#[derive(Sequence)]
-struct Tbs<'a> {
-    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
-    version: Option<AnyRef<'a>>,
-    serial: AnyRef<'a>,
-    signature: AnyRef<'a>,
-    issuer: AnyRef<'a>,
-    validity: AnyRef<'a>,
-    subject: AnyRef<'a>,
-    spki: Spki<'a>,
-    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
-    issuer_unique_id: Option<BitStringRef<'a>>,
-    #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
-    subject_unique_id: Option<BitStringRef<'a>>,
-    #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
-    extensions: Option<AnyRef<'a>>,
+impl<T: Encode> der::EncodeValue for SetOfOne<T> {
+    fn value_len(&self) -> der::Result<der::Length> {
+        self.0.encoded_len()
+    }
+    fn encode_value(&self, writer: &mut impl der::Writer) -> der::Result<()> {
+        self.0.encode(writer)
+    }
 }
 
-/// `Certificate`.
-#[derive(Sequence)]
-struct Certificate<'a> {
-    tbs: Tbs<'a>,
-    algorithm: AnyRef<'a>,
-    signature: AnyRef<'a>,
+impl<'a, T: Decode<'a>> der::DecodeValue<'a> for SetOfOne<T> {
+    fn decode_value<R: der::Reader<'a>>(reader: &mut R, header: der::Header) -> der::Result<Self> {
+        reader.read_nested(header.length, |r| T::decode(r).map(SetOfOne))
+    }
 }
 
 /// `ContentInfo` with `SignedData` content.
@@ -384,11 +368,11 @@ struct ContentInfo<'a> {
 #[derive(Sequence)]
 struct SignedData<'a> {
     version: u8,
-    digest_algorithms: SetOf<AlgId<'a>, 1>,
+    digest_algorithms: SetOfOne<AlgId<'a>>,
     encap_content_info: EncapsulatedContentInfo<'a>,
     #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
-    certificates: Option<SetOf<AnyRef<'a>, 1>>,
-    signer_infos: SetOf<SignerInfo<'a>, 1>,
+    certificates: Option<SetOfOne<AnyRef<'a>>>,
+    signer_infos: SetOfOne<SignerInfo<'a>>,
 }
 
 /// `EncapsulatedContentInfo`.
@@ -399,15 +383,22 @@ struct EncapsulatedContentInfo<'a> {
     e_content: Option<OctetStringRef<'a>>,
 }
 
+/// `ECDSA-Sig-Value`.
+#[derive(Sequence)]
+struct EcdsaSigValue<'a> {
+    r: UintRef<'a>,
+    s: UintRef<'a>,
+}
+
 /// `IssuerAndSerialNumber`.
-#[derive(Clone, Copy, Sequence, ValueOrd)]
+#[derive(Clone, Copy, Sequence)]
 struct IssuerAndSerialNumber<'a> {
     issuer: AnyRef<'a>,
     serial_number: AnyRef<'a>,
 }
 
 /// `SignerInfo` (version 1: issuerAndSerialNumber; no signed or unsigned attributes).
-#[derive(Clone, Copy, Sequence, ValueOrd)]
+#[derive(Clone, Copy, Sequence)]
 struct SignerInfo<'a> {
     version: u8,
     sid: IssuerAndSerialNumber<'a>,
@@ -438,11 +429,19 @@ fn sign<'o>(
         AttestKey::P256(k) => {
             use p256::ecdsa::signature::Signer;
             let sig: p256::ecdsa::Signature = k.sign(content);
-            let der = sig.to_der();
-            let b = der.as_bytes();
-            out[..b.len()].copy_from_slice(b);
+            // ECDSA-Sig-Value (RFC 5480), through the encoder the rest uses (ecdsa's
+            // `to_der` decodes its output again to check it: a DER reader in the image).
+            let (r, s) = sig.split_bytes();
+            let value = EcdsaSigValue {
+                r: UintRef::new(&r).map_err(|_| SignError::Signature)?,
+                s: UintRef::new(&s).map_err(|_| SignError::Signature)?,
+            };
+            let n = value
+                .encode_to_slice(&mut out[..])
+                .map_err(|_| SignError::TooLarge)?
+                .len();
             Ok((
-                &out[..b.len()],
+                &out[..n],
                 AlgId {
                     oid: OID_ECDSA_SHA256,
                     parameters: None,
@@ -475,8 +474,18 @@ pub fn signed_data<'o>(
     content: &[u8],
     out: &'o mut [u8],
 ) -> Result<&'o [u8], SignError> {
-    let cert = Certificate::from_der(&att.certificate).map_err(|_| SignError::Certificate)?;
-    let cert_any = AnyRef::from_der(&att.certificate).map_err(|_| SignError::Certificate)?;
+    let cert = certificate_parts(&att.certificate).ok_or(SignError::Certificate)?;
+    fn tlv((tag, value): (u8, &[u8])) -> Result<(der::Tag, &[u8]), SignError> {
+        Ok((
+            der::Tag::try_from(tag).map_err(|_| SignError::Certificate)?,
+            value,
+        ))
+    }
+    let (issuer_tag, issuer) = tlv(cert.issuer)?;
+    let (serial_tag, serial) = tlv(cert.serial)?;
+    let (cert_tag, cert_value) =
+        tlv(crate::pem::der_tlv(&att.certificate).ok_or(SignError::Certificate)?)?;
+    let bad = |_| SignError::Certificate;
     let mut sig_buf = [0u8; 512];
     let (signature, signature_algorithm) = sign(&att.key, content, &mut sig_buf)?;
     let sha256 = AlgId {
@@ -484,34 +493,27 @@ pub fn signed_data<'o>(
         parameters: None,
     };
     let too_large = |_| SignError::TooLarge;
-    let mut digest_algorithms = SetOf::new();
-    digest_algorithms.insert(sha256).map_err(too_large)?;
-    let mut certificates = SetOf::new();
-    certificates.insert(cert_any).map_err(too_large)?;
-    let mut signer_infos = SetOf::new();
-    signer_infos
-        .insert(SignerInfo {
-            version: 1,
-            sid: IssuerAndSerialNumber {
-                issuer: cert.tbs.issuer,
-                serial_number: cert.tbs.serial,
-            },
-            digest_algorithm: sha256,
-            signature_algorithm,
-            signature: OctetStringRef::new(signature).map_err(too_large)?,
-        })
-        .map_err(too_large)?;
+    let signer_info = SignerInfo {
+        version: 1,
+        sid: IssuerAndSerialNumber {
+            issuer: AnyRef::new(issuer_tag, issuer).map_err(bad)?,
+            serial_number: AnyRef::new(serial_tag, serial).map_err(bad)?,
+        },
+        digest_algorithm: sha256,
+        signature_algorithm,
+        signature: OctetStringRef::new(signature).map_err(too_large)?,
+    };
     let info = ContentInfo {
         content_type: OID_SIGNED_DATA,
         content: SignedData {
             version: 1,
-            digest_algorithms,
+            digest_algorithms: SetOfOne(sha256),
             encap_content_info: EncapsulatedContentInfo {
                 e_content_type: OID_DATA,
                 e_content: Some(OctetStringRef::new(content).map_err(too_large)?),
             },
-            certificates: Some(certificates),
-            signer_infos,
+            certificates: Some(SetOfOne(AnyRef::new(cert_tag, cert_value).map_err(bad)?)),
+            signer_infos: SetOfOne(signer_info),
         },
     };
     let n = info.encode_to_slice(out).map_err(too_large)?.len();
@@ -803,16 +805,24 @@ pub(crate) mod tests {
         assert_eq!(info.content_type, OID_SIGNED_DATA);
         let sd = info.content;
         assert_eq!(sd.version, 1);
-        assert_eq!(sd.digest_algorithms.get(0).unwrap().oid, OID_SHA256);
+        assert_eq!(sd.digest_algorithms.0.oid, OID_SHA256);
         assert_eq!(sd.encap_content_info.e_content_type, OID_DATA);
-        let certs = sd.certificates.unwrap();
-        assert_eq!(certs.len(), 1);
-        assert_eq!(certs.get(0).unwrap().to_der().unwrap(), cert_der);
-        let si = sd.signer_infos.get(0).unwrap();
+        assert_eq!(sd.certificates.unwrap().0.to_der().unwrap(), cert_der);
+        let si = sd.signer_infos.0;
         assert_eq!(si.version, 1);
-        let cert = Certificate::from_der(cert_der).unwrap();
-        assert_eq!(si.sid.issuer, cert.tbs.issuer);
-        assert_eq!(si.sid.serial_number, cert.tbs.serial);
+        let cert = certificate_parts(cert_der).unwrap();
+        use der::Tagged;
+        assert_eq!(
+            (u8::from(si.sid.issuer.tag()), si.sid.issuer.value()),
+            cert.issuer
+        );
+        assert_eq!(
+            (
+                u8::from(si.sid.serial_number.tag()),
+                si.sid.serial_number.value()
+            ),
+            cert.serial
+        );
         assert_eq!(si.digest_algorithm.oid, OID_SHA256);
         assert_eq!(si.signature_algorithm.oid, OID_ECDSA_SHA256);
         (
