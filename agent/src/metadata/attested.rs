@@ -672,6 +672,7 @@ pub fn answer<const N: usize>(
 
 /// `GET /metadata/attested/document?api-version=V[&nonce=N]`. Static for the guard: no
 /// mint/fetch limit applies.
+#[inline(never)]
 pub(crate) fn serve(
     agent: &Agent,
     req: &crate::http::Request<'_>,

@@ -613,6 +613,7 @@ impl Schedule {
 
 /// `GET` (the document) and `POST` (approvals) `/metadata/scheduledevents?api-version=V`,
 /// answered at once (no first-call delay). Static for the guard: no mint/fetch limit applies.
+#[inline(never)]
 pub(crate) fn serve(
     agent: &mut crate::agent::Agent,
     req: &crate::http::Request<'_>,
