@@ -3,6 +3,7 @@
 //! The HTTP contract cases live in [`contract`] and run against any target (the host daemon,
 //! the unikernel under QEMU) through the [`Target`] they are given.
 
+pub mod attested;
 pub mod brokered;
 pub mod contract;
 pub mod sdk;

@@ -3,59 +3,13 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use imds_tests::{get, raw, target_dir, Daemon, DemoConfig};
+use imds_tests::attested::{cms_verify, scratch, signer};
+use imds_tests::{get, raw, Daemon, DemoConfig};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MD: &str = "Metadata: true";
 const VM_ID: &str = "5c0a2e3f-9b1d-4e6a-8f7c-2d4b6a8e0c13";
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = target_dir()
-        .join("test-events")
-        .join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn openssl(args: &[&str]) -> std::process::Output {
-    Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl")
-}
-
-/// A key (PKCS#8 PEM) and a self-signed certificate for it, made by openssl.
-fn signer(dir: &Path, newkey: &str) -> (String, String) {
-    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-    let mut args = vec!["req", "-x509", "-newkey", newkey];
-    if newkey == "ec" {
-        args.extend(["-pkeyopt", "ec_paramgen_curve:prime256v1"]);
-    }
-    args.extend([
-        "-nodes",
-        "-subj",
-        "/CN=attested.metadata.example",
-        "-days",
-        "2",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ]);
-    let out = openssl(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        std::fs::read_to_string(key).unwrap(),
-        std::fs::read_to_string(cert).unwrap(),
-    )
-}
 
 fn config(name: &str, extra: Value) -> DemoConfig {
     let mut json = xtask::config::demo("127.0.0.1:0", None);
@@ -71,29 +25,6 @@ fn instance() -> Value {
                     "sku": "12-gen2", "plan": {"name": "", "product": "", "publisher": ""}},
         "network": {"interface": []}
     })
-}
-
-/// `openssl cms -verify -noverify` on the DER blob: the verified content, or the failure.
-fn cms_verify(dir: &Path, der: &[u8], cert: &Path) -> Result<Vec<u8>, String> {
-    let blob = dir.join("signature.der");
-    std::fs::write(&blob, der).unwrap();
-    let out = openssl(&[
-        "cms",
-        "-verify",
-        "-noverify",
-        "-binary",
-        "-inform",
-        "DER",
-        "-in",
-        blob.to_str().unwrap(),
-        "-certfile",
-        cert.to_str().unwrap(),
-    ]);
-    if out.status.success() {
-        Ok(out.stdout)
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 fn attested_round(newkey: &str) {

@@ -372,3 +372,60 @@ fn serves_in_2_mib_with_its_stack_below_1_mib() {
     assert!(hex(lo) >= 0x1_0000 && hex(hi) <= 0x10_0000, "{range}");
     assert!(hex(hi) - hex(lo) >= 448 * 1024, "{range}");
 }
+
+/// The attested document (verified by `openssl cms`) and scheduled events (approved by a
+/// `POST`) from the image, with the config through fw_cfg.
+#[test]
+fn attested_document_and_scheduled_events() {
+    use base64::Engine as _;
+    use imds_tests::attested::{cms_verify, scratch, signer};
+    let dir = scratch("unikernel-attested");
+    let (key, cert) = signer(&dir, "ec");
+    let vm_id = "7d3c1b2a-0f9e-4d8c-b7a6-958473625140";
+    let mut json = xtask::config::demo("127.0.0.1:0", None);
+    json["attestation"] = serde_json::json!({"key": key, "certificate": cert});
+    json["instance"] =
+        serde_json::json!({"compute": {"vmId": vm_id, "name": "guest"}, "network": {}});
+    json["scheduled_events"] = serde_json::json!([{"EventType": "Reboot"}]);
+    let cfg = DemoConfig::from_json("unikernel-attested", json);
+    let (_guest, addr) = boot(&cfg);
+    let r = get(
+        addr,
+        "/metadata/attested/document?api-version=2025-04-07&nonce=fromtheimage1",
+        &[MD],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(r.json()["signature"].as_str().unwrap())
+        .unwrap();
+    let content = cms_verify(&dir, &der, &dir.join("cert.pem")).expect("openssl verifies");
+    let doc: serde_json::Value = serde_json::from_slice(&content).unwrap();
+    assert_eq!(doc["nonce"], "fromtheimage1");
+    assert_eq!(doc["vmId"], vm_id);
+
+    let events = |addr| {
+        let r = get(
+            addr,
+            "/metadata/scheduledevents?api-version=2020-07-01",
+            &[MD],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    };
+    let d = events(addr);
+    assert_eq!(d["Events"][0]["EventStatus"], "Scheduled");
+    assert_eq!(d["Events"][0]["Resources"], serde_json::json!(["guest"]));
+    let id = d["Events"][0]["EventId"].as_str().unwrap().to_owned();
+    let body = format!(r#"{{"StartRequests":[{{"EventId":"{id}"}}]}}"#);
+    let req = format!(
+        "POST /metadata/scheduledevents?api-version=2020-07-01 HTTP/1.1\r\nHost: {addr}\r\nMetadata: true\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(imds_tests::raw(addr, req.as_bytes()).status, 200);
+    let after = events(addr);
+    assert_eq!(after["Events"][0]["EventStatus"], "Started");
+    assert_eq!(
+        after["DocumentIncarnation"].as_u64().unwrap(),
+        d["DocumentIncarnation"].as_u64().unwrap() + 1
+    );
+}
