@@ -132,6 +132,15 @@ impl Agent {
     pub fn tokens(&self) -> &TokenSource {
         &self.tokens
     }
+
+    /// A value of the instance's `compute` by its path (`vmId`, `name`, `plan/name`, ...):
+    /// what the attested document and scheduled events carry.
+    ///
+    /// TODO(integrator, issue 12): look the path up in H1's `instance` storage (branch `meta`)
+    /// and drop `metadata::attested::Compute`.
+    pub fn compute_field(&self, name: &str) -> Option<&str> {
+        self.compute.field(name)
+    }
 }
 
 #[cfg(feature = "broker")]

@@ -152,7 +152,7 @@ impl Reply {
         self.pending = false;
     }
 
-    pub(crate) fn json<T: Serialize>(&mut self, status: u16, value: &T) {
+    fn json<T: Serialize>(&mut self, status: u16, value: &T) {
         self.status = status;
         self.content_type = ContentType::Json;
         self.body.clear();
@@ -538,13 +538,13 @@ fn path_is(path: &str, route: &str) -> bool {
     p.eq_ignore_ascii_case(route)
 }
 
-pub(crate) fn metadata_header_ok(req: &Request<'_>) -> bool {
+fn metadata_header_ok(req: &Request<'_>) -> bool {
     req.header("metadata")
         .map(|v| crate::http::trim(v).eq_ignore_ascii_case(b"true"))
         .unwrap_or(false)
 }
 
-pub(crate) fn proxied(req: &Request<'_>) -> bool {
+fn proxied(req: &Request<'_>) -> bool {
     req.has_header("x-forwarded-for") || req.has_header("forwarded")
 }
 
@@ -611,9 +611,9 @@ fn route<E: Entropy>(
             );
         }
     } else if path_is(path, "/metadata/attested/document") {
-        crate::metadata::attested::serve(agent, req, ctx, reply);
+        attested_document(agent, req, ctx, reply);
     } else if path_is(path, "/metadata/scheduledevents") {
-        crate::metadata::events::serve(agent, req, ctx, reply);
+        scheduled_events(agent, req, ctx, reply);
     } else if path_is(path, "/.well-known/openid-configuration") && agent.tokens.issuer.is_some() {
         if get_only(req, reply) {
             discovery(agent, req, reply);
@@ -631,6 +631,115 @@ fn route<E: Entropy>(
     }
 }
 
+// ---- /metadata/attested/document and /metadata/scheduledevents (module `metadata`) ------------
+// Static for the guard: neither counts against the per-source mint/fetch limit.
+
+/// The query of a metadata request: decodable, no parameter twice, an `api-version` that
+/// `valid` accepts. Then `then` gets the parameters.
+fn metadata_query(
+    req: &Request<'_>,
+    reply: &mut Reply,
+    valid: impl Fn(&str) -> bool,
+    then: impl FnOnce(&query::Params<'_>, &mut Reply),
+) {
+    let mut buf = [0u8; PARAM_DECODE_BUF];
+    let Ok(params) = query::decode(req.query.as_bytes(), &mut buf) else {
+        reply.fail(Error::Request(RequestError::InvalidQuery));
+        return;
+    };
+    if params.duplicate().is_some() {
+        reply.fail(Error::Request(RequestError::RepeatedParameter));
+        return;
+    }
+    match params.get("api-version") {
+        None => reply.fail(Error::Request(RequestError::ApiVersionMissing)),
+        Some(v) if !valid(v) => reply.fail(Error::Request(RequestError::ApiVersionInvalid)),
+        Some(_) => then(&params, reply),
+    }
+}
+
+/// `GET /metadata/attested/document?api-version=V[&nonce=N]` (404 without `attestation`).
+#[inline(never)]
+fn attested_document(agent: &Agent, req: &Request<'_>, ctx: &Ctx, reply: &mut Reply) {
+    use crate::metadata::attested::{self, Claims, SignError};
+    let Some(att) = agent.attestation.as_ref() else {
+        reply.fail(Error::Request(RequestError::PathNotFound));
+        return;
+    };
+    if !metadata_checks(req, reply, false) {
+        return;
+    }
+    let valid = |v: &str| API_VERSIONS.contains(&v) && v >= attested::MIN_API_VERSION;
+    metadata_query(req, reply, valid, |params, reply| {
+        let Ok(nonce) = attested::nonce(params.get("nonce"), ctx.now.unix_s) else {
+            reply.fail(Error::Request(RequestError::NonceInvalid));
+            return;
+        };
+        let f = |name| agent.compute_field(name).unwrap_or("");
+        let claims = Claims {
+            vm_id: f("vmId"),
+            subscription_id: f("subscriptionId"),
+            sku: f("sku"),
+            license_type: f("licenseType"),
+            plan_name: f("plan/name"),
+            plan_product: f("plan/product"),
+            plan_publisher: f("plan/publisher"),
+        };
+        match attested::answer(&claims, att, &nonce, ctx.now.unix_s, &mut reply.body) {
+            Ok(()) => reply.status = 200,
+            Err(SignError::TooLarge) => reply.fail(Error::Request(RequestError::ResponseTooLarge)),
+            Err(_) => reply.fail(Error::Request(RequestError::AttestationFailed)),
+        }
+    });
+}
+
+/// `GET` (the document) and `POST` (approvals) `/metadata/scheduledevents?api-version=V`,
+/// answered at once (no first-call delay).
+#[inline(never)]
+fn scheduled_events(agent: &mut Agent, req: &Request<'_>, ctx: &Ctx, reply: &mut Reply) {
+    use crate::metadata::events::{self, StartError};
+    if !matches!(req.method, Method::Get | Method::Head | Method::Post) {
+        reply.allow = Some("GET, HEAD, POST");
+        reply.fail(Error::Request(RequestError::MethodNotAllowed));
+        return;
+    }
+    if !metadata_header_ok(req) {
+        reply.fail(Error::Request(RequestError::MetadataHeaderMissing));
+        return;
+    }
+    if proxied(req) {
+        reply.fail(Error::Request(RequestError::Proxied));
+        return;
+    }
+    let now = ctx.now;
+    let valid = |v: &str| events::API_VERSIONS.contains(&v);
+    metadata_query(req, reply, valid, |_, reply| {
+        if req.method == Method::Post {
+            match agent.schedule.start(req.body, now.mono_us) {
+                Ok(()) => reply.status = 200,
+                Err(StartError::Malformed) => {
+                    reply.fail(Error::Request(RequestError::StartRequestMalformed))
+                }
+                Err(StartError::UnknownEvent) => {
+                    reply.fail(Error::Request(RequestError::EventIdUnknown))
+                }
+            }
+            return;
+        }
+        // The VM's name, copied: the schedule is borrowed mutably below.
+        let name: heapless::String<{ crate::limits::COMPUTE_FIELD_MAX }> = agent
+            .compute_field("name")
+            .and_then(|n| heapless::String::try_from(n).ok())
+            .unwrap_or_default();
+        let one = [name.as_str()];
+        let resources: &[&str] = if name.is_empty() { &[] } else { &one };
+        reply.json(
+            200,
+            &agent.schedule.document(now.mono_us, now.unix_s, resources),
+        );
+    });
+}
+
 fn get_only(req: &Request<'_>, reply: &mut Reply) -> bool {
     if matches!(req.method, Method::Get | Method::Head) {
         true
@@ -642,11 +751,7 @@ fn get_only(req: &Request<'_>, reply: &mut Reply) -> bool {
 }
 
 /// Method, `Metadata` header, proxy headers and (optionally) api-version.
-pub(crate) fn metadata_checks(
-    req: &Request<'_>,
-    reply: &mut Reply,
-    need_api_version: bool,
-) -> bool {
+fn metadata_checks(req: &Request<'_>, reply: &mut Reply, need_api_version: bool) -> bool {
     if !get_only(req, reply) {
         return false;
     }

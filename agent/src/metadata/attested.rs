@@ -15,18 +15,13 @@
 
 #![allow(clippy::result_large_err)]
 
-use crate::agent::Agent;
-use crate::config::{next_str, read_map, unknown_field, ConfigError, FieldPath, Tracker};
-use crate::limits::{
-    ATTEST_CERT_DER_MAX, ATTEST_DER_MAX, ATTEST_NONCE_MAX, COMPUTE_FIELD_MAX, PEM_MAX,
-};
-use crate::metadata::events::Civil;
+use crate::limits::{ATTEST_CERT_DER_MAX, ATTEST_DER_MAX, ATTEST_NONCE_MAX, COMPUTE_FIELD_MAX};
+use crate::metadata::events::{two, Civil};
 use crate::pem::{certificate_parts, CertificateParts};
 use core::fmt;
 use der::asn1::{AnyRef, ObjectIdentifier, OctetStringRef, UintRef};
 use der::{Decode, Encode, Sequence};
 use imds_hal::text::Text;
-use serde::de::{self, MapAccess, Visitor};
 use serde::Serialize;
 
 /// How long a signed document is valid (`timeStamp.expiresOn - createdOn`).
@@ -66,8 +61,8 @@ type Field = heapless::String<COMPUTE_FIELD_MAX>;
 /// The `instance.compute` values the attested document and scheduled events carry.
 ///
 /// TODO(integrator, issue 12): branch `meta` (H1) stores the whole `instance` document. On
-/// merge, drop this struct's reading of `instance` in `config.rs` ([`ComputeSeed`]) and make
-/// [`compute_field`] look the names up in H1's storage; the callers only use [`compute_field`].
+/// merge, drop this struct and its reading of `instance` in `config.rs` (`ComputeSeed`) and
+/// make `Agent::compute_field` look the names up in H1's storage: the routes only call that.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Compute {
     /// `compute.vmId`.
@@ -90,209 +85,6 @@ pub struct Compute {
 
 /// A `compute` value by its path below `compute` (`vmId`, `plan/name`, ...); `None` when the
 /// config has none.
-pub fn compute_field<'a>(agent: &'a Agent, name: &str) -> Option<&'a str> {
-    let c = &agent.compute;
-    let v = match name {
-        "vmId" => &c.vm_id,
-        "name" => &c.name,
-        "subscriptionId" => &c.subscription_id,
-        "sku" => &c.sku,
-        "licenseType" => &c.license_type,
-        "plan/name" => &c.plan_name,
-        "plan/product" => &c.plan_product,
-        "plan/publisher" => &c.plan_publisher,
-        _ => return None,
-    };
-    (!v.is_empty()).then_some(v.as_str())
-}
-
-/// Reads `instance` for [`Compute`] (other fields skipped). See the TODO on [`Compute`].
-pub(crate) struct ComputeSeed<'t>(pub(crate) &'t Tracker, pub(crate) bool);
-
-impl<'de> de::DeserializeSeed<'de> for ComputeSeed<'_> {
-    type Value = Compute;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Compute, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ComputeSeed<'_> {
-    type Value = Compute;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object")
-    }
-    #[inline(never)]
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Compute, A::Error> {
-        let (t, inside) = (self.0, self.1);
-        let mut c = Compute::default();
-        read_map(map, |key, map| {
-            if !inside {
-                // `instance`: only `compute` is read here.
-                if key == "compute" {
-                    c = map.next_value_seed(ComputeSeed(t, true))?;
-                } else {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-                return Ok(());
-            }
-            t.set(FieldPath::nested("instance", None, key));
-            match key {
-                "vmId" => c.vm_id = next_str(map)?,
-                "name" => c.name = next_str(map)?,
-                "subscriptionId" => c.subscription_id = next_str(map)?,
-                "sku" => c.sku = next_str(map)?,
-                "licenseType" => c.license_type = next_str(map)?,
-                "plan" => {
-                    let p = map.next_value_seed(PlanSeed)?;
-                    (c.plan_name, c.plan_product, c.plan_publisher) = p;
-                }
-                _ => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(c)
-    }
-}
-
-struct PlanSeed;
-
-impl<'de> de::DeserializeSeed<'de> for PlanSeed {
-    type Value = (Field, Field, Field);
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for PlanSeed {
-    type Value = (Field, Field, Field);
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a plan object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        let mut p = (Field::new(), Field::new(), Field::new());
-        read_map(map, |key, map| {
-            match key {
-                "name" => p.0 = next_str(map)?,
-                "product" => p.1 = next_str(map)?,
-                "publisher" => p.2 = next_str(map)?,
-                _ => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(p)
-    }
-}
-
-// ---- config: `attestation` ---------------------------------------------------------------------
-
-/// `attestation` as read: the key decoded at once (no PEM stays around).
-#[derive(Default)]
-pub(crate) struct RawAttestation {
-    key: Option<Result<AttestKey, &'static str>>,
-    certificate: Option<Result<heapless::Vec<u8, ATTEST_CERT_DER_MAX>, &'static str>>,
-}
-
-/// Reads the `attestation` object.
-pub(crate) struct AttestationSeed<'t>(pub(crate) &'t Tracker);
-
-impl<'de> Visitor<'de> for AttestationSeed<'_> {
-    type Value = RawAttestation;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object with `key` and `certificate`")
-    }
-    #[inline(never)]
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawAttestation, A::Error> {
-        let t = self.0;
-        let mut raw = RawAttestation::default();
-        read_map(map, |key, map| {
-            t.set(FieldPath::nested("attestation", None, key));
-            match key {
-                "key" => {
-                    let mut pem: heapless::String<PEM_MAX> = next_str(map)?;
-                    raw.key = Some(parse_key(&pem));
-                    crate::config::zeroize_string(&mut pem);
-                }
-                "certificate" => {
-                    let pem: heapless::String<PEM_MAX> = next_str(map)?;
-                    raw.certificate = Some(certificate_der(&pem));
-                }
-                k if k.starts_with('_') => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-                other => unknown_field(t, FieldPath::nested("attestation", None, other), map)?,
-            }
-            Ok(())
-        })?;
-        Ok(raw)
-    }
-}
-
-fn parse_key(pem: &str) -> Result<AttestKey, &'static str> {
-    match crate::pem::parse_signing_key(pem) {
-        Ok(k) => Ok(AttestKey::P256(k)),
-        #[cfg(feature = "rsa")]
-        Err(_) => match crate::broker::credential::ClientKey::from_pem(pem) {
-            Ok(crate::broker::credential::ClientKey::Rsa(k)) => Ok(AttestKey::Rsa(k)),
-            Ok(crate::broker::credential::ClientKey::Es256(k)) => Ok(AttestKey::P256(k)),
-            Err(e) => Err(e),
-        },
-        #[cfg(not(feature = "rsa"))]
-        Err(e) => Err(e),
-    }
-}
-
-fn certificate_der(pem: &str) -> Result<heapless::Vec<u8, ATTEST_CERT_DER_MAX>, &'static str> {
-    let mut der = [0u8; ATTEST_CERT_DER_MAX];
-    let (label, der) = crate::pem::pem_decode(pem.trim(), &mut der)
-        .ok_or("is not a PEM certificate (or larger than ATTEST_CERT_DER_MAX bytes of DER)")?;
-    if label != "CERTIFICATE" {
-        return Err("must be a PEM certificate (-----BEGIN CERTIFICATE-----)");
-    }
-    certificate_parts(der).ok_or("is not an X.509 certificate")?;
-    heapless::Vec::from_slice(der).map_err(|_| "certificate too large")
-}
-
-/// Validate `attestation`: both fields, and the certificate holds the key's public key.
-#[inline(never)]
-pub(crate) fn validate(raw: &RawAttestation) -> Result<Attestation, ConfigError> {
-    let p = |sub| FieldPath::nested("attestation", None, sub);
-    let key = match &raw.key {
-        None => return Err(ConfigError::Missing(p("key"))),
-        Some(Err(why)) => {
-            return Err(ConfigError::Invalid {
-                field: p("key"),
-                why,
-            })
-        }
-        Some(Ok(k)) => k.clone(),
-    };
-    let certificate = match &raw.certificate {
-        None => return Err(ConfigError::Missing(p("certificate"))),
-        Some(Err(why)) => {
-            return Err(ConfigError::Invalid {
-                field: p("certificate"),
-                why,
-            })
-        }
-        Some(Ok(c)) => c.clone(),
-    };
-    let cert = certificate_parts(&certificate).ok_or(ConfigError::Invalid {
-        field: p("certificate"),
-        why: "is not an X.509 certificate",
-    })?;
-    if !key_matches(&key, &cert) {
-        return Err(ConfigError::Invalid {
-            field: p("certificate"),
-            why: "does not hold the public key of `attestation.key`",
-        });
-    }
-    Ok(Attestation { key, certificate })
-}
-
 fn key_matches(key: &AttestKey, cert: &CertificateParts<'_>) -> bool {
     match key {
         AttestKey::P256(k) => {
@@ -309,6 +101,55 @@ fn key_matches(key: &AttestKey, cert: &CertificateParts<'_>) -> bool {
                     .is_ok_and(|p| p.n() == k.n() && p.e() == k.e())
         }
     }
+}
+
+impl Compute {
+    /// A value by its path below `compute` (`vmId`, `plan/name`, ...); `None` when empty.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        let v = match name {
+            "vmId" => &self.vm_id,
+            "name" => &self.name,
+            "subscriptionId" => &self.subscription_id,
+            "sku" => &self.sku,
+            "licenseType" => &self.license_type,
+            "plan/name" => &self.plan_name,
+            "plan/product" => &self.plan_product,
+            "plan/publisher" => &self.plan_publisher,
+            _ => return None,
+        };
+        (!v.is_empty()).then_some(v.as_str())
+    }
+}
+
+impl Attestation {
+    /// A signer from its key and certificate (DER): the certificate must be X.509 and hold
+    /// the key's public key. Err: the field at fault (`key` or `certificate`) and why.
+    pub fn new(
+        key: AttestKey,
+        certificate: heapless::Vec<u8, ATTEST_CERT_DER_MAX>,
+    ) -> Result<Attestation, (&'static str, &'static str)> {
+        let cert = certificate_parts(&certificate)
+            .ok_or(("certificate", "is not an X.509 certificate"))?;
+        if !key_matches(&key, &cert) {
+            return Err((
+                "certificate",
+                "does not hold the public key of `attestation.key`",
+            ));
+        }
+        Ok(Attestation { key, certificate })
+    }
+}
+
+/// A PEM certificate's DER (checked to be an X.509 certificate).
+pub fn certificate_der(pem: &str) -> Result<heapless::Vec<u8, ATTEST_CERT_DER_MAX>, &'static str> {
+    let mut der = [0u8; ATTEST_CERT_DER_MAX];
+    let (label, der) = crate::pem::pem_decode(pem.trim(), &mut der)
+        .ok_or("is not a PEM certificate (or larger than ATTEST_CERT_DER_MAX bytes of DER)")?;
+    if label != "CERTIFICATE" {
+        return Err("must be a PEM certificate (-----BEGIN CERTIFICATE-----)");
+    }
+    certificate_parts(der).ok_or("is not an X.509 certificate")?;
+    heapless::Vec::from_slice(der).map_err(|_| "certificate too large")
 }
 
 // ---- ASN.1 (RFC 5280 certificate, read; RFC 5652 SignedData, written) ------------------------
@@ -554,12 +395,6 @@ pub fn nonce(
     }
 }
 
-/// A number below 100 in two digits.
-pub(crate) fn two<W: Text + ?Sized>(out: &mut W, n: u8) {
-    let d = [b'0' + n / 10 % 10, b'0' + n % 10];
-    out.put(core::str::from_utf8(&d).unwrap_or("00"));
-}
-
 /// Azure's `MM/dd/yy HH:mm:ss -0000`.
 fn azure_time(unix_s: u64) -> heapless::String<24> {
     let c = Civil::of(unix_s);
@@ -609,34 +444,52 @@ struct Document<'a> {
     license_type: &'a str,
 }
 
+/// The `compute` values the signed document carries (`""` when the config has none).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claims<'a> {
+    /// `vmId`.
+    pub vm_id: &'a str,
+    /// `subscriptionId`.
+    pub subscription_id: &'a str,
+    /// `sku`.
+    pub sku: &'a str,
+    /// `licenseType`.
+    pub license_type: &'a str,
+    /// `plan.name`.
+    pub plan_name: &'a str,
+    /// `plan.product`.
+    pub plan_product: &'a str,
+    /// `plan.publisher`.
+    pub plan_publisher: &'a str,
+}
+
 /// Largest signed JSON document.
 const DOCUMENT_MAX: usize = 640;
 
 /// The compact JSON document for `nonce` at `unix_s`, in `out`.
 pub fn document<'o>(
-    agent: &Agent,
+    claims: &Claims<'_>,
     nonce: &str,
     unix_s: u64,
     out: &'o mut [u8; DOCUMENT_MAX],
 ) -> Option<&'o [u8]> {
-    let f = |name| compute_field(agent, name).unwrap_or("");
     let created = azure_time(unix_s);
     let expires = azure_time(unix_s + VALIDITY_S);
     let doc = Document {
         nonce,
         plan: Plan {
-            name: f("plan/name"),
-            product: f("plan/product"),
-            publisher: f("plan/publisher"),
+            name: claims.plan_name,
+            product: claims.plan_product,
+            publisher: claims.plan_publisher,
         },
         time_stamp: TimeStamp {
             created_on: &created,
             expires_on: &expires,
         },
-        vm_id: f("vmId"),
-        subscription_id: f("subscriptionId"),
-        sku: f("sku"),
-        license_type: f("licenseType"),
+        vm_id: claims.vm_id,
+        subscription_id: claims.subscription_id,
+        sku: claims.sku,
+        license_type: claims.license_type,
     };
     let n = serde_json_core::to_slice(&doc, out).ok()?;
     Some(&out[..n])
@@ -644,7 +497,7 @@ pub fn document<'o>(
 
 /// The answer's body `{"encoding":"pkcs7","signature":"<base64 DER>"}` in `body`.
 pub fn answer<const N: usize>(
-    agent: &Agent,
+    claims: &Claims<'_>,
     att: &Attestation,
     nonce: &str,
     unix_s: u64,
@@ -652,7 +505,7 @@ pub fn answer<const N: usize>(
 ) -> Result<(), SignError> {
     use base64ct::Encoding as _;
     let mut doc = [0u8; DOCUMENT_MAX];
-    let content = document(agent, nonce, unix_s, &mut doc).ok_or(SignError::TooLarge)?;
+    let content = document(claims, nonce, unix_s, &mut doc).ok_or(SignError::TooLarge)?;
     let mut der = [0u8; ATTEST_DER_MAX];
     let der = signed_data(att, content, &mut der)?;
     const HEAD: &[u8] = br#"{"encoding":"pkcs7","signature":""#;
@@ -668,60 +521,13 @@ pub fn answer<const N: usize>(
         .map_err(|_| SignError::TooLarge)
 }
 
-// ---- the route -------------------------------------------------------------------------------
-
-/// `GET /metadata/attested/document?api-version=V[&nonce=N]`. Static for the guard: no
-/// mint/fetch limit applies.
-#[inline(never)]
-pub(crate) fn serve(
-    agent: &Agent,
-    req: &crate::http::Request<'_>,
-    ctx: &crate::imds::Ctx,
-    reply: &mut crate::imds::Reply,
-) {
-    use crate::imds::{Error, RequestError as R};
-    let Some(att) = agent.attestation.as_ref() else {
-        reply.fail(Error::Request(R::PathNotFound));
-        return;
-    };
-    if !crate::imds::metadata_checks(req, reply, false) {
-        return;
-    }
-    let mut buf = [0u8; crate::limits::PARAM_DECODE_BUF];
-    let Ok(params) = crate::query::decode(req.query.as_bytes(), &mut buf) else {
-        reply.fail(Error::Request(R::InvalidQuery));
-        return;
-    };
-    if params.duplicate().is_some() {
-        reply.fail(Error::Request(R::RepeatedParameter));
-        return;
-    }
-    match params.get("api-version") {
-        None => return reply.fail(Error::Request(R::ApiVersionMissing)),
-        Some(v) if !crate::imds::API_VERSIONS.contains(&v) || v < MIN_API_VERSION => {
-            return reply.fail(Error::Request(R::ApiVersionInvalid))
-        }
-        Some(_) => {}
-    }
-    let Ok(nonce) = nonce(params.get("nonce"), ctx.now.unix_s) else {
-        reply.fail(Error::Request(R::NonceInvalid));
-        return;
-    };
-    match answer(agent, att, &nonce, ctx.now.unix_s, &mut reply.body) {
-        Ok(()) => {
-            reply.status = 200;
-            reply.content_type = crate::http::ContentType::Json;
-        }
-        Err(SignError::TooLarge) => reply.fail(Error::Request(R::ResponseTooLarge)),
-        Err(_) => reply.fail(Error::Request(R::AttestationFailed)),
-    }
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::agent::Agent;
     use crate::config::tests::{doc, SYS};
     use crate::config::Config;
+    use crate::config::ConfigError;
     use crate::http::{self, Parse};
     use crate::imds::{handle, Ctx, Now, Reply};
     use crate::token::CountingEntropy;

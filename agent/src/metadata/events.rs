@@ -21,13 +21,9 @@
 
 #![allow(clippy::result_large_err)]
 
-use crate::config::{
-    guid_v4, next_str, read_map, unknown_field, ConfigError, FieldPath, Guid, Tracker,
-};
 use crate::limits::{EVENT_DESCRIPTION_MAX, MAX_SCHEDULED_EVENTS};
 use core::fmt;
 use imds_hal::text::Text;
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use sha2::Digest;
 
@@ -58,7 +54,8 @@ pub enum EventType {
 }
 
 impl EventType {
-    fn parse(s: &str) -> Option<EventType> {
+    /// From its wire name.
+    pub fn parse(s: &str) -> Option<EventType> {
         Some(match s {
             "Freeze" => EventType::Freeze,
             "Reboot" => EventType::Reboot,
@@ -108,149 +105,27 @@ pub struct EventConfig {
     pub user_source: bool,
 }
 
-// ---- config: `scheduled_events` -----------------------------------------------------------------
+/// A GUID in its 8-4-4-4-12 text form.
+pub type Guid = heapless::String<36>;
 
-#[derive(Default)]
-pub(crate) struct RawEvent {
-    kind: Option<heapless::String<16>>,
-    appear_after_s: Option<u32>,
-    notice_s: Option<u32>,
-    duration_s: Option<i64>,
-    description: Option<heapless::String<EVENT_DESCRIPTION_MAX>>,
-    source: Option<heapless::String<16>>,
-}
-
-/// `scheduled_events` as read, and whether it had more than [`MAX_SCHEDULED_EVENTS`].
-pub(crate) type RawEvents = (heapless::Vec<RawEvent, MAX_SCHEDULED_EVENTS>, bool);
-
-/// Reads the `scheduled_events` list.
-pub(crate) struct EventsSeed<'t>(pub(crate) &'t Tracker);
-
-impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
-    type Value = RawEvents;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawEvents, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EventsSeed<'_> {
-    type Value = RawEvents;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list of events")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawEvents, A::Error> {
-        let mut list = heapless::Vec::new();
-        let mut overflow = false;
-        let mut index = 0;
-        while let Some(item) = seq.next_element_seed(EventSeed(self.0, index))? {
-            if list.push(item).is_err() {
-                overflow = true;
-            }
-            index += 1;
+/// A version 4 (random) GUID from 16 (hash) bytes.
+fn guid(mut b: [u8; 16]) -> Guid {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut g = Guid::new();
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            g.put("-");
         }
-        Ok((list, overflow))
+        g.hex2(*x);
     }
+    g
 }
 
-struct EventSeed<'t>(&'t Tracker, usize);
-
-impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
-    type Value = RawEvent;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawEvent, D::Error> {
-        self.0
-            .set(FieldPath::nested("scheduled_events", Some(self.1), ""));
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EventSeed<'_> {
-    type Value = RawEvent;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an event object")
-    }
-    #[inline(never)]
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEvent, A::Error> {
-        let (t, i) = (self.0, self.1);
-        let mut raw = RawEvent::default();
-        read_map(map, |key, map| {
-            t.set(FieldPath::nested("scheduled_events", Some(i), key));
-            match key {
-                "EventType" => raw.kind = Some(next_str(map)?),
-                "appear_after_s" => raw.appear_after_s = Some(map.next_value()?),
-                "notice_s" => raw.notice_s = Some(map.next_value()?),
-                "DurationInSeconds" => raw.duration_s = Some(map.next_value()?),
-                "Description" => raw.description = Some(next_str(map)?),
-                "EventSource" => raw.source = Some(next_str(map)?),
-                k if k.starts_with('_') => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-                other => unknown_field(
-                    t,
-                    FieldPath::nested("scheduled_events", Some(i), other),
-                    map,
-                )?,
-            }
-            Ok(())
-        })?;
-        Ok(raw)
-    }
-}
-
-/// Validate `scheduled_events` (absent: none).
-#[inline(never)]
-pub(crate) fn validate(
-    raw: Option<&RawEvents>,
-) -> Result<heapless::Vec<EventConfig, MAX_SCHEDULED_EVENTS>, ConfigError> {
-    let mut out = heapless::Vec::new();
-    let Some((list, overflow)) = raw else {
-        return Ok(out);
-    };
-    if *overflow {
-        return Err(ConfigError::Invalid {
-            field: FieldPath::top("scheduled_events"),
-            why: "too many events: at most 6 (MAX_SCHEDULED_EVENTS)",
-        });
-    }
-    for (i, r) in list.iter().enumerate() {
-        let p = |sub: &str| FieldPath::nested("scheduled_events", Some(i), sub);
-        let kind = match r.kind.as_deref() {
-            None => return Err(ConfigError::Missing(p("EventType"))),
-            Some(k) => EventType::parse(k).ok_or(ConfigError::Invalid {
-                field: p("EventType"),
-                why: "must be \"Freeze\", \"Reboot\", \"Redeploy\", \"Preempt\" or \"Terminate\"",
-            })?,
-        };
-        let duration_s = match r.duration_s {
-            None => -1,
-            Some(d) if (-1..=i64::from(i32::MAX)).contains(&d) => d as i32,
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    field: p("DurationInSeconds"),
-                    why: "must be -1 (unknown) or a number of seconds",
-                })
-            }
-        };
-        let user_source = match r.source.as_deref() {
-            None | Some("Platform") => false,
-            Some("User") => true,
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    field: p("EventSource"),
-                    why: "must be \"Platform\" or \"User\"",
-                })
-            }
-        };
-        // Cannot overflow: the raw list has the same capacity.
-        let _ = out.push(EventConfig {
-            kind,
-            appear_after_s: r.appear_after_s.unwrap_or(0),
-            notice_s: r.notice_s.unwrap_or(kind.default_notice_s()),
-            duration_s,
-            description: r.description.clone().unwrap_or_default(),
-            user_source,
-        });
-    }
-    Ok(out)
+/// A number below 100 in two digits.
+pub(crate) fn two<W: Text + ?Sized>(out: &mut W, n: u8) {
+    let d = [b'0' + n / 10 % 10, b'0' + n % 10];
+    out.put(core::str::from_utf8(&d).unwrap_or("00"));
 }
 
 // ---- civil time (UTC) -----------------------------------------------------------------------
@@ -303,7 +178,6 @@ impl Civil {
 
 /// RFC 1123 time as Azure writes `NotBefore`: `Mon, 11 Apr 2026 22:26:58 GMT`.
 pub fn http_date(unix_s: u64) -> heapless::String<29> {
-    use crate::metadata::attested::two;
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -517,7 +391,7 @@ impl Schedule {
             b.copy_from_slice(&d[..16]);
             let _ = slots.push(Slot {
                 config: e.clone(),
-                id: guid_v4(b),
+                id: guid(b),
                 approved_us: None,
                 not_before_unix: None,
             });
@@ -611,69 +485,6 @@ impl Schedule {
     }
 }
 
-/// `GET` (the document) and `POST` (approvals) `/metadata/scheduledevents?api-version=V`,
-/// answered at once (no first-call delay). Static for the guard: no mint/fetch limit applies.
-#[inline(never)]
-pub(crate) fn serve(
-    agent: &mut crate::agent::Agent,
-    req: &crate::http::Request<'_>,
-    ctx: &crate::imds::Ctx,
-    reply: &mut crate::imds::Reply,
-) {
-    use crate::http::Method;
-    use crate::imds::{Error, RequestError as R};
-    if !matches!(req.method, Method::Get | Method::Head | Method::Post) {
-        reply.allow = Some("GET, HEAD, POST");
-        reply.fail(Error::Request(R::MethodNotAllowed));
-        return;
-    }
-    if !crate::imds::metadata_header_ok(req) {
-        reply.fail(Error::Request(R::MetadataHeaderMissing));
-        return;
-    }
-    if crate::imds::proxied(req) {
-        reply.fail(Error::Request(R::Proxied));
-        return;
-    }
-    let mut buf = [0u8; crate::limits::PARAM_DECODE_BUF];
-    let Ok(params) = crate::query::decode(req.query.as_bytes(), &mut buf) else {
-        reply.fail(Error::Request(R::InvalidQuery));
-        return;
-    };
-    if params.duplicate().is_some() {
-        reply.fail(Error::Request(R::RepeatedParameter));
-        return;
-    }
-    match params.get("api-version") {
-        None => return reply.fail(Error::Request(R::ApiVersionMissing)),
-        Some(v) if !API_VERSIONS.contains(&v) => {
-            return reply.fail(Error::Request(R::ApiVersionInvalid))
-        }
-        Some(_) => {}
-    }
-    let now = ctx.now;
-    if req.method == Method::Post {
-        match agent.schedule.start(req.body, now.mono_us) {
-            Ok(()) => {
-                reply.status = 200;
-                reply.body.clear();
-            }
-            Err(StartError::Malformed) => reply.fail(Error::Request(R::StartRequestMalformed)),
-            Err(StartError::UnknownEvent) => reply.fail(Error::Request(R::EventIdUnknown)),
-        }
-        return;
-    }
-    // The VM's name, copied: the schedule is borrowed mutably below.
-    let name: heapless::String<{ crate::limits::COMPUTE_FIELD_MAX }> =
-        crate::metadata::attested::compute_field(agent, "name")
-            .and_then(|n| heapless::String::try_from(n).ok())
-            .unwrap_or_default();
-    let one = [name.as_str()];
-    let resources: &[&str] = if name.is_empty() { &[] } else { &one };
-    let doc = agent.schedule.document(now.mono_us, now.unix_s, resources);
-    reply.json(200, &doc);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,8 +508,37 @@ mod tests {
     }
 
     use crate::agent::Agent;
+    use crate::config::tests::SYS;
+    use crate::config::{Config, ConfigError};
+    use crate::http::{self, Parse};
     use crate::imds::Now;
-    use crate::metadata::attested::tests::{ask, config_with};
+    use crate::imds::{handle, Ctx, Reply};
+    use crate::token::CountingEntropy;
+
+    /// The test config with `extra` top-level fields.
+    fn config_with(extra: serde_json::Value) -> Result<Config, ConfigError> {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&crate::config::tests::doc("", SYS)).unwrap();
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Config::parse(serde_json::to_string(&v).unwrap().as_bytes())
+    }
+
+    /// The router's answer to `raw` at `now`.
+    fn ask(agent: &mut Agent, raw: &str, now: Now) -> Reply {
+        let Ok(Parse::Complete(req, _)) = http::parse(raw.as_bytes()) else {
+            panic!("not a complete request: {raw}")
+        };
+        let ctx = Ctx {
+            now,
+            peer: "127.0.0.1".parse().unwrap(),
+            parked_since_us: None,
+        };
+        let mut reply = Reply::new();
+        handle(agent, &req, &ctx, &mut CountingEntropy(0), &mut reply);
+        reply
+    }
     use std::string::String;
 
     fn ev(kind: EventType, appear: u32, notice: u32, duration: i32) -> EventConfig {
