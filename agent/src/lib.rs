@@ -12,6 +12,10 @@
 //!    OAuth2 authority (`broker`: TLS 1.3 tasks the drivers poll);
 //! 4. every error is mapped to the wire in one table ([`imds::wire`]).
 //!
+//! Besides tokens the router answers `/metadata/attested/document` and
+//! `/metadata/scheduledevents` from [`metadata`] (a CMS-signed identity document, configured
+//! maintenance events played out in time).
+//!
 //! The configuration document ([`config`], with [`pem`] and [`secret`]) is parsed once at
 //! start; capacities are constants in [`limits`]; the unikernel's network loop is [`net`].
 //! Module dependencies point one way (`cargo xtask test` checks there is no cycle).

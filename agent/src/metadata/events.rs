@@ -124,8 +124,10 @@ fn guid(mut b: [u8; 16]) -> Guid {
 
 /// A number below 100 in two digits.
 pub(crate) fn two<W: Text + ?Sized>(out: &mut W, n: u8) {
-    let d = [b'0' + n / 10 % 10, b'0' + n % 10];
-    out.put(core::str::from_utf8(&d).unwrap_or("00"));
+    if n < 10 {
+        out.put("0");
+    }
+    out.dec(u64::from(n));
 }
 
 // ---- civil time (UTC) -----------------------------------------------------------------------
