@@ -1,13 +1,14 @@
 //! The listening sockets on port 80 and their [`Connection`]s: accept, move bytes between
 //! each socket and its connection, close, listen again; make room when (almost) every socket
-//! is busy.
+//! is busy; while none listens, keep smoltcp from resetting a new client's SYN ([`SynGuard`]).
 
 use core::fmt::Write;
 use core::net::{IpAddr, Ipv4Addr};
 
 use imds_hal::{Clock, Entropy};
 use smoltcp::iface::{SocketHandle, SocketSet};
-use smoltcp::socket::tcp;
+use smoltcp::socket::{raw, tcp};
+use smoltcp::wire::{IpProtocol, IpVersion};
 
 use super::{
     Net, CLOSE_LINGER_US, CLOSING_SOON_US, HTTP_PORT, SPARE_LISTENERS, TCP_RX_BUF, TCP_TX_BUF,
@@ -71,6 +72,40 @@ pub(super) fn listening_slots<'a>(
     })
 }
 
+/// smoltcp answers a SYN that no socket accepts with RST, so a client that arrives while every
+/// listener is busy would be refused, unlike a full Linux backlog, where the SYN is dropped
+/// and the client retransmits. smoltcp sends no RST for a segment a raw socket handled; this
+/// raw IPv4/TCP socket has no buffers (it keeps nothing, sends nothing) and is in the socket
+/// set only while no listener is in `Listen` state. Established connections are unaffected:
+/// their sockets still accept their segments; only resets for segments no socket takes are
+/// not sent meanwhile.
+pub(super) enum SynGuard {
+    Out,
+    In(SocketHandle),
+}
+
+impl SynGuard {
+    /// Put the guard in the set (`on`) or take it out.
+    pub(super) fn set<'a>(&mut self, sockets: &mut SocketSet<'a>, on: bool) {
+        match (&*self, on) {
+            (SynGuard::Out, true) => {
+                let socket = raw::Socket::new(
+                    Some(IpVersion::Ipv4),
+                    Some(IpProtocol::Tcp),
+                    raw::PacketBuffer::new(&mut [][..], &mut [][..]),
+                    raw::PacketBuffer::new(&mut [][..], &mut [][..]),
+                );
+                *self = SynGuard::In(sockets.add(socket));
+            }
+            (SynGuard::In(handle), false) => {
+                sockets.remove(*handle);
+                *self = SynGuard::Out;
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Net<'_> {
     /// Whether a connection waits for an upstream fetch (the driver keeps polling then).
     pub fn has_parked(&self) -> bool {
@@ -103,6 +138,11 @@ impl Net<'_> {
         if spare < SPARE_LISTENERS {
             self.make_room(agent, now_us);
         }
+        let listening = self
+            .slots
+            .iter()
+            .any(|s| self.sockets.get::<tcp::Socket>(s.handle).state() == tcp::State::Listen);
+        self.syn_guard.set(&mut self.sockets, !listening);
     }
 
     /// (Almost) every socket is busy: close the connection that has waited longest without
