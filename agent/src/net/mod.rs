@@ -82,12 +82,12 @@ pub const CLOSING_SOON_US: u64 = 100_000;
 /// (smoltcp would answer a SYN nobody listens for with a reset; while no socket listens, the
 /// SYN guard of `listeners` drops such a SYN instead and the client retransmits).
 pub const SPARE_LISTENERS: usize = 2;
-/// smoltcp socket slots: the listeners, the SYN guard, the upstream sockets, DHCP and DNS.
+/// smoltcp socket slots: the listeners, the upstream sockets, DHCP and DNS.
 #[cfg(feature = "broker")]
-pub const NET_SOCKETS: usize = LISTEN_SOCKETS + 1 + BROKER_TASKS + 2;
-/// smoltcp socket slots: the listeners, the SYN guard and DHCP.
+pub const NET_SOCKETS: usize = LISTEN_SOCKETS + BROKER_TASKS + 2;
+/// smoltcp socket slots: the listeners and DHCP.
 #[cfg(not(feature = "broker"))]
-pub const NET_SOCKETS: usize = LISTEN_SOCKETS + 1 + 1;
+pub const NET_SOCKETS: usize = LISTEN_SOCKETS + 1;
 
 /// Every buffer of the network loop. About 300 KiB: put it in a `static` or on a big stack.
 ///
@@ -177,8 +177,8 @@ pub struct Net<'a> {
     sockets: SocketSet<'a>,
     dhcp: Option<SocketHandle>,
     slots: [Slot; LISTEN_SOCKETS],
-    /// In the socket set while no listener is in `Listen` state.
-    syn_guard: SynGuard,
+    /// No listener is in `Listen` state: the [`SynGuard`] drops SYNs for port 80.
+    no_listener: bool,
     conns: &'a mut [Connection; LISTEN_SOCKETS],
     /// The broker's upstream sockets.
     #[cfg(feature = "broker")]
@@ -262,7 +262,7 @@ impl<'a> Net<'a> {
             sockets,
             dhcp,
             slots,
-            syn_guard: SynGuard::Out,
+            no_listener: false,
             conns,
             #[cfg(feature = "broker")]
             upstream,
@@ -365,6 +365,10 @@ impl<'a> Net<'a> {
         entropy: &mut E,
         log: &mut W,
     ) -> PollStatus {
+        let device = &mut SynGuard {
+            device,
+            on: self.no_listener,
+        };
         let now = instant(clock.monotonic_us());
         let received = self.iface.poll(now, device, &mut self.sockets);
         self.poll_dhcp(clock, log);
@@ -400,6 +404,7 @@ impl<'a> Net<'a> {
             };
         }
         self.serve(agent, clock, entropy, log);
+        device.on = self.no_listener;
         let now = instant(clock.monotonic_us());
         let sent = self.iface.poll(now, device, &mut self.sockets);
         PollStatus {
