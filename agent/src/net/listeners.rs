@@ -53,10 +53,9 @@ pub(super) fn listening_slots<'a>(
     tcp_rx: &'a mut [[u8; TCP_RX_BUF]; LISTEN_SOCKETS],
     tcp_tx: &'a mut [[u8; TCP_TX_BUF]; LISTEN_SOCKETS],
 ) -> [Slot; LISTEN_SOCKETS] {
-    let mut rx = tcp_rx.iter_mut();
-    let mut tx = tcp_tx.iter_mut();
+    let mut buffers = tcp_rx.iter_mut().zip(tcp_tx.iter_mut());
     core::array::from_fn(|_| {
-        let (Some(rx), Some(tx)) = (rx.next(), tx.next()) else {
+        let Some((rx, tx)) = buffers.next() else {
             unreachable!("one buffer pair per slot")
         };
         let mut socket = tcp::Socket::new(
