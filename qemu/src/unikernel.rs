@@ -77,8 +77,6 @@ extern "C" fn boot_on_big_stack(start_info: u32) -> ! {
         .put("..")
         .hex(boot::stack().1)
         .end();
-    // The TSC calibration window stays open while the config is read and parsed.
-    let calibration = TscClock::start();
     crash_test();
     #[cfg(feature = "rsa")]
     crate::heap::init();
@@ -91,8 +89,7 @@ extern "C" fn boot_on_big_stack(start_info: u32) -> ! {
         exit(exit_code::NO_ENTROPY);
     }
 
-    let config = load_config(&mut log);
-    let clock = calibration.finish();
+    let clock = TscClock::init();
     log.put("imds-agent: clock: TSC ")
         .dec(clock.tsc_hz() / 1_000_000)
         .put(" MHz (")
@@ -104,6 +101,8 @@ extern "C" fn boot_on_big_stack(start_info: u32) -> ! {
         .dec(clock.unix_time_s())
         .put(" s since the epoch")
         .end();
+
+    let config = load_config(&mut log);
     log.put("imds-agent: config: ")
         .dec(config.identities.len() as u64)
         .put(" identities, tenant ")

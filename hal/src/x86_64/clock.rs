@@ -16,11 +16,6 @@ const PIT_HZ: u64 = 1_193_182;
 const CALIBRATION_TICKS: u16 = 5_966;
 /// Windows tried before settling for the least disturbed one.
 const CALIBRATION_TRIES: u32 = 5;
-/// The window that checks an overlapped one ([`CalibrationWindow::finish`]): ~1 ms.
-const CHECK_TICKS: u16 = 1_193;
-/// The overlapped window is kept when the check agrees within this fraction (1/8); the
-/// check's own PIT reads must take less than this fraction of it.
-const CHECK_AGREE_DIV: u64 = 8;
 /// A window is accepted when reading the PIT at its ends took less than this fraction of it
 /// (1/1000): the vCPU was not preempted at a bad moment.
 const CALIBRATION_MAX_SLOP_DIV: u64 = 1_000;
@@ -75,11 +70,8 @@ fn bracketed_count() -> (u64, u16, u64) {
     (before / 2 + after / 2, count, after.wrapping_sub(before))
 }
 
-/// Program PIT channel 2 to count down from 0xFFFF (~55 ms) and wait for its first tick: the
-/// start of a window, (TSC, count, TSC ticks the read took). Not inlined: one copy serves
-/// every window.
-#[inline(never)]
-fn start_window() -> Option<(u64, u16, u64)> {
+/// One window: (TSC ticks, PIT ticks, TSC ticks spent reading the PIT at both ends).
+fn measure_window() -> Option<(u64, u64, u64)> {
     // SAFETY: ports 0x42/0x43 are the PIT and 0x61 is the NMI-status/speaker-gate register.
     // Channel 2 only drives the PC speaker, whose output bit (1) is kept off; channel 0 (the
     // system timer) is not touched.
@@ -92,46 +84,31 @@ fn start_window() -> Option<(u64, u16, u64)> {
     }
     // Start on a count change, so the window begins right after a PIT tick.
     let (_, first, _) = bracketed_count();
-    for _ in 0..CALIBRATION_MAX_POLLS {
+    let mut polls = 0u32;
+    let (t0, c0, slop0) = loop {
         let read = bracketed_count();
         if read.1 != first {
-            return Some(read);
+            break read;
         }
-    }
-    None
-}
-
-/// The end of a window opened by [`start_window`], at least `ticks` PIT ticks after its start:
-/// (TSC ticks, PIT ticks, TSC ticks spent reading the PIT at both ends).
-#[inline(never)]
-fn end_window((t0, c0, slop0): (u64, u16, u64), ticks: u16) -> Option<(u64, u64, u64)> {
-    for _ in 0..CALIBRATION_MAX_POLLS {
+        polls += 1;
+        if polls > CALIBRATION_MAX_POLLS {
+            return None;
+        }
+    };
+    loop {
         let (t1, c1, slop1) = bracketed_count();
+        let elapsed = c0.wrapping_sub(c1);
+        if c1 <= c0 && elapsed >= CALIBRATION_TICKS {
+            return Some((t1.wrapping_sub(t0), u64::from(elapsed), slop0 + slop1));
+        }
         if c1 > c0 {
             return None; // wrapped: the PIT is not counting down as programmed
         }
-        let elapsed = c0 - c1;
-        if elapsed >= ticks {
-            return Some((t1.wrapping_sub(t0), u64::from(elapsed), slop0 + slop1));
+        polls += 1;
+        if polls > CALIBRATION_MAX_POLLS {
+            return None;
         }
     }
-    None
-}
-
-/// One window of [`CALIBRATION_TICKS`] PIT ticks.
-fn measure_window() -> Option<(u64, u64, u64)> {
-    end_window(start_window()?, CALIBRATION_TICKS)
-}
-
-/// The TSC frequency a window gives, if reading the PIT at its ends took less than
-/// `1/slop_div` of it.
-fn window_hz((tsc, pit, slop): (u64, u64, u64), slop_div: u64) -> Option<u64> {
-    if pit == 0 || slop * slop_div >= tsc {
-        return None;
-    }
-    tsc.checked_mul(PIT_HZ)
-        .map(|p| p / pit)
-        .filter(|&hz| hz > 0)
 }
 
 /// Measure the TSC frequency against PIT channel 2 (5 ms windows, ~5-25 ms in all).
@@ -239,38 +216,6 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// A calibration window left open while other work runs ([`TscClock::start`]).
-pub struct CalibrationWindow {
-    tsc_at_boot: u64,
-    /// (TSC, PIT count, read slop) at the window's start; None: the PIT does not count.
-    start: Option<(u64, u16, u64)>,
-}
-
-impl CalibrationWindow {
-    /// Close the window (waiting for the rest of [`CALIBRATION_TICKS`] if the work was
-    /// shorter), check it against a short second window, read the RTC. The PIT count wraps
-    /// after ~55 ms, unnoticed if the work took longer: the second window (~1 ms) then
-    /// disagrees (a wrap at least doubles the apparent frequency) and the usual calibration
-    /// runs instead; so does it when either window's reads were not tight.
-    pub fn finish(self) -> TscClock {
-        let Some(start) = self.start else {
-            return TscClock::with(self.tsc_at_boot, FALLBACK_TSC_HZ, Calibration::Fallback);
-        };
-        let long = end_window(start, CALIBRATION_TICKS)
-            .and_then(|w| window_hz(w, CALIBRATION_MAX_SLOP_DIV));
-        let check = start_window()
-            .and_then(|w| end_window(w, CHECK_TICKS))
-            .and_then(|w| window_hz(w, CHECK_AGREE_DIV));
-        let (tsc_hz, calibration) = match (long, check) {
-            (Some(hz), Some(check)) if hz.abs_diff(check) * CHECK_AGREE_DIV < check => {
-                (hz, Calibration::Pit)
-            }
-            _ => calibrate_tsc(),
-        };
-        TscClock::with(self.tsc_at_boot, tsc_hz, calibration)
-    }
-}
-
 /// The machine clock: TSC-based monotonic time, RTC-anchored wall time.
 #[derive(Debug)]
 pub struct TscClock {
@@ -292,20 +237,6 @@ impl TscClock {
     pub fn init() -> TscClock {
         let tsc_at_boot = rdtsc();
         let (tsc_hz, calibration) = calibrate_tsc();
-        TscClock::with(tsc_at_boot, tsc_hz, calibration)
-    }
-
-    /// Open a calibration window and return at once: the PIT counts while the caller does
-    /// other work (the image parses its config), and [`CalibrationWindow::finish`] reads it
-    /// instead of a busy wait of [`CALIBRATION_TICKS`]. Monotonic time counts from here.
-    pub fn start() -> CalibrationWindow {
-        CalibrationWindow {
-            tsc_at_boot: rdtsc(),
-            start: start_window(),
-        }
-    }
-
-    fn with(tsc_at_boot: u64, tsc_hz: u64, calibration: Calibration) -> TscClock {
         let clock = TscClock {
             tsc_hz,
             us_per_tick_q32: ((1_000_000 << 32) + tsc_hz / 2) / tsc_hz.max(1),
