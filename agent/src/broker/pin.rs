@@ -14,7 +14,9 @@ use embedded_tls::{
     TlsCipherSuite, TlsError, TlsVerifier,
 };
 use p256::pkcs8::der::{
-    self, asn1::AnyRef, Decode as _, Reader as _, SliceReader, Tag, TagNumber, Tagged as _,
+    self,
+    asn1::{AnyRef, BitStringRef},
+    Decode as _, Reader as _, SliceReader, Tag, TagNumber, Tagged as _,
 };
 use sha2::{Digest, Sha256};
 
@@ -69,6 +71,20 @@ pub fn certificate_spki(cert: &[u8]) -> der::Result<&[u8]> {
     Ok(spki)
 }
 
+/// The key of a DER `SubjectPublicKeyInfo`: the content of its `subjectPublicKey` BIT STRING
+/// (for an EC key, the SEC1 point).
+fn spki_key_bits(spki: &[u8]) -> der::Result<&[u8]> {
+    let mut outer = SliceReader::new(spki)?;
+    let info = AnyRef::decode(&mut outer)?;
+    info.tag().assert_eq(Tag::Sequence)?;
+    let mut fields = SliceReader::new(info.value())?;
+    AnyRef::decode(&mut fields)?
+        .tag()
+        .assert_eq(Tag::Sequence)?;
+    let bits = BitStringRef::decode(&mut fields)?;
+    bits.as_bytes().ok_or_else(|| Tag::BitString.value_error())
+}
+
 impl TlsVerifier<Aes128GcmSha256> for PinVerifier {
     fn set_hostname_verification(&mut self, _hostname: &str) -> Result<(), TlsError> {
         // The pinned key identifies the server; its certificate's names are not consulted.
@@ -102,12 +118,16 @@ impl TlsVerifier<Aes128GcmSha256> for PinVerifier {
         message[98..].copy_from_slice(&transcript.finalize());
         let verified = match verify.signature_scheme {
             SignatureScheme::EcdsaSecp256r1Sha256 => {
-                use p256::ecdsa::{signature::Verifier as _, DerSignature, VerifyingKey};
-                use p256::pkcs8::DecodePublicKey as _;
-                let key = VerifyingKey::from_public_key_der(&spki)
-                    .map_err(|_| TlsError::InvalidCertificate)?;
-                let signature = DerSignature::from_bytes(verify.signature)
-                    .map_err(|_| TlsError::DecodeError)?;
+                // The same calls as embedded-tls's own `CertVerifier` (so the image carries
+                // one copy of them): the SEC1 point of the key, a DER signature. The key's
+                // algorithm identifier is not checked again: the pin covers the whole SPKI.
+                use p256::ecdsa::{signature::Verifier as _, Signature, VerifyingKey};
+                let key = spki_key_bits(&spki)
+                    .ok()
+                    .and_then(|bits| VerifyingKey::from_sec1_bytes(bits).ok())
+                    .ok_or(TlsError::InvalidCertificate)?;
+                let signature =
+                    Signature::from_der(verify.signature).map_err(|_| TlsError::DecodeError)?;
                 key.verify(&message, &signature).is_ok()
             }
             #[cfg(feature = "rsa")]
@@ -147,4 +167,77 @@ where
     Ok(VerifyingKey::<D>::new(key)
         .verify(message, &signature)
         .is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::{signature::Signer as _, Signature, SigningKey};
+    use p256::pkcs8::EncodePublicKey as _;
+
+    /// A verifier past `verify_certificate` for `key`'s SPKI, with the transcript `hello`.
+    fn verifier_for(key: &SigningKey) -> PinVerifier {
+        let spki = key.verifying_key().to_public_key_der().unwrap();
+        let mut transcript = Hash::new();
+        transcript.update(b"hello");
+        PinVerifier {
+            pin: Sha256::digest(spki.as_bytes()).into(),
+            spki: Some(heapless::Vec::from_slice(spki.as_bytes()).unwrap()),
+            transcript: Some(transcript),
+        }
+    }
+
+    /// A `CertificateVerify` signature by `key` over the transcript `transcript`.
+    fn certificate_verify(key: &SigningKey, transcript: &[u8]) -> std::vec::Vec<u8> {
+        let mut message = std::vec![0x20u8; 64];
+        message.extend_from_slice(b"TLS 1.3, server CertificateVerify\x00");
+        message.extend_from_slice(&Sha256::digest(transcript));
+        let signature: Signature = key.sign(&message);
+        signature.to_der().as_bytes().to_vec()
+    }
+
+    #[test]
+    fn signature_by_the_pinned_key_over_the_transcript_is_accepted_and_no_other() {
+        let key = SigningKey::from_bytes(&[7u8; 32].into()).unwrap();
+        let other = SigningKey::from_bytes(&[8u8; 32].into()).unwrap();
+        let check = |signature: &[u8], scheme| {
+            verifier_for(&key).verify_signature(CertificateVerifyRef {
+                signature_scheme: scheme,
+                signature,
+            })
+        };
+        let good = certificate_verify(&key, b"hello");
+        assert!(check(&good, SignatureScheme::EcdsaSecp256r1Sha256).is_ok());
+        assert!(matches!(
+            check(
+                &certificate_verify(&key, b"hullo"),
+                SignatureScheme::EcdsaSecp256r1Sha256
+            ),
+            Err(TlsError::InvalidSignature)
+        ));
+        assert!(matches!(
+            check(
+                &certificate_verify(&other, b"hello"),
+                SignatureScheme::EcdsaSecp256r1Sha256
+            ),
+            Err(TlsError::InvalidSignature)
+        ));
+        assert!(check(
+            &good[..good.len() - 1],
+            SignatureScheme::EcdsaSecp256r1Sha256
+        )
+        .is_err());
+        assert!(check(&good, SignatureScheme::Ed25519).is_err());
+    }
+
+    #[test]
+    fn key_bits_of_an_spki_are_its_sec1_point() {
+        let key = SigningKey::from_bytes(&[7u8; 32].into()).unwrap();
+        let spki = key.verifying_key().to_public_key_der().unwrap();
+        let point = key.verifying_key().to_encoded_point(false);
+        assert_eq!(spki_key_bits(spki.as_bytes()).unwrap(), point.as_bytes());
+        let bytes = spki.as_bytes();
+        assert!(spki_key_bits(&bytes[..bytes.len() - 1]).is_err());
+        assert!(spki_key_bits(b"").is_err());
+    }
 }

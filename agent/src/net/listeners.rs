@@ -1,13 +1,16 @@
 //! The listening sockets on port 80 and their [`Connection`]s: accept, move bytes between
 //! each socket and its connection, close, listen again; make room when (almost) every socket
-//! is busy.
+//! is busy; while none listens, keep smoltcp from resetting a new client's SYN ([`SynGuard`]).
 
 use core::fmt::Write;
 use core::net::{IpAddr, Ipv4Addr};
 
 use imds_hal::{Clock, Entropy};
 use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, PacketMeta, RxToken};
 use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket};
 
 use super::{
     Net, CLOSE_LINGER_US, CLOSING_SOON_US, HTTP_PORT, SPARE_LISTENERS, TCP_RX_BUF, TCP_TX_BUF,
@@ -50,10 +53,9 @@ pub(super) fn listening_slots<'a>(
     tcp_rx: &'a mut [[u8; TCP_RX_BUF]; LISTEN_SOCKETS],
     tcp_tx: &'a mut [[u8; TCP_TX_BUF]; LISTEN_SOCKETS],
 ) -> [Slot; LISTEN_SOCKETS] {
-    let mut rx = tcp_rx.iter_mut();
-    let mut tx = tcp_tx.iter_mut();
+    let mut buffers = tcp_rx.iter_mut().zip(tcp_tx.iter_mut());
     core::array::from_fn(|_| {
-        let (Some(rx), Some(tx)) = (rx.next(), tx.next()) else {
+        let Some((rx, tx)) = buffers.next() else {
             unreachable!("one buffer pair per slot")
         };
         let mut socket = tcp::Socket::new(
@@ -69,6 +71,80 @@ pub(super) fn listening_slots<'a>(
             state: SlotState::Listening,
         }
     })
+}
+
+/// smoltcp answers a SYN that no socket accepts with RST, so a client that arrives while every
+/// listener is busy would be refused, unlike a full Linux backlog, where the SYN is dropped
+/// and the client retransmits. The guard sits between the NIC and smoltcp: while `on` (no
+/// listener is in `Listen` state) it hands smoltcp an empty frame (which smoltcp discards)
+/// instead of a SYN for port [`HTTP_PORT`]; every other frame, and every frame while off,
+/// passes unchanged. (smoltcp's other way, a raw socket that marks the SYN handled, costs
+/// ~2.6 KB of raw-socket code in the image.)
+pub(super) struct SynGuard<'d, D> {
+    pub(super) device: &'d mut D,
+    pub(super) on: bool,
+}
+
+/// A received frame, seen by the [`SynGuard`].
+pub(super) struct GuardedRx<T> {
+    token: T,
+    on: bool,
+}
+
+impl<D: Device> Device for SynGuard<'_, D> {
+    type RxToken<'a>
+        = GuardedRx<D::RxToken<'a>>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = D::TxToken<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let on = self.on;
+        self.device
+            .receive(now)
+            .map(|(token, tx)| (GuardedRx { token, on }, tx))
+    }
+
+    fn transmit(&mut self, now: Instant) -> Option<Self::TxToken<'_>> {
+        self.device.transmit(now)
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.device.capabilities()
+    }
+}
+
+impl<T: RxToken> RxToken for GuardedRx<T> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let on = self.on;
+        self.token
+            .consume(|frame| f(if on && is_http_syn(frame) { &[] } else { frame }))
+    }
+
+    fn meta(&self) -> PacketMeta {
+        self.token.meta()
+    }
+}
+
+/// Whether `frame` opens a connection to port [`HTTP_PORT`] (SYN without ACK).
+fn is_http_syn(frame: &[u8]) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return false;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+        return false;
+    };
+    if ip.next_header() != IpProtocol::Tcp {
+        return false;
+    }
+    TcpPacket::new_checked(ip.payload())
+        .is_ok_and(|tcp| tcp.syn() && !tcp.ack() && tcp.dst_port() == HTTP_PORT)
 }
 
 impl Net<'_> {
@@ -103,6 +179,10 @@ impl Net<'_> {
         if spare < SPARE_LISTENERS {
             self.make_room(agent, now_us);
         }
+        self.no_listener = !self
+            .slots
+            .iter()
+            .any(|s| self.sockets.get::<tcp::Socket>(s.handle).state() == tcp::State::Listen);
     }
 
     /// (Almost) every socket is busy: close the connection that has waited longest without

@@ -12,7 +12,8 @@
 //!   sockets on port 80; each is listening again as soon as its connection ends (our FIN
 //!   acknowledged). When fewer than [`SPARE_LISTENERS`] are free, the connection that has
 //!   waited longest without a complete request (idle keep-alive, or a slow request head) is
-//!   closed to make room.
+//!   closed to make room. While no socket listens at all, a SYN is dropped, not reset (the
+//!   client retransmits, as with a full Linux backlog): `listeners::SynGuard`.
 //! * Timeouts: a connection idle for [`crate::limits::IDLE_TIMEOUT_US`] (or whose request head
 //!   does not complete in time) is reset; a closing socket gets [`CLOSE_LINGER_US`].
 //! * Slirp (QEMU user networking) drops the first SYN towards a guest whose MAC it has not
@@ -40,7 +41,7 @@ use smoltcp::socket::dhcpv4;
 #[cfg(feature = "dns")]
 use smoltcp::socket::dns;
 mod listeners;
-use listeners::Slot;
+use listeners::{Slot, SynGuard};
 #[cfg(feature = "broker")]
 mod upstream;
 use smoltcp::time::{Duration, Instant};
@@ -78,7 +79,8 @@ pub const CLOSE_LINGER_US: u64 = 5_000_000;
 pub const CLOSING_SOON_US: u64 = 100_000;
 /// When fewer sockets than this are spare (listening, or closed a moment ago), a waiting
 /// connection is closed ([`Connection::eviction_key`]), so that a new client finds a listener
-/// (smoltcp answers a SYN nobody listens for with a reset).
+/// (smoltcp would answer a SYN nobody listens for with a reset; while no socket listens, the
+/// SYN guard of `listeners` drops such a SYN instead and the client retransmits).
 pub const SPARE_LISTENERS: usize = 2;
 /// smoltcp socket slots: the listeners, the upstream sockets, DHCP and DNS.
 #[cfg(feature = "broker")]
@@ -175,6 +177,8 @@ pub struct Net<'a> {
     sockets: SocketSet<'a>,
     dhcp: Option<SocketHandle>,
     slots: [Slot; LISTEN_SOCKETS],
+    /// No listener is in `Listen` state: the [`SynGuard`] drops SYNs for port 80.
+    no_listener: bool,
     conns: &'a mut [Connection; LISTEN_SOCKETS],
     /// The broker's upstream sockets.
     #[cfg(feature = "broker")]
@@ -258,6 +262,7 @@ impl<'a> Net<'a> {
             sockets,
             dhcp,
             slots,
+            no_listener: false,
             conns,
             #[cfg(feature = "broker")]
             upstream,
@@ -360,6 +365,10 @@ impl<'a> Net<'a> {
         entropy: &mut E,
         log: &mut W,
     ) -> PollStatus {
+        let device = &mut SynGuard {
+            device,
+            on: self.no_listener,
+        };
         let now = instant(clock.monotonic_us());
         let received = self.iface.poll(now, device, &mut self.sockets);
         self.poll_dhcp(clock, log);
@@ -395,6 +404,7 @@ impl<'a> Net<'a> {
             };
         }
         self.serve(agent, clock, entropy, log);
+        device.on = self.no_listener;
         let now = instant(clock.monotonic_us());
         let sent = self.iface.poll(now, device, &mut self.sockets);
         PollStatus {

@@ -282,8 +282,8 @@ impl Rig {
         }
     }
 
-    /// Connect to `to`:80, stepping `step_us` at a time.
-    fn connect_with(&mut self, to: Ipv4Address, step_us: u64) -> SocketHandle {
+    /// A client socket connecting to `to`:80 (its SYN goes out at the client's next poll).
+    fn start_connect(&mut self, to: Ipv4Address) -> SocketHandle {
         let rx = tcp::SocketBuffer::new(&mut Box::leak(Box::new([0u8; 8192]))[..]);
         let tx = tcp::SocketBuffer::new(&mut Box::leak(Box::new([0u8; 8192]))[..]);
         let handle = self.client_sockets.add(tcp::Socket::new(rx, tx));
@@ -294,6 +294,19 @@ impl Rig {
             .get_mut::<tcp::Socket>(handle)
             .connect(cx, (IpAddress::Ipv4(to), HTTP_PORT), port)
             .unwrap();
+        handle
+    }
+
+    /// One poll of the client's side only (the agent's frames stay queued).
+    fn poll_client(&mut self) {
+        let now = Instant::from_micros(self.clock.0.get() as i64);
+        self.client
+            .poll(now, &mut self.client_dev, &mut self.client_sockets);
+    }
+
+    /// Connect to `to`:80, stepping `step_us` at a time.
+    fn connect_with(&mut self, to: Ipv4Address, step_us: u64) -> SocketHandle {
+        let handle = self.start_connect(to);
         for _ in 0..2_000 {
             self.step(step_us);
             if self.socket(handle).state() == tcp::State::Established {
@@ -756,6 +769,50 @@ fn full_pool_closes_the_longest_idle_keep_alive_connection() {
     assert!(rig.socket(held[held.len() - 1]).may_recv());
     let open = held.iter().filter(|h| rig.socket(**h).may_recv()).count();
     assert!(open <= LISTEN_SOCKETS - SPARE_LISTENERS + 1, "{open} open");
+}
+
+#[test]
+fn a_syn_while_no_socket_listens_is_dropped_then_served_on_retransmission() {
+    let mut rig = Rig::new();
+    // Every socket but the spare ones holds a silent connection (no room is made yet).
+    let held: Vec<_> = (0..LISTEN_SOCKETS - SPARE_LISTENERS)
+        .map(|_| rig.connect(IMDS_ADDRESS))
+        .collect();
+    rig.step(1_000);
+    assert!(held.iter().all(|&h| rig.socket(h).may_recv()));
+    // Two clients at once take the spare sockets: none listens now. The agent closes its
+    // oldest connection to make room, but that socket listens only once the FIN is answered.
+    let a = rig.start_connect(IMDS_ADDRESS);
+    let b = rig.start_connect(IMDS_ADDRESS);
+    rig.poll_client();
+    rig.clock.advance(100);
+    rig.poll_server();
+    assert!(rig
+        .net
+        .slots
+        .iter()
+        .all(|s| rig.net.sockets.get::<tcp::Socket>(s.handle).state() != tcp::State::Listen));
+    // A third client's SYN arrives now: dropped (smoltcp would answer it with RST), ...
+    let c = rig.start_connect(IMDS_ADDRESS);
+    rig.clock.advance(100);
+    rig.poll_client();
+    rig.clock.advance(100);
+    rig.poll_server();
+    rig.clock.advance(100);
+    rig.poll_client();
+    assert_eq!(rig.socket(c).state(), tcp::State::SynSent, "{}", rig.log);
+    // ... and the client's retransmission finds the socket that was closed to make room.
+    for _ in 0..3_000 {
+        rig.step(1_000);
+        if rig.socket(c).state() == tcp::State::Established {
+            break;
+        }
+    }
+    assert_eq!(rig.socket(c).state(), tcp::State::Established);
+    for h in [a, b, c] {
+        let answer = rig.exchange(h, &std::format!("{TOKEN_REQUEST}\r\n"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 }
 
 const MGMT: &str = "https://management.azure.com/";

@@ -127,11 +127,10 @@ pub fn calibrate_tsc() -> (u64, Calibration) {
             break;
         }
     }
-    match best {
-        Some((tsc, pit, _)) if tsc > 0 && pit > 0 => (
-            (u128::from(tsc) * u128::from(PIT_HZ) / u128::from(pit)) as u64,
-            Calibration::Pit,
-        ),
+    // A window is milliseconds of TSC ticks: the product fits in 64 bits (no u128 division,
+    // whose routine the image would carry).
+    match best.and_then(|(tsc, pit, _)| Some((tsc.checked_mul(PIT_HZ)?, pit))) {
+        Some((product, pit)) if product > 0 && pit > 0 => (product / pit, Calibration::Pit),
         _ => (FALLBACK_TSC_HZ, Calibration::Fallback),
     }
 }
@@ -221,6 +220,10 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 #[derive(Debug)]
 pub struct TscClock {
     tsc_hz: u64,
+    /// Microseconds per TSC tick, fixed point with 32 fraction bits (rounded; ~1 ppm at
+    /// GHz rates, far below the calibration's own error): `monotonic_us` multiplies and
+    /// never divides.
+    us_per_tick_q32: u64,
     tsc_at_boot: u64,
     calibration: Calibration,
     /// Wall-clock anchor: (unix seconds read from the RTC, monotonic µs at that reading).
@@ -236,6 +239,7 @@ impl TscClock {
         let (tsc_hz, calibration) = calibrate_tsc();
         let clock = TscClock {
             tsc_hz,
+            us_per_tick_q32: ((1_000_000 << 32) + tsc_hz / 2) / tsc_hz.max(1),
             tsc_at_boot,
             calibration,
             anchor: Cell::new((0, 0)),
@@ -260,7 +264,7 @@ impl TscClock {
 impl Clock for TscClock {
     fn monotonic_us(&self) -> u64 {
         let ticks = rdtsc().wrapping_sub(self.tsc_at_boot);
-        (u128::from(ticks) * 1_000_000 / u128::from(self.tsc_hz)) as u64
+        ((u128::from(ticks) * u128::from(self.us_per_tick_q32)) >> 32) as u64
     }
 
     fn unix_time_s(&self) -> u64 {
