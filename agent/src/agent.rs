@@ -23,6 +23,8 @@ pub struct Agent {
     pub(crate) tokens: TokenSource,
     pub(crate) guard: Guard,
     pub(crate) tenant: Guid,
+    /// `/metadata/instance` and `/metadata/loadbalancer` (issue 12).
+    pub(crate) metadata: crate::metadata::Documents,
     /// Log lines from the broker tasks, drained by the driver.
     #[cfg(feature = "broker")]
     events: heapless::Deque<heapless::String<EVENT_LINE_MAX>, EVENT_QUEUE>,
@@ -52,6 +54,7 @@ impl Agent {
             allow,
             allow_hosts,
             limits,
+            metadata,
             ..
         } = config;
         let guard = Guard::new(
@@ -73,6 +76,7 @@ impl Agent {
             ),
             guard,
             tenant: tenant_id,
+            metadata,
             #[cfg(feature = "broker")]
             events: heapless::Deque::new(),
         }

@@ -186,6 +186,8 @@ pub struct Config {
     pub allow_hosts: heapless::Vec<heapless::String<HOST_NAME_MAX>, MAX_ALLOW_HOSTS>,
     /// Per-source limits.
     pub limits: LimitsConfig,
+    /// `instance` and `loadbalancer` (issue 12), as compact JSON; empty when absent.
+    pub metadata: crate::metadata::Documents,
 }
 
 /// Per-source limits on requests that need a mint or a fetch (0 disables one).
@@ -213,8 +215,8 @@ pub struct FieldPath {
     pub field: heapless::String<40>,
     /// The list index, if the field is a list.
     pub index: Option<usize>,
-    /// The field inside it, if any.
-    pub sub: Option<heapless::String<40>>,
+    /// The field inside it, if any (`instance`: the path inside the document).
+    pub sub: Option<heapless::String<{ crate::limits::METADATA_FIELD_PATH_MAX }>>,
 }
 
 impl FieldPath {
@@ -431,6 +433,7 @@ struct Raw {
     limits: Option<RawLimits>,
     identities: Option<heapless::Vec<RawIdentity, MAX_IDENTITIES>>,
     identities_overflow: bool,
+    metadata: crate::metadata::Documents,
 }
 
 impl Drop for Raw {
@@ -453,6 +456,8 @@ fn zeroize_string<const N: usize>(s: &mut heapless::String<N>) {
 struct Tracker {
     at: RefCell<Option<FieldPath>>,
     unknown: RefCell<Option<FieldPath>>,
+    /// What is wrong inside `instance` / `loadbalancer` (the serde error only stops the parse).
+    problem: RefCell<Option<ConfigError>>,
 }
 
 impl Tracker {
@@ -588,6 +593,10 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "allow" => raw.allow = Some(next_str_list(map)?),
                 "allow_hosts" => raw.allow_hosts = Some(next_str_list(map)?),
                 "limits" => raw.limits = Some(map.next_value()?),
+                "instance" => metadata_field(t, "instance", map, &mut raw.metadata.instance)?,
+                "loadbalancer" => {
+                    metadata_field(t, "loadbalancer", map, &mut raw.metadata.loadbalancer)?
+                }
                 "identities" => {
                     let (list, overflow) = map.next_value_seed(IdentitiesSeed(t))?;
                     raw.identities = Some(list);
@@ -664,6 +673,31 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Opt<V> {
     }
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self.0).map(Some)
+    }
+}
+
+/// `instance` or `loadbalancer`: transcoded into its compact copy (module `metadata`).
+#[inline(never)]
+fn metadata_field<'de, A: MapAccess<'de>, const N: usize>(
+    t: &Tracker,
+    name: &str,
+    map: &mut A,
+    out: &mut crate::metadata::Doc<N>,
+) -> Result<(), A::Error> {
+    match crate::metadata::transcode(map, out, name == "loadbalancer")? {
+        Ok(()) => Ok(()),
+        Err(p) => {
+            let sub = (!p.path.is_empty()).then_some(p.path);
+            *t.problem.borrow_mut() = Some(ConfigError::Invalid {
+                field: FieldPath {
+                    field: truncated(name),
+                    index: None,
+                    sub,
+                },
+                why: p.why,
+            });
+            Err(de::Error::custom(""))
+        }
     }
 }
 
@@ -1172,6 +1206,7 @@ impl Config {
         let tracker = Tracker {
             at: RefCell::new(None),
             unknown: RefCell::new(None),
+            problem: RefCell::new(None),
         };
         let mut scratch = [0u8; CONFIG_STRING_MAX];
         let parsed = {
@@ -1181,6 +1216,9 @@ impl Config {
                 .and_then(|raw| de.end().map(|_| raw))
         };
         scratch.zeroize();
+        if let Some(problem) = tracker.problem.take() {
+            return Err(problem);
+        }
         let raw = parsed.map_err(|e| ConfigError::Syntax {
             at: tracker.at.borrow().clone(),
             detail: json_detail(&e),
@@ -1316,6 +1354,7 @@ impl Config {
             allow,
             allow_hosts,
             limits,
+            metadata: raw.metadata.clone(),
         })
     }
 }

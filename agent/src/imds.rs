@@ -123,6 +123,9 @@ pub struct Reply {
     /// No answer yet: the request waits for an upstream fetch (the connection keeps it and
     /// asks again on the next loop turn).
     pub pending: bool,
+    /// The body is not in `body` but rendered by the connection chunk by chunk (instance
+    /// metadata, module `metadata`).
+    pub big: Option<crate::metadata::BodySource>,
 }
 
 impl Reply {
@@ -137,6 +140,7 @@ impl Reply {
             client_id: None,
             close: false,
             pending: false,
+            big: None,
         }
     }
 
@@ -150,9 +154,10 @@ impl Reply {
         self.client_id = None;
         self.close = false;
         self.pending = false;
+        self.big = None;
     }
 
-    fn json<T: Serialize>(&mut self, status: u16, value: &T) {
+    pub(crate) fn json<T: Serialize>(&mut self, status: u16, value: &T) {
         self.status = status;
         self.content_type = ContentType::Json;
         self.body.clear();
@@ -596,6 +601,8 @@ fn route<E: Entropy>(
         if get_only(req, reply) {
             jwks(agent, reply);
         }
+    } else if crate::metadata::route(&agent.metadata, req, reply) {
+        // Instance metadata: static answers, not counted by the per-source limiter.
     } else {
         // Including /metadata/identity/getplatformmetadata: clients probing it for an mTLS
         // flow must see a non-200 answer and fall back to the classic token endpoint.

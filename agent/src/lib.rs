@@ -33,6 +33,7 @@ pub mod identity;
 pub mod imds;
 pub mod jose;
 pub mod limits;
+pub mod metadata;
 pub mod net;
 pub mod oidc;
 pub mod pem;

@@ -1,0 +1,428 @@
+//! The sub-path walker of `/metadata/instance`: one pass over the stored compact document (read
+//! with serde-json-core's deserializer, strings left escaped) that follows the sub-path, hides
+//! the fields the api-version does not have, and writes the answer into a [`Sink`] window.
+//!
+//! The same walk answers "does it exist, is it a leaf, how long is it" (an empty window: the
+//! Content-Length pass) and "bytes `skip..skip+n` of the answer" (each chunk of a large reply).
+
+use super::since;
+use crate::limits::METADATA_FIELD_PATH_MAX;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// What is asked.
+#[derive(Clone, Copy)]
+pub struct Query<'a> {
+    /// The sub-path below `/metadata/instance`, without leading or trailing `/` (`""`: all).
+    pub path: &'a str,
+    /// The api-version (an entry of [`since::SUPPORTED`]).
+    pub version: &'a str,
+    /// `format=text`.
+    pub text: bool,
+    /// `extended=true`: the top level gains `"extended":{"compute":{"ppsType":"None"}}`.
+    pub extended: bool,
+}
+
+/// Why there is no answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// 404: no such key or index (or hidden at this api-version).
+    NotFound,
+    /// 400: a leaf without `format=text`.
+    LeafNeedsText,
+}
+
+/// What the answer is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A JSON document (object or array).
+    Json,
+    /// A leaf's bare value.
+    Text,
+}
+
+/// Where the answer goes: the window `skip..skip + out.len()` of it is copied into `out`;
+/// `total` counts every byte of the answer (the window may be empty: a counting pass).
+pub struct Sink<'o> {
+    skip: usize,
+    out: &'o mut [u8],
+    total: usize,
+}
+
+impl<'o> Sink<'o> {
+    /// A window of the answer starting at byte `skip`.
+    pub fn new(skip: usize, out: &'o mut [u8]) -> Self {
+        Sink {
+            skip,
+            out,
+            total: 0,
+        }
+    }
+
+    /// Bytes of the answer seen so far.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Bytes copied into the window.
+    pub fn filled(&self) -> usize {
+        self.total.saturating_sub(self.skip).min(self.out.len())
+    }
+
+    fn full(&self) -> bool {
+        !self.out.is_empty() && self.total >= self.skip + self.out.len()
+    }
+
+    /// Append `b` to the answer.
+    pub fn put(&mut self, b: &[u8]) {
+        let start = self.total;
+        self.total += b.len();
+        let lo = start.max(self.skip);
+        let hi = self.total.min(self.skip + self.out.len());
+        if lo < hi {
+            self.out[lo - self.skip..hi - self.skip].copy_from_slice(&b[lo - start..hi - start]);
+        }
+    }
+}
+
+/// The field path of the current node, for [`since::visible`] (`compute.publicKeys[]`).
+struct Gate {
+    path: heapless::String<METADATA_FIELD_PATH_MAX>,
+    /// The path did not fit: nothing below is in the table (all its paths are shorter).
+    overflow: usize,
+}
+
+impl Gate {
+    fn push(&mut self, sep: &str, name: &str) -> usize {
+        let mark = self.path.len();
+        if self.overflow > 0
+            || self.path.push_str(sep).is_err()
+            || self.path.push_str(name).is_err()
+        {
+            self.path.truncate(mark);
+            self.overflow += 1;
+        }
+        mark
+    }
+    fn pop(&mut self, mark: usize) {
+        if self.overflow > 0 {
+            self.overflow -= 1;
+        } else {
+            self.path.truncate(mark);
+        }
+    }
+    /// Whether the child `key` of the current object exists at `version`.
+    fn child_visible(&mut self, key: &str, version: &str) -> bool {
+        if self.overflow > 0 {
+            return true;
+        }
+        let sep = if self.path.is_empty() { "" } else { "." };
+        let mark = self.push(sep, key);
+        let v = self.overflow > 0 || since::visible(&self.path, version);
+        self.pop(mark);
+        v
+    }
+}
+
+struct Walk<'q, 'o> {
+    q: Query<'q>,
+    sink: Sink<'o>,
+    gate: Gate,
+    miss: Option<Miss>,
+    kind: Kind,
+    /// The window is full: the walk stopped early (not an error).
+    stopped: bool,
+}
+
+impl Walk<'_, '_> {
+    fn fail<E: de::Error>(&mut self, miss: Miss) -> E {
+        self.miss = Some(miss);
+        E::custom("")
+    }
+    fn stop<E: de::Error>(&mut self) -> Result<(), E> {
+        if self.sink.full() {
+            self.stopped = true;
+            return Err(E::custom(""));
+        }
+        Ok(())
+    }
+}
+
+/// Walk `doc` (a stored `instance`) for `q`, writing the window of `sink`.
+pub fn render(doc: &[u8], q: Query<'_>, sink: Sink<'_>) -> Result<(Kind, usize, usize), Miss> {
+    let mut w = Walk {
+        q,
+        sink,
+        gate: Gate {
+            path: heapless::String::new(),
+            overflow: 0,
+        },
+        miss: None,
+        kind: Kind::Json,
+        stopped: false,
+    };
+    let mut de = serde_json_core::de::Deserializer::new(doc, None);
+    let r = Nav {
+        w: &mut w,
+        rest: q.path,
+    }
+    .deserialize(&mut de);
+    match (r, w.miss) {
+        (_, Some(m)) => Err(m),
+        (Ok(()), None) => Ok((w.kind, w.sink.total(), w.sink.filled())),
+        (Err(_), None) if w.stopped => Ok((w.kind, w.sink.total(), w.sink.filled())),
+        // The stored document is valid: only a bug gets here.
+        (Err(_), None) => Err(Miss::NotFound),
+    }
+}
+
+/// The next segment of a sub-path and the rest.
+fn split(path: &str) -> (&str, &str) {
+    match path.split_once('/') {
+        Some((a, b)) => (a, b),
+        None => (path, ""),
+    }
+}
+
+/// Follow the sub-path `rest` into this value; at its end, write the value.
+struct Nav<'w, 'q, 'o> {
+    w: &'w mut Walk<'q, 'o>,
+    rest: &'q str,
+}
+
+impl<'de> DeserializeSeed<'de> for Nav<'_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.rest.is_empty() {
+            return Emit {
+                w: self.w,
+                target: true,
+            }
+            .deserialize(d);
+        }
+        d.deserialize_ignored_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Nav<'_, '_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("instance metadata")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<(), E> {
+        // A key below a leaf.
+        Err(self.w.fail(Miss::NotFound))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.w.fail(Miss::NotFound))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let (seg, rest) = split(self.rest);
+        let mut found = false;
+        while let Some(key) = map.next_key::<&str>()? {
+            if !found && key == seg && self.w.gate.child_visible(key, self.w.q.version) {
+                found = true;
+                let sep = if self.w.gate.path.is_empty() { "" } else { "." };
+                let mark = self.w.gate.push(sep, key);
+                map.next_value_seed(Nav { w: self.w, rest })?;
+                self.w.gate.pop(mark);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(self.w.fail(Miss::NotFound))
+        }
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let (seg, rest) = split(self.rest);
+        let index = index(seg);
+        let mut i = 0usize;
+        let mut found = false;
+        loop {
+            let more = if Some(i) == index {
+                let mark = self.w.gate.push("", "[]");
+                let r = seq.next_element_seed(Nav { w: self.w, rest })?;
+                self.w.gate.pop(mark);
+                found = r.is_some();
+                r.is_some()
+            } else {
+                seq.next_element::<IgnoredAny>()?.is_some()
+            };
+            if !more {
+                break;
+            }
+            i += 1;
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(self.w.fail(Miss::NotFound))
+        }
+    }
+}
+
+/// An array index in a sub-path: decimal digits only.
+fn index(seg: &str) -> Option<usize> {
+    if seg.is_empty() || seg.len() > 9 || !seg.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(seg.bytes().fold(0, |n, b| n * 10 + usize::from(b - b'0')))
+}
+
+/// Write this value (JSON; a leaf as text with `format=text`), fields gated by version.
+struct Emit<'w, 'q, 'o> {
+    w: &'w mut Walk<'q, 'o>,
+    /// The node the sub-path names (not one inside it).
+    target: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Emit<'_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_ignored_any(self)
+    }
+}
+
+/// Write one string value: the stored escaped text between quotes (JSON), or unescaped.
+fn put_string(w: &mut Walk<'_, '_>, escaped: &str, text: bool) {
+    if !text {
+        w.sink.put(b"\"");
+        w.sink.put(escaped.as_bytes());
+        w.sink.put(b"\"");
+        return;
+    }
+    for fragment in serde_json_core::str::EscapedStr(escaped).fragments() {
+        match fragment {
+            Ok(serde_json_core::str::EscapedStringFragment::NotEscaped(s)) => {
+                w.sink.put(s.as_bytes())
+            }
+            Ok(serde_json_core::str::EscapedStringFragment::Escaped(c)) => {
+                let mut b = [0u8; 4];
+                w.sink.put(c.encode_utf8(&mut b).as_bytes());
+            }
+            // The stored document was written by serde-json-core's serializer.
+            Err(_) => {}
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Emit<'_, '_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("instance metadata")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        if !self.target {
+            put_string(self.w, v, false);
+            Ok(())
+        } else if self.w.q.text {
+            self.w.kind = Kind::Text;
+            put_string(self.w, v, true);
+            Ok(())
+        } else {
+            // A leaf asked for without `format=text`.
+            Err(self.w.fail(Miss::LeafNeedsText))
+        }
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        // Not in a stored `instance` (numbers and booleans are refused at config time).
+        Err(self.w.fail(Miss::NotFound))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // `format=text` on an object or array: the JSON (INSTANCE.md §1.4: UNKNOWN upstream).
+        let w = self.w;
+        w.sink.put(b"{");
+        let mut first = true;
+        while let Some(key) = map.next_key::<&str>()? {
+            if !w.gate.child_visible(key, w.q.version) {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            if !first {
+                w.sink.put(b",");
+            }
+            first = false;
+            put_string(w, key, false);
+            w.sink.put(b":");
+            let sep = if w.gate.path.is_empty() { "" } else { "." };
+            let mark = w.gate.push(sep, key);
+            map.next_value_seed(Emit { w, target: false })?;
+            w.gate.pop(mark);
+            w.stop()?;
+        }
+        if self.target && w.q.path.is_empty() && w.q.extended {
+            if !first {
+                w.sink.put(b",");
+            }
+            w.sink.put(br#""extended":{"compute":{"ppsType":"None"}}"#);
+        }
+        w.sink.put(b"}");
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let w = self.w;
+        w.sink.put(b"[");
+        let mark = w.gate.push("", "[]");
+        let mut first = true;
+        loop {
+            // The comma goes before every element but the first: written by the seed once
+            // the element is known to exist.
+            let more = seq
+                .next_element_seed(Element {
+                    w: &mut *w,
+                    comma: !first,
+                })?
+                .is_some();
+            if !more {
+                break;
+            }
+            first = false;
+            w.stop()?;
+        }
+        w.gate.pop(mark);
+        w.sink.put(b"]");
+        Ok(())
+    }
+}
+
+/// An array element: `,` (unless first) then the value.
+struct Element<'w, 'q, 'o> {
+    w: &'w mut Walk<'q, 'o>,
+    comma: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Element<'_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.comma {
+            self.w.sink.put(b",");
+        }
+        Emit {
+            w: self.w,
+            target: false,
+        }
+        .deserialize(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_windows() {
+        let mut buf = [0u8; 4];
+        let mut s = Sink::new(3, &mut buf);
+        s.put(b"ab");
+        s.put(b"cdefgh");
+        assert_eq!(s.total(), 8);
+        assert_eq!(s.filled(), 4);
+        assert_eq!(&buf, b"defg");
+        assert_eq!(index("012"), Some(12));
+        assert_eq!(index("-1"), None);
+        assert_eq!(index(""), None);
+        assert_eq!(index("1a"), None);
+    }
+}
