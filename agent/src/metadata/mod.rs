@@ -19,6 +19,8 @@
 
 pub mod instance;
 pub mod since;
+#[cfg(all(test, feature = "std"))]
+mod tests;
 
 use crate::http::{ContentType, Method, Request};
 use crate::imds::Reply;
@@ -32,19 +34,33 @@ use serde::Serialize;
 
 pub use crate::limits::INSTANCE_MAX;
 
-/// A JSON document kept as compact JSON in a fixed buffer (empty: not configured).
+/// A JSON document kept as compact JSON in a fixed buffer of `N` bytes (empty: not
+/// configured). Without `std` (the unikernel) the buffer is inline; the daemon keeps its
+/// 128 KiB buffer on the heap, once, so that configs and agents stay small on the stack.
 #[derive(Clone)]
 pub struct Doc<const N: usize> {
     len: usize,
+    #[cfg(not(feature = "std"))]
     buf: [u8; N],
+    #[cfg(feature = "std")]
+    buf: std::boxed::Box<[u8]>,
 }
 
 impl<const N: usize> Doc<N> {
     /// An empty (absent) document.
+    #[cfg(not(feature = "std"))]
     pub const fn new() -> Self {
         Doc {
             len: 0,
             buf: [0; N],
+        }
+    }
+    /// An empty (absent) document.
+    #[cfg(feature = "std")]
+    pub fn new() -> Self {
+        Doc {
+            len: 0,
+            buf: std::vec![0; N].into_boxed_slice(),
         }
     }
     /// The compact JSON.
@@ -138,6 +154,38 @@ pub(crate) fn transcode<'de, A: MapAccess<'de>, const N: usize>(
     out: &mut Doc<N>,
     ports: bool,
 ) -> Result<Result<(), Problem>, A::Error> {
+    finish(out, ports, |t| map.next_value_seed(Top(t)))
+}
+
+/// Transcode a whole JSON document (an `instance`, or with `loadbalancer` a load balancer
+/// document) into `out`, as the config reader does (tests, fuzzing, tools).
+pub fn load<const N: usize>(
+    json: &[u8],
+    out: &mut Doc<N>,
+    loadbalancer: bool,
+) -> Result<(), Problem> {
+    let mut scratch = [0u8; crate::limits::CONFIG_STRING_MAX];
+    let mut de = serde_json_core::de::Deserializer::new(json, Some(&mut scratch));
+    match finish(out, loadbalancer, |t| {
+        Top(t).deserialize(&mut de)?;
+        de.end().map(|_| ())
+    }) {
+        Ok(r) => r,
+        Err(_) => Err(Problem {
+            path: heapless::String::new(),
+            why: "is not valid JSON",
+        }),
+    }
+}
+
+fn finish<E, F, const N: usize>(
+    out: &mut Doc<N>,
+    ports: bool,
+    read: F,
+) -> Result<Result<(), Problem>, E>
+where
+    F: FnOnce(&mut Transcode<'_, N>) -> Result<(), E>,
+{
     out.len = 0;
     let mut t = Transcode {
         out,
@@ -147,7 +195,7 @@ pub(crate) fn transcode<'de, A: MapAccess<'de>, const N: usize>(
         ports,
         problem: None,
     };
-    let r = map.next_value_seed(Top(&mut t));
+    let r = read(&mut t);
     match (r, t.problem) {
         (_, Some(why)) => {
             t.out.len = 0;
@@ -158,7 +206,7 @@ pub(crate) fn transcode<'de, A: MapAccess<'de>, const N: usize>(
             Err(e)
         }
         (Ok(()), None) => {
-            if ports {
+            if ports || t.out.is_empty() {
                 return Ok(Ok(()));
             }
             // The required shape, checked with the serving walker: `compute` and `network`
