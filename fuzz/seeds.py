@@ -162,6 +162,21 @@ def jwt_seeds():
     return seeds
 
 
+def metadata_seeds():
+    """`metadata_walk`: flags, window, sub-path, `\n`, optional document (see the target)."""
+    newest = 34 << 2
+    old = 2 << 2  # 2017-08-01
+    doc = (FUZZ / "fixtures" / "instance.json").read_bytes()
+    return {
+        "whole": bytes([newest, 100]) + b"",
+        "whole_extended_old": bytes([old | 2, 7]) + b"",
+        "leaf_text": bytes([newest | 1, 3]) + b"network/interface/0/ipv4/ipAddress/0/privateIpAddress",
+        "escaped_text": bytes([newest | 1, 1]) + b"compute/futureField/quoted/",
+        "array": bytes([newest, 50]) + b"compute/tagsList",
+        "with_document": bytes([newest, 64]) + b"compute\n" + doc,
+    }
+
+
 def write(target, seeds):
     d = CORPUS / target
     d.mkdir(parents=True, exist_ok=True)
@@ -177,6 +192,7 @@ def main():
     write("config_parse", CONFIGS)
     write("jwt_verify", jwt_seeds())
     write("connection", CONNECTION)
+    write("metadata_walk", metadata_seeds())
 
 
 if __name__ == "__main__":
