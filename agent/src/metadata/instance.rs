@@ -161,9 +161,10 @@ pub fn render(doc: &[u8], q: Query<'_>, sink: Sink<'_>) -> Result<(Kind, usize, 
         stopped: false,
     };
     let mut de = serde_json_core::de::Deserializer::new(doc, None);
-    let r = Nav {
+    let r = Step {
         w: &mut w,
-        rest: q.path,
+        rest: Some(q.path),
+        target: false,
     }
     .deserialize(&mut de);
     match (r, w.miss) {
@@ -183,83 +184,24 @@ fn split(path: &str) -> (&str, &str) {
     }
 }
 
-/// Follow the sub-path `rest` into this value; at its end, write the value.
-struct Nav<'w, 'q, 'o> {
+/// One value of the walk: with `rest`, follow that sub-path into it; without, write it (JSON;
+/// the named leaf as text with `format=text`), fields gated by version. One visitor type for
+/// both (each visitor type is another copy of serde-json-core's parser in the image).
+struct Step<'w, 'q, 'o> {
     w: &'w mut Walk<'q, 'o>,
-    rest: &'q str,
+    rest: Option<&'q str>,
+    /// This node is the one the sub-path names (not one inside it).
+    target: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for Nav<'_, '_, '_> {
+impl<'de> DeserializeSeed<'de> for Step<'_, '_, '_> {
     type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        if self.rest.is_empty() {
-            return Emit {
-                w: self.w,
-                target: true,
-            }
-            .deserialize(d);
+    fn deserialize<D: de::Deserializer<'de>>(mut self, d: D) -> Result<(), D::Error> {
+        if self.rest == Some("") {
+            self.rest = None;
+            self.target = true;
         }
         d.deserialize_ignored_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Nav<'_, '_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("instance metadata")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<(), E> {
-        // A key below a leaf.
-        Err(self.w.fail(Miss::NotFound))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Err(self.w.fail(Miss::NotFound))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let (seg, rest) = split(self.rest);
-        let mut found = false;
-        while let Some(key) = map.next_key::<&str>()? {
-            if !found && key == seg && self.w.gate.child_visible(key, self.w.q.version) {
-                found = true;
-                let sep = if self.w.gate.path.is_empty() { "" } else { "." };
-                let mark = self.w.gate.push(sep, key);
-                map.next_value_seed(Nav { w: self.w, rest })?;
-                self.w.gate.pop(mark);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        if found {
-            Ok(())
-        } else {
-            Err(self.w.fail(Miss::NotFound))
-        }
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let (seg, rest) = split(self.rest);
-        let index = index(seg);
-        let mut i = 0usize;
-        let mut found = false;
-        loop {
-            let more = if Some(i) == index {
-                let mark = self.w.gate.push("", "[]");
-                let r = seq.next_element_seed(Nav { w: self.w, rest })?;
-                self.w.gate.pop(mark);
-                found = r.is_some();
-                r.is_some()
-            } else {
-                seq.next_element::<IgnoredAny>()?.is_some()
-            };
-            if !more {
-                break;
-            }
-            i += 1;
-        }
-        if found {
-            Ok(())
-        } else {
-            Err(self.w.fail(Miss::NotFound))
-        }
     }
 }
 
@@ -269,20 +211,6 @@ fn index(seg: &str) -> Option<usize> {
         return None;
     }
     Some(seg.bytes().fold(0, |n, b| n * 10 + usize::from(b - b'0')))
-}
-
-/// Write this value (JSON; a leaf as text with `format=text`), fields gated by version.
-struct Emit<'w, 'q, 'o> {
-    w: &'w mut Walk<'q, 'o>,
-    /// The node the sub-path names (not one inside it).
-    target: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for Emit<'_, '_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_ignored_any(self)
-    }
 }
 
 /// Write one string value: the stored escaped text between quotes (JSON), or unescaped.
@@ -308,13 +236,16 @@ fn put_string(w: &mut Walk<'_, '_>, escaped: &str, text: bool) {
     }
 }
 
-impl<'de> Visitor<'de> for Emit<'_, '_, '_> {
+impl<'de> Visitor<'de> for Step<'_, '_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("instance metadata")
     }
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
-        if !self.target {
+        if self.rest.is_some() {
+            // A key below a leaf.
+            Err(self.w.fail(Miss::NotFound))
+        } else if !self.target {
             put_string(self.w, v, false);
             Ok(())
         } else if self.w.q.text {
@@ -331,63 +262,119 @@ impl<'de> Visitor<'de> for Emit<'_, '_, '_> {
         Err(self.w.fail(Miss::NotFound))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        // `format=text` on an object or array: the JSON (INSTANCE.md §1.4: UNKNOWN upstream).
         let w = self.w;
-        w.sink.put(b"{");
-        let mut first = true;
+        let Some(path) = self.rest else {
+            // `format=text` on an object or array: the JSON (INSTANCE.md §1.4: UNKNOWN upstream).
+            w.sink.put(b"{");
+            let mut first = true;
+            while let Some(key) = map.next_key::<&str>()? {
+                if !w.gate.child_visible(key, w.q.version) {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                if !first {
+                    w.sink.put(b",");
+                }
+                first = false;
+                put_string(w, key, false);
+                w.sink.put(b":");
+                let sep = if w.gate.path.is_empty() { "" } else { "." };
+                let mark = w.gate.push(sep, key);
+                map.next_value_seed(Step {
+                    w: &mut *w,
+                    rest: None,
+                    target: false,
+                })?;
+                w.gate.pop(mark);
+                w.stop()?;
+            }
+            if self.target && w.q.path.is_empty() && w.q.extended {
+                if !first {
+                    w.sink.put(b",");
+                }
+                w.sink.put(br#""extended":{"compute":{"ppsType":"None"}}"#);
+            }
+            w.sink.put(b"}");
+            return Ok(());
+        };
+        let (seg, rest) = split(path);
+        let mut found = false;
         while let Some(key) = map.next_key::<&str>()? {
-            if !w.gate.child_visible(key, w.q.version) {
+            if !found && key == seg && w.gate.child_visible(key, w.q.version) {
+                found = true;
+                let sep = if w.gate.path.is_empty() { "" } else { "." };
+                let mark = w.gate.push(sep, key);
+                map.next_value_seed(Step {
+                    w: &mut *w,
+                    rest: Some(rest),
+                    target: false,
+                })?;
+                w.gate.pop(mark);
+            } else {
                 map.next_value::<IgnoredAny>()?;
-                continue;
             }
-            if !first {
-                w.sink.put(b",");
-            }
-            first = false;
-            put_string(w, key, false);
-            w.sink.put(b":");
-            let sep = if w.gate.path.is_empty() { "" } else { "." };
-            let mark = w.gate.push(sep, key);
-            map.next_value_seed(Emit { w, target: false })?;
-            w.gate.pop(mark);
-            w.stop()?;
         }
-        if self.target && w.q.path.is_empty() && w.q.extended {
-            if !first {
-                w.sink.put(b",");
-            }
-            w.sink.put(br#""extended":{"compute":{"ppsType":"None"}}"#);
+        if found {
+            Ok(())
+        } else {
+            Err(w.fail(Miss::NotFound))
         }
-        w.sink.put(b"}");
-        Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let w = self.w;
-        w.sink.put(b"[");
+        let wanted = self.rest.map(|path| {
+            let (seg, rest) = split(path);
+            (index(seg), rest)
+        });
+        if wanted.is_none() {
+            w.sink.put(b"[");
+        }
         let mark = w.gate.push("", "[]");
-        let mut first = true;
+        let mut i = 0usize;
+        let mut found = false;
         loop {
-            // The comma goes before every element but the first: written by the seed once
-            // the element is known to exist.
-            let more = seq
-                .next_element_seed(Element {
-                    w: &mut *w,
-                    comma: !first,
-                })?
-                .is_some();
+            let more = match wanted {
+                // Writing: every element, `,` before all but the first (written by the seed
+                // once the element is known to exist).
+                None => seq
+                    .next_element_seed(Element {
+                        w: &mut *w,
+                        comma: i > 0,
+                    })?
+                    .is_some(),
+                Some((Some(n), rest)) if n == i => {
+                    found = seq
+                        .next_element_seed(Step {
+                            w: &mut *w,
+                            rest: Some(rest),
+                            target: false,
+                        })?
+                        .is_some();
+                    found
+                }
+                Some(_) => seq.next_element::<IgnoredAny>()?.is_some(),
+            };
             if !more {
                 break;
             }
-            first = false;
-            w.stop()?;
+            i += 1;
+            if wanted.is_none() {
+                w.stop()?;
+            }
         }
         w.gate.pop(mark);
-        w.sink.put(b"]");
-        Ok(())
+        match wanted {
+            None => {
+                w.sink.put(b"]");
+                Ok(())
+            }
+            Some(_) if found => Ok(()),
+            Some(_) => Err(w.fail(Miss::NotFound)),
+        }
     }
 }
 
-/// An array element: `,` (unless first) then the value.
+/// An array element being written: `,` (unless first) then the value.
 struct Element<'w, 'q, 'o> {
     w: &'w mut Walk<'q, 'o>,
     comma: bool,
@@ -399,11 +386,11 @@ impl<'de> DeserializeSeed<'de> for Element<'_, '_, '_> {
         if self.comma {
             self.w.sink.put(b",");
         }
-        Emit {
+        d.deserialize_ignored_any(Step {
             w: self.w,
+            rest: None,
             target: false,
-        }
-        .deserialize(d)
+        })
     }
 }
 

@@ -71,26 +71,6 @@ impl<const N: usize> Doc<N> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    fn put(&mut self, b: &[u8]) -> bool {
-        match self.buf.get_mut(self.len..self.len + b.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(b);
-                self.len += b.len();
-                true
-            }
-            None => false,
-        }
-    }
-    /// A string, quoted and escaped by serde-json-core's serializer.
-    fn put_str(&mut self, s: &str) -> bool {
-        match serde_json_core::to_slice(s, &mut self.buf[self.len..]) {
-            Ok(n) => {
-                self.len += n;
-                true
-            }
-            Err(_) => false,
-        }
-    }
 }
 
 impl<const N: usize> Default for Doc<N> {
@@ -126,8 +106,9 @@ pub struct Problem {
 }
 
 /// What the config reader hands the transcoder.
-pub(crate) struct Transcode<'a, const N: usize> {
-    out: &'a mut Doc<N>,
+pub(crate) struct Transcode<'a> {
+    out: &'a mut [u8],
+    len: usize,
     path: heapless::String<METADATA_FIELD_PATH_MAX>,
     /// Path segments that did not fit `path` (it shows the outer ones).
     overflow: usize,
@@ -184,11 +165,12 @@ fn finish<E, F, const N: usize>(
     read: F,
 ) -> Result<Result<(), Problem>, E>
 where
-    F: FnOnce(&mut Transcode<'_, N>) -> Result<(), E>,
+    F: FnOnce(&mut Transcode<'_>) -> Result<(), E>,
 {
     out.len = 0;
     let mut t = Transcode {
-        out,
+        out: &mut out.buf[..],
+        len: 0,
         path: heapless::String::new(),
         overflow: 0,
         depth: 0,
@@ -196,17 +178,13 @@ where
         problem: None,
     };
     let r = read(&mut t);
-    match (r, t.problem) {
-        (_, Some(why)) => {
-            t.out.len = 0;
-            Ok(Err(Problem { path: t.path, why }))
-        }
-        (Err(e), None) => {
-            t.out.len = 0;
-            Err(e)
-        }
+    let (len, problem, path) = (t.len, t.problem, t.path);
+    match (r, problem) {
+        (_, Some(why)) => Ok(Err(Problem { path, why })),
+        (Err(e), None) => Err(e),
         (Ok(()), None) => {
-            if ports || t.out.is_empty() {
+            if ports || len == 0 {
+                out.len = len;
                 return Ok(Ok(()));
             }
             // The required shape, checked with the serving walker: `compute` and `network`
@@ -218,39 +196,45 @@ where
                     text: false,
                     extended: false,
                 };
-                let why = match instance::render(t.out.bytes(), q, instance::Sink::new(0, &mut []))
-                {
-                    Ok(_) => continue,
-                    Err(instance::Miss::NotFound) => "is required",
-                    Err(instance::Miss::LeafNeedsText) => "must be an object",
-                };
+                let why =
+                    match instance::render(&out.buf[..len], q, instance::Sink::new(0, &mut [])) {
+                        Ok(_) => continue,
+                        Err(instance::Miss::NotFound) => "is required",
+                        Err(instance::Miss::LeafNeedsText) => "must be an object",
+                    };
                 let mut path = heapless::String::new();
                 let _ = path.push_str(key);
-                t.out.len = 0;
                 return Ok(Err(Problem { path, why }));
             }
+            out.len = len;
             Ok(Ok(()))
         }
     }
 }
 
-impl<const N: usize> Transcode<'_, N> {
+impl Transcode<'_> {
     fn fail<E: de::Error>(&mut self, why: &'static str) -> E {
         self.problem = Some(why);
         E::custom("")
     }
     fn put<E: de::Error>(&mut self, b: &[u8]) -> Result<(), E> {
-        if self.out.put(b) {
-            Ok(())
-        } else {
-            Err(self.too_large())
+        match self.out.get_mut(self.len..self.len + b.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(b);
+                self.len += b.len();
+                Ok(())
+            }
+            None => Err(self.too_large()),
         }
     }
+    /// A string, quoted and escaped by serde-json-core's serializer.
     fn put_str<E: de::Error>(&mut self, s: &str) -> Result<(), E> {
-        if self.out.put_str(s) {
-            Ok(())
-        } else {
-            Err(self.too_large())
+        match serde_json_core::to_slice(s, &mut self.out[self.len..]) {
+            Ok(n) => {
+                self.len += n;
+                Ok(())
+            }
+            Err(_) => Err(self.too_large()),
         }
     }
     fn too_large<E: de::Error>(&mut self) -> E {
@@ -286,16 +270,16 @@ impl<const N: usize> Transcode<'_, N> {
 }
 
 /// The document: `null` or an object.
-struct Top<'t, 'a, const N: usize>(&'t mut Transcode<'a, N>);
+struct Top<'t, 'a>(&'t mut Transcode<'a>);
 
-impl<'de, const N: usize> DeserializeSeed<'de> for Top<'_, '_, N> {
+impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_option(self)
     }
 }
 
-impl<'de, const N: usize> Visitor<'de> for Top<'_, '_, N> {
+impl<'de> Visitor<'de> for Top<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("null or an object")
@@ -310,19 +294,19 @@ impl<'de, const N: usize> Visitor<'de> for Top<'_, '_, N> {
 }
 
 /// One value of the document (any JSON type: the deserializer's `ignored_any` tells which).
-struct Value<'t, 'a, const N: usize> {
-    t: &'t mut Transcode<'a, N>,
+struct Value<'t, 'a> {
+    t: &'t mut Transcode<'a>,
     top: bool,
 }
 
-impl<'de, const N: usize> DeserializeSeed<'de> for Value<'_, '_, N> {
+impl<'de> DeserializeSeed<'de> for Value<'_, '_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_ignored_any(self)
     }
 }
 
-impl<'de, const N: usize> Visitor<'de> for Value<'_, '_, N> {
+impl<'de> Visitor<'de> for Value<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("a string, an array or an object")
@@ -399,12 +383,12 @@ impl<'de, const N: usize> Visitor<'de> for Value<'_, '_, N> {
 }
 
 /// An array element: `,` (unless first) then the value.
-struct Element<'t, 'a, const N: usize> {
-    t: &'t mut Transcode<'a, N>,
+struct Element<'t, 'a> {
+    t: &'t mut Transcode<'a>,
     comma: bool,
 }
 
-impl<'de, const N: usize> DeserializeSeed<'de> for Element<'_, '_, N> {
+impl<'de> DeserializeSeed<'de> for Element<'_, '_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         if self.comma {
@@ -419,19 +403,19 @@ impl<'de, const N: usize> DeserializeSeed<'de> for Element<'_, '_, N> {
 }
 
 /// An object key: `,` (unless first), the key and `:`; the key goes onto the path.
-struct Key<'t, 'a, const N: usize> {
-    t: &'t mut Transcode<'a, N>,
+struct Key<'t, 'a> {
+    t: &'t mut Transcode<'a>,
     comma: bool,
 }
 
-impl<'de, const N: usize> DeserializeSeed<'de> for Key<'_, '_, N> {
+impl<'de> DeserializeSeed<'de> for Key<'_, '_> {
     type Value = usize;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
         d.deserialize_str(self)
     }
 }
 
-impl<'de, const N: usize> Visitor<'de> for Key<'_, '_, N> {
+impl<'de> Visitor<'de> for Key<'_, '_> {
     type Value = usize;
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("a key")
@@ -448,16 +432,16 @@ impl<'de, const N: usize> Visitor<'de> for Key<'_, '_, N> {
 }
 
 /// A `…Port` member of `loadbalancer`: a non-negative integer.
-struct Port<'t, 'a, const N: usize>(&'t mut Transcode<'a, N>);
+struct Port<'t, 'a>(&'t mut Transcode<'a>);
 
-impl<'de, const N: usize> DeserializeSeed<'de> for Port<'_, '_, N> {
+impl<'de> DeserializeSeed<'de> for Port<'_, '_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_u64(self)
     }
 }
 
-impl<'de, const N: usize> Visitor<'de> for Port<'_, '_, N> {
+impl<'de> Visitor<'de> for Port<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("a port number")
