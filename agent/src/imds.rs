@@ -157,7 +157,7 @@ impl Reply {
         self.big = None;
     }
 
-    pub(crate) fn json<T: Serialize>(&mut self, status: u16, value: &T) {
+    fn json<T: Serialize>(&mut self, status: u16, value: &T) {
         self.status = status;
         self.content_type = ContentType::Json;
         self.body.clear();

@@ -6,7 +6,7 @@
 //! Content-Length pass) and "bytes `skip..skip+n` of the answer" (each chunk of a large reply).
 
 use super::since;
-use crate::limits::METADATA_FIELD_PATH_MAX;
+use crate::limits::{METADATA_DEPTH_MAX, METADATA_FIELD_PATH_MAX};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// What is asked.
@@ -29,6 +29,8 @@ pub enum Miss {
     NotFound,
     /// 400: a leaf without `format=text`.
     LeafNeedsText,
+    /// Reading a config document ([`load`]): what is wrong at the walk's current path.
+    Invalid(&'static str),
 }
 
 /// What the answer is.
@@ -131,6 +133,10 @@ struct Walk<'q, 'o> {
     kind: Kind,
     /// The window is full: the walk stopped early (not an error).
     stopped: bool,
+    /// Reading a config document into its stored copy (`Some(ports)`: `loadbalancer`, whose
+    /// `…Port` members are numbers) rather than serving the stored copy.
+    load: Option<bool>,
+    depth: usize,
 }
 
 impl Walk<'_, '_> {
@@ -138,8 +144,17 @@ impl Walk<'_, '_> {
         self.miss = Some(miss);
         E::custom("")
     }
+    fn enter<E: de::Error>(&mut self) -> Result<(), E> {
+        self.depth += 1;
+        if self.depth > METADATA_DEPTH_MAX {
+            return Err(self.fail(Miss::Invalid(
+                "is nested too deeply (limits::METADATA_DEPTH_MAX)",
+            )));
+        }
+        Ok(())
+    }
     fn stop<E: de::Error>(&mut self) -> Result<(), E> {
-        if self.sink.full() {
+        if self.load.is_none() && self.sink.full() {
             self.stopped = true;
             return Err(E::custom(""));
         }
@@ -149,17 +164,7 @@ impl Walk<'_, '_> {
 
 /// Walk `doc` (a stored `instance`) for `q`, writing the window of `sink`.
 pub fn render(doc: &[u8], q: Query<'_>, sink: Sink<'_>) -> Result<(Kind, usize, usize), Miss> {
-    let mut w = Walk {
-        q,
-        sink,
-        gate: Gate {
-            path: heapless::String::new(),
-            overflow: 0,
-        },
-        miss: None,
-        kind: Kind::Json,
-        stopped: false,
-    };
+    let mut w = Walk::new(q, sink, None);
     let mut de = serde_json_core::de::Deserializer::new(doc, None);
     let r = Step {
         w: &mut w,
@@ -175,6 +180,85 @@ pub fn render(doc: &[u8], q: Query<'_>, sink: Sink<'_>) -> Result<(Kind, usize, 
         (Err(_), None) => Err(Miss::NotFound),
     }
 }
+
+impl<'q, 'o> Walk<'q, 'o> {
+    fn new(q: Query<'q>, sink: Sink<'o>, load: Option<bool>) -> Self {
+        Walk {
+            q,
+            sink,
+            gate: Gate {
+                path: heapless::String::new(),
+                overflow: 0,
+            },
+            miss: None,
+            kind: Kind::Json,
+            stopped: false,
+            load,
+            depth: 0,
+        }
+    }
+}
+
+/// What [`load`] found wrong, and where (`compute.platformFaultDomain`; `[]` for an array
+/// element).
+pub struct Invalid {
+    /// The path inside the document.
+    pub path: heapless::String<METADATA_FIELD_PATH_MAX>,
+    /// What is wrong.
+    pub why: &'static str,
+}
+
+/// Read a config document (the value `d` is at) with the same walker, writing its compact
+/// copy into `out`: `Ok(Ok(len))`, or what is wrong with it (the serde error then only
+/// carries it), or the deserializer's own error. Numbers, booleans and `null` are refused
+/// (`ports`: except in `…Port` members); keys with escapes are not supported.
+pub(crate) fn load<'de, D: de::Deserializer<'de>>(
+    d: D,
+    out: &mut [u8],
+    ports: bool,
+) -> Result<Result<usize, Invalid>, D::Error> {
+    let q = Query {
+        path: "",
+        version: super::since::NEWEST[0],
+        text: false,
+        extended: false,
+    };
+    let mut w = Walk::new(q, Sink::new(0, out), Some(ports));
+    let r = Step {
+        w: &mut w,
+        rest: None,
+        target: true,
+    }
+    .deserialize(d);
+    let why = match (r, w.miss) {
+        (Err(e), None) => return Err(e),
+        (_, Some(Miss::Invalid(why))) => why,
+        (_, Some(_)) => "must be an object",
+        (Ok(()), None) if w.sink.total() > w.sink.out.len() => {
+            w.gate.path.clear();
+            if ports {
+                LB_TOO_LARGE
+            } else {
+                TOO_LARGE
+            }
+        }
+        (Ok(()), None) if w.sink.out.first() != Some(&b'{') => "must be an object",
+        (Ok(()), None) => return Ok(Ok(w.sink.total())),
+    };
+    Ok(Err(Invalid {
+        path: w.gate.path,
+        why,
+    }))
+}
+
+#[cfg(not(feature = "std"))]
+const TOO_LARGE: &str = "is larger than 16 KiB of compact JSON (limits::INSTANCE_MAX)";
+#[cfg(feature = "std")]
+const TOO_LARGE: &str = "is larger than 128 KiB of compact JSON (limits::INSTANCE_MAX)";
+#[cfg(not(feature = "std"))]
+const LB_TOO_LARGE: &str = "is larger than 4 KiB of compact JSON (limits::LOADBALANCER_MAX)";
+#[cfg(feature = "std")]
+const LB_TOO_LARGE: &str = "is larger than 16 KiB of compact JSON (limits::LOADBALANCER_MAX)";
 
 /// The next segment of a sub-path and the rest.
 fn split(path: &str) -> (&str, &str) {
@@ -241,7 +325,27 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("instance metadata")
     }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        // Only when loading (the config's deserializer unescapes strings with escapes):
+        // written again escaped by serde-json-core's serializer, a character at a time.
+        if self.target {
+            return Err(self.w.fail(Miss::LeafNeedsText));
+        }
+        self.w.sink.put(b"\"");
+        for c in v.chars() {
+            let (mut utf8, mut b) = ([0u8; 4], [0u8; 16]);
+            let one: &str = c.encode_utf8(&mut utf8);
+            if let Ok(n) = serde_json_core::to_slice(one, &mut b) {
+                self.w.sink.put(&b[1..n - 1]);
+            }
+        }
+        self.w.sink.put(b"\"");
+        Ok(())
+    }
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        if self.w.load.is_some() && v.bytes().any(|b| b < 0x20) {
+            return Err(self.w.fail(Miss::Invalid("has a control character")));
+        }
         if self.rest.is_some() {
             // A key below a leaf.
             Err(self.w.fail(Miss::NotFound))
@@ -258,11 +362,22 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
         }
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        // Not in a stored `instance` (numbers and booleans are refused at config time).
-        Err(self.w.fail(Miss::NotFound))
+        // A number, `true`, `false` or `null` (serde-json-core does not say which): refused
+        // in the config, so never in a stored `instance`.
+        let miss = match self.w.load {
+            None => Miss::NotFound,
+            Some(false) => Miss::Invalid(
+                "must be a string, an array or an object (Azure sends every value as a string)",
+            ),
+            Some(true) => Miss::Invalid(
+                "must be a string, an array or an object (numbers only in `…Port` fields)",
+            ),
+        };
+        Err(self.w.fail(miss))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let w = self.w;
+        w.enter()?;
         let Some(path) = self.rest else {
             // `format=text` on an object or array: the JSON (INSTANCE.md §1.4: UNKNOWN upstream).
             w.sink.put(b"{");
@@ -280,11 +395,15 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
                 w.sink.put(b":");
                 let sep = if w.gate.path.is_empty() { "" } else { "." };
                 let mark = w.gate.push(sep, key);
-                map.next_value_seed(Step {
-                    w: &mut *w,
-                    rest: None,
-                    target: false,
-                })?;
+                if w.load == Some(true) && key.ends_with("Port") {
+                    map.next_value_seed(Port(&mut *w))?;
+                } else {
+                    map.next_value_seed(Step {
+                        w: &mut *w,
+                        rest: None,
+                        target: false,
+                    })?;
+                }
                 w.gate.pop(mark);
                 w.stop()?;
             }
@@ -295,6 +414,7 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
                 w.sink.put(br#""extended":{"compute":{"ppsType":"None"}}"#);
             }
             w.sink.put(b"}");
+            w.depth -= 1;
             return Ok(());
         };
         let (seg, rest) = split(path);
@@ -315,6 +435,7 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
             }
         }
         if found {
+            w.depth -= 1;
             Ok(())
         } else {
             Err(w.fail(Miss::NotFound))
@@ -322,6 +443,7 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let w = self.w;
+        w.enter()?;
         let wanted = self.rest.map(|path| {
             let (seg, rest) = split(path);
             (index(seg), rest)
@@ -363,6 +485,7 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
             }
         }
         w.gate.pop(mark);
+        w.depth -= 1;
         match wanted {
             None => {
                 w.sink.put(b"]");
@@ -371,6 +494,29 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
             Some(_) if found => Ok(()),
             Some(_) => Err(w.fail(Miss::NotFound)),
         }
+    }
+}
+
+/// A `…Port` member of a `loadbalancer` being loaded: a non-negative integer.
+struct Port<'w, 'q, 'o>(&'w mut Walk<'q, 'o>);
+
+impl<'de> DeserializeSeed<'de> for Port<'_, '_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_u64(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Port<'_, '_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("a port number")
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        let mut n = heapless::String::<20>::new();
+        imds_hal::text::Text::dec(&mut n, v);
+        self.0.sink.put(n.as_bytes());
+        Ok(())
     }
 }
 

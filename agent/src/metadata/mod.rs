@@ -24,13 +24,9 @@ mod tests;
 
 use crate::http::{ContentType, Method, Request};
 use crate::imds::Reply;
-use crate::limits::{
-    LOADBALANCER_MAX, METADATA_DEPTH_MAX, METADATA_FIELD_PATH_MAX, METADATA_PATH_MAX,
-    PARAM_DECODE_BUF,
-};
+use crate::limits::{LOADBALANCER_MAX, METADATA_PATH_MAX, PARAM_DECODE_BUF};
 use crate::query;
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-use serde::Serialize;
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 
 pub use crate::limits::INSTANCE_MAX;
 
@@ -97,35 +93,7 @@ pub struct Documents {
 
 // ---- config time ------------------------------------------------------------------------------
 
-/// Why a document of the config was refused, and where (`compute.platformFaultDomain`).
-pub struct Problem {
-    /// The path inside the document.
-    pub path: heapless::String<METADATA_FIELD_PATH_MAX>,
-    /// What is wrong.
-    pub why: &'static str,
-}
-
-/// What the config reader hands the transcoder.
-pub(crate) struct Transcode<'a> {
-    out: &'a mut [u8],
-    len: usize,
-    path: heapless::String<METADATA_FIELD_PATH_MAX>,
-    /// Path segments that did not fit `path` (it shows the outer ones).
-    overflow: usize,
-    depth: usize,
-    /// `loadbalancer`: a member named `…Port` holds a number (Azure's ports are numbers).
-    ports: bool,
-    problem: Option<&'static str>,
-}
-
-#[cfg(not(feature = "std"))]
-const TOO_LARGE: &str = "is larger than 16 KiB of compact JSON (limits::INSTANCE_MAX)";
-#[cfg(feature = "std")]
-const TOO_LARGE: &str = "is larger than 128 KiB of compact JSON (limits::INSTANCE_MAX)";
-#[cfg(not(feature = "std"))]
-const LB_TOO_LARGE: &str = "is larger than 4 KiB of compact JSON (limits::LOADBALANCER_MAX)";
-#[cfg(feature = "std")]
-const LB_TOO_LARGE: &str = "is larger than 16 KiB of compact JSON (limits::LOADBALANCER_MAX)";
+pub use instance::Invalid as Problem;
 
 /// Transcode the next value of `map` (the config's `instance`, or with `ports` its
 /// `loadbalancer`) into `out`. `null` leaves `out` empty. Err: what is wrong and where (the
@@ -135,7 +103,8 @@ pub(crate) fn transcode<'de, A: MapAccess<'de>, const N: usize>(
     out: &mut Doc<N>,
     ports: bool,
 ) -> Result<Result<(), Problem>, A::Error> {
-    finish(out, ports, |t| map.next_value_seed(Top(t)))
+    let r = map.next_value_seed(Top(&mut out.buf[..], ports))?;
+    Ok(check(out, r, ports))
 }
 
 /// Transcode a whole JSON document (an `instance`, or with `loadbalancer` a load balancer
@@ -145,311 +114,71 @@ pub fn load<const N: usize>(
     out: &mut Doc<N>,
     loadbalancer: bool,
 ) -> Result<(), Problem> {
+    let invalid = || Problem {
+        path: heapless::String::new(),
+        why: "is not valid JSON",
+    };
     let mut scratch = [0u8; crate::limits::CONFIG_STRING_MAX];
     let mut de = serde_json_core::de::Deserializer::new(json, Some(&mut scratch));
-    match finish(out, loadbalancer, |t| {
-        Top(t).deserialize(&mut de)?;
-        de.end().map(|_| ())
-    }) {
-        Ok(r) => r,
-        Err(_) => Err(Problem {
-            path: heapless::String::new(),
-            why: "is not valid JSON",
-        }),
-    }
-}
-
-fn finish<E, F, const N: usize>(
-    out: &mut Doc<N>,
-    ports: bool,
-    read: F,
-) -> Result<Result<(), Problem>, E>
-where
-    F: FnOnce(&mut Transcode<'_>) -> Result<(), E>,
-{
-    out.len = 0;
-    let mut t = Transcode {
-        out: &mut out.buf[..],
-        len: 0,
-        path: heapless::String::new(),
-        overflow: 0,
-        depth: 0,
-        ports,
-        problem: None,
+    let r = match Top(&mut out.buf[..], loadbalancer).deserialize(&mut de) {
+        Ok(Ok(len)) => de.end().map(|_| len).map_err(|_| invalid()),
+        Ok(Err(p)) => Err(p),
+        Err(_) => Err(invalid()),
     };
-    let r = read(&mut t);
-    let (len, problem, path) = (t.len, t.problem, t.path);
-    match (r, problem) {
-        (_, Some(why)) => Ok(Err(Problem { path, why })),
-        (Err(e), None) => Err(e),
-        (Ok(()), None) => {
-            if ports || len == 0 {
-                out.len = len;
-                return Ok(Ok(()));
-            }
-            // The required shape, checked with the serving walker: `compute` and `network`
-            // are objects (a counting walk at the newest api-version finds them).
-            for key in ["compute", "network"] {
-                let q = instance::Query {
-                    path: key,
-                    version: since::NEWEST[0],
-                    text: false,
-                    extended: false,
-                };
-                let why =
-                    match instance::render(&out.buf[..len], q, instance::Sink::new(0, &mut [])) {
-                        Ok(_) => continue,
-                        Err(instance::Miss::NotFound) => "is required",
-                        Err(instance::Miss::LeafNeedsText) => "must be an object",
-                    };
-                let mut path = heapless::String::new();
-                let _ = path.push_str(key);
-                return Ok(Err(Problem { path, why }));
-            }
-            out.len = len;
-            Ok(Ok(()))
-        }
-    }
+    check(out, r, loadbalancer)
 }
 
-impl Transcode<'_> {
-    fn fail<E: de::Error>(&mut self, why: &'static str) -> E {
-        self.problem = Some(why);
-        E::custom("")
-    }
-    fn put<E: de::Error>(&mut self, b: &[u8]) -> Result<(), E> {
-        match self.out.get_mut(self.len..self.len + b.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(b);
-                self.len += b.len();
-                Ok(())
-            }
-            None => Err(self.too_large()),
+/// Keep what was loaded into `out` if it has the required shape: an `instance` has `compute`
+/// and `network` objects (checked with the serving walker: a counting walk finds them).
+fn check<const N: usize>(
+    out: &mut Doc<N>,
+    loaded: Result<usize, Problem>,
+    ports: bool,
+) -> Result<(), Problem> {
+    out.len = 0;
+    let len = loaded?;
+    if !ports && len > 0 {
+        for key in ["compute", "network"] {
+            let q = instance::Query {
+                path: key,
+                version: since::NEWEST[0],
+                text: false,
+                extended: false,
+            };
+            let why = match instance::render(&out.buf[..len], q, instance::Sink::new(0, &mut [])) {
+                Ok(_) => continue,
+                Err(instance::Miss::NotFound) => "is required",
+                Err(_) => "must be an object",
+            };
+            let mut path = heapless::String::new();
+            let _ = path.push_str(key);
+            return Err(Problem { path, why });
         }
     }
-    /// A string, quoted and escaped by serde-json-core's serializer.
-    fn put_str<E: de::Error>(&mut self, s: &str) -> Result<(), E> {
-        match serde_json_core::to_slice(s, &mut self.out[self.len..]) {
-            Ok(n) => {
-                self.len += n;
-                Ok(())
-            }
-            Err(_) => Err(self.too_large()),
-        }
-    }
-    fn too_large<E: de::Error>(&mut self) -> E {
-        self.path.clear();
-        self.overflow = 0;
-        self.fail(if self.ports { LB_TOO_LARGE } else { TOO_LARGE })
-    }
-    fn push(&mut self, sep: &str, name: &str) -> usize {
-        let mark = self.path.len();
-        if self.overflow > 0
-            || self.path.push_str(sep).is_err()
-            || self.path.push_str(name).is_err()
-        {
-            self.path.truncate(mark);
-            self.overflow += 1;
-        }
-        mark
-    }
-    fn pop(&mut self, mark: usize) {
-        if self.overflow > 0 {
-            self.overflow -= 1;
-        } else {
-            self.path.truncate(mark);
-        }
-    }
-    fn enter<E: de::Error>(&mut self) -> Result<(), E> {
-        self.depth += 1;
-        if self.depth > METADATA_DEPTH_MAX {
-            return Err(self.fail("is nested too deeply (limits::METADATA_DEPTH_MAX)"));
-        }
-        Ok(())
-    }
+    out.len = len;
+    Ok(())
 }
 
-/// The document: `null` or an object.
-struct Top<'t, 'a>(&'t mut Transcode<'a>);
+/// The value of a config field: `null` (absent) or a document, loaded by the walker.
+struct Top<'b>(&'b mut [u8], bool);
 
-impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+impl<'de> DeserializeSeed<'de> for Top<'_> {
+    type Value = Result<usize, Problem>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_option(self)
     }
 }
 
-impl<'de> Visitor<'de> for Top<'_, '_> {
-    type Value = ();
+impl<'de> Visitor<'de> for Top<'_> {
+    type Value = Result<usize, Problem>;
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("null or an object")
     }
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Ok(0))
     }
-    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        let t = self.0;
-        d.deserialize_ignored_any(Value { t, top: true })
-    }
-}
-
-/// One value of the document (any JSON type: the deserializer's `ignored_any` tells which).
-struct Value<'t, 'a> {
-    t: &'t mut Transcode<'a>,
-    top: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for Value<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_ignored_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Value<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("a string, an array or an object")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        if self.top {
-            return Err(self.t.fail("must be an object"));
-        }
-        self.t.put_str(v)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        // A number, `true`, `false` or `null` (serde-json-core does not say which).
-        Err(self.t.fail(if self.t.ports {
-            "must be a string, an array or an object (numbers only in `…Port` fields)"
-        } else {
-            "must be a string, an array or an object (Azure sends every value as a string)"
-        }))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let t = self.t;
-        if self.top {
-            return Err(t.fail("must be an object"));
-        }
-        t.enter()?;
-        t.put(b"[")?;
-        let mut i = 0u64;
-        loop {
-            let mut n = heapless::String::<24>::new();
-            let _ = n.push('[');
-            imds_hal::text::Text::dec(&mut n, i);
-            let _ = n.push(']');
-            let mark = t.push("", &n);
-            let more = seq
-                .next_element_seed(Element {
-                    t: &mut *t,
-                    comma: i > 0,
-                })?
-                .is_some();
-            t.pop(mark);
-            if !more {
-                break;
-            }
-            i += 1;
-        }
-        t.put(b"]")?;
-        t.depth -= 1;
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let t = self.t;
-        t.enter()?;
-        t.put(b"{")?;
-        let mut first = true;
-        while let Some(mark) = map.next_key_seed(Key {
-            t: &mut *t,
-            comma: !first,
-        })? {
-            first = false;
-            // `Key` pushed the key onto the path.
-            if t.ports && t.overflow == 0 && t.path.ends_with("Port") {
-                map.next_value_seed(Port(&mut *t))?;
-            } else {
-                map.next_value_seed(Value {
-                    t: &mut *t,
-                    top: false,
-                })?;
-            }
-            t.pop(mark);
-        }
-        t.put(b"}")?;
-        t.depth -= 1;
-        Ok(())
-    }
-}
-
-/// An array element: `,` (unless first) then the value.
-struct Element<'t, 'a> {
-    t: &'t mut Transcode<'a>,
-    comma: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for Element<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        if self.comma {
-            self.t.put(b",")?;
-        }
-        Value {
-            t: self.t,
-            top: false,
-        }
-        .deserialize(d)
-    }
-}
-
-/// An object key: `,` (unless first), the key and `:`; the key goes onto the path.
-struct Key<'t, 'a> {
-    t: &'t mut Transcode<'a>,
-    comma: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for Key<'_, '_> {
-    type Value = usize;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key<'_, '_> {
-    type Value = usize;
-    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
-        if self.comma {
-            self.t.put(b",")?;
-        }
-        self.t.put_str(v)?;
-        self.t.put(b":")?;
-        let sep = if self.t.path.is_empty() { "" } else { "." };
-        Ok(self.t.push(sep, v))
-    }
-}
-
-/// A `…Port` member of `loadbalancer`: a non-negative integer.
-struct Port<'t, 'a>(&'t mut Transcode<'a>);
-
-impl<'de> DeserializeSeed<'de> for Port<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_u64(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Port<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("a port number")
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        let mut n = heapless::String::<20>::new();
-        imds_hal::text::Text::dec(&mut n, v);
-        self.0.put(n.as_bytes())
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        instance::load(d, self.0, self.1)
     }
 }
 
@@ -515,39 +244,36 @@ pub fn render_chunk(docs: &Documents, body: &BodySource, skip: usize, out: &mut 
     }
 }
 
-/// The api-version error of `/metadata/*` (INSTANCE.md §1.2; cloud-init falls back on it).
-pub const API_VERSION_ERROR: &str = "Bad request. api-version is invalid or was not specified in the request. For more information refer to aka.ms/azureimds";
+// Error bodies are constants (no serializer for them in the image). Texts: module docs.
+
+/// 400 for a bad or missing api-version (INSTANCE.md §1.2; cloud-init falls back on it).
+pub const API_VERSION_ERROR: &str = r#"{"error":"Bad request. api-version is invalid or was not specified in the request. For more information refer to aka.ms/azureimds","newest-versions":["2025-04-07","2024-07-17","2024-03-15"]}"#;
 /// 404 of an unknown path or index.
-pub const NOT_FOUND: &str = "Not found";
+pub const NOT_FOUND: &str = r#"{"error":"Not found"}"#;
 /// 400 of a leaf without `format=text`.
-pub const LEAF_NEEDS_TEXT: &str = "Bad request. Leaf nodes need format=text";
+pub const LEAF_NEEDS_TEXT: &str = r#"{"error":"Bad request. Leaf nodes need format=text"}"#;
 /// 404 of `/metadata/loadbalancer` without a `loadbalancer` in the config (Azure's text).
-pub const NO_LOADBALANCER: &str = "No load balancer metadata is found. Please check if your VM is using any non-basic SKU load balancer and retry later.";
+pub const NO_LOADBALANCER: &str = r#"{"error":"No load balancer metadata is found. Please check if your VM is using any non-basic SKU load balancer and retry later."}"#;
+/// 400 without `Metadata: true`.
+pub const NO_METADATA_HEADER: &str =
+    r#"{"error":"Bad request. Required metadata header not specified"}"#;
+/// 400 with `X-Forwarded-For` or `Forwarded`.
+pub const PROXIED: &str = r#"{"error":"Bad request. Requests through a proxy (X-Forwarded-For, Forwarded) are not allowed"}"#;
+/// 400 for a parameter given twice.
+pub const DUPLICATE_PARAMETER: &str =
+    r#"{"error":"Bad request. A query parameter is specified more than once"}"#;
+/// 400 for a query string that cannot be decoded.
+pub const BAD_QUERY: &str = r#"{"error":"Bad request. The query string cannot be read"}"#;
+/// 405 for a method other than GET and HEAD.
+pub const METHOD_NOT_ALLOWED: &str = r#"{"error":"Bad request. Http method is not allowed"}"#;
 /// First api-version of `/metadata/loadbalancer`.
 pub const LOADBALANCER_SINCE: &str = "2020-10-01";
 
-fn error(reply: &mut Reply, status: u16, text: &str) {
-    #[derive(Serialize)]
-    struct E<'a> {
-        error: &'a str,
-    }
-    reply.json(status, &E { error: text });
-}
-
-fn api_version_error(reply: &mut Reply) {
-    #[derive(Serialize)]
-    struct E<'a> {
-        error: &'a str,
-        #[serde(rename = "newest-versions")]
-        newest_versions: [&'a str; 3],
-    }
-    reply.json(
-        400,
-        &E {
-            error: API_VERSION_ERROR,
-            newest_versions: since::NEWEST,
-        },
-    );
+fn error(reply: &mut Reply, status: u16, body: &str) {
+    reply.status = status;
+    reply.content_type = ContentType::Json;
+    reply.body.clear();
+    let _ = reply.body.extend_from_slice(body.as_bytes());
 }
 
 /// `path` is `route` or below it: the sub-path (without the leading and a trailing `/`).
@@ -575,7 +301,7 @@ pub fn route(docs: &Documents, req: &Request<'_>, reply: &mut Reply) -> bool {
     };
     if !matches!(req.method, Method::Get | Method::Head) {
         reply.allow = Some("GET, HEAD");
-        error(reply, 405, "Bad request. Http method is not allowed");
+        error(reply, 405, METHOD_NOT_ALLOWED);
         return true;
     }
     let metadata = req
@@ -583,38 +309,26 @@ pub fn route(docs: &Documents, req: &Request<'_>, reply: &mut Reply) -> bool {
         .map(|v| matches!(crate::http::trim(v), b"true" | b"True"))
         .unwrap_or(false);
     if !metadata {
-        error(
-            reply,
-            400,
-            "Bad request. Required metadata header not specified",
-        );
+        error(reply, 400, NO_METADATA_HEADER);
         return true;
     }
     if req.has_header("x-forwarded-for") || req.has_header("forwarded") {
-        error(
-            reply,
-            400,
-            "Bad request. Requests through a proxy (X-Forwarded-For, Forwarded) are not allowed",
-        );
+        error(reply, 400, PROXIED);
         return true;
     }
     let mut buf = [0u8; PARAM_DECODE_BUF];
     let Ok(params) = query::decode(req.query.as_bytes(), &mut buf) else {
-        error(reply, 400, "Bad request. The query string cannot be read");
+        error(reply, 400, BAD_QUERY);
         return true;
     };
     if params.duplicate().is_some() {
-        error(
-            reply,
-            400,
-            "Bad request. A query parameter is specified more than once",
-        );
+        error(reply, 400, DUPLICATE_PARAMETER);
         return true;
     }
     let version = match params.get("api-version").and_then(since::supported) {
         Some(v) if source == Source::Instance || v >= LOADBALANCER_SINCE => v,
         _ => {
-            api_version_error(reply);
+            error(reply, 400, API_VERSION_ERROR);
             return true;
         }
     };
@@ -659,7 +373,7 @@ pub fn route(docs: &Documents, req: &Request<'_>, reply: &mut Reply) -> bool {
                         instance::Kind::Text => ContentType::Text,
                     };
                 }
-                Err(instance::Miss::NotFound) => {
+                Err(instance::Miss::NotFound | instance::Miss::Invalid(_)) => {
                     error(reply, 404, NOT_FOUND);
                     return true;
                 }

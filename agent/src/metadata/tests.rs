@@ -408,10 +408,10 @@ fn config_fields() {
     );
     let bad = INSTANCE.replace(r#""lun": "0""#, r#""lun": true"#);
     assert!(config_error(&format!(r#""instance":{bad},"#))
-        .starts_with("config: field `instance.compute.storageProfile.dataDisks[0].lun`: "),);
+        .starts_with("config: field `instance.compute.storageProfile.dataDisks[].lun`: "),);
     let bad = INSTANCE.replace(r#""ipAddress": []"#, r#""ipAddress": [null]"#);
     assert!(config_error(&format!(r#""instance":{bad},"#))
-        .starts_with("config: field `instance.network.interface[0].ipv6.ipAddress[0]`: "));
+        .starts_with("config: field `instance.network.interface[].ipv6.ipAddress[]`: "));
     // The shape.
     assert_eq!(
         config_error(r#""instance":{"compute":{}},"#),
