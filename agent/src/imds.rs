@@ -601,8 +601,27 @@ fn route<E: Entropy>(
         if get_only(req, reply) {
             jwks(agent, reply);
         }
-    } else if crate::metadata::route(&agent.metadata, req, reply) {
+    } else if let Some(answer) = crate::metadata::route(&agent.metadata, req) {
         // Instance metadata: static answers, not counted by the per-source limiter.
+        use crate::metadata::Answer;
+        match answer {
+            Answer::Error { status, body } => {
+                reply.status = status;
+                let _ = reply.body.extend_from_slice(body.as_bytes());
+            }
+            Answer::MethodNotAllowed => {
+                reply.status = 405;
+                reply.allow = Some("GET, HEAD");
+                let _ = reply
+                    .body
+                    .extend_from_slice(crate::metadata::METHOD_NOT_ALLOWED.as_bytes());
+            }
+            Answer::Ok(body, content_type) => {
+                reply.status = 200;
+                reply.content_type = content_type;
+                reply.big = Some(body);
+            }
+        }
     } else {
         // Including /metadata/identity/getplatformmetadata: clients probing it for an mTLS
         // flow must see a non-200 answer and fall back to the classic token endpoint.

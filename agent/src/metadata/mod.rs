@@ -23,7 +23,6 @@ pub mod since;
 mod tests;
 
 use crate::http::{ContentType, Method, Request};
-use crate::imds::Reply;
 use crate::limits::{LOADBALANCER_MAX, METADATA_PATH_MAX, PARAM_DECODE_BUF};
 use crate::query;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
@@ -269,11 +268,23 @@ pub const METHOD_NOT_ALLOWED: &str = r#"{"error":"Bad request. Http method is no
 /// First api-version of `/metadata/loadbalancer`.
 pub const LOADBALANCER_SINCE: &str = "2020-10-01";
 
-fn error(reply: &mut Reply, status: u16, body: &str) {
-    reply.status = status;
-    reply.content_type = ContentType::Json;
-    reply.body.clear();
-    let _ = reply.body.extend_from_slice(body.as_bytes());
+/// What the router answers (module `imds` puts it into its reply).
+pub enum Answer {
+    /// An error: status and the whole JSON body.
+    Error {
+        /// The status.
+        status: u16,
+        /// The body.
+        body: &'static str,
+    },
+    /// 405, with `Allow: GET, HEAD`.
+    MethodNotAllowed,
+    /// 200: the body, rendered chunk by chunk by the connection.
+    Ok(BodySource, ContentType),
+}
+
+fn error(status: u16, body: &'static str) -> Option<Answer> {
+    Some(Answer::Error { status, body })
 }
 
 /// `path` is `route` or below it: the sub-path (without the leading and a trailing `/`).
@@ -290,46 +301,39 @@ fn below<'p>(path: &'p str, route: &str) -> Option<&'p str> {
     Some(rest.strip_suffix('/').unwrap_or(rest))
 }
 
-/// Answer `/metadata/instance…` and `/metadata/loadbalancer`; `false`: not one of them.
-pub fn route(docs: &Documents, req: &Request<'_>, reply: &mut Reply) -> bool {
+/// Answer `/metadata/instance…` and `/metadata/loadbalancer`; `None`: not one of them.
+pub fn route(docs: &Documents, req: &Request<'_>) -> Option<Answer> {
     let (source, sub) = if let Some(sub) = below(req.path, "/metadata/instance") {
         (Source::Instance, sub)
     } else if let Some("") = below(req.path, "/metadata/loadbalancer") {
         (Source::LoadBalancer, "")
     } else {
-        return false;
+        return None;
     };
     if !matches!(req.method, Method::Get | Method::Head) {
-        reply.allow = Some("GET, HEAD");
-        error(reply, 405, METHOD_NOT_ALLOWED);
-        return true;
+        return Some(Answer::MethodNotAllowed);
     }
     let metadata = req
         .header("metadata")
         .map(|v| matches!(crate::http::trim(v), b"true" | b"True"))
         .unwrap_or(false);
     if !metadata {
-        error(reply, 400, NO_METADATA_HEADER);
-        return true;
+        return error(400, NO_METADATA_HEADER);
     }
     if req.has_header("x-forwarded-for") || req.has_header("forwarded") {
-        error(reply, 400, PROXIED);
-        return true;
+        return error(400, PROXIED);
     }
     let mut buf = [0u8; PARAM_DECODE_BUF];
     let Ok(params) = query::decode(req.query.as_bytes(), &mut buf) else {
-        error(reply, 400, BAD_QUERY);
-        return true;
+        return error(400, BAD_QUERY);
     };
     if params.duplicate().is_some() {
-        error(reply, 400, DUPLICATE_PARAMETER);
-        return true;
+        return error(400, DUPLICATE_PARAMETER);
     }
     let version = match params.get("api-version").and_then(since::supported) {
         Some(v) if source == Source::Instance || v >= LOADBALANCER_SINCE => v,
         _ => {
-            error(reply, 400, API_VERSION_ERROR);
-            return true;
+            return error(400, API_VERSION_ERROR);
         }
     };
     let text = params
@@ -346,19 +350,17 @@ pub fn route(docs: &Documents, req: &Request<'_>, reply: &mut Reply) -> bool {
         extended,
         len: 0,
     };
-    match source {
+    let content_type = match source {
         Source::LoadBalancer => {
             if docs.loadbalancer.is_empty() {
-                error(reply, 404, NO_LOADBALANCER);
-                return true;
+                return error(404, NO_LOADBALANCER);
             }
             body.len = docs.loadbalancer.bytes().len();
-            reply.content_type = ContentType::Json;
+            ContentType::Json
         }
         Source::Instance => {
             if docs.instance.is_empty() || body.path.push_str(sub).is_err() {
-                error(reply, 404, NOT_FOUND);
-                return true;
+                return error(404, NOT_FOUND);
             }
             let counted = instance::render(
                 docs.instance.bytes(),
@@ -368,24 +370,19 @@ pub fn route(docs: &Documents, req: &Request<'_>, reply: &mut Reply) -> bool {
             match counted {
                 Ok((kind, len, _)) => {
                     body.len = len;
-                    reply.content_type = match kind {
+                    match kind {
                         instance::Kind::Json => ContentType::Json,
                         instance::Kind::Text => ContentType::Text,
-                    };
+                    }
                 }
                 Err(instance::Miss::NotFound | instance::Miss::Invalid(_)) => {
-                    error(reply, 404, NOT_FOUND);
-                    return true;
+                    return error(404, NOT_FOUND);
                 }
                 Err(instance::Miss::LeafNeedsText) => {
-                    error(reply, 400, LEAF_NEEDS_TEXT);
-                    return true;
+                    return error(400, LEAF_NEEDS_TEXT);
                 }
             }
         }
-    }
-    reply.status = 200;
-    reply.body.clear();
-    reply.big = Some(body);
-    true
+    };
+    Some(Answer::Ok(body, content_type))
 }

@@ -40,44 +40,44 @@ fn docs() -> Documents {
     d
 }
 
-struct Answer {
+struct Reply {
     status: u16,
     text: bool,
     body: String,
 }
 
 /// The router's answer to `GET target` with `headers`, the body assembled in 100-byte chunks.
-fn ask_with(docs: &Documents, method: &str, target: &str, headers: &str) -> Answer {
+fn ask_with(docs: &Documents, method: &str, target: &str, headers: &str) -> Reply {
     let raw = format!("{method} {target} HTTP/1.1\r\nHost: 169.254.169.254\r\n{headers}\r\n");
     let Ok(Parse::Complete(req, _)) = http::parse(raw.as_bytes()) else {
         panic!("bad request text")
     };
-    let mut reply = Reply::new();
-    assert!(route(docs, &req, &mut reply), "not routed: {target}");
-    let body = match &reply.big {
-        None => reply.body.to_vec(),
-        Some(b) => {
+    let answer = route(docs, &req).unwrap_or_else(|| panic!("not routed: {target}"));
+    let (status, text, body) = match answer {
+        super::Answer::Error { status, body } => (status, false, body.as_bytes().to_vec()),
+        super::Answer::MethodNotAllowed => (405, false, METHOD_NOT_ALLOWED.as_bytes().to_vec()),
+        super::Answer::Ok(b, ct) => {
             let mut out = Vec::new();
             let mut chunk = [0u8; 100];
             loop {
-                let n = render_chunk(docs, b, out.len(), &mut chunk);
+                let n = render_chunk(docs, &b, out.len(), &mut chunk);
                 out.extend_from_slice(&chunk[..n]);
                 if n == 0 {
                     break;
                 }
             }
             assert_eq!(out.len(), b.len, "Content-Length equals the rendered body");
-            out
+            (200, ct == ContentType::Text, out)
         }
     };
-    Answer {
-        status: reply.status,
-        text: reply.content_type == ContentType::Text,
+    Reply {
+        status,
+        text,
         body: String::from_utf8(body).unwrap(),
     }
 }
 
-fn ask(docs: &Documents, target: &str) -> Answer {
+fn ask(docs: &Documents, target: &str) -> Reply {
     ask_with(docs, "GET", target, "Metadata: true\r\n")
 }
 
