@@ -269,6 +269,8 @@ pub const METHOD_NOT_ALLOWED: &str = r#"{"error":"Bad request. Http method is no
 pub const LOADBALANCER_SINCE: &str = "2020-10-01";
 
 /// What the router answers (module `imds` puts it into its reply).
+// The core has no heap to box the body source in; one lives for one request.
+#[allow(clippy::large_enum_variant)]
 pub enum Answer {
     /// An error: status and the whole JSON body.
     Error {
