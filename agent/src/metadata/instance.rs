@@ -1,9 +1,12 @@
-//! The sub-path walker of `/metadata/instance`: one pass over the stored compact document (read
-//! with serde-json-core's deserializer, strings left escaped) that follows the sub-path, hides
-//! the fields the api-version does not have, and writes the answer into a [`Sink`] window.
-//!
-//! The same walk answers "does it exist, is it a leaf, how long is it" (an empty window: the
-//! Content-Length pass) and "bytes `skip..skip+n` of the answer" (each chunk of a large reply).
+//! The walker of `/metadata/instance`: one pass over a JSON document with serde-json-core's
+//! deserializer (one visitor type, `Step`), which
+//! * serves: follows the sub-path through the stored compact document (strings left escaped),
+//!   hides the fields the api-version does not have, and writes the answer into a [`Sink`]
+//!   window — an empty window is the counting pass (exists? leaf? Content-Length), a window
+//!   at an offset is one chunk of a large reply;
+//! * loads (`load`): reads the config's `instance` / `loadbalancer` value and writes its
+//!   compact copy, refusing numbers, booleans and `null` (ports of a load balancer excepted)
+//!   with the path of the field.
 
 use super::since;
 use crate::limits::{METADATA_DEPTH_MAX, METADATA_FIELD_PATH_MAX};

@@ -1,21 +1,28 @@
 //! Instance metadata (issue 12): `/metadata/instance[/sub/path]` and `/metadata/loadbalancer`.
 //!
 //! The config's `instance` and `loadbalancer` documents are transcoded while the config is
-//! parsed (serde-json-core's deserializer walks them, its serializer writes every string) into
-//! compact JSON in fixed buffers ([`Doc`]). A request is answered by walking that copy again
-//! ([`instance::render`]): the sub-path, the api-version's fields, JSON or a leaf's text.
+//! parsed into compact JSON in fixed buffers ([`Doc`]) by the same walker that serves them
+//! ([`instance`]: serde-json-core's deserializer walks, strings the config escaped are written
+//! again by its serializer, no hand-written tokenizer). A request is answered by walking that
+//! copy: the sub-path, the api-version's fields, JSON or a leaf's text.
 //!
-//! The answer can be much larger than a connection's send buffer: the router replies with a
+//! The answer can be much larger than a connection's send buffer: the router answers with a
 //! [`BodySource`] (what to render and its length, from a counting walk) and the connection
-//! renders the body chunk by chunk as the socket drains ([`render_chunk`]), without allocating.
+//! renders the body chunk by chunk as the socket drains ([`render_chunk`]: render from the
+//! start, skip what was sent, keep what fits), without allocating; HEAD gets the length only.
 //!
-//! Choices where Azure's behaviour is unknown (INSTANCE.md §4): errors are `{"error":"<text>"}`;
-//! an unknown path or index is 404 `{"error":"Not found"}` (also for `/metadata/instance`
-//! without an `instance` in the config); a leaf without `format=text` is 400
+//! Choices where Azure's behaviour is unknown (INSTANCE.md §4), all tested: errors are
+//! `{"error":"<text>"}` (S1's `ErrorResponse`); an unknown path or index, or a field the
+//! api-version does not have, is 404 `{"error":"Not found"}` (also `/metadata/instance` without
+//! an `instance` in the config); a leaf without `format=text` (or with `format=json`) is 400
 //! `{"error":"Bad request. Leaf nodes need format=text"}`; `format=text` on an object or array
-//! answers its JSON; the text body has no trailing newline; a missing `Metadata` header is 400
-//! `{"error":"Bad request. Required metadata header not specified"}` (INSTANCE.md §1.1).
-//! These answers are static: the per-source mint/fetch limiter does not count them.
+//! answers its JSON; the text body has no trailing newline; `Metadata` must be `true` or `True`
+//! (400 `{"error":"Bad request. Required metadata header not specified"}`, INSTANCE.md §1.1);
+//! `X-Forwarded-For`/`Forwarded`, a duplicate parameter or an unreadable query are 400 with the
+//! texts below; `/metadata/loadbalancer` below api-version 2020-10-01 is the api-version 400;
+//! a sub-path is matched as sent (not percent-decoded) and keys of the config documents must
+//! not use JSON escapes. These answers are static: the per-source mint/fetch limiter does not
+//! count them (module `imds` routes them without the guard).
 
 pub mod instance;
 pub mod since;
