@@ -32,7 +32,7 @@ pub enum Miss {
     NotFound,
     /// 400: a leaf without `format=text`.
     LeafNeedsText,
-    /// Reading a config document ([`load`]): what is wrong at the walk's current path.
+    /// Reading a config document (`load`): what is wrong at the walk's current path.
     Invalid(&'static str),
 }
 
@@ -202,7 +202,7 @@ impl<'q, 'o> Walk<'q, 'o> {
     }
 }
 
-/// What [`load`] found wrong, and where (`compute.platformFaultDomain`; `[]` for an array
+/// What `load` found wrong, and where (`compute.platformFaultDomain`; `[]` for an array
 /// element).
 pub struct Invalid {
     /// The path inside the document.
