@@ -117,6 +117,17 @@ CONNECTION = {
         send(req(TOKEN + f"https%3A%2F%2Fr{i}.example%2F&bypass_cache=true", "Metadata: true")) for i in range(24)
     ),
     "errors": send(R["forwarded"] + R["delete"] + R["probe_no_header"]),
+    # Instance metadata larger than the send buffer (the fixture's `instance`), read slowly,
+    # then a text leaf and a HEAD on the same connection.
+    "instance_metadata_chunks": send(
+        req("/metadata/instance?api-version=2025-04-07", "Metadata: true")
+        + req("/metadata/instance/compute/vmId?api-version=2021-02-01&format=text", "Metadata: true"),
+        slow=True,
+    )
+    + read(255) * 8
+    + send(req("/metadata/instance?api-version=2017-08-01", "Metadata: true", method="HEAD"))
+    + send(req("/metadata/loadbalancer?api-version=2020-10-01", "Metadata: True"))
+    + FIN,
 }
 
 CONFIGS = {
