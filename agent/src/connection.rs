@@ -326,6 +326,12 @@ impl Connection {
         &self.tx[self.tx_sent..]
     }
 
+    /// Whether more of the current answer's body is still to be rendered into `tx` (a large
+    /// instance-metadata answer): the next `process` call queues its next chunk.
+    pub fn body_pending(&self) -> bool {
+        self.big.is_some()
+    }
+
     /// `n` bytes of [`tx_pending`](Self::tx_pending) were sent.
     pub fn tx_consume(&mut self, n: usize) {
         self.tx_sent = (self.tx_sent + n).min(self.tx.len());
