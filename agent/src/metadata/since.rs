@@ -3,8 +3,8 @@
 //! copy of `shared/instance-since.json`) and checks these tables equal it.
 //!
 //! The tables are plain strings (no table of pointers in the image): [`SUPPORTED`] is the
-//! api-versions, 10 bytes each, separated by a space; [`SINCE`] is one line per field, the
-//! api-version it appeared in followed by its path.
+//! api-versions, 10 bytes each, separated by a space; [`SINCE`] is one line per field, a letter
+//! for the api-version it appeared in followed by its path.
 
 /// The api-versions `/metadata/instance` accepts, oldest first.
 pub const SUPPORTED: &str = "\
@@ -47,64 +47,65 @@ pub const SUPPORTED: &str = "\
 /// What a 400 for a bad api-version names as `newest-versions` (newest first).
 pub const NEWEST: [&str; 3] = ["2025-04-07", "2024-07-17", "2024-03-15"];
 
-/// `<api-version it appeared in><path>` per line: paths below `/metadata/instance`,
-/// `.`-separated, `[]` for every element of an array. A field not listed is served whenever
-/// its parent is.
-pub const SINCE: &str = "\
-    2017-04-02compute\n\
-    2017-04-02network\n\
-    2021-11-01compute.additionalCapabilities\n\
-    2018-10-01compute.azEnvironment\n\
-    2019-02-01compute.customData\n\
-    2020-12-01compute.evictionPolicy\n\
-    2021-03-01compute.extendedLocation\n\
-    2021-11-15compute.host\n\
-    2021-11-15compute.hostGroup\n\
-    2020-06-01compute.isHostCompatibilityLayerVm\n\
-    2020-09-01compute.licenseType\n\
-    2017-04-02compute.location\n\
-    2017-04-02compute.name\n\
-    2017-04-02compute.offer\n\
-    2020-07-15compute.osProfile\n\
-    2020-10-01compute.osProfile.disablePasswordAuthentication\n\
-    2017-04-02compute.osType\n\
-    2023-11-15compute.physicalZone\n\
-    2017-08-01compute.placementGroupId\n\
-    2018-04-02compute.plan\n\
-    2017-04-02compute.platformFaultDomain\n\
-    2021-10-01compute.platformSubFaultDomain\n\
-    2017-04-02compute.platformUpdateDomain\n\
-    2020-12-01compute.priority\n\
-    2018-10-01compute.provider\n\
-    2018-04-02compute.publicKeys\n\
-    2017-04-02compute.publisher\n\
-    2017-08-01compute.resourceGroupName\n\
-    2019-03-11compute.resourceId\n\
-    2020-06-01compute.securityProfile\n\
-    2021-11-01compute.securityProfile.encryptionAtHost\n\
-    2021-12-13compute.securityProfile.securityType\n\
-    2017-04-02compute.sku\n\
-    2019-06-01compute.storageProfile\n\
-    2023-07-01compute.storageProfile.imageReference.communityGalleryImageId\n\
-    2023-07-01compute.storageProfile.imageReference.sharedGalleryImageId\n\
-    2023-07-01compute.storageProfile.imageReference.exactVersion\n\
-    2021-05-01compute.storageProfile.dataDisks[].isUltraDisk\n\
-    2021-05-01compute.storageProfile.dataDisks[].bytesPerSecondThrottle\n\
-    2021-05-01compute.storageProfile.dataDisks[].diskCapacityBytes\n\
-    2021-05-01compute.storageProfile.dataDisks[].isSharedDisk\n\
-    2021-05-01compute.storageProfile.dataDisks[].opsPerSecondThrottle\n\
-    2021-02-01compute.storageProfile.resourceDisk\n\
-    2017-08-01compute.subscriptionId\n\
-    2017-08-01compute.tags\n\
-    2019-06-04compute.tagsList\n\
-    2021-01-01compute.userData\n\
-    2017-04-02compute.version\n\
-    2021-03-01compute.virtualMachineScaleSet\n\
-    2017-04-02compute.vmId\n\
-    2017-12-01compute.vmScaleSetName\n\
-    2017-04-02compute.vmSize\n\
-    2017-12-01compute.zone\n\
-";
+/// One line per field: the api-version it appeared in (a letter: `A` is the first entry of
+/// [`SUPPORTED`], `B` the second, … `Z`, then `a`, …) then its path below `/metadata/instance`, `.`-separated,
+/// `[]` for every element of an array, a leading `.` for `compute.`. A field not listed is
+/// served whenever its parent is.
+pub const SINCE: &str = concat!(
+    "Bcompute\n",                                                // 2017-04-02
+    "Bnetwork\n",                                                // 2017-04-02
+    "b.additionalCapabilities\n",                                // 2021-11-01
+    "H.azEnvironment\n",                                         // 2018-10-01
+    "I.customData\n",                                            // 2019-02-01
+    "U.evictionPolicy\n",                                        // 2020-12-01
+    "X.extendedLocation\n",                                      // 2021-03-01
+    "c.host\n",                                                  // 2021-11-15
+    "c.hostGroup\n",                                             // 2021-11-15
+    "Q.isHostCompatibilityLayerVm\n",                            // 2020-06-01
+    "S.licenseType\n",                                           // 2020-09-01
+    "B.location\n",                                              // 2017-04-02
+    "B.name\n",                                                  // 2017-04-02
+    "B.offer\n",                                                 // 2017-04-02
+    "R.osProfile\n",                                             // 2020-07-15
+    "T.osProfile.disablePasswordAuthentication\n",               // 2020-10-01
+    "B.osType\n",                                                // 2017-04-02
+    "f.physicalZone\n",                                          // 2023-11-15
+    "C.placementGroupId\n",                                      // 2017-08-01
+    "G.plan\n",                                                  // 2018-04-02
+    "B.platformFaultDomain\n",                                   // 2017-04-02
+    "a.platformSubFaultDomain\n",                                // 2021-10-01
+    "B.platformUpdateDomain\n",                                  // 2017-04-02
+    "U.priority\n",                                              // 2020-12-01
+    "H.provider\n",                                              // 2018-10-01
+    "G.publicKeys\n",                                            // 2018-04-02
+    "B.publisher\n",                                             // 2017-04-02
+    "C.resourceGroupName\n",                                     // 2017-08-01
+    "J.resourceId\n",                                            // 2019-03-11
+    "Q.securityProfile\n",                                       // 2020-06-01
+    "b.securityProfile.encryptionAtHost\n",                      // 2021-11-01
+    "d.securityProfile.securityType\n",                          // 2021-12-13
+    "B.sku\n",                                                   // 2017-04-02
+    "L.storageProfile\n",                                        // 2019-06-01
+    "e.storageProfile.imageReference.communityGalleryImageId\n", // 2023-07-01
+    "e.storageProfile.imageReference.sharedGalleryImageId\n",    // 2023-07-01
+    "e.storageProfile.imageReference.exactVersion\n",            // 2023-07-01
+    "Y.storageProfile.dataDisks[].isUltraDisk\n",                // 2021-05-01
+    "Y.storageProfile.dataDisks[].bytesPerSecondThrottle\n",     // 2021-05-01
+    "Y.storageProfile.dataDisks[].diskCapacityBytes\n",          // 2021-05-01
+    "Y.storageProfile.dataDisks[].isSharedDisk\n",               // 2021-05-01
+    "Y.storageProfile.dataDisks[].opsPerSecondThrottle\n",       // 2021-05-01
+    "W.storageProfile.resourceDisk\n",                           // 2021-02-01
+    "C.subscriptionId\n",                                        // 2017-08-01
+    "C.tags\n",                                                  // 2017-08-01
+    "M.tagsList\n",                                              // 2019-06-04
+    "V.userData\n",                                              // 2021-01-01
+    "B.version\n",                                               // 2017-04-02
+    "X.virtualMachineScaleSet\n",                                // 2021-03-01
+    "B.vmId\n",                                                  // 2017-04-02
+    "E.vmScaleSetName\n",                                        // 2017-12-01
+    "B.vmSize\n",                                                // 2017-04-02
+    "E.zone\n",                                                  // 2017-12-01
+);
 
 /// Length of an api-version (`YYYY-MM-DD`).
 const V: usize = 10;
@@ -119,20 +120,27 @@ pub fn supported(version: &str) -> Option<&'static str> {
     supported_versions().find(|v| *v == version)
 }
 
-/// The `(path, api-version)` entries of [`SINCE`].
-pub fn since_entries() -> impl Iterator<Item = (&'static str, &'static str)> {
-    SINCE
-        .split_terminator('\n')
-        .map(|line| (&line[V..], &line[..V]))
+/// The index into [`SUPPORTED`] a letter of [`SINCE`] stands for.
+fn letter_index(c: u8) -> usize {
+    usize::from(if c >= b'a' { c - b'a' + 26 } else { c - b'A' })
 }
 
-/// Whether the field at `path` exists at `version` (a supported api-version: `YYYY-MM-DD`
-/// strings order as the dates do).
+/// Whether the field at `path` exists at `version` (a supported api-version).
 pub fn visible(path: &str, version: &str) -> bool {
-    match since_entries().find(|(p, _)| *p == path) {
-        Some((_, since)) => since <= version,
-        None => true,
+    let Some(at) = supported_versions().position(|v| v == version) else {
+        return true;
+    };
+    for line in SINCE.split_terminator('\n') {
+        let (since, entry) = (line.as_bytes()[0], &line[1..]);
+        let matches = match entry.strip_prefix('.') {
+            Some(sub) => path.strip_prefix("compute.").is_some_and(|p| p == sub),
+            None => path == entry,
+        };
+        if matches {
+            return letter_index(since) <= at;
+        }
     }
+    true
 }
 
 #[cfg(all(test, feature = "std"))]
@@ -164,8 +172,17 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
             .collect();
-        let mut ours: Vec<(String, String)> = since_entries()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+        let versions: Vec<&str> = supported_versions().collect();
+        let mut ours: Vec<(String, String)> = SINCE
+            .split_terminator('\n')
+            .map(|line| {
+                let v = versions[letter_index(line.as_bytes()[0])];
+                let path = match line[1..].strip_prefix('.') {
+                    Some(sub) => std::format!("compute.{sub}"),
+                    None => line[1..].to_string(),
+                };
+                (path, v.to_string())
+            })
             .collect();
         ours.sort();
         theirs.sort();
