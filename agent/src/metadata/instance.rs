@@ -1,6 +1,6 @@
 //! The walker of `/metadata/instance`: one pass over a JSON document with serde-json-core's
 //! deserializer (one visitor type, `Step`), which
-//! * serves: follows the sub-path through the stored compact document (strings left escaped),
+//! * serves: follows the sub-path through the stored compact document,
 //!   hides the fields the api-version does not have, and writes the answer into a [`Sink`]
 //!   window — an empty window is the counting pass (exists? leaf? Content-Length), a window
 //!   at an offset is one chunk of a large reply;
@@ -9,7 +9,7 @@
 //!   with the path of the field.
 
 use super::since;
-use crate::limits::{METADATA_DEPTH_MAX, METADATA_FIELD_PATH_MAX};
+use crate::limits::{CONFIG_STRING_MAX, METADATA_DEPTH_MAX, METADATA_FIELD_PATH_MAX};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// What is asked.
@@ -168,7 +168,9 @@ impl Walk<'_, '_> {
 /// Walk `doc` (a stored `instance`) for `q`, writing the window of `sink`.
 pub fn render(doc: &[u8], q: Query<'_>, sink: Sink<'_>) -> Result<(Kind, usize, usize), Miss> {
     let mut w = Walk::new(q, sink, None);
-    let mut de = serde_json_core::de::Deserializer::new(doc, None);
+    // Strings with escapes are unescaped here (the config held them to this size).
+    let mut scratch = [0u8; CONFIG_STRING_MAX];
+    let mut de = serde_json_core::de::Deserializer::new(doc, Some(&mut scratch));
     let r = Step {
         w: &mut w,
         rest: Some(q.path),
@@ -300,25 +302,52 @@ fn index(seg: &str) -> Option<usize> {
     Some(seg.bytes().fold(0, |n, b| n * 10 + usize::from(b - b'0')))
 }
 
-/// Write one string value: the stored escaped text between quotes (JSON), or unescaped.
-fn put_string(w: &mut Walk<'_, '_>, escaped: &str, text: bool) {
-    if !text {
-        w.sink.put(b"\"");
-        w.sink.put(escaped.as_bytes());
-        w.sink.put(b"\"");
-        return;
+/// Write a string without backslash (what the deserializer lends: it had no escape, so it
+/// needs none) between quotes.
+fn put_plain(w: &mut Walk<'_, '_>, v: &str) {
+    w.sink.put(b"\"");
+    w.sink.put(v.as_bytes());
+    w.sink.put(b"\"");
+}
+
+/// Write an unescaped string as JSON: escaped again by serde-json-core's serializer, a
+/// character at a time.
+fn put_escaped(w: &mut Walk<'_, '_>, v: &str) {
+    w.sink.put(b"\"");
+    for c in v.chars() {
+        let (mut utf8, mut b) = ([0u8; 4], [0u8; 16]);
+        let one: &str = c.encode_utf8(&mut utf8);
+        if let Ok(n) = serde_json_core::to_slice(one, &mut b) {
+            w.sink.put(&b[1..n - 1]);
+        }
     }
-    for fragment in serde_json_core::str::EscapedStr(escaped).fragments() {
-        match fragment {
-            Ok(serde_json_core::str::EscapedStringFragment::NotEscaped(s)) => {
-                w.sink.put(s.as_bytes())
+    w.sink.put(b"\"");
+}
+
+impl Step<'_, '_, '_> {
+    /// A string value: `plain` when the deserializer lent it as it stands in the document
+    /// (no escapes), otherwise unescaped into its scratch buffer.
+    fn string<E: de::Error>(self, v: &str, plain: bool) -> Result<(), E> {
+        if self.w.load.is_some() && plain && v.bytes().any(|b| b < 0x20) {
+            return Err(self.w.fail(Miss::Invalid("has a control character")));
+        }
+        if self.rest.is_some() {
+            // A key below a leaf.
+            Err(self.w.fail(Miss::NotFound))
+        } else if !self.target {
+            if plain {
+                put_plain(self.w, v);
+            } else {
+                put_escaped(self.w, v);
             }
-            Ok(serde_json_core::str::EscapedStringFragment::Escaped(c)) => {
-                let mut b = [0u8; 4];
-                w.sink.put(c.encode_utf8(&mut b).as_bytes());
-            }
-            // The stored document was written by serde-json-core's serializer.
-            Err(_) => {}
+            Ok(())
+        } else if self.w.q.text {
+            self.w.kind = Kind::Text;
+            self.w.sink.put(v.as_bytes());
+            Ok(())
+        } else {
+            // A leaf asked for without `format=text` (or, loading, a document that is one).
+            Err(self.w.fail(Miss::LeafNeedsText))
         }
     }
 }
@@ -329,40 +358,10 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
         f.write_str("instance metadata")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        // Only when loading (the config's deserializer unescapes strings with escapes):
-        // written again escaped by serde-json-core's serializer, a character at a time.
-        if self.target {
-            return Err(self.w.fail(Miss::LeafNeedsText));
-        }
-        self.w.sink.put(b"\"");
-        for c in v.chars() {
-            let (mut utf8, mut b) = ([0u8; 4], [0u8; 16]);
-            let one: &str = c.encode_utf8(&mut utf8);
-            if let Ok(n) = serde_json_core::to_slice(one, &mut b) {
-                self.w.sink.put(&b[1..n - 1]);
-            }
-        }
-        self.w.sink.put(b"\"");
-        Ok(())
+        self.string(v, false)
     }
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
-        if self.w.load.is_some() && v.bytes().any(|b| b < 0x20) {
-            return Err(self.w.fail(Miss::Invalid("has a control character")));
-        }
-        if self.rest.is_some() {
-            // A key below a leaf.
-            Err(self.w.fail(Miss::NotFound))
-        } else if !self.target {
-            put_string(self.w, v, false);
-            Ok(())
-        } else if self.w.q.text {
-            self.w.kind = Kind::Text;
-            put_string(self.w, v, true);
-            Ok(())
-        } else {
-            // A leaf asked for without `format=text`.
-            Err(self.w.fail(Miss::LeafNeedsText))
-        }
+        self.string(v, true)
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         // A number, `true`, `false` or `null` (serde-json-core does not say which): refused
@@ -394,7 +393,7 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
                     w.sink.put(b",");
                 }
                 first = false;
-                put_string(w, key, false);
+                put_plain(w, key);
                 w.sink.put(b":");
                 let sep = if w.gate.path.is_empty() { "" } else { "." };
                 let mark = w.gate.push(sep, key);
