@@ -117,6 +117,17 @@ CONNECTION = {
         send(req(TOKEN + f"https%3A%2F%2Fr{i}.example%2F&bypass_cache=true", "Metadata: true")) for i in range(24)
     ),
     "errors": send(R["forwarded"] + R["delete"] + R["probe_no_header"]),
+    # Instance metadata larger than the send buffer (the fixture's `instance`), read slowly,
+    # then a text leaf and a HEAD on the same connection.
+    "instance_metadata_chunks": send(
+        req("/metadata/instance?api-version=2025-04-07", "Metadata: true")
+        + req("/metadata/instance/compute/vmId?api-version=2021-02-01&format=text", "Metadata: true"),
+        slow=True,
+    )
+    + read(255) * 8
+    + send(req("/metadata/instance?api-version=2017-08-01", "Metadata: true", method="HEAD"))
+    + send(req("/metadata/loadbalancer?api-version=2020-10-01", "Metadata: True"))
+    + FIN,
 }
 
 CONFIGS = {
@@ -175,6 +186,21 @@ START_REQUESTS = {
 }
 
 
+def metadata_seeds():
+    """`metadata_walk`: flags, window, sub-path, `\n`, optional document (see the target)."""
+    newest = 34 << 2
+    old = 2 << 2  # 2017-08-01
+    doc = (FUZZ / "fixtures" / "instance.json").read_bytes()
+    return {
+        "whole": bytes([newest, 100]) + b"",
+        "whole_extended_old": bytes([old | 2, 7]) + b"",
+        "leaf_text": bytes([newest | 1, 3]) + b"network/interface/0/ipv4/ipAddress/0/privateIpAddress",
+        "escaped_text": bytes([newest | 1, 1]) + b"compute/futureField/quoted/",
+        "array": bytes([newest, 50]) + b"compute/tagsList",
+        "with_document": bytes([newest, 64]) + b"compute\n" + doc,
+    }
+
+
 def write(target, seeds):
     d = CORPUS / target
     d.mkdir(parents=True, exist_ok=True)
@@ -191,6 +217,7 @@ def main():
     write("jwt_verify", jwt_seeds())
     write("connection", CONNECTION)
     write("scheduled_events_post", START_REQUESTS)
+    write("metadata_walk", metadata_seeds())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ pub struct Agent {
     pub(crate) schedule: crate::metadata::events::Schedule,
     /// The `compute` values the attested document and scheduled events carry.
     pub(crate) compute: crate::metadata::attested::Compute,
+    /// `/metadata/instance` and `/metadata/loadbalancer` (issue 12).
+    pub(crate) metadata: crate::metadata::Documents,
     /// Log lines from the broker tasks, drained by the driver.
     #[cfg(feature = "broker")]
     events: heapless::Deque<heapless::String<EVENT_LINE_MAX>, EVENT_QUEUE>,
@@ -61,6 +63,7 @@ impl Agent {
             attestation,
             scheduled_events,
             compute,
+            metadata,
             ..
         } = config;
         let schedule = crate::metadata::events::Schedule::new(
@@ -89,6 +92,7 @@ impl Agent {
             attestation,
             schedule,
             compute,
+            metadata,
             #[cfg(feature = "broker")]
             events: heapless::Deque::new(),
         }
@@ -136,8 +140,6 @@ impl Agent {
     /// A value of the instance's `compute` by its path (`vmId`, `name`, `plan/name`, ...):
     /// what the attested document and scheduled events carry.
     ///
-    /// TODO(integrator, issue 12): look the path up in H1's `instance` storage (branch `meta`)
-    /// and drop `metadata::attested::Compute`.
     pub fn compute_field(&self, name: &str) -> Option<&str> {
         self.compute.field(name)
     }

@@ -195,6 +195,8 @@ pub struct Config {
     pub scheduled_events: heapless::Vec<EventConfig, MAX_SCHEDULED_EVENTS>,
     /// The `instance.compute` values the attested document and scheduled events carry.
     pub compute: Compute,
+    /// `instance` and `loadbalancer` (issue 12), as compact JSON; empty when absent.
+    pub metadata: crate::metadata::Documents,
 }
 
 /// Per-source limits on requests that need a mint or a fetch (0 disables one).
@@ -222,8 +224,8 @@ pub struct FieldPath {
     pub field: heapless::String<40>,
     /// The list index, if the field is a list.
     pub index: Option<usize>,
-    /// The field inside it, if any.
-    pub sub: Option<heapless::String<40>>,
+    /// The field inside it, if any (`instance`: the path inside the document).
+    pub sub: Option<heapless::String<{ crate::limits::METADATA_FIELD_PATH_MAX }>>,
 }
 
 impl FieldPath {
@@ -442,8 +444,7 @@ struct Raw {
     identities_overflow: bool,
     attestation: Option<RawAttestation>,
     scheduled_events: Option<RawEvents>,
-    // TODO(integrator): H1 (branch `meta`) reads `instance` whole; see `attested::Compute`.
-    compute: Option<crate::metadata::attested::Compute>,
+    metadata: crate::metadata::Documents,
 }
 
 impl Drop for Raw {
@@ -466,6 +467,8 @@ pub(crate) fn zeroize_string<const N: usize>(s: &mut heapless::String<N>) {
 pub(crate) struct Tracker {
     at: RefCell<Option<FieldPath>>,
     unknown: RefCell<Option<FieldPath>>,
+    /// What is wrong inside `instance` / `loadbalancer` (the serde error only stops the parse).
+    problem: RefCell<Option<ConfigError>>,
 }
 
 impl Tracker {
@@ -609,7 +612,10 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "scheduled_events" => {
                     raw.scheduled_events = Some(map.next_value_seed(EventsSeed(t))?)
                 }
-                "instance" => raw.compute = Some(map.next_value_seed(ComputeSeed(t, false))?),
+                "instance" => metadata_field(t, "instance", map, &mut raw.metadata.instance)?,
+                "loadbalancer" => {
+                    metadata_field(t, "loadbalancer", map, &mut raw.metadata.loadbalancer)?
+                }
                 "identities" => {
                     let (list, overflow) = map.next_value_seed(IdentitiesSeed(t))?;
                     raw.identities = Some(list);
@@ -686,6 +692,31 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Opt<V> {
     }
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self.0).map(Some)
+    }
+}
+
+/// `instance` or `loadbalancer`: transcoded into its compact copy (module `metadata`).
+#[inline(never)]
+fn metadata_field<'de, A: MapAccess<'de>, const N: usize>(
+    t: &Tracker,
+    name: &str,
+    map: &mut A,
+    out: &mut crate::metadata::Doc<N>,
+) -> Result<(), A::Error> {
+    match crate::metadata::transcode(map, out, name == "loadbalancer")? {
+        Ok(()) => Ok(()),
+        Err(p) => {
+            let sub = (!p.path.is_empty()).then_some(p.path);
+            *t.problem.borrow_mut() = Some(ConfigError::Invalid {
+                field: FieldPath {
+                    field: truncated(name),
+                    index: None,
+                    sub,
+                },
+                why: p.why,
+            });
+            Err(de::Error::custom(""))
+        }
     }
 }
 
@@ -854,90 +885,7 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The metadata sections: `attestation`, `scheduled_events`, and (for now) `instance.compute`.
-
-type Field = heapless::String<{ crate::limits::COMPUTE_FIELD_MAX }>;
-
-/// Reads `instance` for [`Compute`] (other fields skipped). See the TODO on [`Compute`].
-struct ComputeSeed<'t>(&'t Tracker, bool);
-
-impl<'de> DeserializeSeed<'de> for ComputeSeed<'_> {
-    type Value = Compute;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Compute, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ComputeSeed<'_> {
-    type Value = Compute;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object")
-    }
-    #[inline(never)]
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Compute, A::Error> {
-        let (t, inside) = (self.0, self.1);
-        let mut c = Compute::default();
-        read_map(map, |key, map| {
-            if !inside {
-                // `instance`: only `compute` is read here.
-                if key == "compute" {
-                    c = map.next_value_seed(ComputeSeed(t, true))?;
-                } else {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-                return Ok(());
-            }
-            t.set(FieldPath::nested("instance", None, key));
-            match key {
-                "vmId" => c.vm_id = next_str(map)?,
-                "name" => c.name = next_str(map)?,
-                "subscriptionId" => c.subscription_id = next_str(map)?,
-                "sku" => c.sku = next_str(map)?,
-                "licenseType" => c.license_type = next_str(map)?,
-                "plan" => {
-                    let p = map.next_value_seed(PlanSeed)?;
-                    (c.plan_name, c.plan_product, c.plan_publisher) = p;
-                }
-                _ => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(c)
-    }
-}
-
-struct PlanSeed;
-
-impl<'de> DeserializeSeed<'de> for PlanSeed {
-    type Value = (Field, Field, Field);
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for PlanSeed {
-    type Value = (Field, Field, Field);
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a plan object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        let mut p = (Field::new(), Field::new(), Field::new());
-        read_map(map, |key, map| {
-            match key {
-                "name" => p.0 = next_str(map)?,
-                "product" => p.1 = next_str(map)?,
-                "publisher" => p.2 = next_str(map)?,
-                _ => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(p)
-    }
-}
+// The metadata sections: `attestation` and `scheduled_events`.
 
 // ---- config: `attestation` ---------------------------------------------------------------------
 
@@ -1512,6 +1460,7 @@ impl Config {
         let tracker = Tracker {
             at: RefCell::new(None),
             unknown: RefCell::new(None),
+            problem: RefCell::new(None),
         };
         let mut scratch = [0u8; CONFIG_STRING_MAX];
         let parsed = {
@@ -1521,6 +1470,9 @@ impl Config {
                 .and_then(|raw| de.end().map(|_| raw))
         };
         scratch.zeroize();
+        if let Some(problem) = tracker.problem.take() {
+            return Err(problem);
+        }
         let raw = parsed.map_err(|e| ConfigError::Syntax {
             at: tracker.at.borrow().clone(),
             detail: json_detail(&e),
@@ -1646,10 +1598,21 @@ impl Config {
             None => None,
         };
         let scheduled_events = validate_events(raw.scheduled_events.as_ref())?;
+        let compute = Compute::from_instance(raw.metadata.instance.bytes()).map_err(|name| {
+            let mut sub: heapless::String<32> = heapless::String::new();
+            for c in "compute.".chars().chain(name.chars()) {
+                let _ = sub.push(if c == '/' { '.' } else { c });
+            }
+            ConfigError::Invalid {
+                field: FieldPath::nested("instance", None, &sub),
+                why: "is longer than 64 characters (the attested document and scheduled \
+                      events carry it)",
+            }
+        })?;
         Ok(Config {
             attestation,
             scheduled_events,
-            compute: raw.compute.clone().unwrap_or_default(),
+            compute,
             tenant_id,
             issuer,
             token_lifetime_s,
@@ -1664,6 +1627,7 @@ impl Config {
             allow,
             allow_hosts,
             limits,
+            metadata: raw.metadata.clone(),
         })
     }
 }

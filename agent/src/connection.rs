@@ -11,6 +11,7 @@ use crate::imds;
 use crate::imds::Error;
 pub use crate::imds::{Ctx, Listener, Now, Reply};
 use crate::limits::{CONN_RX_BUF, CONN_TX_BUF, HEAD_DEADLINE_US, IDLE_TIMEOUT_US};
+use crate::metadata::{self, BodySource};
 use core::fmt::Write;
 use core::net::{IpAddr, Ipv4Addr};
 use imds_hal::text::Text;
@@ -38,6 +39,9 @@ pub struct Connection {
     answered: bool,
     /// Scratch for the router's reply (kept here so that it is not on the stack).
     reply: Reply,
+    /// A body larger than `tx`, still being rendered chunk by chunk (instance metadata), and
+    /// how much of it is in `tx` already.
+    big: Option<(BodySource, usize)>,
 }
 
 impl core::fmt::Debug for Connection {
@@ -73,6 +77,7 @@ impl Connection {
             parked_since_us: None,
             answered: false,
             reply: Reply::new(),
+            big: None,
         }
     }
 
@@ -90,6 +95,7 @@ impl Connection {
         self.parked_since_us = None;
         self.answered = false;
         self.reply.clear();
+        self.big = None;
     }
 
     /// The client's address.
@@ -100,7 +106,7 @@ impl Connection {
     /// Free space to receive into. Empty while a response is still being sent (back-pressure)
     /// or once the connection is closing.
     pub fn rx_space(&mut self) -> &mut [u8] {
-        if self.close_after_tx || self.tx_sent < self.tx.len() {
+        if self.close_after_tx || self.tx_sent < self.tx.len() || self.big.is_some() {
             return &mut [];
         }
         &mut self.rx[self.rx_filled..]
@@ -132,8 +138,15 @@ impl Connection {
         entropy: &mut E,
         log: &mut W,
     ) {
+        if self.tx_sent >= self.tx.len() {
+            self.refill(agent);
+        }
         loop {
-            if self.close_after_tx || self.tx_sent < self.tx.len() || self.rx_filled == 0 {
+            if self.close_after_tx
+                || self.tx_sent < self.tx.len()
+                || self.big.is_some()
+                || self.rx_filled == 0
+            {
                 break;
             }
             let start_us = clock.monotonic_us();
@@ -178,9 +191,22 @@ impl Connection {
                         self.tx.clear();
                         self.tx_sent = 0;
                         let head_only = req.method == http::Method::Head;
-                        let ok =
-                            http::write_response(&mut self.tx, &head, &self.reply.body, head_only)
-                                .is_ok();
+                        let ok = match self.reply.big.take() {
+                            Some(body) => {
+                                let ok = http::write_head(&mut self.tx, &head, body.len).is_ok();
+                                if ok && !head_only && body.len > 0 {
+                                    self.big = Some((body, 0));
+                                }
+                                ok
+                            }
+                            None => http::write_response(
+                                &mut self.tx,
+                                &head,
+                                &self.reply.body,
+                                head_only,
+                            )
+                            .is_ok(),
+                        };
                         let since = self.parked_since_us.unwrap_or(start_us);
                         let micros = clock.monotonic_us().saturating_sub(since);
                         put_peer(log, self.peer)
@@ -232,16 +258,42 @@ impl Connection {
                     };
                     if !ok {
                         self.tx.clear();
+                        self.big = None;
                         self.close_after_tx = true;
                         break;
                     }
+                    // The first chunk of a large body goes out with the head.
+                    self.refill(agent);
                     if !keep_alive {
                         self.close_after_tx = true;
                     }
                 }
             }
         }
-        if self.peer_closed && self.tx_sent >= self.tx.len() && self.parked_since_us.is_none() {
+        if self.peer_closed
+            && self.tx_sent >= self.tx.len()
+            && self.big.is_none()
+            && self.parked_since_us.is_none()
+        {
+            self.close_after_tx = true;
+        }
+    }
+
+    /// Render the next chunk of a large body into the free end of `tx`.
+    fn refill(&mut self, agent: &Agent) {
+        let Some((body, done)) = self.big.as_mut() else {
+            return;
+        };
+        let start = self.tx.len();
+        let _ = self.tx.resize(self.tx.capacity(), 0);
+        let n = metadata::render_chunk(&agent.metadata, body, *done, &mut self.tx[start..]);
+        self.tx.truncate(start + n);
+        *done += n;
+        if *done >= body.len {
+            self.big = None;
+        } else if n == 0 {
+            // Cannot happen (the documents do not change): never leave the client hanging.
+            self.big = None;
             self.close_after_tx = true;
         }
     }
@@ -274,6 +326,12 @@ impl Connection {
         &self.tx[self.tx_sent..]
     }
 
+    /// Whether more of the current answer's body is still to be rendered into `tx` (a large
+    /// instance-metadata answer): the next `process` call queues its next chunk.
+    pub fn body_pending(&self) -> bool {
+        self.big.is_some()
+    }
+
     /// `n` bytes of [`tx_pending`](Self::tx_pending) were sent.
     pub fn tx_consume(&mut self, n: usize) {
         self.tx_sent = (self.tx_sent + n).min(self.tx.len());
@@ -285,7 +343,9 @@ impl Connection {
 
     /// Everything is sent and the connection should be closed now.
     pub fn wants_close(&self) -> bool {
-        (self.close_after_tx || self.peer_closed) && self.tx_sent >= self.tx.len()
+        (self.close_after_tx || self.peer_closed)
+            && self.tx_sent >= self.tx.len()
+            && self.big.is_none()
     }
 
     /// When bytes last arrived (monotonic microseconds).
@@ -328,7 +388,11 @@ impl Connection {
     /// goes first. `None` while the connection works for its client (a parked request, an
     /// answer being sent): never closed to make room.
     pub fn eviction_key(&self) -> Option<(bool, u64)> {
-        if self.parked_since_us.is_some() || self.tx_sent < self.tx.len() || self.close_after_tx {
+        if self.parked_since_us.is_some()
+            || self.tx_sent < self.tx.len()
+            || self.big.is_some()
+            || self.close_after_tx
+        {
             return None;
         }
         let since = if self.rx_filled == 0 {

@@ -364,6 +364,20 @@ pub fn write_response<const N: usize>(
     body: &[u8],
     head_only: bool,
 ) -> Result<(), ResponseTooLarge> {
+    write_head(out, head, body.len())?;
+    if !head_only {
+        out.extend_from_slice(body).map_err(|_| ResponseTooLarge)?;
+    }
+    Ok(())
+}
+
+/// The status line and headers of a response whose body (`content_length` bytes) follows
+/// separately (a body rendered in chunks, module `metadata`).
+pub fn write_head<const N: usize>(
+    out: &mut heapless::Vec<u8, N>,
+    head: &ResponseHead,
+    content_length: usize,
+) -> Result<(), ResponseTooLarge> {
     /// Appends to `out`, remembering whether anything did not fit.
     struct Append<'a, const N: usize> {
         out: &'a mut heapless::Vec<u8, N>,
@@ -386,7 +400,7 @@ pub fn write_response<const N: usize>(
         .put("\r\nContent-Type: ")
         .put(head.content_type.as_str())
         .put("\r\nContent-Length: ")
-        .dec(body.len() as u64)
+        .dec(content_length as u64)
         .put("\r\nServer: imds-agent\r\n");
     if let Some(secs) = head.retry_after_s {
         w.put("Retry-After: ").dec(secs.into()).put("\r\n");
@@ -401,9 +415,6 @@ pub fn write_response<const N: usize>(
     });
     if w.full {
         return Err(ResponseTooLarge);
-    }
-    if !head_only {
-        out.extend_from_slice(body).map_err(|_| ResponseTooLarge)?;
     }
     Ok(())
 }

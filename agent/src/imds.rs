@@ -123,6 +123,9 @@ pub struct Reply {
     /// No answer yet: the request waits for an upstream fetch (the connection keeps it and
     /// asks again on the next loop turn).
     pub pending: bool,
+    /// The body is not in `body` but rendered by the connection chunk by chunk (instance
+    /// metadata, module `metadata`).
+    pub big: Option<crate::metadata::BodySource>,
 }
 
 impl Reply {
@@ -137,6 +140,7 @@ impl Reply {
             client_id: None,
             close: false,
             pending: false,
+            big: None,
         }
     }
 
@@ -150,6 +154,7 @@ impl Reply {
         self.client_id = None;
         self.close = false;
         self.pending = false;
+        self.big = None;
     }
 
     fn json<T: Serialize>(&mut self, status: u16, value: &T) {
@@ -623,6 +628,27 @@ fn route<E: Entropy>(
     {
         if get_only(req, reply) {
             jwks(agent, reply);
+        }
+    } else if let Some(answer) = crate::metadata::route(&agent.metadata, req) {
+        // Instance metadata: static answers, not counted by the per-source limiter.
+        use crate::metadata::Answer;
+        match answer {
+            Answer::Error { status, body } => {
+                reply.status = status;
+                let _ = reply.body.extend_from_slice(body.as_bytes());
+            }
+            Answer::MethodNotAllowed => {
+                reply.status = 405;
+                reply.allow = Some("GET, HEAD");
+                let _ = reply
+                    .body
+                    .extend_from_slice(crate::metadata::METHOD_NOT_ALLOWED.as_bytes());
+            }
+            Answer::Ok(body, content_type) => {
+                reply.status = 200;
+                reply.content_type = content_type;
+                reply.big = Some(body);
+            }
         }
     } else {
         // Including /metadata/identity/getplatformmetadata: clients probing it for an mTLS

@@ -64,8 +64,14 @@ pub const TCP_TX_BUF: usize = 4096;
 pub const HOST_NAME_MAX: usize = 64;
 /// Longest `error_description` the router writes.
 pub const DESCRIPTION_MAX: usize = 128;
-/// Largest configuration document.
+/// Largest configuration document. The daemon (`std`) reads it into a heap buffer and takes
+/// one big enough for an [`INSTANCE_MAX`] `instance` plus the rest; the unikernel's fw_cfg
+/// buffer stays 64 KiB.
+#[cfg(not(feature = "std"))]
 pub const CONFIG_MAX: usize = 64 * 1024;
+/// Largest configuration document (daemon: room for a 128 KiB `instance`).
+#[cfg(feature = "std")]
+pub const CONFIG_MAX: usize = 256 * 1024;
 /// Scratch space for unescaping one JSON string of the config (a PEM key or certificate).
 pub const CONFIG_STRING_MAX: usize = 4096;
 /// Longest PEM document in the config.
@@ -158,3 +164,27 @@ pub const ATTEST_NONCE_MAX: usize = 32;
 pub const COMPUTE_FIELD_MAX: usize = 64;
 /// The signed CMS blob (DER) of an attested document: certificate, content, signature.
 pub const ATTEST_DER_MAX: usize = ATTEST_CERT_DER_MAX + 1280;
+// ---- instance metadata (issue 12) --------------------------------------------------------------
+
+/// Largest `instance` document, as the compact JSON the agent keeps and serves (the unikernel).
+/// Larger: the config is refused with an error naming `instance`.
+#[cfg(not(feature = "std"))]
+pub const INSTANCE_MAX: usize = 16 * 1024;
+/// Largest `instance` document, compact JSON (the daemon: Azure allows 64 KB of user data).
+#[cfg(feature = "std")]
+pub const INSTANCE_MAX: usize = 128 * 1024;
+/// Largest `loadbalancer` document, compact JSON. Larger: the config is refused.
+#[cfg(not(feature = "std"))]
+pub const LOADBALANCER_MAX: usize = 4 * 1024;
+/// Largest `loadbalancer` document, compact JSON (the daemon).
+#[cfg(feature = "std")]
+pub const LOADBALANCER_MAX: usize = 16 * 1024;
+/// Deepest nesting of objects and arrays in `instance` / `loadbalancer` (the walkers recurse).
+/// Deeper: the config is refused.
+pub const METADATA_DEPTH_MAX: usize = 24;
+/// Longest sub-path below `/metadata/instance` a connection keeps while it sends a large
+/// answer. Longer: 404 (no document key path is that long in Azure's shape).
+pub const METADATA_PATH_MAX: usize = 256;
+/// Longest field path tracked for version gating and config errors
+/// (`compute.storageProfile.dataDisks[].isUltraDisk`). Deeper paths are never gated.
+pub const METADATA_FIELD_PATH_MAX: usize = 96;

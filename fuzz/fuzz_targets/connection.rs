@@ -117,7 +117,8 @@ impl World {
                 self.conn.tx_consume(n);
                 read_limit -= n;
                 progress = true;
-                if self.conn.tx_pending().is_empty() {
+                // A large answer is queued chunk by chunk: whole once no chunk is left.
+                if self.conn.tx_pending().is_empty() && !self.conn.body_pending() {
                     self.check_response();
                 }
             }

@@ -428,4 +428,45 @@ fn attested_document_and_scheduled_events() {
         after["DocumentIncarnation"].as_u64().unwrap(),
         d["DocumentIncarnation"].as_u64().unwrap() + 1
     );
+
+/// Instance metadata (issue 12) from the image: a ~14 KiB document (near the unikernel's
+/// 16 KiB capacity, several times its TCP send buffer) whole and exact, and a text leaf.
+#[test]
+fn instance_metadata_whole_and_a_text_leaf() {
+    let mut j = xtask::config::demo("127.0.0.1:0", None);
+    let instance = serde_json::json!({
+        "compute": {
+            "vmId": "02aab8a4-74ef-476e-8182-f6d2ba4166a6",
+            "name": "vm1",
+            "userData": "QUJD".repeat(3500),
+            "tagsList": [{"name": "a", "value": "b"}]
+        },
+        "network": {"interface": [{
+            "ipv4": {"ipAddress": [{"privateIpAddress": "10.0.2.15", "publicIpAddress": ""}],
+                     "subnet": [{"address": "10.0.2.0", "prefix": "24"}]},
+            "ipv6": {"ipAddress": []},
+            "macAddress": "525400123456"
+        }]}
+    });
+    j["instance"] = instance.clone();
+    let cfg = DemoConfig::from_json("unikernel-instance", j);
+    let (_guest, addr) = boot(&cfg);
+    let r = get(addr, "/metadata/instance?api-version=2025-04-07", &[MD]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() > 14_000, "{}", r.body.len());
+    assert_eq!(r.json(), instance);
+    let r = get(
+        addr,
+        "/metadata/instance/network/interface/0/ipv4/ipAddress/0/privateIpAddress?api-version=2021-02-01&format=text",
+        &[MD],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(r.body, b"10.0.2.15");
+    let r = get(
+        addr,
+        "/metadata/instance/compute/tagsList?api-version=2017-08-01",
+        &[MD],
+    );
+    assert_eq!(r.status, 404);
 }

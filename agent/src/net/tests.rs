@@ -1063,3 +1063,31 @@ fn brokered_token_completes_over_a_lossy_corrupting_link() {
     let answer = rig.token("https://vault.azure.net", 60);
     assert_eq!(status(&answer), "200", "{answer}\nlog:\n{}", rig.log);
 }
+
+/// Instance metadata larger than the connection's and the socket's send buffers leaves in
+/// chunks; the connection serves the next request after it.
+#[test]
+fn large_instance_metadata_then_a_text_leaf_on_the_same_connection() {
+    let instance = std::format!(
+        r#"{{"compute":{{"vmId":"v1","userData":"{}"}},"network":{{"interface":[]}}}}"#,
+        "A".repeat(40_000)
+    );
+    let config = doc(&std::format!("{STATIC_NET}\"instance\":@,"), SYS).replace('@', &instance);
+    let mut rig = Rig::with_config(&config);
+    let h = rig.connect(IMDS_ADDRESS);
+    let answer = rig.exchange(
+        h,
+        "GET /metadata/instance?api-version=2025-04-07 HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{}", &answer[..200]);
+    assert!(answer.contains("Content-Type: application/json; charset=utf-8\r\n"));
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(body, instance);
+    let answer = rig.exchange(
+        h,
+        "GET /metadata/instance/compute/vmId?api-version=2025-04-07&format=text HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Content-Type: text/plain; charset=utf-8\r\n"));
+    assert!(answer.ends_with("\r\n\r\nv1"), "{answer}");
+}

@@ -1,0 +1,216 @@
+//! Which `/metadata/instance` fields each api-version has: `instance-since.json` (INSTANCE.md
+//! §1.3) as Rust constants. A unit test reads the JSON (`agent/tests-data/instance-since.json`, a
+//! copy of `shared/instance-since.json`) and checks these tables equal it.
+//!
+//! The tables are plain strings (no table of pointers in the image): [`SUPPORTED`] is the
+//! api-versions, 10 bytes each, separated by a space; [`SINCE`] is one line per field, a letter
+//! for the api-version it appeared in followed by its path.
+
+/// The api-versions `/metadata/instance` accepts, oldest first.
+pub const SUPPORTED: &str = "\
+    2017-03-01 \
+    2017-04-02 \
+    2017-08-01 \
+    2017-10-01 \
+    2017-12-01 \
+    2018-02-01 \
+    2018-04-02 \
+    2018-10-01 \
+    2019-02-01 \
+    2019-03-11 \
+    2019-04-30 \
+    2019-06-01 \
+    2019-06-04 \
+    2019-08-01 \
+    2019-08-15 \
+    2019-11-01 \
+    2020-06-01 \
+    2020-07-15 \
+    2020-09-01 \
+    2020-10-01 \
+    2020-12-01 \
+    2021-01-01 \
+    2021-02-01 \
+    2021-03-01 \
+    2021-05-01 \
+    2021-08-01 \
+    2021-10-01 \
+    2021-11-01 \
+    2021-11-15 \
+    2021-12-13 \
+    2023-07-01 \
+    2023-11-15 \
+    2024-03-15 \
+    2024-07-17 \
+    2025-04-07";
+
+/// What a 400 for a bad api-version names as `newest-versions` (newest first).
+pub const NEWEST: [&str; 3] = ["2025-04-07", "2024-07-17", "2024-03-15"];
+
+/// One line per field: the api-version it appeared in (a letter: `A` is the first entry of
+/// [`SUPPORTED`], `B` the second, … `Z`, then `a`, …) then its path below `/metadata/instance`, `.`-separated,
+/// `[]` for every element of an array, a leading `.` for `compute.`. A field not listed is
+/// served whenever its parent is.
+pub const SINCE: &str = concat!(
+    "Bcompute\n",                                                // 2017-04-02
+    "Bnetwork\n",                                                // 2017-04-02
+    "b.additionalCapabilities\n",                                // 2021-11-01
+    "H.azEnvironment\n",                                         // 2018-10-01
+    "I.customData\n",                                            // 2019-02-01
+    "U.evictionPolicy\n",                                        // 2020-12-01
+    "X.extendedLocation\n",                                      // 2021-03-01
+    "c.host\n",                                                  // 2021-11-15
+    "c.hostGroup\n",                                             // 2021-11-15
+    "Q.isHostCompatibilityLayerVm\n",                            // 2020-06-01
+    "S.licenseType\n",                                           // 2020-09-01
+    "B.location\n",                                              // 2017-04-02
+    "B.name\n",                                                  // 2017-04-02
+    "B.offer\n",                                                 // 2017-04-02
+    "R.osProfile\n",                                             // 2020-07-15
+    "T.osProfile.disablePasswordAuthentication\n",               // 2020-10-01
+    "B.osType\n",                                                // 2017-04-02
+    "f.physicalZone\n",                                          // 2023-11-15
+    "C.placementGroupId\n",                                      // 2017-08-01
+    "G.plan\n",                                                  // 2018-04-02
+    "B.platformFaultDomain\n",                                   // 2017-04-02
+    "a.platformSubFaultDomain\n",                                // 2021-10-01
+    "B.platformUpdateDomain\n",                                  // 2017-04-02
+    "U.priority\n",                                              // 2020-12-01
+    "H.provider\n",                                              // 2018-10-01
+    "G.publicKeys\n",                                            // 2018-04-02
+    "B.publisher\n",                                             // 2017-04-02
+    "C.resourceGroupName\n",                                     // 2017-08-01
+    "J.resourceId\n",                                            // 2019-03-11
+    "Q.securityProfile\n",                                       // 2020-06-01
+    "b.securityProfile.encryptionAtHost\n",                      // 2021-11-01
+    "d.securityProfile.securityType\n",                          // 2021-12-13
+    "B.sku\n",                                                   // 2017-04-02
+    "L.storageProfile\n",                                        // 2019-06-01
+    "e.storageProfile.imageReference.communityGalleryImageId\n", // 2023-07-01
+    "e.storageProfile.imageReference.sharedGalleryImageId\n",    // 2023-07-01
+    "e.storageProfile.imageReference.exactVersion\n",            // 2023-07-01
+    "Y.storageProfile.dataDisks[].isUltraDisk\n",                // 2021-05-01
+    "Y.storageProfile.dataDisks[].bytesPerSecondThrottle\n",     // 2021-05-01
+    "Y.storageProfile.dataDisks[].diskCapacityBytes\n",          // 2021-05-01
+    "Y.storageProfile.dataDisks[].isSharedDisk\n",               // 2021-05-01
+    "Y.storageProfile.dataDisks[].opsPerSecondThrottle\n",       // 2021-05-01
+    "W.storageProfile.resourceDisk\n",                           // 2021-02-01
+    "C.subscriptionId\n",                                        // 2017-08-01
+    "C.tags\n",                                                  // 2017-08-01
+    "M.tagsList\n",                                              // 2019-06-04
+    "V.userData\n",                                              // 2021-01-01
+    "B.version\n",                                               // 2017-04-02
+    "X.virtualMachineScaleSet\n",                                // 2021-03-01
+    "B.vmId\n",                                                  // 2017-04-02
+    "E.vmScaleSetName\n",                                        // 2017-12-01
+    "B.vmSize\n",                                                // 2017-04-02
+    "E.zone\n",                                                  // 2017-12-01
+);
+
+/// Length of an api-version (`YYYY-MM-DD`).
+const V: usize = 10;
+
+/// The supported api-versions, oldest first.
+pub fn supported_versions() -> impl Iterator<Item = &'static str> {
+    (0..SUPPORTED.len().div_ceil(V + 1)).map(|i| &SUPPORTED[i * (V + 1)..i * (V + 1) + V])
+}
+
+/// `version` as its entry of [`SUPPORTED`] (`None`: not supported).
+pub fn supported(version: &str) -> Option<&'static str> {
+    supported_versions().find(|v| *v == version)
+}
+
+/// The index into [`SUPPORTED`] a letter of [`SINCE`] stands for.
+fn letter_index(c: u8) -> usize {
+    usize::from(if c >= b'a' { c - b'a' + 26 } else { c - b'A' })
+}
+
+/// Whether the field at `path` exists at `version` (a supported api-version).
+pub fn visible(path: &str, version: &str) -> bool {
+    let Some(at) = supported_versions().position(|v| v == version) else {
+        return true;
+    };
+    for line in SINCE.split_terminator('\n') {
+        let (since, entry) = (line.as_bytes()[0], &line[1..]);
+        let matches = match entry.strip_prefix('.') {
+            Some(sub) => path.strip_prefix("compute.").is_some_and(|p| p == sub),
+            None => path == entry,
+        };
+        if matches {
+            return letter_index(since) <= at;
+        }
+    }
+    true
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use std::string::{String, ToString};
+    use std::vec::Vec;
+
+    #[test]
+    fn tables_equal_the_json_file() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests-data/instance-since.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let list = |k: &str| -> Vec<String> {
+            j[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(list("supported"), supported_versions().collect::<Vec<_>>());
+        assert_eq!(list("newest_versions"), NEWEST);
+        let mut theirs: Vec<(String, String)> = j["since"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        let versions: Vec<&str> = supported_versions().collect();
+        let mut ours: Vec<(String, String)> = SINCE
+            .split_terminator('\n')
+            .map(|line| {
+                let v = versions[letter_index(line.as_bytes()[0])];
+                let path = match line[1..].strip_prefix('.') {
+                    Some(sub) => std::format!("compute.{sub}"),
+                    None => line[1..].to_string(),
+                };
+                (path, v.to_string())
+            })
+            .collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs);
+        let mut sorted: Vec<_> = supported_versions().collect();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            supported_versions().collect::<Vec<_>>(),
+            "oldest first"
+        );
+    }
+
+    #[test]
+    fn gating() {
+        assert!(visible("compute.vmId", "2017-04-02"));
+        assert!(!visible("compute.userData", "2017-08-01"));
+        assert!(visible("compute.userData", "2021-01-01"));
+        assert!(visible("compute.somethingNew", "2017-03-01"));
+        assert!(!visible("compute", "2017-03-01"));
+        assert!(!visible(
+            "compute.storageProfile.dataDisks[].isUltraDisk",
+            "2021-02-01"
+        ));
+        assert_eq!(supported("2021-02-01"), Some("2021-02-01"));
+        assert_eq!(supported("2025-04-07"), Some("2025-04-07"));
+        assert_eq!(supported("2017-03-01"), Some("2017-03-01"));
+        assert_eq!(supported("2022-02-01"), None);
+        assert_eq!(supported("2021-02-0"), None);
+    }
+}
