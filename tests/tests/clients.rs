@@ -309,9 +309,16 @@ fn check_waagent(out: &Value, instance: &Value) {
 fn run_both(ns: &Netns, instance: &Value, context: &dyn Fn() -> String) {
     let c = clients();
     let ci = run_client(ns, "cloudinit_imds.py", &c.cloud_init, context);
-    check_cloud_init(&ci, instance);
     let wa = run_client(ns, "waagent_imds.py", &c.waagent, context);
-    check_waagent(&wa, instance);
+    let checked = std::panic::catch_unwind(|| {
+        check_cloud_init(&ci, instance);
+        check_waagent(&wa, instance);
+    });
+    if let Err(e) = checked {
+        // The server's side of it (log, guest console) with the failed comparison.
+        eprintln!("{}", context());
+        std::panic::resume_unwind(e);
+    }
 }
 
 #[test]
