@@ -5,7 +5,8 @@
 //! namespace where the agent owns that address: the host daemon on `169.254.169.254:80`, or the
 //! unikernel in QEMU on a tap device. Nothing leaves the namespace.
 //!
-//! What the clients read (printed as JSON by `tests/py/cloudinit_imds.py` and
+//! The daemon's config is what `cargo xtask config --demo --user-data FILE` writes; the
+//! unikernel's is `xtask::config::demo`. What the clients read (printed as JSON by `tests/py/cloudinit_imds.py` and
 //! `tests/py/waagent_imds.py`) must equal the config's `instance` document: cloud-init's
 //! api-version 2021-08-01 (+ `extended=true`) answered at once, and 2019-06-01 too; the network
 //! config it generates (MAC, the secondary address with its prefix); the admin user, host name,
@@ -86,26 +87,47 @@ impl Drop for Netns {
     }
 }
 
-/// The demo config with its `instance` document (the demo's own, or — before the agent's
-/// config knows the field — one built the same way), plus [`SECONDARY_IP`] on the NIC.
+/// The demo config with its `instance` document, plus [`SECONDARY_IP`] on the NIC.
 fn config(name: &str, mut json: Value) -> (DemoConfig, Value) {
-    if json.get("instance").is_none() {
-        let rid = json["identities"][0]["resource_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        json["instance"] = xtask::config::demo_instance(
-            &rid,
-            xtask::config::DEMO_USER_DATA.as_bytes(),
-            &xtask::config::demo_ssh_public_key(),
-        );
-    }
+    assert!(
+        json.get("instance").is_some(),
+        "the demo config has no `instance`: the agent's config parser does not accept it"
+    );
     json["instance"]["network"]["interface"][0]["ipv4"]["ipAddress"]
         .as_array_mut()
         .unwrap()
         .push(json!({"privateIpAddress": SECONDARY_IP, "publicIpAddress": ""}));
     let instance = json["instance"].clone();
     (DemoConfig::from_json(name, json), instance)
+}
+
+/// `cargo xtask config --demo --listen ADDR --user-data FILE`, as a user runs it: the
+/// document it writes.
+fn xtask_demo(listen: &str, user_data: &[u8]) -> Value {
+    let dir = imds_tests::target_dir().join("test-configs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stem = format!("clients-xtask-{}", std::process::id());
+    let (ud, out) = (
+        dir.join(format!("{stem}.ud")),
+        dir.join(format!("{stem}.json")),
+    );
+    std::fs::write(&ud, user_data).unwrap();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(imds_tests::root())
+        .args([
+            "run", "--quiet", "-p", "xtask", "--", "config", "--demo", "--listen", listen,
+        ])
+        .arg("--user-data")
+        .arg(&ud)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("run cargo xtask config");
+    assert!(status.success(), "cargo xtask config --demo failed");
+    let json = serde_json::from_slice(&std::fs::read(&out).unwrap()).expect("JSON");
+    let _ = std::fs::remove_file(&ud);
+    let _ = std::fs::remove_file(&out);
+    json
 }
 
 /// Run `tests/py/<script>` with the client at `pythonpath` inside `ns`; its JSON output.
@@ -269,11 +291,7 @@ fn check_cloud_init(out: &Value, instance: &Value) {
     );
     // User data: the bytes the config encoded (the script prints them base64 again).
     assert_eq!(out["userdata"], c["userData"]);
-    use base64::Engine as _;
-    let user_data = base64::engine::general_purpose::STANDARD
-        .decode(s(c, "/userData"))
-        .unwrap();
-    assert!(user_data.starts_with(b"#cloud-config\n"));
+    assert!(!s(c, "/userData").is_empty());
 }
 
 /// waagent's telemetry fields and health check.
@@ -325,9 +343,18 @@ fn run_both(ns: &Netns, instance: &Value, context: &dyn Fn() -> String) {
 fn cloud_init_and_waagent_read_the_daemon_at_169_254_169_254() {
     let ns = Netns::new("cl");
     ns.exec(&["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"]);
+    let user_data = b"#cloud-config\nruncmd:\n  - [sh, -c, 'echo from the imds-agent test']\n";
     let (cfg, instance) = config(
         "clients-daemon",
-        xtask::config::demo("169.254.169.254:80", None),
+        xtask_demo("169.254.169.254:80", user_data),
+    );
+    use base64::Engine as _;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(s(&instance, "/compute/userData"))
+            .unwrap(),
+        user_data,
+        "--user-data FILE is compute.userData"
     );
     let mut cmd = ns.command(imds_tests::daemon_binary());
     cmd.arg("--config")
