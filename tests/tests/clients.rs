@@ -6,7 +6,7 @@
 //! unikernel in QEMU on a tap device. Nothing leaves the namespace.
 //!
 //! The daemon's config is what `cargo xtask config --demo --user-data FILE` writes; the
-//! unikernel's is `xtask::config::demo`. What the clients read (printed as JSON by `tests/py/cloudinit_imds.py` and
+//! unikernel's is `xtask::config::demo_full`. What the clients read (printed as JSON by `tests/py/cloudinit_imds.py` and
 //! `tests/py/waagent_imds.py`) must equal the config's `instance` document: cloud-init's
 //! api-version 2021-08-01 (+ `extended=true`) answered at once, and 2019-06-01 too; the network
 //! config it generates (MAC, the secondary address with its prefix); the admin user, host name,
@@ -446,7 +446,11 @@ fn cloud_init_and_waagent_read_the_unikernel_on_a_tap() {
     ns.exec(&["ip", "addr", "add", "10.0.2.2/24", "dev", tap]);
     ns.exec(&["ip", "link", "set", tap, "up"]);
     ns.exec(&["ip", "route", "add", "169.254.169.254/32", "dev", tap]);
-    let mut json = xtask::config::demo("127.0.0.1:0", None);
+    let mut json = xtask::config::demo_full(
+        "127.0.0.1:0",
+        None,
+        xtask::config::DEMO_USER_DATA.as_bytes(),
+    );
     json["network"] = json!({"address": "10.0.2.15/24", "gateway": "10.0.2.2"});
     let (cfg, instance) = config("clients-uk", json);
     let opts = QemuOpts {

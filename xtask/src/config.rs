@@ -44,15 +44,10 @@ write_files:\n\
   - path: /run/imds-demo\n\
     content: served by imds-agent\n";
 
-/// The demo document: one system-assigned and two user-assigned identities, issuer mode; plus
-/// the `instance` document and an `attestation` signer once the agent's config knows those
-/// fields (see [`with_instance`]).
+/// The demo document: one system-assigned and two user-assigned identities, issuer mode. The
+/// tests build their configs on it; `cargo xtask config --demo` and `cargo xtask run` write
+/// [`demo_full`].
 pub fn demo(listen_imds: &str, listen_legacy: Option<&str>) -> Value {
-    demo_with(listen_imds, listen_legacy, DEMO_USER_DATA.as_bytes())
-}
-
-/// [`demo`] with the given user data (served base64-encoded as `compute.userData`).
-pub fn demo_with(listen_imds: &str, listen_legacy: Option<&str>, user_data: &[u8]) -> Value {
     let tenant = guid();
     let sub = guid();
     let rg = DEMO_RESOURCE_GROUP;
@@ -64,7 +59,7 @@ pub fn demo_with(listen_imds: &str, listen_legacy: Option<&str>, user_data: &[u8
             "resource_id": format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"),
         })
     };
-    let doc = json!({
+    json!({
         "tenant_id": tenant,
         "issuer": format!("https://sts.windows.net/{tenant}/"),
         "token_lifetime_s": 86400,
@@ -81,8 +76,14 @@ pub fn demo_with(listen_imds: &str, listen_legacy: Option<&str>, user_data: &[u8
             user("demo-one"),
             user("demo-two"),
         ]
-    });
-    with_instance(doc, user_data)
+    })
+}
+
+/// [`demo`] with the VM's instance metadata and an attestation signer (see [`with_instance`]),
+/// `user_data` served base64-encoded as `compute.userData`: what `cargo xtask config --demo`
+/// writes.
+pub fn demo_full(listen_imds: &str, listen_legacy: Option<&str>, user_data: &[u8]) -> Value {
+    with_instance(demo(listen_imds, listen_legacy), user_data)
 }
 
 /// Adds `instance` (see [`demo_instance`]) and `attestation` (see [`demo_attestation`]) to a
@@ -275,26 +276,30 @@ pub fn demo_instance(resource_id: &str, user_data: &[u8], ssh_public_key: &str) 
     })
 }
 
+/// Write [`demo`] to `out` (mode 0600).
 pub fn write_demo(
     out: &Path,
     listen_imds: &str,
     listen_legacy: Option<&str>,
 ) -> std::io::Result<()> {
-    write_demo_with(out, listen_imds, listen_legacy, DEMO_USER_DATA.as_bytes())
+    write_doc(out, &demo(listen_imds, listen_legacy))
 }
 
-/// [`write_demo`] with the given user data.
-pub fn write_demo_with(
+/// Write [`demo_full`] to `out` (mode 0600): `cargo xtask config --demo`, `cargo xtask run`.
+pub fn write_demo_full(
     out: &Path,
     listen_imds: &str,
     listen_legacy: Option<&str>,
     user_data: &[u8],
 ) -> std::io::Result<()> {
+    write_doc(out, &demo_full(listen_imds, listen_legacy, user_data))
+}
+
+fn write_doc(out: &Path, doc: &Value) -> std::io::Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let doc = serde_json::to_string_pretty(&demo_with(listen_imds, listen_legacy, user_data))
-        .expect("json");
+    let doc = serde_json::to_string_pretty(doc).expect("json");
     std::fs::write(out, doc)?;
     #[cfg(unix)]
     {
@@ -604,7 +609,8 @@ mod tests {
 
     #[test]
     fn the_demo_boots_today_and_carries_instance_metadata_once_the_agent_serves_it() {
-        let doc = demo("127.0.0.1:0", None);
+        assert!(agent_accepts(&demo("127.0.0.1:0", None)));
+        let doc = demo_full("127.0.0.1:0", None, DEMO_USER_DATA.as_bytes());
         assert!(agent_accepts(&doc), "the demo config parses");
         let rid = system_resource_id(&doc);
         for (field, value) in [

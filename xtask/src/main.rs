@@ -110,7 +110,7 @@ fn cmd_config(args: &[String]) -> Result {
         Some(f) => std::fs::read(&f).map_err(|e| format!("--user-data {f}: {e}"))?,
         None => config::DEMO_USER_DATA.as_bytes().to_vec(),
     };
-    config::write_demo_with(Path::new(&out), &listen, Some(&legacy), &user_data)
+    config::write_demo_full(Path::new(&out), &listen, Some(&legacy), &user_data)
         .map_err(|e| format!("{out}: {e}"))?;
     eprintln!("wrote {out}");
     Ok(())
@@ -141,8 +141,13 @@ fn cmd_run(args: &[String]) -> Result {
         None => {
             let p = root().join("target/demo/config.json");
             if !p.exists() {
-                config::write_demo(&p, &format!("127.0.0.1:{port}"), Some("127.0.0.1:50342"))
-                    .map_err(|e| e.to_string())?;
+                config::write_demo_full(
+                    &p,
+                    &format!("127.0.0.1:{port}"),
+                    Some("127.0.0.1:50342"),
+                    config::DEMO_USER_DATA.as_bytes(),
+                )
+                .map_err(|e| e.to_string())?;
             }
             p
         }
