@@ -505,4 +505,12 @@ fn cloud_init_and_waagent_read_the_unikernel_on_a_tap() {
     let neigh = String::from_utf8_lossy(&neigh.stdout);
     assert!(neigh.contains("lladdr 52:54:00:12:34:56"), "{neigh}");
     run_both(&ns, &instance, &|| format!("guest:\n{}", guest.output()));
+    // The guest's side: it answered each client's request.
+    let console = guest.output();
+    for line in [
+        "GET /metadata/instance 200",
+        "GET /metadata/instance/compute 200",
+    ] {
+        assert!(console.contains(line), "{line:?} in\n{console}");
+    }
 }
