@@ -11,7 +11,8 @@
 //! api-version 2021-08-01 (+ `extended=true`) answered at once, and 2019-06-01 too; the network
 //! config it generates (MAC, the secondary address with its prefix); the admin user, host name,
 //! password policy, SSH keys and user data it would apply; waagent's `get_compute()` fields and
-//! `validate()` → `(True, '')`. Needs root (namespaces, tap devices).
+//! `validate()` → `(True, '')`. Needs root (namespaces, tap devices). And the demo config
+//! describes one VM: its identity token, instance document and attested document agree.
 
 use imds_tests::DemoConfig;
 use serde_json::{json, Value};
@@ -106,7 +107,9 @@ fn config(name: &str, mut json: Value) -> (DemoConfig, Value) {
 fn xtask_demo(listen: &str, user_data: &[u8]) -> Value {
     let dir = imds_tests::target_dir().join("test-configs");
     std::fs::create_dir_all(&dir).unwrap();
-    let stem = format!("clients-xtask-{}", std::process::id());
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stem = format!("clients-xtask-{}-{seq}", std::process::id());
     let (ud, out) = (
         dir.join(format!("{stem}.ud")),
         dir.join(format!("{stem}.json")),
@@ -512,5 +515,70 @@ fn cloud_init_and_waagent_read_the_unikernel_on_a_tap() {
         "GET /metadata/instance/compute 200",
     ] {
         assert!(console.contains(line), "{line:?} in\n{console}");
+    }
+}
+
+/// `cargo xtask config --demo` describes one VM: the system identity's token names the
+/// instance's `resourceId`, and the attested document, signed by the demo's attestation key,
+/// verifies (`openssl cms -verify`) with the demo's certificate and carries the instance's
+/// `vmId`, subscription and SKU. The host daemon on loopback.
+#[test]
+fn the_demo_config_describes_one_vm() {
+    let json = xtask_demo("127.0.0.1:0", xtask::config::DEMO_USER_DATA.as_bytes());
+    for field in ["instance", "attestation"] {
+        assert!(
+            json.get(field).is_some(),
+            "the demo config has no `{field}`: the agent's config parser does not accept it"
+        );
+    }
+    let compute = json["instance"]["compute"].clone();
+    let cert = s(&json, "/attestation/certificate").to_string();
+    let cfg = DemoConfig::from_json("clients-one-vm", json);
+    let d = imds_tests::Daemon::start(&cfg);
+    let md = "Metadata: true";
+
+    let r = imds_tests::get(
+        d.imds,
+        &imds_tests::token_target("https://management.azure.com/", ""),
+        &[md],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let claims = imds_tests::jwt_claims(s(&r.json(), "/access_token"));
+    assert_eq!(claims["xms_mirid"], compute["resourceId"]);
+
+    let nonce = "demo0123456789";
+    let r = imds_tests::get(
+        d.imds,
+        &format!("/metadata/attested/document?api-version=2025-04-07&nonce={nonce}"),
+        &[md],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(s(&r.json(), "/signature"))
+        .expect("base64");
+    let dir = imds_tests::target_dir().join("test-configs");
+    let stem = dir.join(format!("clients-one-vm-{}", std::process::id()));
+    let (sig, pem) = (stem.with_extension("der"), stem.with_extension("pem"));
+    std::fs::write(&sig, &der).unwrap();
+    std::fs::write(&pem, &cert).unwrap();
+    let out = Command::new("openssl")
+        .args(["cms", "-verify", "-noverify", "-inform", "DER", "-in"])
+        .arg(&sig)
+        .arg("-certfile")
+        .arg(&pem)
+        .output()
+        .expect("run openssl");
+    let _ = std::fs::remove_file(&sig);
+    let _ = std::fs::remove_file(&pem);
+    assert!(
+        out.status.success(),
+        "openssl cms -verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("the signed JSON document");
+    assert_eq!(doc["nonce"], nonce);
+    for field in ["vmId", "subscriptionId", "sku"] {
+        assert_eq!(doc[field], compute[field], "{field}");
     }
 }
