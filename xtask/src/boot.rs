@@ -120,8 +120,13 @@ pub fn run_unikernel(args: &[String]) -> Result {
         None => {
             let p = root().join("target/demo/config.json");
             if !p.exists() {
-                config::write_demo(&p, "127.0.0.1:8080", Some("127.0.0.1:50342"))
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                config::write_demo_full(
+                    &p,
+                    "127.0.0.1:8080",
+                    Some("127.0.0.1:50342"),
+                    config::DEMO_USER_DATA.as_bytes(),
+                )
+                .map_err(|e| format!("{}: {e}", p.display()))?;
                 eprintln!("wrote a demo config: {}", p.display());
             }
             p

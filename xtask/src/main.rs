@@ -30,7 +30,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <command>\n\
          \n\
-         config --demo --out FILE [--listen ADDR:PORT]   write a demo config with fresh keys\n\
+         config --demo --out FILE [--listen ADDR:PORT] [--user-data FILE]   write a demo config with fresh keys (and instance metadata)\n\
          run [--config FILE] [--port N] [--accel tcg|kvm] [--machine microvm|q35] [--mem MIB]\n\
          \x20   [--print-cmd]                               boot the unikernel under QEMU (TCG), host\n\
          \x20                                               port N (8080) to its port 80; --print-cmd:\n\
@@ -97,12 +97,20 @@ type Result<T = ()> = std::result::Result<T, String>;
 
 fn cmd_config(args: &[String]) -> Result {
     if !args.iter().any(|a| a == "--demo") {
-        return Err("only --demo is supported: cargo xtask config --demo --out FILE".into());
+        return Err(
+            "only --demo is supported: cargo xtask config --demo --out FILE [--user-data FILE]"
+                .into(),
+        );
     }
     let out = flag_value(args, "--out").ok_or("--out FILE is required")?;
     let listen = flag_value(args, "--listen").unwrap_or_else(|| "127.0.0.1:8080".into());
     let legacy = flag_value(args, "--legacy-listen").unwrap_or_else(|| "127.0.0.1:50342".into());
-    config::write_demo(Path::new(&out), &listen, Some(&legacy))
+    // `--user-data FILE`: served base64-encoded as `compute.userData` (else a small cloud-config).
+    let user_data = match flag_value(args, "--user-data") {
+        Some(f) => std::fs::read(&f).map_err(|e| format!("--user-data {f}: {e}"))?,
+        None => config::DEMO_USER_DATA.as_bytes().to_vec(),
+    };
+    config::write_demo_full(Path::new(&out), &listen, Some(&legacy), &user_data)
         .map_err(|e| format!("{out}: {e}"))?;
     eprintln!("wrote {out}");
     Ok(())
@@ -133,8 +141,13 @@ fn cmd_run(args: &[String]) -> Result {
         None => {
             let p = root().join("target/demo/config.json");
             if !p.exists() {
-                config::write_demo(&p, &format!("127.0.0.1:{port}"), Some("127.0.0.1:50342"))
-                    .map_err(|e| e.to_string())?;
+                config::write_demo_full(
+                    &p,
+                    &format!("127.0.0.1:{port}"),
+                    Some("127.0.0.1:50342"),
+                    config::DEMO_USER_DATA.as_bytes(),
+                )
+                .map_err(|e| e.to_string())?;
             }
             p
         }

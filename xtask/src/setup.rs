@@ -2,7 +2,7 @@
 //! ([`Need`]), what each command needs ([`needs_of`]), installing it ([`ensure`], idempotent,
 //! saying what it runs) and `cargo xtask doctor` ([`doctor`]), which lists all of it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, Once};
 use std::time::Duration;
@@ -117,11 +117,16 @@ pub enum Need {
     SystemdAnalyze,
     /// root, `ip` and `unshare`: the tests' own network namespaces (169.254.169.254 on a tap).
     Namespaces,
+    /// The real IMDS clients of the `clients` tests: Debian 12's cloud-init and waagent
+    /// packages (`apt-get download`, `dpkg-deb -x` under `target/test-tools/debs/`, nothing
+    /// installed system-wide) and a venv `target/test-tools/py-clients` with the Python
+    /// packages they import (`tests/py/requirements-clients.txt`).
+    AzureClients,
 }
 
 impl Need {
     /// Every prerequisite, in install order.
-    pub const ALL: [Need; 15] = [
+    pub const ALL: [Need; 16] = [
         Need::RustTarget,
         Need::Qemu,
         Need::Binutils,
@@ -137,6 +142,7 @@ impl Need {
         Need::CargoDeb,
         Need::SystemdAnalyze,
         Need::Namespaces,
+        Need::AzureClients,
     ];
 
     /// Its name in `doctor`'s table.
@@ -157,6 +163,7 @@ impl Need {
             Need::CargoDeb => "cargo-deb",
             Need::SystemdAnalyze => "systemd-analyze",
             Need::Namespaces => "root + ip + unshare",
+            Need::AzureClients => "cloud-init + waagent (extracted)",
         }
     }
 
@@ -175,6 +182,7 @@ impl Need {
             Need::CargoDeb => "deb, test",
             Need::SystemdAnalyze => "test",
             Need::Namespaces => "test",
+            Need::AzureClients => "test",
         }
     }
 
@@ -203,6 +211,10 @@ impl Need {
             Need::Namespaces => {
                 format!("run as root; {sudo}apt-get install -y iproute2 util-linux")
             }
+            Need::AzureClients => format!(
+                "apt-get download {CLOUD_INIT_DEB} {WAAGENT_DEB}; dpkg-deb -x each into target/test-tools/debs/<name>/; \
+                 python3 -m venv target/test-tools/py-clients && pip install -r tests/py/requirements-clients.txt (`cargo xtask doctor --install`)"
+            ),
         }
     }
 
@@ -224,6 +236,7 @@ impl Need {
             Need::CargoDeb => cargo_subcommand("deb"),
             Need::SystemdAnalyze => have("systemd-analyze"),
             Need::Namespaces => is_root() && have("ip") && have("unshare"),
+            Need::AzureClients => azure_clients_ready(),
         }
     }
 
@@ -261,6 +274,7 @@ impl Need {
                 ensure_apt("ip", "iproute2")?;
                 ensure_apt("unshare", "util-linux")
             }
+            Need::AzureClients => azure_clients().map(|_| ()),
         }
     }
 
@@ -268,7 +282,7 @@ impl Need {
     fn after(self) -> &'static [Need] {
         match self {
             Need::NodePackages => &[Need::Node],
-            Need::PythonVenv => &[Need::Python],
+            Need::PythonVenv | Need::AzureClients => &[Need::Python],
             Need::CargoFuzz => &[Need::Nightly],
             _ => &[],
         }
@@ -365,6 +379,7 @@ pub fn needs_of(command: &str, args: &[String]) -> Vec<Need> {
             Need::CargoDeb,
             Need::SystemdAnalyze,
             Need::Namespaces,
+            Need::AzureClients,
         ],
         // config, keygen, doctor: Rust alone.
         _ => vec![],
@@ -438,8 +453,12 @@ fn python_venv_dir() -> PathBuf {
 }
 
 fn python_venv_ready() -> bool {
-    let venv = python_venv_dir().join("venv");
-    let reqs = std::fs::read_to_string(python_requirements()).unwrap_or_default();
+    venv_ready(&python_venv_dir().join("venv"), &python_requirements())
+}
+
+/// Whether the venv `venv` exists and was filled from `reqs` as it reads now.
+fn venv_ready(venv: &Path, reqs: &Path) -> bool {
+    let reqs = std::fs::read_to_string(reqs).unwrap_or_default();
     venv.join("bin/python").exists()
         && std::fs::read_to_string(venv.join(".imds-requirements")).is_ok_and(|m| m == reqs)
 }
@@ -449,17 +468,23 @@ fn python_venv_ready() -> bool {
 /// it was built from; a file lock keeps parallel test processes from installing at once).
 pub fn python_venv() -> Result<PathBuf, String> {
     let dir = python_venv_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let venv = dir.join("venv");
+    venv_with(&dir, &dir.join("venv"), &python_requirements())
+}
+
+/// The venv `venv` filled from the requirements file `reqs_path`, unless it already is
+/// (`lock_dir` holds the install lock).
+fn venv_with(lock_dir: &Path, venv: &Path, reqs_path: &Path) -> Result<PathBuf, String> {
+    let dir = lock_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let venv = venv.to_path_buf();
     let python = venv.join("bin/python");
-    let reqs_path = python_requirements();
     let reqs =
-        std::fs::read_to_string(&reqs_path).map_err(|e| format!("{}: {e}", reqs_path.display()))?;
+        std::fs::read_to_string(reqs_path).map_err(|e| format!("{}: {e}", reqs_path.display()))?;
     let lock =
         std::fs::File::create(dir.join(".install.lock")).map_err(|e| format!("lock file: {e}"))?;
     lock.lock()
         .map_err(|e| format!("locking {}: {e}", dir.display()))?;
-    if python_venv_ready() {
+    if venv_ready(&venv, reqs_path) {
         return Ok(venv);
     }
     if !python.exists() {
@@ -484,12 +509,132 @@ pub fn python_venv() -> Result<PathBuf, String> {
         "--no-input",
         "-r",
     ])
-    .arg(&reqs_path);
+    .arg(reqs_path);
     run_with_timeout(c, PIP_TIMEOUT)
         .map_err(|e| format!("pip install -r {} (needs PyPI): {e}", reqs_path.display()))?;
     std::fs::write(venv.join(".imds-requirements"), &reqs)
         .map_err(|e| format!("venv marker: {e}"))?;
     Ok(venv)
+}
+
+// ------------------------------------------------------------------------------------------
+// The real IMDS clients (issue 12): cloud-init and the Azure Linux agent, unmodified
+
+/// Debian 12's cloud-init, exactly the version whose IMDS code INSTANCE.md §3 read.
+pub const CLOUD_INIT_DEB: &str = "cloud-init=22.4.2-1+deb12u4";
+/// Debian 12's Azure Linux agent (WALinuxAgent).
+pub const WAAGENT_DEB: &str = "waagent=2.7.3.0-4.1";
+
+/// `tests/py/requirements-clients.txt`: the Python packages cloud-init and waagent import.
+pub fn clients_requirements() -> PathBuf {
+    root().join("tests/py/requirements-clients.txt")
+}
+
+/// Where the clients live: `debs/<name>/` (each package extracted) and `py-clients/` (the
+/// venv), under `target/test-tools/`.
+#[derive(Debug, Clone)]
+pub struct AzureClients {
+    /// The venv's `python`.
+    pub python: PathBuf,
+    /// cloud-init's `dist-packages` (`cloudinit/`), for `PYTHONPATH`.
+    pub cloud_init: PathBuf,
+    /// waagent's `dist-packages` (`azurelinuxagent/`), for `PYTHONPATH`.
+    pub waagent: PathBuf,
+}
+
+fn clients_dir() -> PathBuf {
+    target_dir().join("test-tools")
+}
+
+fn azure_clients_paths() -> AzureClients {
+    let dir = clients_dir();
+    let pkgs = |name: &str| {
+        dir.join("debs")
+            .join(name)
+            .join("usr/lib/python3/dist-packages")
+    };
+    AzureClients {
+        python: dir.join("py-clients/bin/python"),
+        cloud_init: pkgs("cloud-init"),
+        waagent: pkgs("waagent"),
+    }
+}
+
+/// The marker of an extracted package: the exact `name=version` it was extracted from.
+const DEB_MARKER: &str = ".imds-deb";
+
+fn deb_ready(spec: &str) -> bool {
+    let name = spec.split('=').next().unwrap_or(spec);
+    std::fs::read_to_string(clients_dir().join("debs").join(name).join(DEB_MARKER))
+        .is_ok_and(|m| m == spec)
+}
+
+fn azure_clients_ready() -> bool {
+    let p = azure_clients_paths();
+    deb_ready(CLOUD_INIT_DEB)
+        && deb_ready(WAAGENT_DEB)
+        && p.cloud_init
+            .join("cloudinit/sources/DataSourceAzure.py")
+            .exists()
+        && p.waagent
+            .join("azurelinuxagent/common/protocol/imds.py")
+            .exists()
+        && venv_ready(&clients_dir().join("py-clients"), &clients_requirements())
+}
+
+/// `apt-get download NAME=VERSION` into a scratch directory, then `dpkg-deb -x` into
+/// `target/test-tools/debs/NAME/` (replacing what was there).
+fn extract_deb(spec: &str) -> Result<(), String> {
+    if deb_ready(spec) {
+        return Ok(());
+    }
+    let name = spec.split('=').next().unwrap_or(spec);
+    let debs = clients_dir().join("debs");
+    let scratch = debs.join(format!(".download-{name}"));
+    let dest = debs.join(name);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let download = format!(
+        "cd '{}' && apt-get download -qq '{spec}'",
+        scratch.display()
+    );
+    if run_shown(&download).is_err() {
+        // No package lists yet (a fresh container): fetch them once, then retry.
+        let _ = run_shown(&format!("{}apt-get update -qq", sudo()));
+        run_shown(&download).map_err(|e| format!("{e} (is {spec} still in Debian 12?)"))?;
+    }
+    let deb = std::fs::read_dir(&scratch)
+        .map_err(|e| format!("{}: {e}", scratch.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| format!("apt-get download {spec}: no .deb"))?;
+    run_shown(&format!(
+        "dpkg-deb -x '{}' '{}'",
+        deb.display(),
+        dest.display()
+    ))?;
+    std::fs::write(dest.join(DEB_MARKER), spec).map_err(|e| format!("deb marker: {e}"))?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+/// cloud-init and waagent extracted and their venv filled (each step skipped when already
+/// done for these versions and requirements; a file lock keeps parallel test processes from
+/// installing at once).
+pub fn azure_clients() -> Result<AzureClients, String> {
+    let dir = clients_dir();
+    std::fs::create_dir_all(dir.join("debs")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    {
+        let lock = std::fs::File::create(dir.join("debs/.install.lock"))
+            .map_err(|e| format!("lock file: {e}"))?;
+        lock.lock()
+            .map_err(|e| format!("locking {}: {e}", dir.display()))?;
+        extract_deb(CLOUD_INIT_DEB)?;
+        extract_deb(WAAGENT_DEB)?;
+    }
+    venv_with(&dir, &dir.join("py-clients"), &clients_requirements())?;
+    Ok(azure_clients_paths())
 }
 
 #[cfg(test)]
@@ -530,6 +675,11 @@ mod tests {
     #[test]
     fn dependencies_come_first_and_every_need_has_a_hint() {
         assert_eq!(Need::CargoFuzz.after(), [Need::Nightly]);
+        assert_eq!(Need::AzureClients.after(), [Need::Python]);
+        assert!(needs_of("test", &[]).contains(&Need::AzureClients));
+        assert!(Need::AzureClients
+            .install_hint()
+            .contains("cloud-init=22.4.2-1+deb12u4"));
         for need in Need::ALL {
             assert!(!need.install_hint().is_empty(), "{need:?}");
             assert!(!need.used_by().is_empty(), "{need:?}");
