@@ -8,6 +8,7 @@ use crate::agent::Agent;
 #[cfg(feature = "broker")]
 use crate::broker::FetchError;
 use crate::config::Guid;
+use crate::fields::{Fields, Value};
 use crate::guard::Refusal;
 use crate::http::HttpError;
 use crate::http::{ContentType, Method, Request};
@@ -176,17 +177,12 @@ impl Reply {
 
     /// A flat IMDS error body.
     pub fn error(&mut self, status: u16, code: &str, description: &str) {
-        #[derive(Serialize)]
-        struct E<'a> {
-            error: &'a str,
-            error_description: &'a str,
-        }
         self.json(
             status,
-            &E {
-                error: code,
-                error_description: description,
-            },
+            &Fields(&[
+                ("error", Value::Str(code)),
+                ("error_description", Value::Str(description)),
+            ]),
         );
     }
 
@@ -204,20 +200,13 @@ impl Reply {
     }
 
     fn api_version_error(&mut self, description: &str) {
-        #[derive(Serialize)]
-        struct E<'a> {
-            error: &'a str,
-            error_description: &'a str,
-            #[serde(rename = "newest-versions")]
-            newest_versions: [&'a str; 3],
-        }
         self.json(
             400,
-            &E {
-                error: "invalid_request",
-                error_description: description,
-                newest_versions: NEWEST_VERSIONS,
-            },
+            &Fields(&[
+                ("error", Value::Str("invalid_request")),
+                ("error_description", Value::Str(description)),
+                ("newest-versions", Value::Strs(&NEWEST_VERSIONS)),
+            ]),
         );
     }
 }
@@ -511,23 +500,6 @@ fn error_code(status: u16) -> &'static str {
     }
 }
 
-#[derive(Serialize)]
-struct TokenBody<'a> {
-    access_token: &'a str,
-    refresh_token: &'a str,
-    expires_in: &'a str,
-    expires_on: &'a str,
-    ext_expires_in: &'a str,
-    not_before: &'a str,
-    resource: &'a str,
-    token_type: &'a str,
-    client_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    object_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    msi_res_id: Option<&'a str>,
-}
-
 fn decimal(n: u64) -> heapless::String<20> {
     let mut s = heapless::String::new();
     s.dec(n);
@@ -589,31 +561,11 @@ fn route<E: Entropy>(
         token_endpoint(agent, req, ctx, entropy, reply, Endpoint::Legacy);
     } else if path_is(path, "/metadata/identity/info") {
         if guard_checks(agent, req, ctx, reply) && metadata_checks(req, reply, true) {
-            #[derive(Serialize)]
-            struct Info<'a> {
-                #[serde(rename = "tenantId")]
-                tenant_id: &'a str,
-            }
-            reply.json(
-                200,
-                &Info {
-                    tenant_id: &agent.tenant,
-                },
-            );
+            reply.json(200, &Fields(&[("tenantId", Value::Str(&agent.tenant))]));
         }
     } else if path_is(path, "/metadata/versions") {
         if metadata_checks(req, reply, false) {
-            #[derive(Serialize)]
-            struct Versions<'a> {
-                #[serde(rename = "apiVersions")]
-                api_versions: &'a [&'a str],
-            }
-            reply.json(
-                200,
-                &Versions {
-                    api_versions: API_VERSIONS,
-                },
-            );
+            reply.json(200, &Fields(&[("apiVersions", Value::Strs(API_VERSIONS))]));
         }
     } else if path_is(path, "/metadata/attested/document") {
         attested_document(agent, req, ctx, reply);
@@ -1039,20 +991,32 @@ fn write_token(
     let plain = token
         .iter()
         .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    let body = TokenBody {
-        access_token: if plain { "" } else { t.access_token.as_str() },
-        refresh_token: "",
-        expires_in: &expires_in,
-        expires_on: &expires_on,
-        ext_expires_in: &expires_in,
-        not_before: &not_before,
-        resource,
-        token_type: "Bearer",
-        client_id: &identity.client_id,
-        object_id: matches!(selector, Selector::ObjectId(_)).then_some(identity.object_id.as_str()),
-        msi_res_id: matches!(selector, Selector::ResourceId(_))
-            .then_some(identity.resource_id.as_str()),
-    };
+    let body = Fields(&[
+        (
+            "access_token",
+            Value::Str(if plain { "" } else { t.access_token.as_str() }),
+        ),
+        ("refresh_token", Value::Str("")),
+        ("expires_in", Value::Str(&expires_in)),
+        ("expires_on", Value::Str(&expires_on)),
+        ("ext_expires_in", Value::Str(&expires_in)),
+        ("not_before", Value::Str(&not_before)),
+        ("resource", Value::Str(resource)),
+        ("token_type", Value::Str("Bearer")),
+        ("client_id", Value::Str(&identity.client_id)),
+        (
+            "object_id",
+            matches!(selector, Selector::ObjectId(_))
+                .then_some(identity.object_id.as_str())
+                .into(),
+        ),
+        (
+            "msi_res_id",
+            matches!(selector, Selector::ResourceId(_))
+                .then_some(identity.resource_id.as_str())
+                .into(),
+        ),
+    ]);
     reply.json(200, &body);
     if reply.status != 200 {
         return;

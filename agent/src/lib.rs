@@ -31,6 +31,7 @@ pub mod agent;
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod fields;
 pub mod guard;
 pub mod http;
 pub mod identity;

@@ -2,10 +2,11 @@
 //! the key set (`/.well-known/jwks.json`, `/discovery/keys`), as values the router
 //! serializes. Relying parties verify the agent's tokens with them.
 
+use crate::fields::{Fields, Value};
 use crate::http::Request;
 use crate::token::Issuer;
 use imds_hal::text::Text;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// A `Host` header value safe to echo into a URL, or the IMDS address.
 pub fn host_of<'r>(req: &Request<'r>) -> &'r str {
@@ -48,7 +49,6 @@ impl Urls {
 }
 
 /// The discovery document.
-#[derive(Serialize)]
 pub struct Discovery<'a> {
     issuer: &'a str,
     jwks_uri: &'a str,
@@ -59,6 +59,38 @@ pub struct Discovery<'a> {
     id_token_signing_alg_values_supported: [&'a str; 1],
     token_endpoint_auth_methods_supported: [&'a str; 1],
     claims_supported: [&'a str; 12],
+}
+
+impl Serialize for Discovery<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Fields(&[
+            ("issuer", Value::Str(self.issuer)),
+            ("jwks_uri", Value::Str(self.jwks_uri)),
+            ("token_endpoint", Value::Str(self.token_endpoint)),
+            (
+                "authorization_endpoint",
+                Value::Str(self.authorization_endpoint),
+            ),
+            (
+                "response_types_supported",
+                Value::Strs(&self.response_types_supported),
+            ),
+            (
+                "subject_types_supported",
+                Value::Strs(&self.subject_types_supported),
+            ),
+            (
+                "id_token_signing_alg_values_supported",
+                Value::Strs(&self.id_token_signing_alg_values_supported),
+            ),
+            (
+                "token_endpoint_auth_methods_supported",
+                Value::Strs(&self.token_endpoint_auth_methods_supported),
+            ),
+            ("claims_supported", Value::Strs(&self.claims_supported)),
+        ])
+        .serialize(s)
+    }
 }
 
 /// The discovery document of `issuer`, reached at `urls`.
@@ -90,22 +122,35 @@ pub fn discovery<'a>(issuer: &'a Issuer, urls: &'a Urls) -> Discovery<'a> {
 }
 
 /// One public key (RFC 7517).
-#[derive(Serialize)]
 pub struct Jwk<'a> {
     kty: &'a str,
     crv: &'a str,
     x: &'a str,
     y: &'a str,
     kid: &'a str,
-    #[serde(rename = "use")]
     use_: &'a str,
     alg: &'a str,
 }
 
 /// The key set.
-#[derive(Serialize)]
 pub struct Jwks<'a> {
     keys: [Jwk<'a>; 1],
+}
+
+impl Serialize for Jwks<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let [k] = &self.keys;
+        let key = [Fields(&[
+            ("kty", Value::Str(k.kty)),
+            ("crv", Value::Str(k.crv)),
+            ("x", Value::Str(k.x)),
+            ("y", Value::Str(k.y)),
+            ("kid", Value::Str(k.kid)),
+            ("use", Value::Str(k.use_)),
+            ("alg", Value::Str(k.alg)),
+        ])];
+        Fields(&[("keys", Value::Objs(&key))]).serialize(s)
+    }
 }
 
 /// The key set of `issuer`: its one ES256 key.

@@ -2,12 +2,12 @@
 
 use super::Token;
 use crate::config::IdentityConfig;
+use crate::fields::{Fields, Value};
 use crate::jose::{self, PublicJwk};
 use crate::limits::TOKEN_MAX;
 use crate::secret::Secret;
 use core::fmt;
 use imds_hal::{Entropy, EntropyError};
-use serde::Serialize;
 use zeroize::Zeroize;
 
 /// Why a token could not be minted.
@@ -37,35 +37,6 @@ impl fmt::Display for MintError {
 }
 
 impl core::error::Error for MintError {}
-
-#[derive(Serialize)]
-struct Header<'a> {
-    alg: &'a str,
-    typ: &'a str,
-    kid: &'a str,
-}
-
-/// Claims shaped like Entra ID v1 access tokens for managed identities.
-#[derive(Serialize)]
-struct Claims<'a> {
-    aud: &'a str,
-    iss: &'a str,
-    iat: u64,
-    nbf: u64,
-    exp: u64,
-    aio: &'a str,
-    appid: &'a str,
-    appidacr: &'a str,
-    idp: &'a str,
-    idtyp: &'a str,
-    oid: &'a str,
-    rh: &'a str,
-    sub: &'a str,
-    tid: &'a str,
-    uti: &'a str,
-    ver: &'a str,
-    xms_mirid: &'a str,
-}
 
 /// Issuer mode: mints ES256 JWT access tokens with the configured key.
 pub struct Issuer {
@@ -140,30 +111,31 @@ impl Issuer {
         jose::b64url_append(&rnd, &mut uti).map_err(|_| MintError::TooLarge)?;
         let uti = core::str::from_utf8(&uti).unwrap_or("");
         let exp = now + self.lifetime_s;
-        let claims = Claims {
-            aud: resource,
-            iss: &self.issuer,
-            iat: now,
-            nbf: now,
-            exp,
-            aio: "imds-agent",
-            appid: &identity.client_id,
-            appidacr: "2",
-            idp: &self.issuer,
-            idtyp: "app",
-            oid: &identity.object_id,
-            rh: "imds-agent",
-            sub: &identity.object_id,
-            tid: &self.tenant_id,
-            uti,
-            ver: "1.0",
-            xms_mirid: &identity.resource_id,
-        };
-        let header = Header {
-            alg: "ES256",
-            typ: "JWT",
-            kid: &self.kid,
-        };
+        // Claims shaped like Entra ID v1 access tokens for managed identities.
+        let claims = Fields(&[
+            ("aud", Value::Str(resource)),
+            ("iss", Value::Str(&self.issuer)),
+            ("iat", Value::Num(now)),
+            ("nbf", Value::Num(now)),
+            ("exp", Value::Num(exp)),
+            ("aio", Value::Str("imds-agent")),
+            ("appid", Value::Str(&identity.client_id)),
+            ("appidacr", Value::Str("2")),
+            ("idp", Value::Str(&self.issuer)),
+            ("idtyp", Value::Str("app")),
+            ("oid", Value::Str(&identity.object_id)),
+            ("rh", Value::Str("imds-agent")),
+            ("sub", Value::Str(&identity.object_id)),
+            ("tid", Value::Str(&self.tenant_id)),
+            ("uti", Value::Str(uti)),
+            ("ver", Value::Str("1.0")),
+            ("xms_mirid", Value::Str(&identity.resource_id)),
+        ]);
+        let header = Fields(&[
+            ("alg", Value::Str("ES256")),
+            ("typ", Value::Str("JWT")),
+            ("kid", Value::Str(&self.kid)),
+        ]);
         let mut hbuf = [0u8; 128];
         let hlen =
             serde_json_core::to_slice(&header, &mut hbuf).map_err(|_| MintError::TooLarge)?;
