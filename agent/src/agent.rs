@@ -24,11 +24,14 @@ pub struct Agent {
     pub(crate) guard: Guard,
     pub(crate) tenant: Guid,
     /// The signer of `/metadata/attested/document`.
+    #[cfg(feature = "attested")]
     pub(crate) attestation: Option<crate::metadata::attested::Attestation>,
     /// `/metadata/scheduledevents`.
+    #[cfg(feature = "scheduled-events")]
     pub(crate) schedule: crate::metadata::events::Schedule,
     /// The `compute` values the attested document and scheduled events carry.
-    pub(crate) compute: crate::metadata::attested::Compute,
+    #[cfg(any(feature = "attested", feature = "scheduled-events"))]
+    pub(crate) compute: crate::metadata::compute::Compute,
     /// `/metadata/instance` and `/metadata/loadbalancer` (issue 12).
     pub(crate) metadata: crate::metadata::Documents,
     /// Log lines from the broker tasks, drained by the driver.
@@ -60,12 +63,16 @@ impl Agent {
             allow,
             allow_hosts,
             limits,
+            #[cfg(feature = "attested")]
             attestation,
+            #[cfg(feature = "scheduled-events")]
             scheduled_events,
+            #[cfg(any(feature = "attested", feature = "scheduled-events"))]
             compute,
             metadata,
             ..
         } = config;
+        #[cfg(feature = "scheduled-events")]
         let schedule = crate::metadata::events::Schedule::new(
             &scheduled_events,
             &[&tenant_id, &compute.vm_id],
@@ -89,8 +96,11 @@ impl Agent {
             ),
             guard,
             tenant: tenant_id,
+            #[cfg(feature = "attested")]
             attestation,
+            #[cfg(feature = "scheduled-events")]
             schedule,
+            #[cfg(any(feature = "attested", feature = "scheduled-events"))]
             compute,
             metadata,
             #[cfg(feature = "broker")]
@@ -137,6 +147,7 @@ impl Agent {
         &self.tokens
     }
 
+    #[cfg(any(feature = "attested", feature = "scheduled-events"))]
     /// A value of the instance's `compute` by its path (`vmId`, `name`, `plan/name`, ...):
     /// what the attested document and scheduled events carry.
     ///

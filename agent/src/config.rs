@@ -11,15 +11,20 @@
 #[cfg(feature = "broker")]
 use crate::broker::upstream::Style;
 use crate::guard::{Cidr, DEFAULT_IN_FLIGHT, DEFAULT_RATE_PER_S};
-use crate::limits::{ATTEST_CERT_DER_MAX, MAX_SCHEDULED_EVENTS};
+#[cfg(feature = "scheduled-events")]
+use crate::limits::MAX_SCHEDULED_EVENTS;
 #[cfg(feature = "broker")]
 use crate::limits::{CA_DER_MAX, FETCH_TOTAL_TIMEOUT_US};
 use crate::limits::{
     CONFIG_STRING_MAX, HOST_NAME_MAX, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES, MAX_IDENTITIES,
     MAX_USER_IDENTITIES, PEM_MAX, RESOURCE_ID_MAX, URL_MAX,
 };
-use crate::metadata::attested::{AttestKey, Attestation, Compute};
-use crate::metadata::events::{EventConfig, EventType};
+#[cfg(feature = "attested")]
+use crate::metadata::attested::Attestation;
+#[cfg(any(feature = "attested", feature = "scheduled-events"))]
+use crate::metadata::compute::Compute;
+#[cfg(feature = "scheduled-events")]
+use crate::metadata::events::EventConfig;
 #[cfg(feature = "broker")]
 use crate::pem::certificate_der;
 use crate::pem::parse_signing_key;
@@ -190,10 +195,13 @@ pub struct Config {
     /// Per-source limits.
     pub limits: LimitsConfig,
     /// The signer of the attested document (`None`: that endpoint answers 404).
+    #[cfg(feature = "attested")]
     pub attestation: Option<Attestation>,
     /// `scheduled_events`.
+    #[cfg(feature = "scheduled-events")]
     pub scheduled_events: heapless::Vec<EventConfig, MAX_SCHEDULED_EVENTS>,
     /// The `instance.compute` values the attested document and scheduled events carry.
+    #[cfg(any(feature = "attested", feature = "scheduled-events"))]
     pub compute: Compute,
     /// `instance` and `loadbalancer` (issue 12), as compact JSON; empty when absent.
     pub metadata: crate::metadata::Documents,
@@ -442,8 +450,13 @@ struct Raw {
     limits: Option<RawLimits>,
     identities: Option<heapless::Vec<RawIdentity, MAX_IDENTITIES>>,
     identities_overflow: bool,
+    #[cfg(feature = "attested")]
     attestation: Option<RawAttestation>,
+    #[cfg(feature = "scheduled-events")]
     scheduled_events: Option<RawEvents>,
+    /// A field this build cannot serve (its feature is off): refused by `validate`.
+    #[cfg(not(all(feature = "attested", feature = "scheduled-events")))]
+    needs_feature: Option<(&'static str, &'static str)>,
     metadata: crate::metadata::Documents,
 }
 
@@ -606,11 +619,25 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "allow" => raw.allow = Some(next_str_list(map)?),
                 "allow_hosts" => raw.allow_hosts = Some(next_str_list(map)?),
                 "limits" => raw.limits = Some(map.next_value()?),
+                #[cfg(feature = "attested")]
                 "attestation" => {
                     raw.attestation = map.next_value_seed(Opt(AttestationSeed(t)))?;
                 }
+                #[cfg(not(feature = "attested"))]
+                "attestation" => {
+                    if map.next_value::<Option<de::IgnoredAny>>()?.is_some() {
+                        raw.needs_feature = Some(("attestation", NEEDS_ATTESTED));
+                    }
+                }
+                #[cfg(feature = "scheduled-events")]
                 "scheduled_events" => {
                     raw.scheduled_events = Some(map.next_value_seed(EventsSeed(t))?)
+                }
+                #[cfg(not(feature = "scheduled-events"))]
+                "scheduled_events" => {
+                    if map.next_value::<Option<de::IgnoredAny>>()?.is_some() {
+                        raw.needs_feature = Some(("scheduled_events", NEEDS_SCHEDULED_EVENTS));
+                    }
                 }
                 "instance" => metadata_field(t, "instance", map, &mut raw.metadata.instance)?,
                 "loadbalancer" => {
@@ -887,240 +914,272 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
 // ---------------------------------------------------------------------------------------------
 // The metadata sections: `attestation` and `scheduled_events`.
 
-// ---- config: `attestation` ---------------------------------------------------------------------
+#[cfg(feature = "attested")]
+use attestation::{validate_attestation, AttestationSeed, RawAttestation};
 
-/// `attestation` as read: the key decoded at once (no PEM stays around).
-#[derive(Default)]
-struct RawAttestation {
-    key: Option<Result<AttestKey, &'static str>>,
-    certificate: Option<Result<heapless::Vec<u8, ATTEST_CERT_DER_MAX>, &'static str>>,
-}
+/// `attestation` (feature `attested`).
+#[cfg(feature = "attested")]
+mod attestation {
+    use super::*;
+    use crate::limits::ATTEST_CERT_DER_MAX;
+    use crate::metadata::attested::{AttestKey, Attestation};
 
-/// Reads the `attestation` object.
-struct AttestationSeed<'t>(&'t Tracker);
+    // ---- config: `attestation` ---------------------------------------------------------------------
 
-impl<'de> Visitor<'de> for AttestationSeed<'_> {
-    type Value = RawAttestation;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object with `key` and `certificate`")
+    /// `attestation` as read: the key decoded at once (no PEM stays around).
+    #[derive(Default)]
+    pub(super) struct RawAttestation {
+        key: Option<Result<AttestKey, &'static str>>,
+        certificate: Option<Result<heapless::Vec<u8, ATTEST_CERT_DER_MAX>, &'static str>>,
     }
-    #[inline(never)]
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawAttestation, A::Error> {
-        let t = self.0;
-        let mut raw = RawAttestation::default();
-        read_map(map, |key, map| {
-            t.set(FieldPath::nested("attestation", None, key));
-            match key {
-                "key" => {
-                    let mut pem: heapless::String<PEM_MAX> = next_str(map)?;
-                    raw.key = Some(parse_attest_key(&pem));
-                    zeroize_string(&mut pem);
-                }
-                "certificate" => {
-                    let pem: heapless::String<PEM_MAX> = next_str(map)?;
-                    raw.certificate = Some(crate::metadata::attested::certificate_der(&pem));
-                }
-                k if k.starts_with('_') => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-                other => unknown_field(t, FieldPath::nested("attestation", None, other), map)?,
-            }
-            Ok(())
-        })?;
-        Ok(raw)
-    }
-}
 
-/// The attestation key: PKCS#8 P-256, or with the `rsa` feature an RSA key.
-fn parse_attest_key(pem: &str) -> Result<AttestKey, &'static str> {
-    match crate::pem::parse_signing_key(pem) {
-        Ok(k) => Ok(AttestKey::P256(k)),
-        #[cfg(feature = "rsa")]
-        Err(_) => match crate::broker::credential::ClientKey::from_pem(pem) {
-            Ok(crate::broker::credential::ClientKey::Rsa(k)) => Ok(AttestKey::Rsa(k)),
-            Ok(crate::broker::credential::ClientKey::Es256(k)) => Ok(AttestKey::P256(k)),
+    /// Reads the `attestation` object.
+    pub(super) struct AttestationSeed<'t>(pub(super) &'t Tracker);
+
+    impl<'de> Visitor<'de> for AttestationSeed<'_> {
+        type Value = RawAttestation;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object with `key` and `certificate`")
+        }
+        #[inline(never)]
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawAttestation, A::Error> {
+            let t = self.0;
+            let mut raw = RawAttestation::default();
+            read_map(map, |key, map| {
+                t.set(FieldPath::nested("attestation", None, key));
+                match key {
+                    "key" => {
+                        let mut pem: heapless::String<PEM_MAX> = next_str(map)?;
+                        raw.key = Some(parse_attest_key(&pem));
+                        zeroize_string(&mut pem);
+                    }
+                    "certificate" => {
+                        let pem: heapless::String<PEM_MAX> = next_str(map)?;
+                        raw.certificate = Some(crate::metadata::attested::certificate_der(&pem));
+                    }
+                    k if k.starts_with('_') => {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                    other => unknown_field(t, FieldPath::nested("attestation", None, other), map)?,
+                }
+                Ok(())
+            })?;
+            Ok(raw)
+        }
+    }
+
+    /// The attestation key: PKCS#8 P-256, or with the `rsa` feature an RSA key.
+    fn parse_attest_key(pem: &str) -> Result<AttestKey, &'static str> {
+        match crate::pem::parse_signing_key(pem) {
+            Ok(k) => Ok(AttestKey::P256(k)),
+            #[cfg(feature = "rsa")]
+            Err(_) => match crate::broker::credential::ClientKey::from_pem(pem) {
+                Ok(crate::broker::credential::ClientKey::Rsa(k)) => Ok(AttestKey::Rsa(k)),
+                Ok(crate::broker::credential::ClientKey::Es256(k)) => Ok(AttestKey::P256(k)),
+                Err(e) => Err(e),
+            },
+            #[cfg(not(feature = "rsa"))]
             Err(e) => Err(e),
-        },
-        #[cfg(not(feature = "rsa"))]
-        Err(e) => Err(e),
-    }
-}
-
-/// Validate `attestation`: both fields, and the certificate holds the key's public key.
-#[inline(never)]
-fn validate_attestation(raw: &RawAttestation) -> Result<Attestation, ConfigError> {
-    let p = |sub| FieldPath::nested("attestation", None, sub);
-    let key = match &raw.key {
-        None => return Err(ConfigError::Missing(p("key"))),
-        Some(Err(why)) => {
-            return Err(ConfigError::Invalid {
-                field: p("key"),
-                why,
-            })
         }
-        Some(Ok(k)) => k.clone(),
-    };
-    let certificate = match &raw.certificate {
-        None => return Err(ConfigError::Missing(p("certificate"))),
-        Some(Err(why)) => {
-            return Err(ConfigError::Invalid {
-                field: p("certificate"),
-                why,
-            })
-        }
-        Some(Ok(c)) => c.clone(),
-    };
-    Attestation::new(key, certificate)
-        .map_err(|(sub, why)| ConfigError::Invalid { field: p(sub), why })
-}
-
-// ---- config: `scheduled_events` -----------------------------------------------------------------
-
-#[derive(Default)]
-struct RawEvent {
-    kind: Option<heapless::String<16>>,
-    appear_after_s: Option<u32>,
-    notice_s: Option<u32>,
-    duration_s: Option<i64>,
-    description: Option<heapless::String<{ crate::limits::EVENT_DESCRIPTION_MAX }>>,
-    source: Option<heapless::String<16>>,
-}
-
-/// `scheduled_events` as read, and whether it had more than [`MAX_SCHEDULED_EVENTS`].
-type RawEvents = (heapless::Vec<RawEvent, MAX_SCHEDULED_EVENTS>, bool);
-
-/// Reads the `scheduled_events` list.
-struct EventsSeed<'t>(&'t Tracker);
-
-impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
-    type Value = RawEvents;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawEvents, D::Error> {
-        d.deserialize_seq(self)
     }
-}
 
-impl<'de> Visitor<'de> for EventsSeed<'_> {
-    type Value = RawEvents;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list of events")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawEvents, A::Error> {
-        let mut list = heapless::Vec::new();
-        let mut overflow = false;
-        let mut index = 0;
-        while let Some(item) = seq.next_element_seed(EventSeed(self.0, index))? {
-            if list.push(item).is_err() {
-                overflow = true;
-            }
-            index += 1;
-        }
-        Ok((list, overflow))
-    }
-}
-
-struct EventSeed<'t>(&'t Tracker, usize);
-
-impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
-    type Value = RawEvent;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawEvent, D::Error> {
-        self.0
-            .set(FieldPath::nested("scheduled_events", Some(self.1), ""));
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EventSeed<'_> {
-    type Value = RawEvent;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an event object")
-    }
+    /// Validate `attestation`: both fields, and the certificate holds the key's public key.
     #[inline(never)]
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEvent, A::Error> {
-        let (t, i) = (self.0, self.1);
-        let mut raw = RawEvent::default();
-        read_map(map, |key, map| {
-            t.set(FieldPath::nested("scheduled_events", Some(i), key));
-            match key {
-                "EventType" => raw.kind = Some(next_str(map)?),
-                "appear_after_s" => raw.appear_after_s = Some(map.next_value()?),
-                "notice_s" => raw.notice_s = Some(map.next_value()?),
-                "DurationInSeconds" => raw.duration_s = Some(map.next_value()?),
-                "Description" => raw.description = Some(next_str(map)?),
-                "EventSource" => raw.source = Some(next_str(map)?),
-                k if k.starts_with('_') => {
-                    map.next_value::<de::IgnoredAny>()?;
-                }
-                other => unknown_field(
-                    t,
-                    FieldPath::nested("scheduled_events", Some(i), other),
-                    map,
-                )?,
+    pub(super) fn validate_attestation(raw: &RawAttestation) -> Result<Attestation, ConfigError> {
+        let p = |sub| FieldPath::nested("attestation", None, sub);
+        let key = match &raw.key {
+            None => return Err(ConfigError::Missing(p("key"))),
+            Some(Err(why)) => {
+                return Err(ConfigError::Invalid {
+                    field: p("key"),
+                    why,
+                })
             }
-            Ok(())
-        })?;
-        Ok(raw)
+            Some(Ok(k)) => k.clone(),
+        };
+        let certificate = match &raw.certificate {
+            None => return Err(ConfigError::Missing(p("certificate"))),
+            Some(Err(why)) => {
+                return Err(ConfigError::Invalid {
+                    field: p("certificate"),
+                    why,
+                })
+            }
+            Some(Ok(c)) => c.clone(),
+        };
+        Attestation::new(key, certificate)
+            .map_err(|(sub, why)| ConfigError::Invalid { field: p(sub), why })
     }
 }
 
-/// Validate `scheduled_events` (absent: none).
-#[inline(never)]
-fn validate_events(
-    raw: Option<&RawEvents>,
-) -> Result<heapless::Vec<EventConfig, MAX_SCHEDULED_EVENTS>, ConfigError> {
-    let mut out = heapless::Vec::new();
-    let Some((list, overflow)) = raw else {
-        return Ok(out);
-    };
-    if *overflow {
-        return Err(ConfigError::Invalid {
-            field: FieldPath::top("scheduled_events"),
-            why: "too many events: at most 6 (MAX_SCHEDULED_EVENTS)",
-        });
+#[cfg(feature = "scheduled-events")]
+use scheduled::{validate_events, EventsSeed, RawEvents};
+
+/// `scheduled_events` (feature `scheduled-events`).
+#[cfg(feature = "scheduled-events")]
+mod scheduled {
+    use super::*;
+    use crate::limits::MAX_SCHEDULED_EVENTS;
+    use crate::metadata::events::{EventConfig, EventType};
+
+    // ---- config: `scheduled_events` -----------------------------------------------------------------
+
+    #[derive(Default)]
+    pub(super) struct RawEvent {
+        kind: Option<heapless::String<16>>,
+        appear_after_s: Option<u32>,
+        notice_s: Option<u32>,
+        duration_s: Option<i64>,
+        description: Option<heapless::String<{ crate::limits::EVENT_DESCRIPTION_MAX }>>,
+        source: Option<heapless::String<16>>,
     }
-    for (i, r) in list.iter().enumerate() {
-        let p = |sub: &str| FieldPath::nested("scheduled_events", Some(i), sub);
-        let kind = match r.kind.as_deref() {
-            None => return Err(ConfigError::Missing(p("EventType"))),
-            Some(k) => EventType::parse(k).ok_or(ConfigError::Invalid {
-                field: p("EventType"),
-                why: "must be \"Freeze\", \"Reboot\", \"Redeploy\", \"Preempt\" or \"Terminate\"",
-            })?,
-        };
-        let duration_s = match r.duration_s {
-            None => -1,
-            Some(d) if (-1..=i64::from(i32::MAX)).contains(&d) => d as i32,
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    field: p("DurationInSeconds"),
-                    why: "must be -1 (unknown) or a number of seconds",
-                })
-            }
-        };
-        let user_source = match r.source.as_deref() {
-            None | Some("Platform") => false,
-            Some("User") => true,
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    field: p("EventSource"),
-                    why: "must be \"Platform\" or \"User\"",
-                })
-            }
-        };
-        // Cannot overflow: the raw list has the same capacity.
-        let _ = out.push(EventConfig {
-            kind,
-            appear_after_s: r.appear_after_s.unwrap_or(0),
-            notice_s: r.notice_s.unwrap_or(kind.default_notice_s()),
-            duration_s,
-            description: r.description.clone().unwrap_or_default(),
-            user_source,
-        });
+
+    /// `scheduled_events` as read, and whether it had more than [`MAX_SCHEDULED_EVENTS`].
+    pub(super) type RawEvents = (heapless::Vec<RawEvent, MAX_SCHEDULED_EVENTS>, bool);
+
+    /// Reads the `scheduled_events` list.
+    pub(super) struct EventsSeed<'t>(pub(super) &'t Tracker);
+
+    impl<'de> DeserializeSeed<'de> for EventsSeed<'_> {
+        type Value = RawEvents;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawEvents, D::Error> {
+            d.deserialize_seq(self)
+        }
     }
-    Ok(out)
+
+    impl<'de> Visitor<'de> for EventsSeed<'_> {
+        type Value = RawEvents;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of events")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawEvents, A::Error> {
+            let mut list = heapless::Vec::new();
+            let mut overflow = false;
+            let mut index = 0;
+            while let Some(item) = seq.next_element_seed(EventSeed(self.0, index))? {
+                if list.push(item).is_err() {
+                    overflow = true;
+                }
+                index += 1;
+            }
+            Ok((list, overflow))
+        }
+    }
+
+    struct EventSeed<'t>(&'t Tracker, usize);
+
+    impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+        type Value = RawEvent;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawEvent, D::Error> {
+            self.0
+                .set(FieldPath::nested("scheduled_events", Some(self.1), ""));
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for EventSeed<'_> {
+        type Value = RawEvent;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an event object")
+        }
+        #[inline(never)]
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEvent, A::Error> {
+            let (t, i) = (self.0, self.1);
+            let mut raw = RawEvent::default();
+            read_map(map, |key, map| {
+                t.set(FieldPath::nested("scheduled_events", Some(i), key));
+                match key {
+                    "EventType" => raw.kind = Some(next_str(map)?),
+                    "appear_after_s" => raw.appear_after_s = Some(map.next_value()?),
+                    "notice_s" => raw.notice_s = Some(map.next_value()?),
+                    "DurationInSeconds" => raw.duration_s = Some(map.next_value()?),
+                    "Description" => raw.description = Some(next_str(map)?),
+                    "EventSource" => raw.source = Some(next_str(map)?),
+                    k if k.starts_with('_') => {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                    other => unknown_field(
+                        t,
+                        FieldPath::nested("scheduled_events", Some(i), other),
+                        map,
+                    )?,
+                }
+                Ok(())
+            })?;
+            Ok(raw)
+        }
+    }
+
+    /// Validate `scheduled_events` (absent: none).
+    #[inline(never)]
+    pub(super) fn validate_events(
+        raw: Option<&RawEvents>,
+    ) -> Result<heapless::Vec<EventConfig, MAX_SCHEDULED_EVENTS>, ConfigError> {
+        let mut out = heapless::Vec::new();
+        let Some((list, overflow)) = raw else {
+            return Ok(out);
+        };
+        if *overflow {
+            return Err(ConfigError::Invalid {
+                field: FieldPath::top("scheduled_events"),
+                why: "too many events: at most 6 (MAX_SCHEDULED_EVENTS)",
+            });
+        }
+        for (i, r) in list.iter().enumerate() {
+            let p = |sub: &str| FieldPath::nested("scheduled_events", Some(i), sub);
+            let kind = match r.kind.as_deref() {
+                None => return Err(ConfigError::Missing(p("EventType"))),
+                Some(k) => EventType::parse(k).ok_or(ConfigError::Invalid {
+                    field: p("EventType"),
+                    why: "must be \"Freeze\", \"Reboot\", \"Redeploy\", \"Preempt\" or \"Terminate\"",
+                })?,
+            };
+            let duration_s = match r.duration_s {
+                None => -1,
+                Some(d) if (-1..=i64::from(i32::MAX)).contains(&d) => d as i32,
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        field: p("DurationInSeconds"),
+                        why: "must be -1 (unknown) or a number of seconds",
+                    })
+                }
+            };
+            let user_source = match r.source.as_deref() {
+                None | Some("Platform") => false,
+                Some("User") => true,
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        field: p("EventSource"),
+                        why: "must be \"Platform\" or \"User\"",
+                    })
+                }
+            };
+            // Cannot overflow: the raw list has the same capacity.
+            let _ = out.push(EventConfig {
+                kind,
+                appear_after_s: r.appear_after_s.unwrap_or(0),
+                notice_s: r.notice_s.unwrap_or(kind.default_notice_s()),
+                duration_s,
+                description: r.description.clone().unwrap_or_default(),
+                user_source,
+            });
+        }
+        Ok(out)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Validation.
+
+/// Why a build without the `attested` feature refuses `attestation`.
+#[cfg(not(feature = "attested"))]
+const NEEDS_ATTESTED: &str = "the attested document needs a build with the `attested` feature \
+    (cargo xtask run --features attested; cargo build -p imds-unikernel --features attested)";
+/// Why a build without the `scheduled-events` feature refuses `scheduled_events`.
+#[cfg(not(feature = "scheduled-events"))]
+const NEEDS_SCHEDULED_EVENTS: &str = "scheduled events need a build with the `scheduled-events` \
+    feature (cargo xtask run --features scheduled-events; cargo build -p imds-unikernel \
+    --features scheduled-events)";
 
 /// Why a build without the `broker` feature refuses `authority` and identity keys.
 #[cfg(not(feature = "broker"))]
@@ -1593,11 +1652,21 @@ impl Config {
                 in_flight: l.in_flight.unwrap_or(DEFAULT_IN_FLIGHT),
             },
         };
+        #[cfg(not(all(feature = "attested", feature = "scheduled-events")))]
+        if let Some((field, why)) = raw.needs_feature {
+            return Err(ConfigError::Invalid {
+                field: FieldPath::top(field),
+                why,
+            });
+        }
+        #[cfg(feature = "attested")]
         let attestation = match &raw.attestation {
             Some(a) => Some(validate_attestation(a)?),
             None => None,
         };
+        #[cfg(feature = "scheduled-events")]
         let scheduled_events = validate_events(raw.scheduled_events.as_ref())?;
+        #[cfg(any(feature = "attested", feature = "scheduled-events"))]
         let compute = Compute::from_instance(raw.metadata.instance.bytes()).map_err(|name| {
             let mut sub: heapless::String<32> = heapless::String::new();
             for c in "compute.".chars().chain(name.chars()) {
@@ -1610,8 +1679,11 @@ impl Config {
             }
         })?;
         Ok(Config {
+            #[cfg(feature = "attested")]
             attestation,
+            #[cfg(feature = "scheduled-events")]
             scheduled_events,
+            #[cfg(any(feature = "attested", feature = "scheduled-events"))]
             compute,
             tenant_id,
             issuer,

@@ -567,9 +567,11 @@ fn route<E: Entropy>(
         if metadata_checks(req, reply, false) {
             reply.json(200, &Fields(&[("apiVersions", Value::Strs(API_VERSIONS))]));
         }
-    } else if path_is(path, "/metadata/attested/document") {
+    } else if cfg!(feature = "attested") && path_is(path, "/metadata/attested/document") {
+        #[cfg(feature = "attested")]
         attested_document(agent, req, ctx, reply);
-    } else if path_is(path, "/metadata/scheduledevents") {
+    } else if cfg!(feature = "scheduled-events") && path_is(path, "/metadata/scheduledevents") {
+        #[cfg(feature = "scheduled-events")]
         scheduled_events(agent, req, ctx, reply);
     } else if path_is(path, "/.well-known/openid-configuration") && agent.tokens.issuer.is_some() {
         if get_only(req, reply) {
@@ -612,6 +614,7 @@ fn route<E: Entropy>(
 // ---- /metadata/attested/document and /metadata/scheduledevents (module `metadata`) ------------
 // Static for the guard: neither counts against the per-source mint/fetch limit.
 
+#[cfg(any(feature = "attested", feature = "scheduled-events"))]
 /// The query of a metadata request: decodable, no parameter twice, an `api-version` that
 /// `valid` accepts. Then `then` gets the parameters.
 fn metadata_query(
@@ -637,6 +640,7 @@ fn metadata_query(
 }
 
 /// `GET /metadata/attested/document?api-version=V[&nonce=N]` (404 without `attestation`).
+#[cfg(feature = "attested")]
 #[inline(never)]
 fn attested_document(agent: &Agent, req: &Request<'_>, ctx: &Ctx, reply: &mut Reply) {
     use crate::metadata::attested::{self, Claims, SignError};
@@ -673,6 +677,7 @@ fn attested_document(agent: &Agent, req: &Request<'_>, ctx: &Ctx, reply: &mut Re
 
 /// `GET` (the document) and `POST` (approvals) `/metadata/scheduledevents?api-version=V`,
 /// answered at once (no first-call delay).
+#[cfg(feature = "scheduled-events")]
 #[inline(never)]
 fn scheduled_events(agent: &mut Agent, req: &Request<'_>, ctx: &Ctx, reply: &mut Reply) {
     use crate::metadata::events::{self, StartError};

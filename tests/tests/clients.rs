@@ -449,10 +449,12 @@ fn cloud_init_and_waagent_read_the_unikernel_on_a_tap() {
     ns.exec(&["ip", "addr", "add", "10.0.2.2/24", "dev", tap]);
     ns.exec(&["ip", "link", "set", tap, "up"]);
     ns.exec(&["ip", "route", "add", "169.254.169.254/32", "dev", tap]);
+    // The default image: no attestation signer (it has no attested document).
     let mut json = xtask::config::demo_full(
         "127.0.0.1:0",
         None,
         xtask::config::DEMO_USER_DATA.as_bytes(),
+        false,
     );
     json["network"] = json!({"address": "10.0.2.15/24", "gateway": "10.0.2.2"});
     let (cfg, instance) = config("clients-uk", json);

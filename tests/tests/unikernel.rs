@@ -373,8 +373,17 @@ fn serves_in_2_mib_with_its_stack_below_1_mib() {
     assert!(hex(hi) - hex(lo) >= 448 * 1024, "{range}");
 }
 
+/// The image built with `attested` and `scheduled-events` (`cargo xtask run --features
+/// attested,scheduled-events`).
+fn extras_image() -> PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| qemu::build_image_with(true, &["attested", "scheduled-events"]))
+        .clone()
+}
+
 /// The attested document (verified by `openssl cms`) and scheduled events (approved by a
-/// `POST`) from the image, with the config through fw_cfg.
+/// `POST`) from the image built with those features, with the config through fw_cfg.
 #[test]
 fn attested_document_and_scheduled_events() {
     use base64::Engine as _;
@@ -388,7 +397,13 @@ fn attested_document_and_scheduled_events() {
         serde_json::json!({"compute": {"vmId": vm_id, "name": "guest"}, "network": {}});
     json["scheduled_events"] = serde_json::json!([{"EventType": "Reboot"}]);
     let cfg = DemoConfig::from_json("unikernel-attested", json);
-    let (_guest, addr) = boot(&cfg);
+    let port = qemu::free_port();
+    let mut guest =
+        Guest::spawn(&extras_image(), &QemuOpts::new(&cfg.path, port)).expect("spawn QEMU");
+    guest
+        .wait_ready(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let r = get(
         addr,
         "/metadata/attested/document?api-version=2025-04-07&nonce=fromtheimage1",
@@ -428,6 +443,7 @@ fn attested_document_and_scheduled_events() {
         after["DocumentIncarnation"].as_u64().unwrap(),
         d["DocumentIncarnation"].as_u64().unwrap() + 1
     );
+}
 
 /// Instance metadata (issue 12) from the image: a ~14 KiB document (near the unikernel's
 /// 16 KiB capacity, several times its TCP send buffer) whole and exact, and a text leaf.
@@ -469,4 +485,42 @@ fn instance_metadata_whole_and_a_text_leaf() {
         &[MD],
     );
     assert_eq!(r.status, 404);
+}
+
+/// The default image has neither the attested document nor scheduled events: a config that
+/// asks for either is refused at boot with the feature to build with (not served as 404).
+#[test]
+fn the_default_image_refuses_attestation_and_scheduled_events_with_the_feature_to_use() {
+    for (field, json_value, text) in [
+        (
+            "attestation",
+            serde_json::json!({"key": "-", "certificate": "-"}),
+            "imds-agent: fatal: config: field `attestation`: the attested document needs a build with the `attested` feature",
+        ),
+        (
+            "scheduled_events",
+            serde_json::json!([{"EventType": "Reboot"}]),
+            "imds-agent: fatal: config: field `scheduled_events`: scheduled events need a build with the `scheduled-events` feature",
+        ),
+    ] {
+        let mut json = xtask::config::demo("127.0.0.1:0", None);
+        json[field] = json_value;
+        let cfg = DemoConfig::from_json("unikernel-extras-refused", json);
+        let opts = QemuOpts {
+            config: Some(cfg.path.clone()),
+            network: qemu::Network::None,
+            ..QemuOpts::default()
+        };
+        let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
+        let status = guest
+            .wait_exit(BOOT_TIMEOUT)
+            .unwrap_or_else(|| panic!("QEMU still running:\n{}", guest.output()));
+        let out = guest.output();
+        assert_eq!(
+            status.code().and_then(guest_exit_code),
+            Some(exit::CONFIG_INVALID),
+            "{status}\n{out}"
+        );
+        assert!(out.contains(text), "{out}");
+    }
 }

@@ -37,7 +37,8 @@ use xtask::{config, http, load, root, target_dir};
 type Result<T = ()> = std::result::Result<T, String>;
 
 const RUN_USAGE: &str = "usage: cargo xtask run [--config FILE] [--port N] [--accel tcg|kvm] \
-                         [--machine microvm|q35] [--mem MIB] [--print-cmd]   (or: run --host ...)";
+                         [--machine microvm|q35] [--mem MIB] [--features attested,scheduled-events] \
+                         [--print-cmd]   (or: run --host ...)";
 const BENCH_USAGE: &str = "usage: cargo xtask bench boot [--runs N] [--max-mem MIB] \
                            [--accel tcg|kvm] [--machine microvm|q35]";
 
@@ -110,21 +111,47 @@ fn parse_machine(f: &Flags) -> Result<Machine> {
 pub fn run_unikernel(args: &[String]) -> Result {
     let f = Flags::parse(
         args,
-        &["--config", "--port", "--accel", "--machine", "--mem"],
+        &[
+            "--config",
+            "--port",
+            "--accel",
+            "--machine",
+            "--mem",
+            "--features",
+        ],
         &["--print-cmd"],
         RUN_USAGE,
     )?;
     let port: u16 = f.parsed("--port", 8080)?;
+    // The image's optional endpoints (`broker`, `rsa` too: their configs need an authority).
+    let features: Vec<&str> = f
+        .get("--features")
+        .map(|l| l.split(',').filter(|x| !x.is_empty()).collect())
+        .unwrap_or_default();
+    for x in &features {
+        if !["attested", "scheduled-events", "broker", "rsa"].contains(x) {
+            return Err(format!("--features: unknown feature `{x}`\n{RUN_USAGE}"));
+        }
+    }
+    // The default demo config carries an attestation signer only for an image that serves it
+    // (the default image refuses an `attestation` it cannot serve).
+    let attested = features.contains(&"attested");
+    let demo_name = if attested {
+        "config-attested.json"
+    } else {
+        "config.json"
+    };
     let config = match f.get("--config") {
         Some(c) => std::fs::canonicalize(c).map_err(|e| format!("--config {c}: {e}"))?,
         None => {
-            let p = root().join("target/demo/config.json");
+            let p = root().join("target/demo").join(demo_name);
             if !p.exists() {
                 config::write_demo_full(
                     &p,
                     "127.0.0.1:8080",
                     Some("127.0.0.1:50342"),
                     config::DEMO_USER_DATA.as_bytes(),
+                    attested,
                 )
                 .map_err(|e| format!("{}: {e}", p.display()))?;
                 eprintln!("wrote a demo config: {}", p.display());
@@ -139,11 +166,11 @@ pub fn run_unikernel(args: &[String]) -> Result {
         ..QemuOpts::new(config, port)
     };
     if f.has("--print-cmd") {
-        let image = qemu::try_build_image(true)?;
+        let image = qemu::try_build_image_with(true, &features)?;
         println!("{}", qemu::print_cmd(&qemu::qemu_command(&image, &opts)));
         return Ok(());
     }
-    qemu::run_foreground(true, &opts)
+    qemu::run_foreground(true, &features, &opts)
 }
 
 /// One boot, timed from QEMU's spawn.

@@ -82,28 +82,29 @@ pub fn demo(listen_imds: &str, listen_legacy: Option<&str>) -> Value {
 /// [`demo`] with the VM's instance metadata and an attestation signer (see [`with_instance`]),
 /// `user_data` served base64-encoded as `compute.userData`: what `cargo xtask config --demo`
 /// writes.
-pub fn demo_full(listen_imds: &str, listen_legacy: Option<&str>, user_data: &[u8]) -> Value {
-    with_instance(demo(listen_imds, listen_legacy), user_data)
+pub fn demo_full(
+    listen_imds: &str,
+    listen_legacy: Option<&str>,
+    user_data: &[u8],
+    attestation: bool,
+) -> Value {
+    with_instance(demo(listen_imds, listen_legacy), user_data, attestation)
 }
 
-/// Adds `instance` (see [`demo_instance`]) and `attestation` (see [`demo_attestation`]) to a
-/// demo document — each only if the agent's config parser accepts it. Until the agent serves
-/// instance metadata, its parser refuses unknown fields, so a demo config with them would not
-/// boot; once it does, the demo carries them with no change here.
-pub fn with_instance(mut doc: Value, user_data: &[u8]) -> Value {
+/// Adds `instance` (see [`demo_instance`]) and, with `attestation`, an attestation signer (see
+/// [`demo_attestation`]) to a demo document. The default image has no attested document and
+/// refuses a config with `attestation`: the host daemon and an image built with `--features
+/// attested` serve it.
+pub fn with_instance(mut doc: Value, user_data: &[u8], attestation: bool) -> Value {
     let resource_id = doc["identities"]
         .as_array()
         .and_then(|ids| ids.iter().find(|i| i["kind"] == "system"))
         .and_then(|i| i["resource_id"].as_str())
         .expect("the demo has a system-assigned identity")
         .to_string();
-    let instance = demo_instance(&resource_id, user_data, &demo_ssh_public_key());
-    for (field, value) in [("instance", instance), ("attestation", demo_attestation())] {
-        let mut probe = doc.clone();
-        probe[field] = value.clone();
-        if agent_accepts(&probe) {
-            doc[field] = value;
-        }
+    doc["instance"] = demo_instance(&resource_id, user_data, &demo_ssh_public_key());
+    if attestation {
+        doc["attestation"] = demo_attestation();
     }
     doc
 }
@@ -291,8 +292,12 @@ pub fn write_demo_full(
     listen_imds: &str,
     listen_legacy: Option<&str>,
     user_data: &[u8],
+    attestation: bool,
 ) -> std::io::Result<()> {
-    write_doc(out, &demo_full(listen_imds, listen_legacy, user_data))
+    write_doc(
+        out,
+        &demo_full(listen_imds, listen_legacy, user_data, attestation),
+    )
 }
 
 fn write_doc(out: &Path, doc: &Value) -> std::io::Result<()> {
@@ -610,7 +615,7 @@ mod tests {
     #[test]
     fn the_demo_boots_today_and_carries_instance_metadata_once_the_agent_serves_it() {
         assert!(agent_accepts(&demo("127.0.0.1:0", None)));
-        let doc = demo_full("127.0.0.1:0", None, DEMO_USER_DATA.as_bytes());
+        let doc = demo_full("127.0.0.1:0", None, DEMO_USER_DATA.as_bytes(), true);
         assert!(agent_accepts(&doc), "the demo config parses");
         let rid = system_resource_id(&doc);
         for (field, value) in [

@@ -30,7 +30,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <command>\n\
          \n\
-         config --demo --out FILE [--listen ADDR:PORT] [--user-data FILE]   write a demo config with fresh keys (and instance metadata)\n\
+         config --demo --out FILE [--listen ADDR:PORT] [--user-data FILE] [--no-attestation]   write a demo config with fresh keys, instance metadata and an attestation signer\n\
          run [--config FILE] [--port N] [--accel tcg|kvm] [--machine microvm|q35] [--mem MIB]\n\
          \x20   [--print-cmd]                               boot the unikernel under QEMU (TCG), host\n\
          \x20                                               port N (8080) to its port 80; --print-cmd:\n\
@@ -98,7 +98,8 @@ type Result<T = ()> = std::result::Result<T, String>;
 fn cmd_config(args: &[String]) -> Result {
     if !args.iter().any(|a| a == "--demo") {
         return Err(
-            "only --demo is supported: cargo xtask config --demo --out FILE [--user-data FILE]"
+            "only --demo is supported: cargo xtask config --demo --out FILE [--user-data FILE] \
+             [--no-attestation]"
                 .into(),
         );
     }
@@ -110,8 +111,17 @@ fn cmd_config(args: &[String]) -> Result {
         Some(f) => std::fs::read(&f).map_err(|e| format!("--user-data {f}: {e}"))?,
         None => config::DEMO_USER_DATA.as_bytes().to_vec(),
     };
-    config::write_demo_full(Path::new(&out), &listen, Some(&legacy), &user_data)
-        .map_err(|e| format!("{out}: {e}"))?;
+    // `--no-attestation`: for the default image, which has no attested document and refuses
+    // an `attestation` it cannot serve.
+    let attestation = !args.iter().any(|a| a == "--no-attestation");
+    config::write_demo_full(
+        Path::new(&out),
+        &listen,
+        Some(&legacy),
+        &user_data,
+        attestation,
+    )
+    .map_err(|e| format!("{out}: {e}"))?;
     eprintln!("wrote {out}");
     Ok(())
 }
@@ -139,13 +149,16 @@ fn cmd_run(args: &[String]) -> Result {
     let config = match flag_value(args, "--config") {
         Some(c) => PathBuf::from(c),
         None => {
-            let p = root().join("target/demo/config.json");
+            // The daemon serves everything: its demo has an attestation signer (the default
+            // image's `target/demo/config.json` has none).
+            let p = root().join("target/demo/config-daemon.json");
             if !p.exists() {
                 config::write_demo_full(
                     &p,
                     &format!("127.0.0.1:{port}"),
                     Some("127.0.0.1:50342"),
                     config::DEMO_USER_DATA.as_bytes(),
+                    true,
                 )
                 .map_err(|e| e.to_string())?;
             }

@@ -416,8 +416,8 @@ pub fn curl_hint(port: u16) -> String {
 /// QEMU in the foreground (serial on this terminal). Ctrl-C stops QEMU (its `-serial stdio`
 /// keeps terminal signals); if this process is killed, a [`Watchdog`] kills QEMU. The guest's
 /// exit code, if it left through isa-debug-exit, is reported in the error.
-pub fn run_foreground(release: bool, opts: &QemuOpts) -> Result<(), String> {
-    let image = try_build_image(release)?;
+pub fn run_foreground(release: bool, features: &[&str], opts: &QemuOpts) -> Result<(), String> {
+    let image = try_build_image_with(release, features)?;
     let mut cmd = qemu_command(&image, opts);
     eprintln!("{}", print_cmd(&cmd));
     if let Network::User {

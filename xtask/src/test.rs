@@ -58,8 +58,8 @@ pub fn run(args: &[String]) -> Result {
     ]);
     status(c)?;
 
-    step("clippy (the image: issuer, and with the broker feature)");
-    for features in [None, Some("broker")] {
+    step("clippy (the image: issuer, with the broker feature, with attested + scheduled-events)");
+    for features in [None, Some("broker"), Some("attested,scheduled-events")] {
         let mut c = cargo();
         c.args([
             "clippy",

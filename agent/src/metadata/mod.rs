@@ -26,7 +26,13 @@
 //! not use JSON escapes. These answers are static: the per-source mint/fetch limiter does not
 //! count them (module `imds` routes them without the guard).
 
+#[cfg(feature = "attested")]
 pub mod attested;
+#[cfg(any(feature = "attested", feature = "scheduled-events"))]
+pub mod civil;
+#[cfg(any(feature = "attested", feature = "scheduled-events"))]
+pub mod compute;
+#[cfg(feature = "scheduled-events")]
 pub mod events;
 pub mod instance;
 pub mod since;
