@@ -16,7 +16,7 @@ use zeroize::Zeroize;
 pub fn parse_signing_key(pem: &str) -> Result<p256::ecdsa::SigningKey, &'static str> {
     let mut der = [0u8; PEM_MAX];
     let result = (|| {
-        let (label, der) = pem_decode(pem.trim(), &mut der).ok_or("is not a PEM document")?;
+        let (label, der) = pem_decode(pem.trim_ascii(), &mut der).ok_or("is not a PEM document")?;
         if label != "PRIVATE KEY" {
             return Err("must be a PKCS#8 PEM (-----BEGIN PRIVATE KEY-----)");
         }
@@ -30,7 +30,7 @@ pub fn parse_signing_key(pem: &str) -> Result<p256::ecdsa::SigningKey, &'static 
 #[cfg(feature = "broker")]
 pub fn certificate_der(pem: &str) -> Result<heapless::Vec<u8, CA_DER_MAX>, &'static str> {
     let mut der = [0u8; CA_DER_MAX];
-    let (label, der) = pem_decode(pem.trim(), &mut der)
+    let (label, der) = pem_decode(pem.trim_ascii(), &mut der)
         .ok_or("is not a PEM certificate (or larger than 2048 bytes of DER)")?;
     if label != "CERTIFICATE" {
         return Err("must be a PEM certificate (-----BEGIN CERTIFICATE-----)");
