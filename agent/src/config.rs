@@ -516,34 +516,41 @@ fn next_opt_str<'de, A: MapAccess<'de>, const N: usize>(
 }
 
 /// The next value as a list of at most `M` strings of at most `N` bytes (what
-/// `heapless::Vec<Str<N>, M>` reads, through the shared string code).
+/// `heapless::Vec<Str<N>, M>` reads, through the shared string code). One visitor for every
+/// list (`allow`, `allow_hosts`): each element is handed to `push`, which says whether it fit.
 fn next_str_list<'de, A: MapAccess<'de>, const N: usize, const M: usize>(
     map: &mut A,
 ) -> Result<heapless::Vec<Str<N>, M>, A::Error> {
-    struct ListSeed<const N: usize, const M: usize>;
-    impl<'de, const N: usize, const M: usize> DeserializeSeed<'de> for ListSeed<N, M> {
-        type Value = heapless::Vec<Str<N>, M>;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_seq(self)
-        }
+    let mut list = heapless::Vec::new();
+    let mut push = |s: &str| match Str::<N>::try_from(s) {
+        Ok(item) => list.push(item).map_err(|_| M + 1),
+        Err(_) => Err(s.len()),
+    };
+    map.next_value_seed(ListSeed(&mut push))?;
+    Ok(list)
+}
+
+/// Reads a list of strings into a `push` callback; `Err(n)` from it is `invalid_length(n)`.
+struct ListSeed<'p>(&'p mut dyn FnMut(&str) -> Result<(), usize>);
+
+impl<'de> DeserializeSeed<'de> for ListSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
     }
-    impl<'de, const N: usize, const M: usize> Visitor<'de> for ListSeed<N, M> {
-        type Value = heapless::Vec<Str<N>, M>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list of strings")
-        }
-        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
-            let mut list = heapless::Vec::new();
-            while let Some(s) = seq.next_element::<Str<PEM_MAX>>()? {
-                let item = fit(&s)?;
-                if list.push(item).is_err() {
-                    return Err(de::Error::invalid_length(M + 1, &self));
-                }
-            }
-            Ok(list)
-        }
+}
+
+impl<'de> Visitor<'de> for ListSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of strings")
     }
-    map.next_value_seed(ListSeed::<N, M>)
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
+        while let Some(s) = seq.next_element::<Str<PEM_MAX>>()? {
+            (self.0)(&s).map_err(|n| de::Error::invalid_length(n, &"a shorter string or list"))?;
+        }
+        Ok(())
+    }
 }
 
 #[inline(never)]
