@@ -13,6 +13,7 @@ use crate::limits::PEM_MAX;
 use zeroize::Zeroize;
 
 /// Decode a PKCS#8 PEM P-256 private key.
+#[inline(never)]
 pub fn parse_signing_key(pem: &str) -> Result<p256::ecdsa::SigningKey, &'static str> {
     let mut der = [0u8; PEM_MAX];
     let result = (|| {
