@@ -171,6 +171,22 @@ fn net_memory() -> &'static mut NetMemory<'static> {
     }
 }
 
+/// The agent's place (~160 KiB), in `.bss`: out of [`serve`]'s frame, whose other locals are
+/// then reached with short stack offsets.
+static mut AGENT_MEMORY: MaybeUninit<RefCell<Agent>> = MaybeUninit::uninit();
+static AGENT_MEMORY_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The agent's place, once per boot.
+fn agent_memory() -> &'static mut MaybeUninit<RefCell<Agent>> {
+    assert!(
+        !AGENT_MEMORY_TAKEN.swap(true, Ordering::AcqRel),
+        "agent memory taken twice"
+    );
+    // SAFETY: the flag above makes this the only reference ever made to AGENT_MEMORY; a
+    // `MaybeUninit` may be referenced before it is initialised.
+    unsafe { &mut *(&raw mut AGENT_MEMORY) }
+}
+
 /// The agent, the broker tasks (image built with `broker`, config with an `authority`) and
 /// the network loop, forever. One loop turn: the network poll (HTTP connections, parked
 /// requests retried); in broker mode the tasks and their pipes ([`imds_agent::broker::runner`])
@@ -201,7 +217,7 @@ fn serve(
         entropy,
         log,
     );
-    let agent = RefCell::new(Agent::new(config));
+    let agent = agent_memory().write(RefCell::new(Agent::new(config)));
     #[cfg(feature = "broker")]
     let (pipes, tasks) = authority
         .as_ref()
