@@ -494,11 +494,34 @@ impl Tracker {
 /// through one instantiation of serde-json-core's string code (one per `heapless::String<N>`
 /// would each be in the image), then copied to its size; too long is serde's `invalid_length`,
 /// as from `heapless::String<N>` itself.
+#[cfg(any(feature = "broker", feature = "attested"))]
 pub(crate) fn next_str<'de, A: MapAccess<'de>, const N: usize>(
     map: &mut A,
 ) -> Result<Str<N>, A::Error> {
     let mut s = next_any_str(map)?;
     let r = fit(&s);
+    zeroize_string(&mut s);
+    r
+}
+
+/// [`next_str`] into `out` (`Some`): the string code is the same for every capacity (a view of
+/// `out`), and no `Result<Str<N>, _>` is moved at the call site.
+pub(crate) fn next_str_into<'de, A: MapAccess<'de>, const N: usize>(
+    map: &mut A,
+    out: &mut Option<Str<N>>,
+) -> Result<(), A::Error> {
+    read_str_into(map, out.insert(Str::new()).as_mut_view())
+}
+
+#[inline(never)]
+fn read_str_into<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    out: &mut heapless::string::StringView,
+) -> Result<(), A::Error> {
+    let mut s = next_any_str(map)?;
+    let r = out
+        .push_str(&s)
+        .map_err(|_| de::Error::invalid_length(s.len(), &"a shorter string"));
     zeroize_string(&mut s);
     r
 }
@@ -604,11 +627,11 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
         read_map(map, |key, map| {
             t.set(FieldPath::top(key));
             match key {
-                "tenant_id" => raw.tenant_id = Some(next_str(map)?),
-                "issuer" => raw.issuer = Some(next_str(map)?),
+                "tenant_id" => next_str_into(map, &mut raw.tenant_id)?,
+                "issuer" => next_str_into(map, &mut raw.issuer)?,
                 "token_lifetime_s" => raw.token_lifetime_s = Some(map.next_value()?),
                 "refresh_margin_s" => raw.refresh_margin_s = Some(map.next_value()?),
-                "signing_key" => raw.signing_key = Some(next_str(map)?),
+                "signing_key" => next_str_into(map, &mut raw.signing_key)?,
                 #[cfg(feature = "std")]
                 "listen" => raw.listen = Some(map.next_value_seed(ListenSeed(t))?),
                 // The image has no listen address: the field is allowed and skipped.
@@ -692,7 +715,7 @@ impl<'de> Visitor<'de> for ListenSeed<'_> {
         read_map(map, |key, map| {
             t.set(FieldPath::nested("listen", None, key));
             match key {
-                "imds" => raw.imds = Some(next_str(map)?),
+                "imds" => next_str_into(map, &mut raw.imds)?,
                 "legacy" => raw.legacy = Some(next_opt_str(map)?),
                 other => unknown_field(t, FieldPath::nested("listen", None, other), map)?,
             }
@@ -780,7 +803,7 @@ impl<'de> Visitor<'de> for NetworkSeed<'_> {
         read_map(map, |key, map| {
             t.set(FieldPath::nested("network", None, key));
             match key {
-                "address" => raw.address = Some(next_str(map)?),
+                "address" => next_str_into(map, &mut raw.address)?,
                 "gateway" => raw.gateway = next_opt_str(map)?,
                 other => unknown_field(t, FieldPath::nested("network", None, other), map)?,
             }
@@ -806,13 +829,13 @@ impl<'de> Visitor<'de> for AuthoritySeed<'_> {
         read_map(map, |key, map| {
             t.set(FieldPath::nested("authority", None, key));
             match key {
-                "token_url" => raw.token_url = Some(next_str(map)?),
+                "token_url" => next_str_into(map, &mut raw.token_url)?,
                 "ca_cert" => {
                     let pem: Str<PEM_MAX> = next_str(map)?;
                     raw.ca_cert = Some(certificate_der(&pem));
                 }
-                "spki_sha256" => raw.spki_sha256 = Some(next_str(map)?),
-                "style" => raw.style = Some(next_str(map)?),
+                "spki_sha256" => next_str_into(map, &mut raw.spki_sha256)?,
+                "style" => next_str_into(map, &mut raw.style)?,
                 "address" => raw.address = next_opt_str(map)?,
                 "timeout_s" => raw.timeout_s = Some(map.next_value()?),
                 k if k.starts_with('_') => {
@@ -880,10 +903,10 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
         read_map(map, |key, map| {
             t.set(FieldPath::nested("identities", Some(i), key));
             match key {
-                "kind" => raw.kind = Some(next_str(map)?),
-                "client_id" => raw.client_id = Some(next_str(map)?),
-                "object_id" => raw.object_id = Some(next_str(map)?),
-                "resource_id" => raw.resource_id = Some(next_str(map)?),
+                "kind" => next_str_into(map, &mut raw.kind)?,
+                "client_id" => next_str_into(map, &mut raw.client_id)?,
+                "object_id" => next_str_into(map, &mut raw.object_id)?,
+                "resource_id" => next_str_into(map, &mut raw.resource_id)?,
                 #[cfg(feature = "broker")]
                 "key" => {
                     let mut pem: Str<PEM_MAX> = next_str(map)?;
@@ -891,7 +914,7 @@ impl<'de> Visitor<'de> for IdentitySeed<'_> {
                     zeroize_string(&mut pem);
                 }
                 #[cfg(feature = "broker")]
-                "alg" => raw.alg = Some(next_str(map)?),
+                "alg" => next_str_into(map, &mut raw.alg)?,
                 #[cfg(feature = "broker")]
                 "certificate" => {
                     let pem: Str<PEM_MAX> = next_str(map)?;
@@ -1096,12 +1119,12 @@ mod scheduled {
             read_map(map, |key, map| {
                 t.set(FieldPath::nested("scheduled_events", Some(i), key));
                 match key {
-                    "EventType" => raw.kind = Some(next_str(map)?),
+                    "EventType" => next_str_into(map, &mut raw.kind)?,
                     "appear_after_s" => raw.appear_after_s = Some(map.next_value()?),
                     "notice_s" => raw.notice_s = Some(map.next_value()?),
                     "DurationInSeconds" => raw.duration_s = Some(map.next_value()?),
-                    "Description" => raw.description = Some(next_str(map)?),
-                    "EventSource" => raw.source = Some(next_str(map)?),
+                    "Description" => next_str_into(map, &mut raw.description)?,
+                    "EventSource" => next_str_into(map, &mut raw.source)?,
                     k if k.starts_with('_') => {
                         map.next_value::<de::IgnoredAny>()?;
                     }
