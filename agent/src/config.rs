@@ -569,8 +569,10 @@ impl<'de> Visitor<'de> for ListSeed<'_> {
         f.write_str("a list of strings")
     }
     fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
-        while let Some(s) = seq.next_element::<Str<PEM_MAX>>()? {
+        let mut s = Str::<PEM_MAX>::new();
+        while seq.next_element_seed(StrSeed(s.as_mut_view()))?.is_some() {
             (self.0)(&s).map_err(|n| de::Error::invalid_length(n, &"a shorter string or list"))?;
+            s.clear();
         }
         Ok(())
     }
@@ -578,12 +580,65 @@ impl<'de> Visitor<'de> for ListSeed<'_> {
 
 #[inline(never)]
 fn next_any_str<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Str<PEM_MAX>, A::Error> {
-    map.next_value()
+    let mut s = Str::new();
+    map.next_value_seed(StrSeed(s.as_mut_view()))?;
+    Ok(s)
+}
+
+/// Reads a string into a view of a `heapless::String` of any capacity (what its own
+/// `Deserialize` does, too long being `invalid_length`): keys and values share this code.
+struct StrSeed<'b>(&'b mut heapless::string::StringView);
+
+impl<'de> DeserializeSeed<'de> for StrSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.0
+            .push_str(v)
+            .map_err(|_| E::invalid_length(v.len(), &"a shorter string"))
+    }
 }
 
 #[inline(never)]
 fn next_any_opt_str<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Str<PEM_MAX>>, A::Error> {
-    map.next_value()
+    let mut s = Str::new();
+    let some = map.next_value_seed(OptStr(s.as_mut_view()))?;
+    Ok(some.then_some(s))
+}
+
+/// A string or `null` (`false`) into a view, through [`StrSeed`].
+struct OptStr<'b>(&'b mut heapless::string::StringView);
+
+impl<'de> DeserializeSeed<'de> for OptStr<'_> {
+    type Value = bool;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OptStr<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or null")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(StrSeed(self.0)).map(|()| true)
+    }
 }
 
 fn fit<E: de::Error, const N: usize>(s: &str) -> Result<Str<N>, E> {
@@ -600,8 +655,10 @@ where
     A: MapAccess<'de>,
     F: FnMut(&str, &mut A) -> Result<(), A::Error>,
 {
-    while let Some(key) = map.next_key::<Str<64>>()? {
+    let mut key = Str::<64>::new();
+    while map.next_key_seed(StrSeed(key.as_mut_view()))?.is_some() {
         field(key.as_str(), &mut map)?;
+        key.clear();
     }
     Ok(())
 }
