@@ -195,7 +195,12 @@ impl Guard {
                 None => return false,
             }
         } else {
-            host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+            // By byte: `:` is ASCII (never inside a multi-byte character), and core's reverse
+            // `char` search is ~450 bytes of the image.
+            match host.bytes().rposition(|b| b == b':') {
+                Some(i) => &host[..i],
+                None => host,
+            }
         };
         name.parse::<core::net::Ipv4Addr>().is_ok()
             || name.eq_ignore_ascii_case("localhost")
