@@ -726,10 +726,15 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                         raw.needs_feature = Some(("scheduled_events", NEEDS_SCHEDULED_EVENTS));
                     }
                 }
-                "instance" => metadata_field(t, "instance", map, &mut raw.metadata.instance)?,
-                "loadbalancer" => {
-                    metadata_field(t, "loadbalancer", map, &mut raw.metadata.loadbalancer)?
+                "instance" => {
+                    metadata_field(t, "instance", map, raw.metadata.instance.parts_mut())?
                 }
+                "loadbalancer" => metadata_field(
+                    t,
+                    "loadbalancer",
+                    map,
+                    raw.metadata.loadbalancer.parts_mut(),
+                )?,
                 "identities" => {
                     let (list, overflow) = map.next_value_seed(IdentitiesSeed(t))?;
                     raw.identities = Some(list);
@@ -811,11 +816,11 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Opt<V> {
 
 /// `instance` or `loadbalancer`: transcoded into its compact copy (module `metadata`).
 #[inline(never)]
-fn metadata_field<'de, A: MapAccess<'de>, const N: usize>(
+fn metadata_field<'de, A: MapAccess<'de>>(
     t: &Tracker,
     name: &str,
     map: &mut A,
-    out: &mut crate::metadata::Doc<N>,
+    out: (&mut [u8], &mut usize),
 ) -> Result<(), A::Error> {
     match crate::metadata::transcode(map, out, name == "loadbalancer")? {
         Ok(()) => Ok(()),

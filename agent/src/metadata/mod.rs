@@ -83,6 +83,11 @@ impl<const N: usize> Doc<N> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The buffer and the length of its content, for the config reader: one copy of its code
+    /// for every capacity.
+    pub(crate) fn parts_mut(&mut self) -> (&mut [u8], &mut usize) {
+        (&mut self.buf[..], &mut self.len)
+    }
 }
 
 impl<const N: usize> Default for Doc<N> {
@@ -114,13 +119,13 @@ pub use instance::Invalid as Problem;
 /// Transcode the next value of `map` (the config's `instance`, or with `ports` its
 /// `loadbalancer`) into `out`. `null` leaves `out` empty. Err: what is wrong and where (the
 /// serde error that stopped the parse is then only the carrier).
-pub(crate) fn transcode<'de, A: MapAccess<'de>, const N: usize>(
+pub(crate) fn transcode<'de, A: MapAccess<'de>>(
     map: &mut A,
-    out: &mut Doc<N>,
+    (buf, len): (&mut [u8], &mut usize),
     ports: bool,
 ) -> Result<Result<(), Problem>, A::Error> {
-    let r = map.next_value_seed(Top(&mut out.buf[..], ports))?;
-    Ok(check(out, r, ports))
+    let r = map.next_value_seed(Top(buf, ports))?;
+    Ok(check(buf, len, r, ports))
 }
 
 /// Transcode a whole JSON document (an `instance`, or with `loadbalancer` a load balancer
@@ -136,22 +141,24 @@ pub fn load<const N: usize>(
     };
     let mut scratch = [0u8; crate::limits::CONFIG_STRING_MAX];
     let mut de = serde_json_core::de::Deserializer::new(json, Some(&mut scratch));
-    let r = match Top(&mut out.buf[..], loadbalancer).deserialize(&mut de) {
+    let (buf, len) = out.parts_mut();
+    let r = match Top(buf, loadbalancer).deserialize(&mut de) {
         Ok(Ok(len)) => de.end().map(|_| len).map_err(|_| invalid()),
         Ok(Err(p)) => Err(p),
         Err(_) => Err(invalid()),
     };
-    check(out, r, loadbalancer)
+    check(buf, len, r, loadbalancer)
 }
 
 /// Keep what was loaded into `out` if it has the required shape: an `instance` has `compute`
 /// and `network` objects (checked with the serving walker: a counting walk finds them).
-fn check<const N: usize>(
-    out: &mut Doc<N>,
+fn check(
+    buf: &[u8],
+    out_len: &mut usize,
     loaded: Result<usize, Problem>,
     ports: bool,
 ) -> Result<(), Problem> {
-    out.len = 0;
+    *out_len = 0;
     let len = loaded?;
     if !ports && len > 0 {
         for key in ["compute", "network"] {
@@ -161,7 +168,7 @@ fn check<const N: usize>(
                 text: false,
                 extended: false,
             };
-            let why = match instance::render(&out.buf[..len], q, instance::Sink::new(0, &mut [])) {
+            let why = match instance::render(&buf[..len], q, instance::Sink::new(0, &mut [])) {
                 Ok(_) => continue,
                 Err(instance::Miss::NotFound) => "is required",
                 Err(_) => "must be an object",
@@ -171,7 +178,7 @@ fn check<const N: usize>(
             return Err(Problem { path, why });
         }
     }
-    out.len = len;
+    *out_len = len;
     Ok(())
 }
 
