@@ -254,12 +254,17 @@ impl FieldPath {
 
 fn truncated<const N: usize>(s: &str) -> heapless::String<N> {
     let mut out = heapless::String::new();
-    for c in s.chars() {
-        if out.push(c).is_err() {
-            break;
-        }
-    }
+    truncate_into(s, out.as_mut_view());
     out
+}
+
+/// The longest prefix of `s` (whole characters) that fits `out`: one copy for every capacity.
+fn truncate_into(s: &str, out: &mut heapless::string::StringView) {
+    let mut end = s.len().min(out.capacity());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let _ = out.push_str(&s[..end]);
 }
 
 impl FieldPath {
