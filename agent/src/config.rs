@@ -535,12 +535,10 @@ fn read_str_into<'de, A: MapAccess<'de>>(
 fn next_opt_str<'de, A: MapAccess<'de>, const N: usize>(
     map: &mut A,
 ) -> Result<Option<Str<N>>, A::Error> {
-    let mut s = next_any_opt_str(map)?;
-    let r = s.as_deref().map(fit).transpose();
-    if let Some(s) = s.as_mut() {
-        zeroize_string(s);
-    }
-    r
+    // Read in place (these are addresses, not secrets: no scratch copy to wipe).
+    let mut s = Str::new();
+    let some = map.next_value_seed(OptStr(s.as_mut_view()))?;
+    Ok(some.then_some(s))
 }
 
 /// The next value as a list of at most `M` strings of at most `N` bytes (what
@@ -613,13 +611,6 @@ impl<'de> Visitor<'de> for StrSeed<'_> {
     }
 }
 
-#[inline(never)]
-fn next_any_opt_str<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Str<PEM_MAX>>, A::Error> {
-    let mut s = Str::new();
-    let some = map.next_value_seed(OptStr(s.as_mut_view()))?;
-    Ok(some.then_some(s))
-}
-
 /// A string or `null` (`false`) into a view, through [`StrSeed`].
 struct OptStr<'b>(&'b mut heapless::string::StringView);
 
@@ -646,6 +637,7 @@ impl<'de> Visitor<'de> for OptStr<'_> {
     }
 }
 
+#[cfg(any(feature = "broker", feature = "attested"))]
 fn fit<E: de::Error, const N: usize>(s: &str) -> Result<Str<N>, E> {
     Str::try_from(s).map_err(|_| E::invalid_length(s.len(), &"a shorter string"))
 }
