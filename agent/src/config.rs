@@ -523,12 +523,9 @@ fn read_str_into<'de, A: MapAccess<'de>>(
     map: &mut A,
     out: &mut heapless::string::StringView,
 ) -> Result<(), A::Error> {
-    let mut s = next_any_str(map)?;
-    let r = out
-        .push_str(&s)
-        .map_err(|_| de::Error::invalid_length(s.len(), &"a shorter string"));
-    zeroize_string(&mut s);
-    r
+    // Straight into `out` (a secret, the signing key, is wiped with it by `Raw`'s drop): no
+    // intermediate copy.
+    map.next_value_seed(StrSeed(out))
 }
 
 /// [`next_str`] for a value that may be `null`.
@@ -581,6 +578,7 @@ impl<'de> Visitor<'de> for ListSeed<'_> {
     }
 }
 
+#[cfg(any(feature = "broker", feature = "attested"))]
 #[inline(never)]
 fn next_any_str<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Str<PEM_MAX>, A::Error> {
     let mut s = Str::new();
