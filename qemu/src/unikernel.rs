@@ -182,9 +182,10 @@ fn agent_memory() -> &'static mut MaybeUninit<RefCell<Agent>> {
         !AGENT_MEMORY_TAKEN.swap(true, Ordering::AcqRel),
         "agent memory taken twice"
     );
+    let memory = &raw mut AGENT_MEMORY;
     // SAFETY: the flag above makes this the only reference ever made to AGENT_MEMORY; a
     // `MaybeUninit` may be referenced before it is initialised.
-    unsafe { &mut *(&raw mut AGENT_MEMORY) }
+    unsafe { &mut *memory }
 }
 
 /// The agent, the broker tasks (image built with `broker`, config with an `authority`) and
@@ -217,11 +218,11 @@ fn serve(
         entropy,
         log,
     );
-    let agent = agent_memory().write(RefCell::new(Agent::new(config)));
+    let agent: &RefCell<Agent> = agent_memory().write(RefCell::new(Agent::new(config)));
     #[cfg(feature = "broker")]
     let (pipes, tasks) = authority
         .as_ref()
-        .map(|authority| crate::broker::tasks(&agent, authority, clock))
+        .map(|authority| crate::broker::tasks(agent, authority, clock))
         .unzip();
     #[cfg(feature = "broker")]
     let mut tasks = core::pin::pin!(tasks);
