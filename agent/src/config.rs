@@ -1728,10 +1728,7 @@ impl Config {
                 Some(out)
             }
         };
-        let mut allow_hosts = heapless::Vec::new();
-        for h in raw.allow_hosts.iter().flatten() {
-            let _ = allow_hosts.push(h.clone());
-        }
+        let allow_hosts = raw.allow_hosts.clone().unwrap_or_default();
         let limits = match &raw.limits {
             None => LimitsConfig::default(),
             Some(l) => LimitsConfig {
