@@ -34,6 +34,9 @@ pub struct Agent {
     pub(crate) compute: crate::metadata::compute::Compute,
     /// `/metadata/instance` and `/metadata/loadbalancer` (issue 12).
     pub(crate) metadata: crate::metadata::Documents,
+    /// The other Azure hosts' endpoints and their secrets (module `hosts`, issue 13).
+    #[cfg(feature = "std")]
+    pub(crate) hosts: crate::config::HostsConfig,
     /// Log lines from the broker tasks, drained by the driver.
     #[cfg(feature = "broker")]
     events: heapless::Deque<heapless::String<EVENT_LINE_MAX>, EVENT_QUEUE>,
@@ -70,6 +73,8 @@ impl Agent {
             #[cfg(any(feature = "attested", feature = "scheduled-events"))]
             compute,
             metadata,
+            #[cfg(feature = "std")]
+            hosts,
             ..
         } = config;
         #[cfg(feature = "scheduled-events")]
@@ -103,6 +108,8 @@ impl Agent {
             #[cfg(any(feature = "attested", feature = "scheduled-events"))]
             compute,
             metadata,
+            #[cfg(feature = "std")]
+            hosts,
             #[cfg(feature = "broker")]
             events: heapless::Deque::new(),
         }

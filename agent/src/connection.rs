@@ -175,6 +175,16 @@ impl Connection {
                     };
                     // The router parks a request that waits for a fetch, answers it when the
                     // fetch ends or the wait is too long, and releases it then.
+                    #[cfg(feature = "std")]
+                    crate::hosts::handle(
+                        self.listener,
+                        agent,
+                        &req,
+                        &ctx,
+                        entropy,
+                        &mut self.reply,
+                    );
+                    #[cfg(not(feature = "std"))]
                     imds::handle(agent, &req, &ctx, entropy, &mut self.reply);
                     if self.reply.pending {
                         self.parked_since_us.get_or_insert(start_us);

@@ -32,6 +32,8 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod guard;
+#[cfg(feature = "std")]
+pub mod hosts;
 pub mod http;
 pub mod identity;
 pub mod imds;

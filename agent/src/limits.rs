@@ -188,3 +188,7 @@ pub const METADATA_PATH_MAX: usize = 256;
 /// Longest field path tracked for version gating and config errors
 /// (`compute.storageProfile.dataDisks[].isUltraDisk`). Deeper paths are never gated.
 pub const METADATA_FIELD_PATH_MAX: usize = 96;
+
+/// Longest secret of an `app_service` / `azure_ml` endpoint (config), and of the header that
+/// carries it.
+pub const HOST_SECRET_MAX: usize = 256;

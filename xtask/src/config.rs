@@ -79,6 +79,21 @@ pub fn demo(listen_imds: &str, listen_legacy: Option<&str>) -> Value {
     })
 }
 
+/// A fresh secret for an `app_service` / `azure_ml` endpoint: 32 random bytes as hex.
+pub fn host_secret() -> String {
+    let mut b = [0u8; 32];
+    OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Adds the other Azure hosts' endpoints (issue 13) to a config document: `app_service` and
+/// `azure_ml` on the given listen addresses, each with a fresh secret.
+pub fn with_hosts(mut doc: Value, app_service: &str, azure_ml: &str) -> Value {
+    doc["app_service"] = json!({ "listen": app_service, "secret": host_secret() });
+    doc["azure_ml"] = json!({ "listen": azure_ml, "secret": host_secret() });
+    doc
+}
+
 /// [`demo`] with the VM's instance metadata and an attestation signer (see [`with_instance`]),
 /// `user_data` served base64-encoded as `compute.userData`: what `cargo xtask config --demo`
 /// writes.
