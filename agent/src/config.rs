@@ -173,6 +173,22 @@ pub struct HostsConfig {
     pub app_service: Option<HostEndpoint>,
     /// `azure_ml`: `MSI_ENDPOINT` + `MSI_SECRET` clients.
     pub azure_ml: Option<HostEndpoint>,
+    /// `arc`: `IDENTITY_ENDPOINT` + `IMDS_ENDPOINT` clients (Azure Arc's key-file challenge).
+    pub arc: Option<ArcConfig>,
+}
+
+/// Default `arc.key_dir`: the only directory real Arc clients read key files from on Linux.
+#[cfg(feature = "std")]
+pub const DEFAULT_ARC_KEY_DIR: &str = "/var/opt/azcmagent/tokens";
+
+/// `arc`: Azure Arc's endpoint (host daemon only).
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArcConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Where challenge key files are written (absolute, no trailing `/`).
+    pub key_dir: heapless::String<{ crate::limits::ARC_KEY_DIR_MAX }>,
 }
 
 /// Static address of the unikernel (DHCP when absent).
@@ -478,6 +494,8 @@ struct Raw {
     app_service: Option<RawHostEndpoint>,
     #[cfg(feature = "std")]
     azure_ml: Option<RawHostEndpoint>,
+    #[cfg(feature = "std")]
+    arc: Option<RawArc>,
     /// A host-daemon-only field (`app_service`, `azure_ml`) in the image: refused by `validate`.
     #[cfg(not(feature = "std"))]
     host_only: Option<&'static str>,
@@ -660,13 +678,15 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "azure_ml" => {
                     raw.azure_ml = map.next_value_seed(Opt(HostEndpointSeed(t, "azure_ml")))?
                 }
+                #[cfg(feature = "std")]
+                "arc" => raw.arc = map.next_value_seed(Opt(ArcSeed(t)))?,
                 #[cfg(not(feature = "std"))]
-                "app_service" | "azure_ml" => {
+                "app_service" | "azure_ml" | "arc" => {
                     if map.next_value::<Option<de::IgnoredAny>>()?.is_some() {
-                        raw.host_only = Some(if key == "app_service" {
-                            "app_service"
-                        } else {
-                            "azure_ml"
+                        raw.host_only = Some(match key {
+                            "app_service" => "app_service",
+                            "azure_ml" => "azure_ml",
+                            _ => "arc",
                         });
                     }
                 }
@@ -907,7 +927,65 @@ fn validate_host_endpoint(
     }))
 }
 
-/// Why the image refuses `app_service` and `azure_ml`.
+#[cfg(feature = "std")]
+#[derive(Default)]
+struct RawArc {
+    listen: Option<Str<64>>,
+    key_dir: Option<Str<{ crate::limits::ARC_KEY_DIR_MAX }>>,
+}
+
+/// `arc`: `{"listen": "ADDR:PORT", "key_dir": "/var/opt/azcmagent/tokens"}`.
+#[cfg(feature = "std")]
+struct ArcSeed<'t>(&'t Tracker);
+
+#[cfg(feature = "std")]
+impl<'de> Visitor<'de> for ArcSeed<'_> {
+    type Value = RawArc;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `listen` and `key_dir`")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let t = self.0;
+        let mut raw = RawArc::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested("arc", None, key));
+            match key {
+                "listen" => raw.listen = Some(next_str(map)?),
+                "key_dir" => raw.key_dir = Some(next_str(map)?),
+                other => unknown_field(t, FieldPath::nested("arc", None, other), map)?,
+            }
+            Ok(())
+        })?;
+        Ok(raw)
+    }
+}
+
+/// Validate `arc`: an address, and an absolute key directory without whitespace (it goes
+/// into a header, unquoted).
+#[cfg(feature = "std")]
+fn validate_arc(raw: Option<&RawArc>) -> Result<Option<ArcConfig>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let p = |sub| FieldPath::nested("arc", None, sub);
+    let listen = raw
+        .listen
+        .as_ref()
+        .ok_or_else(|| ConfigError::Missing(p("listen")))?;
+    let listen = socket_addr(listen, p("listen"))?;
+    let dir = raw.key_dir.as_deref().unwrap_or(DEFAULT_ARC_KEY_DIR);
+    let dir = dir.trim_end_matches('/');
+    let bad = || ConfigError::Invalid {
+        field: p("key_dir"),
+        why: "must be an absolute directory path (not `/`) of printable ASCII without spaces",
+    };
+    if !dir.starts_with('/') || !dir.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    let mut key_dir = heapless::String::new();
+    key_dir.push_str(dir).map_err(|_| bad())?;
+    Ok(Some(ArcConfig { listen, key_dir }))
+}
+
+/// Why the image refuses `app_service`, `azure_ml` and `arc`.
 #[cfg(not(feature = "std"))]
 const HOST_DAEMON_ONLY: &str = "is served by the host daemon only (the other Azure hosts' \
     managed-identity protocols live on the machine that runs the code); the image refuses it";
@@ -1751,6 +1829,7 @@ impl Config {
         let hosts = HostsConfig {
             app_service: validate_host_endpoint(raw.app_service.as_ref(), "app_service")?,
             azure_ml: validate_host_endpoint(raw.azure_ml.as_ref(), "azure_ml")?,
+            arc: validate_arc(raw.arc.as_ref())?,
         };
         #[cfg(not(feature = "std"))]
         if let Some(field) = raw.host_only {
@@ -1921,6 +2000,38 @@ pub(crate) mod tests {
             SYS,
         ));
         assert!(e.contains("`app_service.port`"), "{e}");
+    }
+
+    #[test]
+    fn reads_arc() {
+        let c =
+            Config::parse(doc(r#""arc":{"listen":"127.0.0.1:40342"},"#, SYS).as_bytes()).unwrap();
+        let a = c.hosts.arc.unwrap();
+        assert_eq!(a.listen, "127.0.0.1:40342".parse().unwrap());
+        assert_eq!(a.key_dir.as_str(), DEFAULT_ARC_KEY_DIR);
+        let d = doc(
+            r#""arc":{"listen":"127.0.0.1:1","key_dir":"/tmp/k/"},"#,
+            SYS,
+        );
+        assert_eq!(
+            Config::parse(d.as_bytes())
+                .unwrap()
+                .hosts
+                .arc
+                .unwrap()
+                .key_dir
+                .as_str(),
+            "/tmp/k"
+        );
+        for bad in ["tokens", "/", "/a b", ""] {
+            let e = err(&doc(
+                &std::format!(r#""arc":{{"listen":"127.0.0.1:1","key_dir":"{bad}"}},"#),
+                SYS,
+            ));
+            assert!(e.contains("`arc.key_dir`"), "{bad:?}: {e}");
+        }
+        let e = err(&doc(r#""arc":{"key_dir":"/x"},"#, SYS));
+        assert!(e.contains("`arc.listen`"), "{e}");
     }
 
     #[test]

@@ -191,17 +191,19 @@ impl Connection {
                         Outcome::Parked
                     } else {
                         let keep_alive = req.keep_alive && !self.reply.close;
+                        let big = self.reply.big.take();
                         let head = ResponseHead {
                             status: self.reply.status,
                             content_type: self.reply.content_type,
                             retry_after_s: self.reply.retry_after_s,
                             allow: self.reply.allow,
+                            www_authenticate: self.reply.www_authenticate(),
                             keep_alive,
                         };
                         self.tx.clear();
                         self.tx_sent = 0;
                         let head_only = req.method == http::Method::Head;
-                        let ok = match self.reply.big.take() {
+                        let ok = match big {
                             Some(body) => {
                                 let ok = http::write_head(&mut self.tx, &head, body.len).is_ok();
                                 if ok && !head_only && body.len > 0 {
@@ -316,6 +318,7 @@ impl Connection {
             content_type: self.reply.content_type,
             retry_after_s: None,
             allow: None,
+            www_authenticate: None,
             keep_alive: false,
         };
         self.tx.clear();

@@ -7,8 +7,11 @@
 //! ([`crate::imds`]); other request rules and answer shapes: `expires_on` a string of epoch
 //! seconds, and errors `{"statusCode": N, "message": "..."}` (what MSAL reads). Requests on
 //! the IMDS and legacy listeners go to [`crate::imds::handle`].
+//!
+//! Azure Arc (config `arc`) speaks IMDS's token request behind a key-file challenge ([`arc`]).
 
 use crate::agent::Agent;
+use crate::challenge::ChallengeError;
 use crate::config::HostEndpoint;
 use crate::guard::Refusal;
 use crate::http::{Method, Request};
@@ -67,12 +70,108 @@ pub fn handle<E: Entropy>(
     let protocol = match listener {
         Listener::AppService => Protocol::AppService,
         Listener::AzureMl => Protocol::AzureMl,
+        Listener::Arc => return arc(agent, req, ctx, entropy, reply),
         Listener::Imds | Listener::Legacy => return imds::handle(agent, req, ctx, entropy, reply),
     };
     msi_token(protocol, agent, req, ctx, entropy, reply);
     if ctx.parked_since_us.is_some() && !reply.pending {
         imds::release(agent, ctx.peer);
     }
+}
+
+/// Azure Arc's api-versions (its documentation's samples).
+pub const ARC_API_VERSIONS: [&str; 2] = ["2020-06-01", "2019-11-01"];
+
+/// Azure Arc: the IMDS token request, behind a key-file challenge. Without a valid
+/// `Authorization: Basic <secret>` the answer is 401 with `WWW-Authenticate: Basic
+/// realm=<key_dir>/<name>.key`, a file the daemon writes before the answer goes out
+/// ([`crate::challenge`]); with one, the token as IMDS answers it (`expires_in`,
+/// `expires_on`, the selector echoed). Errors are IMDS's.
+fn arc<E: Entropy>(
+    agent: &mut Agent,
+    req: &Request<'_>,
+    ctx: &Ctx,
+    entropy: &mut E,
+    reply: &mut Reply,
+) {
+    use imds::RequestError as R;
+    reply.clear();
+    if !imds::path_is(req.path, "/metadata/identity/oauth2/token") {
+        return reply.fail(Error::Request(R::PathNotFound));
+    }
+    // A parked request (waiting for a fetch) passed the challenge already: its secret is used.
+    if ctx.parked_since_us.is_none() {
+        if !matches!(req.method, Method::Get | Method::Head) {
+            reply.allow = Some("GET, HEAD");
+            return reply.fail(Error::Request(R::MethodNotAllowed));
+        }
+        if !agent.guard.source_allowed(ctx.peer) {
+            return reply.fail(Error::Refused(Refusal::SourceNotAllowed));
+        }
+        if !imds::metadata_header_ok(req) {
+            return reply.fail(Error::Request(R::MetadataHeaderMissing));
+        }
+        let mut buf = [0u8; PARAM_DECODE_BUF];
+        let version_ok = match query::decode(req.query.as_bytes(), &mut buf) {
+            Ok(p) => p
+                .get("api-version")
+                .is_some_and(|v| ARC_API_VERSIONS.contains(&v)),
+            Err(e) => return reply.fail(Error::Query(e)),
+        };
+        if !version_ok {
+            return reply.error(
+                400,
+                "invalid_request",
+                "api-version must be 2020-06-01 or 2019-11-01",
+            );
+        }
+        let sent = req
+            .header("authorization")
+            .map(crate::http::trim)
+            .and_then(|v| v.strip_prefix(b"Basic "))
+            .map(crate::http::trim);
+        let now = ctx.now.mono_us;
+        if !sent.is_some_and(|s| agent.arc_keys.redeem(s, now)) {
+            return challenge(agent, entropy, now, reply);
+        }
+    }
+    imds::handle(agent, req, ctx, entropy, reply);
+}
+
+/// The 401 with a fresh key file's path.
+fn challenge<E: Entropy>(agent: &mut Agent, entropy: &mut E, now_us: u64, reply: &mut Reply) {
+    let Some(dir) = agent.hosts.arc.as_ref().map(|a| a.key_dir.clone()) else {
+        return reply.fail(Error::Request(imds::RequestError::PathNotFound));
+    };
+    let name = match agent.arc_keys.issue(entropy, now_us) {
+        Ok(n) => n,
+        Err(ChallengeError::Full) => {
+            reply.retry_after_s = Some(1);
+            return reply.error(
+                503,
+                "service_unavailable",
+                "Too many outstanding key-file challenges",
+            );
+        }
+        Err(ChallengeError::Entropy) => {
+            return reply.error(500, "server_error", "No entropy for a challenge")
+        }
+    };
+    let mut header = heapless::String::new();
+    let fits = header.push_str("Basic realm=").is_ok()
+        && header.push_str(&dir).is_ok()
+        && header.push('/').is_ok()
+        && header.push_str(&name).is_ok()
+        && header.push_str(".key").is_ok();
+    if !fits {
+        return reply.error(500, "server_error", "Challenge header too long");
+    }
+    reply.error(
+        401,
+        "unauthorized",
+        "Read the secret from the file named by WWW-Authenticate and send it as Authorization: Basic <secret>",
+    );
+    reply.challenge = Some(header);
 }
 
 /// An error the way App Service and Azure ML send it.

@@ -35,6 +35,8 @@ pub enum Listener {
     AppService,
     /// Azure ML (`azure_ml`, host daemon; module `hosts`).
     AzureMl,
+    /// Azure Arc (`arc`, host daemon; module `hosts`).
+    Arc,
 }
 
 /// IMDS api-versions the agent accepts (every published one; token endpoint: from 2018-02-01).
@@ -130,6 +132,9 @@ pub struct Reply {
     /// The body is not in `body` but rendered by the connection chunk by chunk (instance
     /// metadata, module `metadata`).
     pub big: Option<crate::metadata::BodySource>,
+    /// Azure Arc's 401 challenge (`Basic realm=<key file>`; host daemon, module `hosts`).
+    #[cfg(feature = "std")]
+    pub challenge: Option<heapless::String<{ crate::limits::ARC_CHALLENGE_HEADER_MAX }>>,
 }
 
 impl Reply {
@@ -145,6 +150,8 @@ impl Reply {
             close: false,
             pending: false,
             big: None,
+            #[cfg(feature = "std")]
+            challenge: None,
         }
     }
 
@@ -159,6 +166,18 @@ impl Reply {
         self.close = false;
         self.pending = false;
         self.big = None;
+        #[cfg(feature = "std")]
+        {
+            self.challenge = None;
+        }
+    }
+
+    /// The `WWW-Authenticate` header to send, if any.
+    pub fn www_authenticate(&self) -> Option<&str> {
+        #[cfg(feature = "std")]
+        return self.challenge.as_deref();
+        #[cfg(not(feature = "std"))]
+        None
     }
 
     pub(crate) fn json<T: Serialize>(&mut self, status: u16, value: &T) {
@@ -547,7 +566,7 @@ pub(crate) fn path_is(path: &str, route: &str) -> bool {
     p.eq_ignore_ascii_case(route)
 }
 
-fn metadata_header_ok(req: &Request<'_>) -> bool {
+pub(crate) fn metadata_header_ok(req: &Request<'_>) -> bool {
     req.header("metadata")
         .map(|v| crate::http::trim(v).eq_ignore_ascii_case(b"true"))
         .unwrap_or(false)

@@ -29,6 +29,8 @@ extern crate alloc;
 pub mod agent;
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "std")]
+pub mod challenge;
 pub mod config;
 pub mod connection;
 pub mod guard;

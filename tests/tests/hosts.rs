@@ -388,3 +388,251 @@ fn azure_ml_real_clients() {
     }
     h.assert_log_clean();
 }
+
+// ---- Azure Arc ------------------------------------------------------------------------------
+
+const ARC_TOKEN: &str = "/metadata/identity/oauth2/token";
+
+/// The daemon with `arc` on a free loopback port, key files in `key_dir`.
+fn start_arc(name: &str, key_dir: &str) -> (DemoConfig, Daemon, SocketAddr) {
+    let mut doc = xtask::config::demo("127.0.0.1:0", Some("127.0.0.1:0"));
+    doc["arc"] = serde_json::json!({ "listen": "127.0.0.1:0", "key_dir": key_dir });
+    let cfg = DemoConfig::from_json(name, doc);
+    let d = Daemon::start(&cfg);
+    let arc = logged_addr(&d, "arc");
+    (cfg, d, arc)
+}
+
+/// A key directory of this test, not yet created (the daemon creates it).
+fn test_key_dir(name: &str) -> std::path::PathBuf {
+    let dir = imds_tests::target_dir()
+        .join("test-arc")
+        .join(format!("{name}-{}", std::process::id()))
+        .join("tokens");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    dir
+}
+
+/// The challenge's key file path, checked byte for byte against `Basic realm=<dir>/<hex>.key`.
+fn challenged(r: &imds_tests::Response, dir: &str) -> std::path::PathBuf {
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.header("www-authenticate").expect("WWW-Authenticate");
+    let path = v
+        .strip_prefix("Basic realm=")
+        .unwrap_or_else(|| panic!("{v:?}"));
+    let name = path
+        .strip_prefix(&format!("{dir}/"))
+        .and_then(|n| n.strip_suffix(".key"))
+        .unwrap_or_else(|| panic!("{v:?} is not in {dir}"));
+    assert_eq!(name.len(), 32, "{v:?}");
+    assert!(
+        name.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{v:?}: the name is hex"
+    );
+    assert_eq!(v.matches('=').count(), 1, "{v:?}");
+    // Empty or JSON body.
+    if !r.body.is_empty() {
+        r.json();
+    }
+    std::path::PathBuf::from(path)
+}
+
+fn read_key(path: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "{}",
+        path.display()
+    );
+    let bytes = std::fs::read(path).unwrap();
+    assert!(!bytes.is_empty() && bytes.len() <= 4096);
+    assert!(
+        bytes.iter().all(|b| b.is_ascii_graphic()),
+        "printable ASCII, no newline: {bytes:?}"
+    );
+    String::from_utf8(bytes).unwrap()
+}
+
+fn gone_soon(path: &std::path::Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while path.exists() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn arc_challenge_round_over_sockets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir_path = test_key_dir("round");
+    let dir = dir_path.to_str().unwrap().to_string();
+    let (cfg, d, arc) = start_arc("hosts-arc", &dir);
+    // The directory was created 0700.
+    let mode = std::fs::metadata(&dir_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    let q = format!("{ARC_TOKEN}?api-version=2020-06-01&resource={}", pct(MGMT));
+    let md = "Metadata: true";
+    // Errors before any challenge.
+    let r = get(arc, &q, &[]);
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("www-authenticate").is_none());
+    let r = get(
+        arc,
+        &format!("{ARC_TOKEN}?api-version=2018-02-01&resource=x"),
+        &[md],
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("api-version"));
+
+    // The round: 401 + key file, then the token with its content.
+    let key = challenged(&get(arc, &q, &[md]), &dir);
+    let secret = read_key(&key);
+    let auth = format!("Authorization: Basic {secret}");
+    let r = get(arc, &q, &[md, &auth]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let b = r.json();
+    assert!(digits(&b["expires_in"]) > 3600);
+    assert!(digits(&b["expires_on"]) > now() + 3600);
+    assert_eq!(b["resource"], MGMT);
+    let sys = cfg.system.as_ref().unwrap();
+    assert_eq!(b["client_id"], sys.client_id.as_str());
+    assert!(
+        gone_soon(&key),
+        "used key file {} still there",
+        key.display()
+    );
+
+    // Replayed: a fresh challenge (another file), no token.
+    let r = get(arc, &q, &[md, &auth]);
+    let key2 = challenged(&r, &dir);
+    assert_ne!(key2, key);
+    // A wrong secret: the same.
+    let key3 = challenged(&get(arc, &q, &[md, "Authorization: Basic nope"]), &dir);
+    // api-version 2019-11-01 too, and each selector is echoed.
+    let u = &cfg.users[0];
+    for (sel, field, value) in [
+        (
+            format!("client_id={}", u.client_id),
+            "client_id",
+            u.client_id.clone(),
+        ),
+        (
+            format!("object_id={}", u.object_id),
+            "object_id",
+            u.object_id.clone(),
+        ),
+        (
+            format!("msi_res_id={}", pct(&u.resource_id)),
+            "msi_res_id",
+            u.resource_id.clone(),
+        ),
+    ] {
+        let q = format!(
+            "{ARC_TOKEN}?api-version=2019-11-01&resource={}&{sel}",
+            pct(MGMT)
+        );
+        let key = challenged(&get(arc, &q, &[md]), &dir);
+        let auth = format!("Authorization: Basic {}", read_key(&key));
+        let r = get(arc, &q, &[md, &auth]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let b = r.json();
+        assert_eq!(b[field], value.as_str(), "{sel}: {b}");
+        assert_eq!(b["client_id"], u.client_id.as_str());
+        digits(&b["expires_in"]);
+        digits(&b["expires_on"]);
+    }
+    // Outstanding key files go at shutdown; the secrets never reach the log.
+    assert!(key2.exists() && key3.exists());
+    let log = d.log_text();
+    assert!(!log.contains(&secret), "a secret in the log:\n{log}");
+    assert!(d.terminate().success());
+    assert!(!key2.exists() && !key3.exists());
+    assert_eq!(std::fs::read_dir(&dir_path).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(dir_path.parent().unwrap());
+}
+
+/// Real clients accept key files only under /var/opt/azcmagent/tokens (Linux): this test
+/// uses that directory (as root), creates what is missing and removes only what it made.
+#[test]
+fn arc_real_clients() {
+    const DIR: &str = "/var/opt/azcmagent/tokens";
+    let parents = ["/var/opt/azcmagent", DIR];
+    let existed: Vec<bool> = parents
+        .iter()
+        .map(|p| std::path::Path::new(p).exists())
+        .collect();
+    let before: Vec<_> = std::fs::read_dir(DIR)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let (cfg, d, arc) = start_arc("hosts-arc-clients", DIR);
+    let endpoint = format!("http://{arc}{ARC_TOKEN}");
+    let imds = format!("http://{arc}");
+    let env = [
+        ("IDENTITY_ENDPOINT", endpoint.as_str()),
+        ("IMDS_ENDPOINT", imds.as_str()),
+    ];
+    let h = Hosts {
+        app: arc,
+        ml: arc,
+        app_secret: "-".into(),
+        ml_secret: "-".into(),
+        cfg,
+        d,
+    };
+    let user = h.cfg.users[0].client_id.clone();
+    let mut failure = None;
+    for client in ["sync", "aio", "msal"] {
+        for id in [None, Some(user.as_str())] {
+            if failure.is_none() {
+                failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    arc_client_checks(&h, client, &env, id)
+                }))
+                .err();
+            }
+        }
+    }
+    assert!(h.d.terminate().success());
+    // Every key file the daemon wrote is gone; what was there before stays.
+    let after: Vec<_> = std::fs::read_dir(DIR)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert_eq!(after, before, "key files left in {DIR}");
+    for (p, existed) in parents.iter().zip(existed).rev() {
+        if !existed {
+            std::fs::remove_dir(p).unwrap_or_else(|e| panic!("removing {p}: {e}"));
+        }
+    }
+    if let Some(p) = failure {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn arc_client_checks(h: &Hosts, client: &str, env: &[(&str, &str)], client_id: Option<&str>) {
+    let got = python_host_token(client, env, SCOPE, client_id).unwrap_or_else(|e| {
+        panic!(
+            "{client} over Arc failed: {e}\ndaemon log:\n{}",
+            h.d.log_text()
+        )
+    });
+    let claims = h.claims(got["token"].as_str().expect("token"));
+    let want = client_id.map(str::to_string).unwrap_or_else(|| h.sys());
+    assert_eq!(claims["appid"], want.as_str(), "{client}: {claims}");
+    let log = h.d.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!(" {ARC_TOKEN} 401 ")))
+            && log
+                .lines()
+                .any(|l| l.contains(&format!(" {ARC_TOKEN} 200 ")) && l.contains(want.as_str())),
+        "{client}: no 401 then 200 for {want} in the log:\n{log}"
+    );
+}

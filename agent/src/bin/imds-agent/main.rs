@@ -4,6 +4,7 @@
 //! `--check-config FILE`, `--init-config FILE`, `--version`, `--help` (see [`HELP`]).
 //! Under systemd: readiness on `$NOTIFY_SOCKET`, log priorities for the journal ([`journal`]).
 
+mod arc;
 mod cli;
 mod journal;
 mod upstream;
@@ -35,6 +36,7 @@ const LEGACY: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const APP_SERVICE: Token = Token(3);
 const AZURE_ML: Token = Token(4);
+const ARC: Token = Token(5);
 const FIRST_CONN: usize = 16;
 
 const USAGE: &str =
@@ -257,6 +259,12 @@ fn run(
             host_listeners.push((tok, kind, l));
         }
     }
+    if let Some(a) = &hosts.arc {
+        arc::prepare(&a.key_dir)?;
+        let mut l = bind(a.listen, "arc")?;
+        poll.registry().register(&mut l, ARC, Interest::READABLE)?;
+        host_listeners.push((ARC, Listener::Arc, l));
+    }
     let mut signals = signal_hook_mio::v1_0::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -290,7 +298,8 @@ fn run(
                 "imds-agent: listening {}={}",
                 match kind {
                     Listener::AppService => "app_service",
-                    _ => "azure_ml",
+                    Listener::AzureMl => "azure_ml",
+                    _ => "arc",
                 },
                 l.local_addr()?
             ),
@@ -382,11 +391,12 @@ fn run(
                             Level::Info,
                             format_args!("imds-agent: signal {sig}, shutting down"),
                         );
+                        arc::clear(&mut agent.borrow_mut());
                         log.flush();
                         return Ok(());
                     }
                 }
-                tok @ (IMDS | LEGACY | APP_SERVICE | AZURE_ML) => {
+                tok @ (IMDS | LEGACY | APP_SERVICE | AZURE_ML | ARC) => {
                     let (listener, kind) = if tok == IMDS {
                         (&imds, Listener::Imds)
                     } else if tok == LEGACY {
@@ -511,6 +521,10 @@ fn run(
             agent.borrow_mut().drain_events(&mut log);
         }
         let now = clock.monotonic_us();
+        // Azure Arc: expired key files go.
+        for failure in arc::sync(&mut agent.borrow_mut(), now) {
+            log.line(Level::Warning, format_args!("imds-agent: arc: {failure}"));
+        }
         if now.saturating_sub(last_sweep) > 1_000_000 {
             last_sweep = now;
             for slot in 0..conns.len() {
@@ -630,6 +644,10 @@ fn drive(
             break;
         }
         c.state.process(agent, clock, entropy, log);
+        // Azure Arc: a challenge's key file exists before its 401 is sent.
+        for failure in arc::sync(agent, clock.monotonic_us()) {
+            log.line(Level::Warning, format_args!("imds-agent: arc: {failure}"));
+        }
         // Write what is pending.
         while !c.state.tx_pending().is_empty() {
             match c.stream.write(c.state.tx_pending()) {
