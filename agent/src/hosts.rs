@@ -71,12 +71,71 @@ pub fn handle<E: Entropy>(
         Listener::AppService => Protocol::AppService,
         Listener::AzureMl => Protocol::AzureMl,
         Listener::Arc => return arc(agent, req, ctx, entropy, reply),
-        Listener::Imds | Listener::Legacy => return imds::handle(agent, req, ctx, entropy, reply),
+        Listener::Legacy => return legacy(agent, req, ctx, entropy, reply),
+        Listener::Imds => return imds::handle(agent, req, ctx, entropy, reply),
     };
     msi_token(protocol, agent, req, ctx, entropy, reply);
     if ctx.parked_since_us.is_some() && !reply.pending {
         imds::release(agent, ctx.peer);
     }
+}
+
+/// The legacy listener, which also serves Cloud Shell (`MSI_ENDPOINT=http://ADDR:PORT/oauth2/token`:
+/// a form `POST` with `Metadata: true`). Its answers are IMDS's, except that errors of a form
+/// `POST` carry Cloud Shell's shape `{"error": {"code", "message"}}`: MSAL's Cloud Shell client
+/// reads `error.code` and `error.message` (and fails on a flat `error` string), azure-identity
+/// reads neither. `GET` requests (the VM extension's clients) keep the flat IMDS errors.
+fn legacy<E: Entropy>(
+    agent: &mut Agent,
+    req: &Request<'_>,
+    ctx: &Ctx,
+    entropy: &mut E,
+    reply: &mut Reply,
+) {
+    imds::handle(agent, req, ctx, entropy, reply);
+    let form = req.header("content-type").is_some_and(|v| {
+        let v = crate::http::trim(v);
+        v.len() >= 33 && v[..33].eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+    });
+    if req.method == Method::Post && form && reply.status >= 400 && reply.big.is_none() {
+        cloud_shell_error(reply);
+    }
+}
+
+/// Re-shape a flat IMDS error body as `{"error": {"code", "message"}}`.
+fn cloud_shell_error(reply: &mut Reply) {
+    #[derive(serde::Deserialize)]
+    struct Flat<'a> {
+        error: &'a str,
+        error_description: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Inner<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Nested<'a> {
+        error: Inner<'a>,
+    }
+    let Ok((flat, _)) = serde_json_core::from_slice::<Flat<'_>>(&reply.body) else {
+        return;
+    };
+    let mut code: heapless::String<32> = heapless::String::new();
+    let mut message: heapless::String<DESCRIPTION_MAX> = heapless::String::new();
+    if code.push_str(flat.error).is_err() || message.push_str(flat.error_description).is_err() {
+        return;
+    }
+    let status = reply.status;
+    reply.json(
+        status,
+        &Nested {
+            error: Inner {
+                code: &code,
+                message: &message,
+            },
+        },
+    );
 }
 
 /// Azure Arc's api-versions (its documentation's samples).

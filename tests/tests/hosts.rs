@@ -636,3 +636,103 @@ fn arc_client_checks(h: &Hosts, client: &str, env: &[(&str, &str)], client_id: O
         "{client}: no 401 then 200 for {want} in the log:\n{log}"
     );
 }
+
+// ---- Cloud Shell: the legacy listener ---------------------------------------------------------
+
+fn form_post(addr: SocketAddr, body: &str, headers: &[&str]) -> imds_tests::Response {
+    let mut req = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw(addr, req.as_bytes())
+}
+
+#[test]
+fn cloud_shell_errors_over_sockets() {
+    let cfg = DemoConfig::new("hosts-cloudshell");
+    let d = Daemon::start(&cfg);
+    let legacy = d.legacy.expect("legacy listener");
+    let body = format!("resource={}", pct(MGMT));
+    let r = form_post(legacy, &body, &["Metadata: true"]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let b = r.json();
+    assert_eq!(b["resource"], MGMT);
+    digits(&b["expires_in"]);
+    digits(&b["expires_on"]);
+    // A form POST's errors: Cloud Shell's {"error": {"code", "message"}}.
+    for (body, headers) in [
+        (body.as_str(), &[][..]),
+        ("", &["Metadata: true"][..]),
+        (
+            "resource=x&client_id=00000000-0000-0000-0000-000000000000",
+            &["Metadata: true"][..],
+        ),
+    ] {
+        let r = form_post(legacy, body, headers);
+        assert_eq!(r.status, 400, "{body}");
+        let b = r.json();
+        assert_eq!(b["error"]["code"], "invalid_request", "{b}");
+        assert!(!b["error"]["message"].as_str().unwrap().is_empty(), "{b}");
+    }
+    // A GET (the VM extension's clients) keeps IMDS's flat errors.
+    let r = get(legacy, "/oauth2/token?resource=x", &[]);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "invalid_request");
+}
+
+#[test]
+fn cloud_shell_real_clients() {
+    let cfg = DemoConfig::new("hosts-cloudshell-clients");
+    // MSAL's Cloud Shell client always dials localhost:50342.
+    let d = Daemon::start_with(
+        &cfg,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--legacy-listen",
+            "127.0.0.1:50342",
+        ],
+    );
+    let legacy = d.legacy.expect("legacy listener");
+    let endpoint = format!("http://{legacy}/oauth2/token");
+    let h = Hosts {
+        app: legacy,
+        ml: legacy,
+        app_secret: "-".into(),
+        ml_secret: "-".into(),
+        cfg,
+        d,
+    };
+    // azure-identity: MSI_ENDPOINT alone; system-assigned only (it refuses a client_id).
+    for client in ["sync", "aio"] {
+        cloud_shell_checks(&h, client, &[("MSI_ENDPOINT", endpoint.as_str())]);
+    }
+    cloud_shell_checks(
+        &h,
+        "msal-cloudshell",
+        &[("AZUREPS_HOST_ENVIRONMENT", "cloud-shell/1.0")],
+    );
+}
+
+fn cloud_shell_checks(h: &Hosts, client: &str, env: &[(&str, &str)]) {
+    let got = python_host_token(client, env, SCOPE, None).unwrap_or_else(|e| {
+        panic!(
+            "{client} in Cloud Shell failed: {e}\ndaemon log:\n{}",
+            h.d.log_text()
+        )
+    });
+    let claims = h.claims(got["token"].as_str().expect("token"));
+    assert_eq!(claims["appid"], h.sys().as_str(), "{client}: {claims}");
+    let log = h.d.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" POST /oauth2/token 200 ") && l.contains(&h.sys())),
+        "{client}: no POST /oauth2/token 200 in the log:\n{log}"
+    );
+}
