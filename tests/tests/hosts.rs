@@ -736,3 +736,33 @@ fn cloud_shell_checks(h: &Hosts, client: &str, env: &[(&str, &str)]) {
         "{client}: no POST /oauth2/token 200 in the log:\n{log}"
     );
 }
+
+/// `--check-config` names the other hosts' listeners and never their secrets.
+#[test]
+fn check_config_lists_the_endpoints_without_secrets() {
+    let doc = xtask::config::with_hosts(
+        xtask::config::demo("127.0.0.1:0", None),
+        "127.0.0.1:18181",
+        "127.0.0.1:18182",
+    );
+    let secrets = [
+        doc["app_service"]["secret"].as_str().unwrap().to_string(),
+        doc["azure_ml"]["secret"].as_str().unwrap().to_string(),
+    ];
+    let cfg = DemoConfig::from_json("hosts-check", doc);
+    let out = std::process::Command::new(imds_tests::daemon_binary())
+        .arg("--check-config")
+        .arg(&cfg.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("listen: app_service 127.0.0.1:18181"),
+        "{text}"
+    );
+    assert!(text.contains("listen: azure_ml 127.0.0.1:18182"), "{text}");
+    for s in &secrets {
+        assert!(!text.contains(s.as_str()), "{text}");
+    }
+}
