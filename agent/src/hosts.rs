@@ -102,21 +102,13 @@ fn legacy<E: Entropy>(
     }
 }
 
-/// Re-shape a flat IMDS error body as `{"error": {"code", "message"}}`.
-fn cloud_shell_error(reply: &mut Reply) {
+/// Read a flat IMDS error body and write it again with `write(reply, status, code,
+/// description)` (the status and `Retry-After` stay). Left as is when it is not one.
+fn reshape_flat(reply: &mut Reply, write: impl FnOnce(&mut Reply, u16, &str, &str)) {
     #[derive(serde::Deserialize)]
     struct Flat<'a> {
         error: &'a str,
         error_description: &'a str,
-    }
-    #[derive(Serialize)]
-    struct Inner<'a> {
-        code: &'a str,
-        message: &'a str,
-    }
-    #[derive(Serialize)]
-    struct Nested<'a> {
-        error: Inner<'a>,
     }
     let Ok((flat, _)) = serde_json_core::from_slice::<Flat<'_>>(&reply.body) else {
         return;
@@ -127,15 +119,28 @@ fn cloud_shell_error(reply: &mut Reply) {
         return;
     }
     let status = reply.status;
-    reply.json(
-        status,
-        &Nested {
-            error: Inner {
-                code: &code,
-                message: &message,
+    write(reply, status, &code, &message);
+}
+
+/// Re-shape a flat IMDS error body as `{"error": {"code", "message"}}`.
+fn cloud_shell_error(reply: &mut Reply) {
+    #[derive(Serialize)]
+    struct Inner<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Nested<'a> {
+        error: Inner<'a>,
+    }
+    reshape_flat(reply, |reply, status, code, message| {
+        reply.json(
+            status,
+            &Nested {
+                error: Inner { code, message },
             },
-        },
-    );
+        );
+    });
 }
 
 /// Azure Arc's api-versions (its documentation's samples).
@@ -414,19 +419,10 @@ fn serve<E: Entropy>(
         Obtained::Pending => {
             imds::park(agent, r, reply);
             if !reply.pending {
-                // Refused or waited too long: re-shape the IMDS error.
-                let status = reply.status;
-                let retry = reply.retry_after_s;
-                fail(
-                    reply,
-                    status,
-                    if status == 429 {
-                        "Too many requests"
-                    } else {
-                        "The token could not be fetched in time"
-                    },
-                );
-                reply.retry_after_s = retry;
+                // Refused or waited too long: IMDS's error, in this protocol's shape.
+                reshape_flat(reply, |reply, status, _, message| {
+                    fail(reply, status, message)
+                });
             }
         }
         Obtained::Failed(e) => fail_with(reply, e.into()),
@@ -459,4 +455,59 @@ fn write_token(reply: &mut Reply, t: &Token, resource: &str, client_id: &str) {
             not_before: &not_before,
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"ab", b"abc"));
+        assert!(!same_secret(b"", b"abc"));
+    }
+
+    #[test]
+    fn cloud_shell_errors_are_nested() {
+        let mut r = Reply::new();
+        r.error(
+            400,
+            "invalid_request",
+            "Required metadata header not specified",
+        );
+        r.retry_after_s = Some(3);
+        cloud_shell_error(&mut r);
+        assert_eq!(r.status, 400);
+        assert_eq!(r.retry_after_s, Some(3));
+        assert_eq!(
+            core::str::from_utf8(&r.body).unwrap(),
+            r#"{"error":{"code":"invalid_request","message":"Required metadata header not specified"}}"#
+        );
+    }
+
+    #[test]
+    fn app_service_errors_carry_status_code_and_message() {
+        let mut r = Reply::new();
+        fail(
+            &mut r,
+            401,
+            "X-IDENTITY-HEADER does not match IDENTITY_HEADER",
+        );
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            core::str::from_utf8(&r.body).unwrap(),
+            r#"{"statusCode":401,"message":"X-IDENTITY-HEADER does not match IDENTITY_HEADER"}"#
+        );
+        fail_with(
+            &mut r,
+            Error::Refused(Refusal::TooMany { retry_after_s: 2 }),
+        );
+        assert_eq!(r.status, 429);
+        assert_eq!(r.retry_after_s, Some(2));
+        assert!(core::str::from_utf8(&r.body)
+            .unwrap()
+            .starts_with(r#"{"statusCode":429,"message":""#));
+    }
 }
