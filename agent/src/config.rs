@@ -987,8 +987,7 @@ fn validate_arc(raw: Option<&RawArc>) -> Result<Option<ArcConfig>, ConfigError> 
 
 /// Why the image refuses `app_service`, `azure_ml` and `arc`.
 #[cfg(not(feature = "std"))]
-const HOST_DAEMON_ONLY: &str = "is served by the host daemon only (the other Azure hosts' \
-    managed-identity protocols live on the machine that runs the code); the image refuses it";
+const HOST_DAEMON_ONLY: &str = "is served by the host daemon only";
 
 #[cfg(feature = "broker")]
 struct AuthoritySeed<'t>(&'t Tracker);
