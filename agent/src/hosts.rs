@@ -8,7 +8,7 @@
 //! seconds, and errors `{"statusCode": N, "message": "..."}` (what MSAL reads). Requests on
 //! the IMDS and legacy listeners go to [`crate::imds::handle`].
 //!
-//! Azure Arc (config `arc`) speaks IMDS's token request behind a key-file challenge ([`arc`]).
+//! Azure Arc (config `arc`) speaks IMDS's token request behind a key-file challenge (`arc`).
 
 use crate::agent::Agent;
 use crate::challenge::ChallengeError;
