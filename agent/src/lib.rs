@@ -29,9 +29,13 @@ extern crate alloc;
 pub mod agent;
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "std")]
+pub mod challenge;
 pub mod config;
 pub mod connection;
 pub mod guard;
+#[cfg(feature = "std")]
+pub mod hosts;
 pub mod http;
 pub mod identity;
 pub mod imds;
