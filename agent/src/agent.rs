@@ -34,6 +34,12 @@ pub struct Agent {
     pub(crate) compute: crate::metadata::compute::Compute,
     /// `/metadata/instance` and `/metadata/loadbalancer` (issue 12).
     pub(crate) metadata: crate::metadata::Documents,
+    /// The other Azure hosts' endpoints and their secrets (module `hosts`, issue 13).
+    #[cfg(feature = "std")]
+    pub(crate) hosts: crate::config::HostsConfig,
+    /// Azure Arc's outstanding key-file secrets (module `challenge`).
+    #[cfg(feature = "std")]
+    pub(crate) arc_keys: crate::challenge::Challenges,
     /// Log lines from the broker tasks, drained by the driver.
     #[cfg(feature = "broker")]
     events: heapless::Deque<heapless::String<EVENT_LINE_MAX>, EVENT_QUEUE>,
@@ -70,6 +76,8 @@ impl Agent {
             #[cfg(any(feature = "attested", feature = "scheduled-events"))]
             compute,
             metadata,
+            #[cfg(feature = "std")]
+            hosts,
             ..
         } = config;
         #[cfg(feature = "scheduled-events")]
@@ -103,9 +111,37 @@ impl Agent {
             #[cfg(any(feature = "attested", feature = "scheduled-events"))]
             compute,
             metadata,
+            #[cfg(feature = "std")]
+            hosts,
+            #[cfg(feature = "std")]
+            arc_keys: Default::default(),
             #[cfg(feature = "broker")]
             events: heapless::Deque::new(),
         }
+    }
+
+    /// Azure Arc's key directory, when `arc` is configured (host daemon).
+    #[cfg(feature = "std")]
+    pub fn arc_key_dir(&self) -> Option<&str> {
+        self.hosts.arc.as_ref().map(|a| a.key_dir.as_str())
+    }
+
+    /// Azure Arc's key files, the daemon's side (see [`crate::challenge::Challenges::sync`]):
+    /// write the new ones, remove the used and expired ones.
+    #[cfg(feature = "std")]
+    pub fn sync_arc_keys(
+        &mut self,
+        now_us: u64,
+        write: impl FnMut(&str, &[u8]) -> bool,
+        remove: impl FnMut(&str),
+    ) {
+        self.arc_keys.sync(now_us, write, remove);
+    }
+
+    /// Forget every Arc secret and remove its file (the daemon, at shutdown).
+    #[cfg(feature = "std")]
+    pub fn clear_arc_keys(&mut self, remove: impl FnMut(&str)) {
+        self.arc_keys.clear(remove);
     }
 
     /// The issuer (issuer mode, or broker mode with a `signing_key`).

@@ -143,6 +143,54 @@ pub struct ListenConfig {
     pub legacy: Option<SocketAddr>,
 }
 
+/// A managed-identity endpoint of another Azure host kind (App Service / Functions, Azure
+/// ML; issue 13): its own listener and the secret every request must carry. Host daemon only.
+#[cfg(feature = "std")]
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostEndpoint {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// What clients send in `X-IDENTITY-HEADER` (App Service) or `secret` (Azure ML).
+    pub secret: heapless::String<{ crate::limits::HOST_SECRET_MAX }>,
+}
+
+#[cfg(feature = "std")]
+impl fmt::Debug for HostEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostEndpoint")
+            .field("listen", &self.listen)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The other Azure hosts' managed-identity endpoints (`app_service`, `azure_ml`): host daemon
+/// only, the image refuses the fields.
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostsConfig {
+    /// `app_service`: `IDENTITY_ENDPOINT` + `IDENTITY_HEADER` clients.
+    pub app_service: Option<HostEndpoint>,
+    /// `azure_ml`: `MSI_ENDPOINT` + `MSI_SECRET` clients.
+    pub azure_ml: Option<HostEndpoint>,
+    /// `arc`: `IDENTITY_ENDPOINT` + `IMDS_ENDPOINT` clients (Azure Arc's key-file challenge).
+    pub arc: Option<ArcConfig>,
+}
+
+/// Default `arc.key_dir`: the only directory real Arc clients read key files from on Linux.
+#[cfg(feature = "std")]
+pub const DEFAULT_ARC_KEY_DIR: &str = "/var/opt/azcmagent/tokens";
+
+/// `arc`: Azure Arc's endpoint (host daemon only).
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArcConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Where challenge key files are written (absolute, no trailing `/`).
+    pub key_dir: heapless::String<{ crate::limits::ARC_KEY_DIR_MAX }>,
+}
+
 /// Static address of the unikernel (DHCP when absent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetworkConfig {
@@ -184,6 +232,9 @@ pub struct Config {
     /// Where the host daemon listens (read with `std` only).
     #[cfg(feature = "std")]
     pub listen: ListenConfig,
+    /// The other Azure hosts' endpoints (read with `std` only; the image refuses them).
+    #[cfg(feature = "std")]
+    pub hosts: HostsConfig,
     /// The unikernel's static address (DHCP when absent).
     pub network: Option<NetworkConfig>,
     /// The identities of the VM.
@@ -444,6 +495,15 @@ struct Raw {
     signing_key: Option<Str<PEM_MAX>>,
     #[cfg(feature = "std")]
     listen: Option<RawListen>,
+    #[cfg(feature = "std")]
+    app_service: Option<RawHostEndpoint>,
+    #[cfg(feature = "std")]
+    azure_ml: Option<RawHostEndpoint>,
+    #[cfg(feature = "std")]
+    arc: Option<RawArc>,
+    /// A host-daemon-only field (`app_service`, `azure_ml`) in the image: refused by `validate`.
+    #[cfg(not(feature = "std"))]
+    host_only: Option<&'static str>,
     network: Option<RawNetwork>,
     #[cfg(feature = "broker")]
     authority: Option<RawAuthority>,
@@ -691,6 +751,27 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 "listen" => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
+                #[cfg(feature = "std")]
+                "app_service" => {
+                    raw.app_service =
+                        map.next_value_seed(Opt(HostEndpointSeed(t, "app_service")))?
+                }
+                #[cfg(feature = "std")]
+                "azure_ml" => {
+                    raw.azure_ml = map.next_value_seed(Opt(HostEndpointSeed(t, "azure_ml")))?
+                }
+                #[cfg(feature = "std")]
+                "arc" => raw.arc = map.next_value_seed(Opt(ArcSeed(t)))?,
+                #[cfg(not(feature = "std"))]
+                "app_service" | "azure_ml" | "arc" => {
+                    if map.next_value::<Option<de::IgnoredAny>>()?.is_some() {
+                        raw.host_only = Some(match key {
+                            "app_service" => "app_service",
+                            "azure_ml" => "azure_ml",
+                            _ => "arc",
+                        });
+                    }
+                }
                 "network" => raw.network = map.next_value_seed(Opt(NetworkSeed(t)))?,
                 #[cfg(feature = "broker")]
                 "authority" => raw.authority = map.next_value_seed(Opt(AuthoritySeed(t)))?,
@@ -869,6 +950,131 @@ impl<'de> Visitor<'de> for NetworkSeed<'_> {
         Ok(raw)
     }
 }
+
+#[cfg(feature = "std")]
+#[derive(Default)]
+struct RawHostEndpoint {
+    listen: Option<Str<64>>,
+    secret: Option<Str<{ crate::limits::HOST_SECRET_MAX }>>,
+}
+
+/// `app_service` / `azure_ml`: `{"listen": "ADDR:PORT", "secret": S}`.
+#[cfg(feature = "std")]
+struct HostEndpointSeed<'t>(&'t Tracker, &'static str);
+
+#[cfg(feature = "std")]
+impl<'de> Visitor<'de> for HostEndpointSeed<'_> {
+    type Value = RawHostEndpoint;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `listen` and `secret`")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let (t, name) = (self.0, self.1);
+        let mut raw = RawHostEndpoint::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested(name, None, key));
+            match key {
+                "listen" => raw.listen = Some(next_str(map)?),
+                "secret" => raw.secret = Some(next_str(map)?),
+                other => unknown_field(t, FieldPath::nested(name, None, other), map)?,
+            }
+            Ok(())
+        })?;
+        Ok(raw)
+    }
+}
+
+/// Validate `app_service` / `azure_ml`: an address and a secret that can travel in a header.
+#[cfg(feature = "std")]
+fn validate_host_endpoint(
+    raw: Option<&RawHostEndpoint>,
+    name: &str,
+) -> Result<Option<HostEndpoint>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let p = |sub| FieldPath::nested(name, None, sub);
+    let listen = raw
+        .listen
+        .as_ref()
+        .ok_or_else(|| ConfigError::Missing(p("listen")))?;
+    let listen = socket_addr(listen, p("listen"))?;
+    let secret = raw
+        .secret
+        .as_ref()
+        .ok_or_else(|| ConfigError::Missing(p("secret")))?;
+    if secret.is_empty() || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid {
+            field: p("secret"),
+            why: "must be 1 to 256 printable ASCII characters without spaces (it travels in \
+                  an HTTP header)",
+        });
+    }
+    Ok(Some(HostEndpoint {
+        listen,
+        secret: secret.clone(),
+    }))
+}
+
+#[cfg(feature = "std")]
+#[derive(Default)]
+struct RawArc {
+    listen: Option<Str<64>>,
+    key_dir: Option<Str<{ crate::limits::ARC_KEY_DIR_MAX }>>,
+}
+
+/// `arc`: `{"listen": "ADDR:PORT", "key_dir": "/var/opt/azcmagent/tokens"}`.
+#[cfg(feature = "std")]
+struct ArcSeed<'t>(&'t Tracker);
+
+#[cfg(feature = "std")]
+impl<'de> Visitor<'de> for ArcSeed<'_> {
+    type Value = RawArc;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `listen` and `key_dir`")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let t = self.0;
+        let mut raw = RawArc::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested("arc", None, key));
+            match key {
+                "listen" => raw.listen = Some(next_str(map)?),
+                "key_dir" => raw.key_dir = Some(next_str(map)?),
+                other => unknown_field(t, FieldPath::nested("arc", None, other), map)?,
+            }
+            Ok(())
+        })?;
+        Ok(raw)
+    }
+}
+
+/// Validate `arc`: an address, and an absolute key directory without whitespace (it goes
+/// into a header, unquoted).
+#[cfg(feature = "std")]
+fn validate_arc(raw: Option<&RawArc>) -> Result<Option<ArcConfig>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let p = |sub| FieldPath::nested("arc", None, sub);
+    let listen = raw
+        .listen
+        .as_ref()
+        .ok_or_else(|| ConfigError::Missing(p("listen")))?;
+    let listen = socket_addr(listen, p("listen"))?;
+    let dir = raw.key_dir.as_deref().unwrap_or(DEFAULT_ARC_KEY_DIR);
+    let dir = dir.trim_end_matches('/');
+    let bad = || ConfigError::Invalid {
+        field: p("key_dir"),
+        why: "must be an absolute directory path (not `/`) of printable ASCII without spaces",
+    };
+    if !dir.starts_with('/') || !dir.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    let mut key_dir = heapless::String::new();
+    key_dir.push_str(dir).map_err(|_| bad())?;
+    Ok(Some(ArcConfig { listen, key_dir }))
+}
+
+/// Why the image refuses `app_service`, `azure_ml` and `arc`.
+#[cfg(not(feature = "std"))]
+const HOST_DAEMON_ONLY: &str = "is served by the host daemon only";
 
 #[cfg(feature = "broker")]
 struct AuthoritySeed<'t>(&'t Tracker);
@@ -1705,6 +1911,19 @@ impl Config {
             };
             ListenConfig { imds, legacy }
         };
+        #[cfg(feature = "std")]
+        let hosts = HostsConfig {
+            app_service: validate_host_endpoint(raw.app_service.as_ref(), "app_service")?,
+            azure_ml: validate_host_endpoint(raw.azure_ml.as_ref(), "azure_ml")?,
+            arc: validate_arc(raw.arc.as_ref())?,
+        };
+        #[cfg(not(feature = "std"))]
+        if let Some(field) = raw.host_only {
+            return Err(ConfigError::Invalid {
+                field: FieldPath::top(field),
+                why: HOST_DAEMON_ONLY,
+            });
+        }
         let network = match &raw.network {
             Some(n) => Some(validate_network(n)?),
             None => None,
@@ -1778,6 +1997,8 @@ impl Config {
             authority,
             #[cfg(feature = "std")]
             listen,
+            #[cfg(feature = "std")]
+            hosts,
             network,
             identities,
             allow,
@@ -1824,6 +2045,76 @@ pub(crate) mod tests {
         let mut s = heapless::String::new();
         fmt::write(&mut s, format_args!("{e}")).unwrap();
         s
+    }
+
+    #[test]
+    fn reads_the_other_hosts_endpoints() {
+        let c = Config::parse(doc("", SYS).as_bytes()).unwrap();
+        assert_eq!(c.hosts, HostsConfig::default());
+        let d = doc(
+            r#""app_service":{"listen":"127.0.0.1:8081","secret":"abc"},"azure_ml":null,"#,
+            SYS,
+        );
+        let c = Config::parse(d.as_bytes()).unwrap();
+        let a = c.hosts.app_service.as_ref().unwrap();
+        assert_eq!(a.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(a.secret.as_str(), "abc");
+        assert!(c.hosts.azure_ml.is_none());
+        // The secret never shows in Debug.
+        assert!(!std::format!("{c:?}").contains("\"abc\""));
+        let e = err(&doc(r#""azure_ml":{"listen":"127.0.0.1:1"},"#, SYS));
+        assert!(e.contains("`azure_ml.secret`"), "{e}");
+        let e = err(&doc(r#""azure_ml":{"secret":"x"},"#, SYS));
+        assert!(e.contains("`azure_ml.listen`"), "{e}");
+        let e = err(&doc(
+            r#""app_service":{"listen":"nope","secret":"x"},"#,
+            SYS,
+        ));
+        assert!(e.contains("`app_service.listen`"), "{e}");
+        for bad in ["", "a b", "tab\\there"] {
+            let e = err(&doc(
+                &std::format!(r#""app_service":{{"listen":"127.0.0.1:1","secret":"{bad}"}},"#),
+                SYS,
+            ));
+            assert!(e.contains("`app_service.secret`"), "{bad:?}: {e}");
+        }
+        let e = err(&doc(
+            r#""app_service":{"listen":"127.0.0.1:1","secret":"x","port":1},"#,
+            SYS,
+        ));
+        assert!(e.contains("`app_service.port`"), "{e}");
+    }
+
+    #[test]
+    fn reads_arc() {
+        let c =
+            Config::parse(doc(r#""arc":{"listen":"127.0.0.1:40342"},"#, SYS).as_bytes()).unwrap();
+        let a = c.hosts.arc.unwrap();
+        assert_eq!(a.listen, "127.0.0.1:40342".parse().unwrap());
+        assert_eq!(a.key_dir.as_str(), DEFAULT_ARC_KEY_DIR);
+        let d = doc(
+            r#""arc":{"listen":"127.0.0.1:1","key_dir":"/tmp/k/"},"#,
+            SYS,
+        );
+        assert_eq!(
+            Config::parse(d.as_bytes())
+                .unwrap()
+                .hosts
+                .arc
+                .unwrap()
+                .key_dir
+                .as_str(),
+            "/tmp/k"
+        );
+        for bad in ["tokens", "/", "/a b", ""] {
+            let e = err(&doc(
+                &std::format!(r#""arc":{{"listen":"127.0.0.1:1","key_dir":"{bad}"}},"#),
+                SYS,
+            ));
+            assert!(e.contains("`arc.key_dir`"), "{bad:?}: {e}");
+        }
+        let e = err(&doc(r#""arc":{"key_dir":"/x"},"#, SYS));
+        assert!(e.contains("`arc.listen`"), "{e}");
     }
 
     #[test]

@@ -175,23 +175,35 @@ impl Connection {
                     };
                     // The router parks a request that waits for a fetch, answers it when the
                     // fetch ends or the wait is too long, and releases it then.
+                    #[cfg(feature = "std")]
+                    crate::hosts::handle(
+                        self.listener,
+                        agent,
+                        &req,
+                        &ctx,
+                        entropy,
+                        &mut self.reply,
+                    );
+                    #[cfg(not(feature = "std"))]
                     imds::handle(agent, &req, &ctx, entropy, &mut self.reply);
                     if self.reply.pending {
                         self.parked_since_us.get_or_insert(start_us);
                         Outcome::Parked
                     } else {
                         let keep_alive = req.keep_alive && !self.reply.close;
+                        let big = self.reply.big.take();
                         let head = ResponseHead {
                             status: self.reply.status,
                             content_type: self.reply.content_type,
                             retry_after_s: self.reply.retry_after_s,
                             allow: self.reply.allow,
+                            www_authenticate: self.reply.www_authenticate(),
                             keep_alive,
                         };
                         self.tx.clear();
                         self.tx_sent = 0;
                         let head_only = req.method == http::Method::Head;
-                        let ok = match self.reply.big.take() {
+                        let ok = match big {
                             Some(body) => {
                                 let ok = http::write_head(&mut self.tx, &head, body.len).is_ok();
                                 if ok && !head_only && body.len > 0 {
@@ -306,6 +318,7 @@ impl Connection {
             content_type: self.reply.content_type,
             retry_after_s: None,
             allow: None,
+            www_authenticate: None,
             keep_alive: false,
         };
         self.tx.clear();

@@ -307,6 +307,7 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -340,7 +341,7 @@ impl ContentType {
 
 /// The head of a response; the body is written by the caller into the same buffer.
 #[derive(Debug, Clone, Copy)]
-pub struct ResponseHead {
+pub struct ResponseHead<'a> {
     /// Status code.
     pub status: u16,
     /// The body's type.
@@ -349,6 +350,8 @@ pub struct ResponseHead {
     pub retry_after_s: Option<u32>,
     /// An `Allow` header (405).
     pub allow: Option<&'static str>,
+    /// A `WWW-Authenticate` header (401: Azure Arc's challenge, module `hosts`).
+    pub www_authenticate: Option<&'a str>,
     /// `Connection: keep-alive` or `close`.
     pub keep_alive: bool,
 }
@@ -407,6 +410,9 @@ pub fn write_head<const N: usize>(
     }
     if let Some(allow) = head.allow {
         w.put("Allow: ").put(allow).put("\r\n");
+    }
+    if let Some(challenge) = head.www_authenticate {
+        w.put("WWW-Authenticate: ").put(challenge).put("\r\n");
     }
     w.put(if head.keep_alive {
         "Connection: keep-alive\r\n\r\n"
@@ -537,6 +543,7 @@ mod tests {
             content_type: ContentType::Json,
             retry_after_s: Some(2),
             allow: None,
+            www_authenticate: None,
             keep_alive: true,
         };
         write_response(&mut out, &head, b"{}", false).unwrap();
@@ -558,6 +565,7 @@ mod tests {
             content_type: ContentType::Json,
             retry_after_s: None,
             allow: Some("GET, HEAD"),
+            www_authenticate: None,
             keep_alive: false,
         };
         // The head alone does not fit.

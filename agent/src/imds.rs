@@ -32,6 +32,12 @@ pub enum Listener {
     Imds,
     /// The legacy VM-extension endpoint, `localhost:50342`.
     Legacy,
+    /// App Service / Functions (`app_service`, host daemon; module `hosts`).
+    AppService,
+    /// Azure ML (`azure_ml`, host daemon; module `hosts`).
+    AzureMl,
+    /// Azure Arc (`arc`, host daemon; module `hosts`).
+    Arc,
 }
 
 /// IMDS api-versions the agent accepts (every published one; token endpoint: from 2018-02-01).
@@ -127,6 +133,9 @@ pub struct Reply {
     /// The body is not in `body` but rendered by the connection chunk by chunk (instance
     /// metadata, module `metadata`).
     pub big: Option<crate::metadata::BodySource>,
+    /// Azure Arc's 401 challenge (`Basic realm=<key file>`; host daemon, module `hosts`).
+    #[cfg(feature = "std")]
+    pub challenge: Option<heapless::String<{ crate::limits::ARC_CHALLENGE_HEADER_MAX }>>,
 }
 
 impl Reply {
@@ -142,6 +151,8 @@ impl Reply {
             close: false,
             pending: false,
             big: None,
+            #[cfg(feature = "std")]
+            challenge: None,
         }
     }
 
@@ -156,9 +167,21 @@ impl Reply {
         self.close = false;
         self.pending = false;
         self.big = None;
+        #[cfg(feature = "std")]
+        {
+            self.challenge = None;
+        }
     }
 
-    fn json<T: Serialize>(&mut self, status: u16, value: &T) {
+    /// The `WWW-Authenticate` header to send, if any.
+    pub fn www_authenticate(&self) -> Option<&str> {
+        #[cfg(feature = "std")]
+        return self.challenge.as_deref();
+        #[cfg(not(feature = "std"))]
+        None
+    }
+
+    pub(crate) fn json<T: Serialize>(&mut self, status: u16, value: &T) {
         self.status = status;
         self.content_type = ContentType::Json;
         self.body.clear();
@@ -500,13 +523,13 @@ fn error_code(status: u16) -> &'static str {
     }
 }
 
-fn decimal(n: u64) -> heapless::String<20> {
+pub(crate) fn decimal(n: u64) -> heapless::String<20> {
     let mut s = heapless::String::new();
     s.dec(n);
     s
 }
 
-fn path_is(path: &str, route: &str) -> bool {
+pub(crate) fn path_is(path: &str, route: &str) -> bool {
     let p = if path.len() > 1 {
         path.strip_suffix('/').unwrap_or(path)
     } else {
@@ -515,13 +538,13 @@ fn path_is(path: &str, route: &str) -> bool {
     p.eq_ignore_ascii_case(route)
 }
 
-fn metadata_header_ok(req: &Request<'_>) -> bool {
+pub(crate) fn metadata_header_ok(req: &Request<'_>) -> bool {
     req.header("metadata")
         .map(|v| crate::http::trim(v).eq_ignore_ascii_case(b"true"))
         .unwrap_or(false)
 }
 
-fn proxied(req: &Request<'_>) -> bool {
+pub(crate) fn proxied(req: &Request<'_>) -> bool {
     req.has_header("x-forwarded-for") || req.has_header("forwarded")
 }
 
@@ -914,14 +937,14 @@ fn token_endpoint<E: Entropy>(
     serve_token(agent, &tr, ctx.now, entropy, reply);
 }
 
-struct TokenRequest<'a> {
-    index: u8,
-    resource: &'a str,
-    selector: Selector<'a>,
-    bypass: bool,
-    parked_since_us: Option<u64>,
-    peer: core::net::IpAddr,
-    mono_us: u64,
+pub(crate) struct TokenRequest<'a> {
+    pub(crate) index: u8,
+    pub(crate) resource: &'a str,
+    pub(crate) selector: Selector<'a>,
+    pub(crate) bypass: bool,
+    pub(crate) parked_since_us: Option<u64>,
+    pub(crate) peer: core::net::IpAddr,
+    pub(crate) mono_us: u64,
 }
 
 /// The token from the agent's token source (cached, minted, or fetched: waited for).
@@ -960,7 +983,7 @@ fn serve_token<E: Entropy>(
 /// Mark the request as waiting; a source's first wait counts against its in-flight limit. A
 /// request that waited [`crate::limits::FETCH_WAIT_MAX_US`] is answered 503 instead (and
 /// released by [`handle`], like every parked request once it is answered).
-fn park(agent: &mut Agent, r: &TokenRequest<'_>, reply: &mut Reply) {
+pub(crate) fn park(agent: &mut Agent, r: &TokenRequest<'_>, reply: &mut Reply) {
     match r.parked_since_us {
         None => {
             if let Err(refusal) = agent.guard.park(r.peer, r.mono_us) {

@@ -29,10 +29,14 @@ extern crate alloc;
 pub mod agent;
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "std")]
+pub mod challenge;
 pub mod config;
 pub mod connection;
 pub mod fields;
 pub mod guard;
+#[cfg(feature = "std")]
+pub mod hosts;
 pub mod http;
 pub mod identity;
 pub mod imds;

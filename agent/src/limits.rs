@@ -188,3 +188,16 @@ pub const METADATA_PATH_MAX: usize = 256;
 /// Longest field path tracked for version gating and config errors
 /// (`compute.storageProfile.dataDisks[].isUltraDisk`). Deeper paths are never gated.
 pub const METADATA_FIELD_PATH_MAX: usize = 96;
+
+/// Longest secret of an `app_service` / `azure_ml` endpoint (config), and of the header that
+/// carries it.
+pub const HOST_SECRET_MAX: usize = 256;
+
+/// Azure Arc: key-file challenges outstanding at once (module `challenge`). Full: 503.
+pub const ARC_CHALLENGES: usize = 32;
+/// Azure Arc: a challenge's secret expires (and its file is removed) this long after issue.
+pub const ARC_KEY_TTL_US: u64 = 30_000_000;
+/// Azure Arc: longest `arc.key_dir` (config).
+pub const ARC_KEY_DIR_MAX: usize = 128;
+/// Azure Arc: longest `WWW-Authenticate` value (`Basic realm=<key_dir>/<32 hex>.key`).
+pub const ARC_CHALLENGE_HEADER_MAX: usize = ARC_KEY_DIR_MAX + 64;

@@ -72,3 +72,61 @@ pub fn python_get_token(
     serde_json::from_str(stdout.trim())
         .map_err(|e| format!("get_token.py printed no JSON ({e}): {stdout}"))
 }
+
+/// Every variable that picks a managed-identity protocol or a proxy: cleared before a client
+/// runs with one protocol's variables ([`python_host_token`]).
+pub const IDENTITY_AND_PROXY_VARS: &[&str] = &[
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IMDS_ENDPOINT",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "DEFAULT_IDENTITY_CLIENT_ID",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZUREPS_HOST_ENVIRONMENT",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// Get a token with `client` (`sync`: azure-identity, `aio`: azure-identity's aio credential,
+/// `msal`: MSAL Python's `ManagedIdentityClient`) over the protocol that `env` selects (only
+/// those variables are set: every other identity and proxy variable is cleared). Returns
+/// `{"token", "expires_on", "client"}` as printed by `tests/py/host_token.py`, or the client's
+/// error text.
+pub fn python_host_token(
+    client: &str,
+    env: &[(&str, &str)],
+    scope: &str,
+    client_id: Option<&str>,
+) -> Result<Value, String> {
+    let venv = ensure_python_venv();
+    let mut c = Command::new(venv.join("bin/python"));
+    c.arg(root().join("tests/py/host_token.py"))
+        .arg(client)
+        .arg(scope);
+    if let Some(id) = client_id {
+        c.arg(id);
+    }
+    for var in IDENTITY_AND_PROXY_VARS {
+        c.env_remove(var);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.env("NO_PROXY", "*")
+        .env("no_proxy", "*")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = run_with_timeout(c, SDK_TIMEOUT)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("host_token.py printed no JSON ({e}): {stdout}"))
+}

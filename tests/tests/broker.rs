@@ -413,3 +413,80 @@ fn rsa_server_certificate_and_ps256_rs256_assertions() {
     };
     assert_brokered(&pinned, &token(&pinned, VAULT, ""), VAULT, &sys.client_id);
 }
+
+/// The address the daemon logged as `listening NAME=ADDR` (the other hosts' listeners).
+fn logged_addr(d: &Daemon, name: &str) -> std::net::SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = d.log_text();
+        let found = log.split_whitespace().find_map(|w| {
+            w.strip_prefix(&format!("{name}="))
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(a) = found {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "no {name}= in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The other Azure hosts' endpoints (issue 13) serve brokered tokens from the same cache: App
+/// Service's request waits for the fetch and gets App Service's shape; Arc's retry, which
+/// used its secret, waits for the fetch without a second challenge.
+#[test]
+fn other_hosts_serve_brokered_tokens() {
+    let key_dir = imds_tests::target_dir()
+        .join("test-arc")
+        .join(format!("broker-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&key_dir);
+    let dir = key_dir.to_str().unwrap().to_string();
+    let r = rig_with(Style::V1, ServerCert::Valid, 3600, |json, _| {
+        json["app_service"] = json!({"listen": "127.0.0.1:0", "secret": "app-secret-1"});
+        json["arc"] = json!({"listen": "127.0.0.1:0", "key_dir": dir});
+    });
+    let app = logged_addr(&r.daemon, "app_service");
+    let arc = logged_addr(&r.daemon, "arc");
+    let sys = r.cfg.system.clone().unwrap();
+    // A slow authority: the requests park.
+    r.authority
+        .set_fault(Fault::Delay(Duration::from_millis(500)));
+    let resp = get(
+        app,
+        &format!(
+            "/msi/token?api-version=2019-08-01&resource={}",
+            imds_tests::pct(VAULT)
+        ),
+        &["X-IDENTITY-HEADER: app-secret-1"],
+    );
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let b = resp.json();
+    assert_eq!(b["client_id"], sys.client_id.as_str());
+    assert_eq!(b["resource"], VAULT);
+    assert!(b["expires_on"].as_str().unwrap().parse::<u64>().is_ok());
+    // The IMDS endpoint answers from the same cache: no second fetch.
+    let before = brokered::fetched(&r.authority);
+    let imds = token(&r, VAULT, "").json();
+    assert_eq!(imds["access_token"], b["access_token"]);
+    assert_eq!(brokered::fetched(&r.authority), before);
+
+    // Arc, for a resource not cached yet.
+    let target = format!(
+        "/metadata/identity/oauth2/token?api-version=2020-06-01&resource={}",
+        imds_tests::pct(MGMT)
+    );
+    let c = get(arc, &target, &[MD]);
+    assert_eq!(c.status, 401);
+    let realm = c.header("www-authenticate").unwrap();
+    let path = realm.strip_prefix("Basic realm=").unwrap();
+    let secret = std::fs::read_to_string(path).unwrap();
+    let resp = get(
+        arc,
+        &target,
+        &[MD, &format!("Authorization: Basic {secret}")],
+    );
+    let body = assert_brokered(&r, &resp, MGMT, &sys.client_id);
+    assert!(body["expires_in"].is_string());
+    assert_eq!(brokered::fetched(&r.authority), before + 1);
+    let _ = std::fs::remove_dir_all(&key_dir);
+}

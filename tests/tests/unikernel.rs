@@ -524,3 +524,34 @@ fn the_default_image_refuses_attestation_and_scheduled_events_with_the_feature_t
         assert!(out.contains(text), "{out}");
     }
 }
+
+/// The other Azure hosts' endpoints (issue 13) are the host daemon's: the image refuses them at
+/// boot with a config error naming the field.
+#[test]
+fn the_image_refuses_the_other_hosts_endpoints() {
+    for field in ["app_service", "azure_ml"] {
+        let mut json = xtask::config::demo("127.0.0.1:0", None);
+        json[field] = serde_json::json!({"listen": "127.0.0.1:8081", "secret": "s3cret-value"});
+        let cfg = DemoConfig::from_json("unikernel-hosts-refused", json);
+        let opts = QemuOpts {
+            config: Some(cfg.path.clone()),
+            network: qemu::Network::None,
+            ..QemuOpts::default()
+        };
+        let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
+        let status = guest
+            .wait_exit(BOOT_TIMEOUT)
+            .unwrap_or_else(|| panic!("QEMU still running:\n{}", guest.output()));
+        let out = guest.output();
+        assert_eq!(
+            status.code().and_then(guest_exit_code),
+            Some(exit::CONFIG_INVALID),
+            "{status}\n{out}"
+        );
+        let text = format!(
+            "imds-agent: fatal: config: field `{field}`: is served by the host daemon only"
+        );
+        assert!(out.contains(&text), "{out}");
+        assert!(!out.contains("s3cret-value"), "{out}");
+    }
+}

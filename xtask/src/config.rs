@@ -79,6 +79,63 @@ pub fn demo(listen_imds: &str, listen_legacy: Option<&str>) -> Value {
     })
 }
 
+/// A fresh secret for an `app_service` / `azure_ml` endpoint: 32 random bytes as hex.
+pub fn host_secret() -> String {
+    let mut b = [0u8; 32];
+    OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Adds the other Azure hosts' endpoints (issue 13) to a config document: `app_service` and
+/// `azure_ml` on the given listen addresses, each with a fresh secret.
+pub fn with_hosts(mut doc: Value, app_service: &str, azure_ml: &str) -> Value {
+    doc["app_service"] = json!({ "listen": app_service, "secret": host_secret() });
+    doc["azure_ml"] = json!({ "listen": azure_ml, "secret": host_secret() });
+    doc
+}
+
+/// A free loopback port (bound and released: the daemon binds it again soon after).
+fn free_loopback_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `cargo xtask config --demo --hosts`: adds `app_service`, `azure_ml` and `arc` (key files
+/// in `/var/opt/azcmagent/tokens`, the only place real clients read them) on free loopback
+/// ports, with fresh secrets. Returns the document and the shell lines that set each
+/// protocol's environment variables (`legacy`: the legacy listener, for Cloud Shell).
+pub fn with_all_hosts(doc: Value, legacy: Option<&str>) -> std::io::Result<(Value, String)> {
+    let [app, ml, arc] = [
+        free_loopback_port()?,
+        free_loopback_port()?,
+        free_loopback_port()?,
+    ];
+    let mut doc = with_hosts(doc, &format!("127.0.0.1:{app}"), &format!("127.0.0.1:{ml}"));
+    doc["arc"] = json!({
+        "listen": format!("127.0.0.1:{arc}"),
+        "key_dir": imds_agent::config::DEFAULT_ARC_KEY_DIR,
+    });
+    let secret = |k: &str| doc[k]["secret"].as_str().unwrap_or_default().to_string();
+    let mut env = format!(
+        "# App Service / Functions\n\
+         export IDENTITY_ENDPOINT=http://127.0.0.1:{app}/msi/token IDENTITY_HEADER={}\n\
+         # Azure ML\n\
+         export MSI_ENDPOINT=http://127.0.0.1:{ml}/msi/token MSI_SECRET={}\n\
+         # Azure Arc (the daemon writes key files to {}: run it as root)\n\
+         export IDENTITY_ENDPOINT=http://127.0.0.1:{arc}/metadata/identity/oauth2/token IMDS_ENDPOINT=http://127.0.0.1:{arc}\n",
+        secret("app_service"),
+        secret("azure_ml"),
+        imds_agent::config::DEFAULT_ARC_KEY_DIR,
+    );
+    if let Some(l) = legacy {
+        env.push_str(&format!(
+            "# Cloud Shell (the legacy listener)\nexport MSI_ENDPOINT=http://{l}/oauth2/token\n"
+        ));
+    }
+    Ok((doc, env))
+}
+
 /// [`demo`] with the VM's instance metadata and an attestation signer (see [`with_instance`]),
 /// `user_data` served base64-encoded as `compute.userData`: what `cargo xtask config --demo`
 /// writes.
@@ -300,7 +357,7 @@ pub fn write_demo_full(
     )
 }
 
-fn write_doc(out: &Path, doc: &Value) -> std::io::Result<()> {
+pub fn write_doc(out: &Path, doc: &Value) -> std::io::Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -317,6 +374,33 @@ fn write_doc(out: &Path, doc: &Value) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn demo_hosts_config_parses_and_names_each_protocol() {
+        let (doc, env) = with_all_hosts(
+            demo("127.0.0.1:0", Some("127.0.0.1:50342")),
+            Some("127.0.0.1:50342"),
+        )
+        .unwrap();
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let c = imds_agent::config::Config::parse(&bytes).unwrap();
+        let app = c.hosts.app_service.unwrap();
+        let ml = c.hosts.azure_ml.unwrap();
+        let arc = c.hosts.arc.unwrap();
+        assert_ne!(app.secret, ml.secret);
+        assert_eq!(app.secret.len(), 64);
+        assert!(env.contains(&format!(
+            "IDENTITY_ENDPOINT=http://{}/msi/token IDENTITY_HEADER={}",
+            app.listen, app.secret
+        )));
+        assert!(env.contains(&format!(
+            "MSI_ENDPOINT=http://{}/msi/token MSI_SECRET={}",
+            ml.listen, ml.secret
+        )));
+        assert!(env.contains(&format!("IMDS_ENDPOINT=http://{}\n", arc.listen)));
+        assert_eq!(arc.key_dir.as_str(), "/var/opt/azcmagent/tokens");
+        assert!(env.contains("MSI_ENDPOINT=http://127.0.0.1:50342/oauth2/token"));
+    }
     use base64::Engine as _;
 
     fn system_resource_id(doc: &Value) -> String {

@@ -30,7 +30,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <command>\n\
          \n\
-         config --demo --out FILE [--listen ADDR:PORT] [--user-data FILE] [--no-attestation]   write a demo config with fresh keys, instance metadata and an attestation signer\n\
+         config --demo --out FILE [--listen ADDR:PORT] [--user-data FILE] [--no-attestation] [--hosts]   write a demo config with fresh keys, instance metadata and an attestation signer (--hosts: also App Service, Azure ML and Arc endpoints; prints their environment variables)\n\
          run [--config FILE] [--port N] [--accel tcg|kvm] [--machine microvm|q35] [--mem MIB]\n\
          \x20   [--print-cmd]                               boot the unikernel under QEMU (TCG), host\n\
          \x20                                               port N (8080) to its port 80; --print-cmd:\n\
@@ -99,7 +99,7 @@ fn cmd_config(args: &[String]) -> Result {
     if !args.iter().any(|a| a == "--demo") {
         return Err(
             "only --demo is supported: cargo xtask config --demo --out FILE [--user-data FILE] \
-             [--no-attestation]"
+             [--no-attestation] [--hosts]"
                 .into(),
         );
     }
@@ -114,6 +114,17 @@ fn cmd_config(args: &[String]) -> Result {
     // `--no-attestation`: for the default image, which has no attested document and refuses
     // an `attestation` it cannot serve.
     let attestation = !args.iter().any(|a| a == "--no-attestation");
+    if args.iter().any(|a| a == "--hosts") {
+        // `--hosts`: the other Azure hosts' endpoints (host daemon only), and the variables
+        // each protocol's clients need.
+        let doc = config::demo_full(&listen, Some(&legacy), &user_data, attestation);
+        let (doc, env) = config::with_all_hosts(doc, Some(&legacy))
+            .map_err(|e| format!("free loopback ports: {e}"))?;
+        config::write_doc(Path::new(&out), &doc).map_err(|e| format!("{out}: {e}"))?;
+        eprintln!("wrote {out} (host daemon only: the image refuses app_service, azure_ml, arc)");
+        print!("{env}");
+        return Ok(());
+    }
     config::write_demo_full(
         Path::new(&out),
         &listen,

@@ -31,6 +31,16 @@ pub fn describe(
             let _ = writeln!(s, "listen: legacy off");
         }
     }
+    // The other Azure hosts' endpoints (never their secrets).
+    if let Some(e) = &config.hosts.app_service {
+        let _ = writeln!(s, "listen: app_service {}", e.listen);
+    }
+    if let Some(e) = &config.hosts.azure_ml {
+        let _ = writeln!(s, "listen: azure_ml {}", e.listen);
+    }
+    if let Some(a) = &config.hosts.arc {
+        let _ = writeln!(s, "listen: arc {} (key files in {})", a.listen, a.key_dir);
+    }
     match &config.authority {
         Some(a) => {
             let _ = writeln!(

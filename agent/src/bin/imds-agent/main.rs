@@ -4,6 +4,7 @@
 //! `--check-config FILE`, `--init-config FILE`, `--version`, `--help` (see [`HELP`]).
 //! Under systemd: readiness on `$NOTIFY_SOCKET`, log priorities for the journal ([`journal`]).
 
+mod arc;
 mod cli;
 mod journal;
 mod upstream;
@@ -11,7 +12,7 @@ mod upstream;
 use imds_agent::broker::pipe::Pipe;
 use imds_agent::broker::runner::Runner;
 use imds_agent::broker::task::{self, TaskBuffers};
-use imds_agent::config::{AuthorityConfig, Config};
+use imds_agent::config::{AuthorityConfig, Config, HostsConfig};
 use imds_agent::connection::{Connection, Listener};
 use imds_agent::limits::{BROKER_TASKS, CONFIG_MAX, HOST_MAX_CONNECTIONS};
 use imds_agent::Agent;
@@ -33,6 +34,9 @@ use std::time::Duration;
 const IMDS: Token = Token(0);
 const LEGACY: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const APP_SERVICE: Token = Token(3);
+const AZURE_ML: Token = Token(4);
+const ARC: Token = Token(5);
 const FIRST_CONN: usize = 16;
 
 const USAGE: &str =
@@ -194,8 +198,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let authority = config.authority.clone();
+    let hosts = config.hosts.clone();
     let agent = Agent::new(config);
-    match run(agent, authority, imds_addr, legacy_addr) {
+    match run(agent, authority, imds_addr, legacy_addr, &hosts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             say(Level::Err, &format!("imds-agent: {e}"));
@@ -214,6 +219,7 @@ fn run(
     authority: Option<AuthorityConfig>,
     imds_addr: SocketAddr,
     legacy_addr: Option<SocketAddr>,
+    hosts: &HostsConfig,
 ) -> io::Result<()> {
     let clock = HostClock::new();
     let mut entropy = HostEntropy::default();
@@ -236,6 +242,29 @@ fn run(
         }
         None => None,
     };
+    // The other Azure hosts' endpoints (issue 13): one listener each.
+    let mut host_listeners: Vec<(Token, Listener, TcpListener)> = Vec::new();
+    for (tok, kind, what, endpoint) in [
+        (
+            APP_SERVICE,
+            Listener::AppService,
+            "app_service",
+            &hosts.app_service,
+        ),
+        (AZURE_ML, Listener::AzureMl, "azure_ml", &hosts.azure_ml),
+    ] {
+        if let Some(e) = endpoint {
+            let mut l = bind(e.listen, what)?;
+            poll.registry().register(&mut l, tok, Interest::READABLE)?;
+            host_listeners.push((tok, kind, l));
+        }
+    }
+    if let Some(a) = &hosts.arc {
+        arc::prepare(&a.key_dir)?;
+        let mut l = bind(a.listen, "arc")?;
+        poll.registry().register(&mut l, ARC, Interest::READABLE)?;
+        host_listeners.push((ARC, Listener::Arc, l));
+    }
     let mut signals = signal_hook_mio::v1_0::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -262,6 +291,20 @@ fn run(
             agent.issuer().map(|i| i.kid()).unwrap_or("-"),
         ),
     );
+    for (_, kind, l) in &host_listeners {
+        log.line(
+            Level::Info,
+            format_args!(
+                "imds-agent: listening {}={}",
+                match kind {
+                    Listener::AppService => "app_service",
+                    Listener::AzureMl => "azure_ml",
+                    _ => "arc",
+                },
+                l.local_addr()?
+            ),
+        );
+    }
     log.flush();
     let status = format!(
         "serving {} identities on {}{}",
@@ -348,16 +391,22 @@ fn run(
                             Level::Info,
                             format_args!("imds-agent: signal {sig}, shutting down"),
                         );
+                        arc::clear(&mut agent.borrow_mut());
                         log.flush();
                         return Ok(());
                     }
                 }
-                tok @ (IMDS | LEGACY) => {
+                tok @ (IMDS | LEGACY | APP_SERVICE | AZURE_ML | ARC) => {
                     let (listener, kind) = if tok == IMDS {
                         (&imds, Listener::Imds)
-                    } else {
+                    } else if tok == LEGACY {
                         match legacy.as_ref() {
                             Some(l) => (l, Listener::Legacy),
+                            None => continue,
+                        }
+                    } else {
+                        match host_listeners.iter().find(|(t, _, _)| *t == tok) {
+                            Some((_, kind, l)) => (l, *kind),
                             None => continue,
                         }
                     };
@@ -472,6 +521,10 @@ fn run(
             agent.borrow_mut().drain_events(&mut log);
         }
         let now = clock.monotonic_us();
+        // Azure Arc: expired key files go.
+        for failure in arc::sync(&mut agent.borrow_mut(), now) {
+            log.line(Level::Warning, format_args!("imds-agent: arc: {failure}"));
+        }
         if now.saturating_sub(last_sweep) > 1_000_000 {
             last_sweep = now;
             for slot in 0..conns.len() {
@@ -591,6 +644,10 @@ fn drive(
             break;
         }
         c.state.process(agent, clock, entropy, log);
+        // Azure Arc: a challenge's key file exists before its 401 is sent.
+        for failure in arc::sync(agent, clock.monotonic_us()) {
+            log.line(Level::Warning, format_args!("imds-agent: arc: {failure}"));
+        }
         // Write what is pending.
         while !c.state.tx_pending().is_empty() {
             match c.stream.write(c.state.tx_pending()) {
