@@ -1940,7 +1940,11 @@ impl Config {
                             index: Some(i),
                             sub: None,
                         },
-                        why: "must be an address block like 10.0.0.0/8 or fd00::/8",
+                        why: if cfg!(feature = "std") {
+                            "must be an address block like 10.0.0.0/8 or fd00::/8"
+                        } else {
+                            "must be an IPv4 address block like 10.0.0.0/8 (the unikernel has no IPv6)"
+                        },
                     })?;
                     let _ = out.push(cidr);
                 }
