@@ -19,7 +19,7 @@ use crate::identity::Selector;
 use crate::imds::{self, Ctx, Error, Listener, Reply, TokenRequest};
 use crate::limits::{DESCRIPTION_MAX, PARAM_DECODE_BUF, RESOURCE_MAX};
 use crate::query;
-use crate::token::{Need, Obtained, Token};
+use crate::token::Token;
 use imds_hal::Entropy;
 use serde::Serialize;
 
@@ -384,7 +384,7 @@ fn msi_token<E: Entropy>(
 }
 
 /// The token from the agent's token source, as [`imds`] obtains it (cache, mint, or a fetch
-/// the request waits for).
+/// the request waits for), in this protocol's shape.
 fn serve<E: Entropy>(
     agent: &mut Agent,
     r: &TokenRequest<'_>,
@@ -392,31 +392,14 @@ fn serve<E: Entropy>(
     entropy: &mut E,
     reply: &mut Reply,
 ) {
-    let Some(identity) = agent.identities.get(r.index) else {
-        return fail(reply, 400, "Identity not found");
-    };
-    let need = Need {
-        bypass: r.bypass,
-        parked_since_us: r.parked_since_us,
-    };
-    let guard = &mut agent.guard;
-    match agent.tokens.obtain(
-        identity,
-        r.index,
-        r.resource,
-        need,
-        ctx.now.unix_s,
-        ctx.now.mono_us,
-        entropy,
-        || guard.charge(r.peer, r.mono_us),
-    ) {
-        Obtained::Ready(t) => {
+    match imds::obtain(agent, r, ctx.now, entropy) {
+        imds::Got::Ready(t, identity) => {
             write_token(reply, t, r.resource, &identity.client_id);
             if reply.status == 200 {
                 reply.client_id = Some(identity.client_id.clone());
             }
         }
-        Obtained::Pending => {
+        imds::Got::Pending => {
             imds::park(agent, r, reply);
             if !reply.pending {
                 // Refused or waited too long: IMDS's error, in this protocol's shape.
@@ -425,7 +408,7 @@ fn serve<E: Entropy>(
                 });
             }
         }
-        Obtained::Failed(e) => fail_with(reply, e.into()),
+        imds::Got::Failed(e) => fail_with(reply, e),
     }
 }
 

@@ -947,17 +947,27 @@ pub(crate) struct TokenRequest<'a> {
     pub(crate) mono_us: u64,
 }
 
-/// The token from the agent's token source (cached, minted, or fetched: waited for).
-fn serve_token<E: Entropy>(
-    agent: &mut Agent,
+/// What [`obtain`] found for a token request.
+pub(crate) enum Got<'a> {
+    /// The token, and the identity it is for.
+    Ready(&'a Token, &'a crate::config::IdentityConfig),
+    /// A fetch is queued or running: the caller parks the request ([`park`]).
+    Pending,
+    /// No token: an unknown identity, a refused, failed or timed-out mint or fetch.
+    Failed(Error),
+}
+
+/// The token of request `r` from the agent's token source (cached, minted, or a fetch the
+/// request waits for), a mint or fetch charged to the request's source. Every protocol's
+/// token endpoint (IMDS, legacy, and the other hosts') obtains its tokens here.
+pub(crate) fn obtain<'a, E: Entropy>(
+    agent: &'a mut Agent,
     r: &TokenRequest<'_>,
     now: Now,
     entropy: &mut E,
-    reply: &mut Reply,
-) {
+) -> Got<'a> {
     let Some(identity) = agent.identities.get(r.index) else {
-        reply.fail(Error::Request(RequestError::IdentityNotFound));
-        return;
+        return Got::Failed(Error::Request(RequestError::IdentityNotFound));
     };
     let need = Need {
         bypass: r.bypass,
@@ -974,9 +984,26 @@ fn serve_token<E: Entropy>(
         entropy,
         || guard.charge(r.peer, r.mono_us),
     ) {
-        Obtained::Ready(t) => write_token(reply, t, r.resource, identity, r.selector, now.unix_s),
-        Obtained::Pending => park(agent, r, reply),
-        Obtained::Failed(e) => reply.fail(e.into()),
+        Obtained::Ready(t) => Got::Ready(t, identity),
+        Obtained::Pending => Got::Pending,
+        Obtained::Failed(e) => Got::Failed(e.into()),
+    }
+}
+
+/// The IMDS answer to a token request: the token, or the request parked, or the error.
+fn serve_token<E: Entropy>(
+    agent: &mut Agent,
+    r: &TokenRequest<'_>,
+    now: Now,
+    entropy: &mut E,
+    reply: &mut Reply,
+) {
+    match obtain(agent, r, now, entropy) {
+        Got::Ready(t, identity) => {
+            write_token(reply, t, r.resource, identity, r.selector, now.unix_s)
+        }
+        Got::Pending => park(agent, r, reply),
+        Got::Failed(e) => reply.fail(e),
     }
 }
 
@@ -1081,7 +1108,7 @@ fn jwks(agent: &Agent, reply: &mut Reply) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{IdentityConfig, IdentityKind};
     use crate::secret::Secret;
@@ -1111,14 +1138,21 @@ mod tests {
 
     /// The router's answer to the raw request `raw`.
     fn ask(agent: &mut Agent, raw: &str) -> Reply {
+        let now = Now {
+            unix_s: 1_000_000,
+            mono_us: 0,
+        };
+        ask_at(agent, raw, now)
+    }
+
+    /// The router's answer to the raw request `raw` at `now`, from 127.0.0.1 (the metadata
+    /// modules' tests use it too).
+    pub(crate) fn ask_at(agent: &mut Agent, raw: &str, now: Now) -> Reply {
         let Ok(Parse::Complete(req, _)) = http::parse(raw.as_bytes()) else {
             panic!("not a complete request: {raw}")
         };
         let ctx = Ctx {
-            now: Now {
-                unix_s: 1_000_000,
-                mono_us: 0,
-            },
+            now,
             peer: "127.0.0.1".parse().unwrap(),
             parked_since_us: None,
         };

@@ -479,9 +479,8 @@ mod tests {
     use crate::config::tests::{doc, SYS};
     use crate::config::Config;
     use crate::config::ConfigError;
-    use crate::http::{self, Parse};
-    use crate::imds::{handle, Ctx, Now, Reply};
-    use crate::token::CountingEntropy;
+    use crate::imds::tests::ask_at;
+    use crate::imds::{Now, Reply};
     use std::string::{String, ToString};
     use std::vec::Vec;
 
@@ -528,27 +527,13 @@ mod tests {
         )
     }
 
-    pub(crate) fn ask(agent: &mut Agent, raw: &str, now: Now) -> Reply {
-        let Ok(Parse::Complete(req, _)) = http::parse(raw.as_bytes()) else {
-            panic!("not a complete request: {raw}")
-        };
-        let ctx = Ctx {
-            now,
-            peer: "127.0.0.1".parse().unwrap(),
-            parked_since_us: None,
-        };
-        let mut reply = Reply::new();
-        handle(agent, &req, &ctx, &mut CountingEntropy(0), &mut reply);
-        reply
-    }
-
     const NOW: Now = Now {
         unix_s: 1_775_946_418,
         mono_us: 0,
     };
 
     fn get(agent: &mut Agent, target: &str) -> Reply {
-        ask(
+        ask_at(
             agent,
             &std::format!(
                 "GET {target} HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n"
@@ -677,7 +662,7 @@ mod tests {
         );
         assert!(body(&r).contains("newest-versions"), "{}", body(&r));
         // No Metadata header.
-        let r = ask(
+        let r = ask_at(
             &mut agent,
             "GET /metadata/attested/document?api-version=2021-02-01 HTTP/1.1\r\nHost: x\r\n\r\n",
             NOW,

@@ -435,6 +435,7 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::imds::tests::ask_at;
 
     #[test]
     fn civil_and_http_date() {
@@ -457,10 +458,7 @@ mod tests {
     use crate::agent::Agent;
     use crate::config::tests::SYS;
     use crate::config::{Config, ConfigError};
-    use crate::http::{self, Parse};
     use crate::imds::Now;
-    use crate::imds::{handle, Ctx, Reply};
-    use crate::token::CountingEntropy;
 
     /// The test config with `extra` top-level fields.
     fn config_with(extra: serde_json::Value) -> Result<Config, ConfigError> {
@@ -472,20 +470,6 @@ mod tests {
         Config::parse(serde_json::to_string(&v).unwrap().as_bytes())
     }
 
-    /// The router's answer to `raw` at `now`.
-    fn ask(agent: &mut Agent, raw: &str, now: Now) -> Reply {
-        let Ok(Parse::Complete(req, _)) = http::parse(raw.as_bytes()) else {
-            panic!("not a complete request: {raw}")
-        };
-        let ctx = Ctx {
-            now,
-            peer: "127.0.0.1".parse().unwrap(),
-            parked_since_us: None,
-        };
-        let mut reply = Reply::new();
-        handle(agent, &req, &ctx, &mut CountingEntropy(0), &mut reply);
-        reply
-    }
     use std::string::String;
 
     fn ev(kind: EventType, appear: u32, notice: u32, duration: i32) -> EventConfig {
@@ -736,14 +720,14 @@ mod tests {
             mono_us: s * S,
         };
         let get = |agent: &mut Agent, q: &str, s: u64| {
-            ask(
+            ask_at(
                 agent,
                 &std::format!("GET /metadata/scheduledevents{q} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n"),
                 at(s),
             )
         };
         let post = |agent: &mut Agent, body: &str, s: u64| {
-            ask(
+            ask_at(
                 agent,
                 &std::format!(
                     "POST /metadata/scheduledevents?api-version=2020-07-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -774,13 +758,13 @@ mod tests {
         ] {
             assert_eq!(get(&mut agent, q, 1).status, 400, "{q}");
         }
-        let r = ask(
+        let r = ask_at(
             &mut agent,
             "GET /metadata/scheduledevents?api-version=2020-07-01 HTTP/1.1\r\nHost: x\r\n\r\n",
             at(1),
         );
         assert_eq!(r.status, 400);
-        let r = ask(
+        let r = ask_at(
             &mut agent,
             "DELETE /metadata/scheduledevents?api-version=2020-07-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n",
             at(1),
