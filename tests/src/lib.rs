@@ -85,6 +85,30 @@ impl DemoConfig {
     }
 }
 
+/// Boot `image` with `opts` and expect QEMU to stop within `timeout` with guest exit `code`
+/// and `message` on serial. Returns the serial console.
+pub fn expect_exit(
+    image: &Path,
+    opts: &xtask::qemu::QemuOpts,
+    code: u8,
+    message: &str,
+    timeout: Duration,
+) -> String {
+    let mut guest = xtask::qemu::Guest::spawn(image, opts).expect("spawn QEMU");
+    let status = guest
+        .wait_exit(timeout)
+        .unwrap_or_else(|| panic!("QEMU still running:\n{}", guest.output()));
+    let out = guest.output();
+    assert_eq!(
+        status.code().and_then(xtask::qemu::guest_exit_code),
+        Some(code),
+        "status {status}; output:\n{out}\ncommand: {}",
+        guest.command
+    );
+    assert!(out.contains(message), "missing {message:?} in:\n{out}");
+    out
+}
+
 /// Path of the daemon binary (built once per test process).
 pub fn daemon_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

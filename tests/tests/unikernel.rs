@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
-use xtask::qemu::{self, exit, guest_exit_code, Guest, Machine, QemuOpts};
+use xtask::qemu::{self, exit, Guest, Machine, QemuOpts};
 
 /// Boot to serving; generous for a loaded 2-core machine (it takes ~0.1 s when idle).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,19 +75,8 @@ fn shared() -> &'static Running {
 imds_tests::contract_tests!(shared(), 8);
 
 /// Boot with `opts` and expect QEMU to stop with guest exit `code` and `message` on serial.
-fn expect_exit(opts: QemuOpts, code: u8, message: &str) {
-    let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
-    let status = guest
-        .wait_exit(EXIT_TIMEOUT)
-        .unwrap_or_else(|| panic!("QEMU still running:\n{}", guest.output()));
-    let out = guest.output();
-    assert_eq!(
-        status.code().and_then(guest_exit_code),
-        Some(code),
-        "status {status}; output:\n{out}\ncommand: {}",
-        guest.command
-    );
-    assert!(out.contains(message), "missing {message:?} in:\n{out}");
+fn expect_exit(opts: QemuOpts, code: u8, message: &str) -> String {
+    imds_tests::expect_exit(&image(), &opts, code, message, EXIT_TIMEOUT)
 }
 
 fn no_network(config: Option<PathBuf>) -> QemuOpts {
@@ -506,22 +495,7 @@ fn the_default_image_refuses_attestation_and_scheduled_events_with_the_feature_t
         let mut json = xtask::config::demo("127.0.0.1:0", None);
         json[field] = json_value;
         let cfg = DemoConfig::from_json("unikernel-extras-refused", json);
-        let opts = QemuOpts {
-            config: Some(cfg.path.clone()),
-            network: qemu::Network::None,
-            ..QemuOpts::default()
-        };
-        let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
-        let status = guest
-            .wait_exit(BOOT_TIMEOUT)
-            .unwrap_or_else(|| panic!("QEMU still running:\n{}", guest.output()));
-        let out = guest.output();
-        assert_eq!(
-            status.code().and_then(guest_exit_code),
-            Some(exit::CONFIG_INVALID),
-            "{status}\n{out}"
-        );
-        assert!(out.contains(text), "{out}");
+        expect_exit(no_network(Some(cfg.path.clone())), exit::CONFIG_INVALID, text);
     }
 }
 
@@ -533,25 +507,14 @@ fn the_image_refuses_the_other_hosts_endpoints() {
         let mut json = xtask::config::demo("127.0.0.1:0", None);
         json[field] = serde_json::json!({"listen": "127.0.0.1:8081", "secret": "s3cret-value"});
         let cfg = DemoConfig::from_json("unikernel-hosts-refused", json);
-        let opts = QemuOpts {
-            config: Some(cfg.path.clone()),
-            network: qemu::Network::None,
-            ..QemuOpts::default()
-        };
-        let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
-        let status = guest
-            .wait_exit(BOOT_TIMEOUT)
-            .unwrap_or_else(|| panic!("QEMU still running:\n{}", guest.output()));
-        let out = guest.output();
-        assert_eq!(
-            status.code().and_then(guest_exit_code),
-            Some(exit::CONFIG_INVALID),
-            "{status}\n{out}"
-        );
         let text = format!(
             "imds-agent: fatal: config: field `{field}`: is served by the host daemon only"
         );
-        assert!(out.contains(&text), "{out}");
+        let out = expect_exit(
+            no_network(Some(cfg.path.clone())),
+            exit::CONFIG_INVALID,
+            &text,
+        );
         assert!(!out.contains("s3cret-value"), "{out}");
     }
 }

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use xtask::qemu::{self, exit, guest_exit_code, Guest, QemuOpts};
+use xtask::qemu::{self, exit, Guest, QemuOpts};
 
 /// Boot to serving; generous for a loaded 2-core machine (it takes ~0.1 s when idle).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -306,19 +306,12 @@ fn an_image_without_the_broker_feature_refuses_a_broker_config() {
         network: qemu::Network::None,
         ..QemuOpts::default()
     };
-    let mut guest = Guest::spawn(&qemu::build_image(true), &opts).expect("spawn QEMU");
-    let status = guest
-        .wait_exit(BOOT_TIMEOUT)
-        .unwrap_or_else(|| panic!("QEMU still running:\n{}", guest.output()));
-    let out = guest.output();
-    assert_eq!(
-        status.code().and_then(guest_exit_code),
-        Some(exit::CONFIG_INVALID),
-        "{status}\n{out}"
-    );
-    assert!(
-        out.contains("imds-agent: fatal: config: field `authority`: broker mode needs a build with the `broker` feature"),
-        "{out}"
+    imds_tests::expect_exit(
+        &qemu::build_image(true),
+        &opts,
+        exit::CONFIG_INVALID,
+        "imds-agent: fatal: config: field `authority`: broker mode needs a build with the `broker` feature",
+        BOOT_TIMEOUT,
     );
 }
 
