@@ -6,6 +6,7 @@
 pub mod attested;
 pub mod brokered;
 pub mod contract;
+pub mod netns;
 pub mod sdk;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;

@@ -14,6 +14,7 @@
 //! `validate()` → `(True, '')`. Needs root (namespaces, tap devices). And the demo config
 //! describes one VM: its identity token, instance document and attested document agree.
 
+use imds_tests::netns::Netns;
 use imds_tests::DemoConfig;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -40,52 +41,6 @@ fn clients() -> AzureClients {
             .unwrap_or_else(|e| panic!("installing cloud-init and waagent failed: {e}"))
     })
     .clone()
-}
-
-/// A network namespace (and the tap in it), deleted on drop.
-struct Netns {
-    name: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("imds-{tag}{}", std::process::id() % 100_000);
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let mut all = vec!["netns", "exec", &self.name];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    /// `program` run inside the namespace.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 /// The demo config with its `instance` document, plus [`SECONDARY_IP`] on the NIC.

@@ -3,6 +3,7 @@
 //! 169.254.169.254 from inside a network namespace this test creates, where the unikernel's
 //! virtio-net is plugged into a tap device. Nothing leaves the namespace.
 
+use imds_tests::netns::Netns;
 use imds_tests::sdk::python_get_token;
 use imds_tests::{verify_with_jwks, DemoConfig};
 use std::process::Command;
@@ -43,66 +44,23 @@ fn azure_identity_gets_system_and_user_tokens_from_the_unikernel() {
     }
 }
 
-/// A network namespace and a tap device, removed on drop.
-struct Netns {
-    name: String,
-    tap: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    fn exec(&self, args: &[&str]) {
-        let mut all = vec!["netns", "exec", &self.name];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.tap])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
 #[test]
 fn azure_identity_reaches_169_254_169_254_with_no_override() {
-    let id = std::process::id() % 100_000;
-    let ns = Netns {
-        name: format!("imds-t{id}"),
-        tap: format!("imdst{id}"),
-    };
     // A namespace with a tap device; QEMU runs inside it and plugs the guest's NIC into the
     // tap. Nothing is routed out of the namespace.
-    ip(&["netns", "add", &ns.name]);
-    ns.exec(&["ip", "link", "set", "lo", "up"]);
-    ns.exec(&["ip", "tuntap", "add", &ns.tap, "mode", "tap"]);
-    ns.exec(&["ip", "addr", "add", "10.77.0.1/24", "dev", &ns.tap]);
-    ns.exec(&["ip", "link", "set", &ns.tap, "up"]);
+    let ns = Netns::new("t");
+    let tap = "tap0";
+    ns.exec(&["ip", "tuntap", "add", tap, "mode", "tap"]);
+    ns.exec(&["ip", "addr", "add", "10.77.0.1/24", "dev", tap]);
+    ns.exec(&["ip", "link", "set", tap, "up"]);
     // On-link: the unikernel answers ARP for 169.254.169.254 itself.
-    ns.exec(&["ip", "route", "add", "169.254.169.254/32", "dev", &ns.tap]);
+    ns.exec(&["ip", "route", "add", "169.254.169.254/32", "dev", tap]);
     let mut json = xtask::config::demo("127.0.0.1:0", None);
     json["network"] = serde_json::json!({"address": "10.77.0.2/24", "gateway": "10.77.0.1"});
     let cfg = DemoConfig::from_json("uk-netns", json);
     let opts = QemuOpts {
         config: Some(cfg.path.clone()),
-        network: Network::Tap {
-            ifname: ns.tap.clone(),
-        },
+        network: Network::Tap { ifname: tap.into() },
         ..QemuOpts::default()
     };
     let image = qemu::build_image(true);
