@@ -11,14 +11,22 @@
 //!   [`text::Text`] (numbers and addresses without `core::fmt`'s formatting machinery);
 //! * the NIC is a [`smoltcp::phy::Device`], taken generically by the network loop.
 //!
-//! Backends: `host` (feature `std`) and, on `target_os = "none"`, the bare-metal x86_64
-//! backends. All `unsafe` of the project lives in backends of this crate and in the boot code.
+//! Backends: `host` (feature `std`) and, on `target_os = "none"`, the bare-metal ones: the
+//! arch-neutral [`virtio_net`] device, [`fw_cfg`] file directory and [`pci`] BAR allocator, and
+//! per architecture the machine's access to them (ports, MMIO) and its console, clock, entropy
+//! and exit (`x86_64`). All `unsafe` of the project lives in backends of this crate and in the boot code.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 #[cfg(feature = "std")]
 pub mod host;
 pub mod text;
 
+#[cfg(target_os = "none")]
+pub mod fw_cfg;
+#[cfg(target_os = "none")]
+pub mod pci;
+#[cfg(target_os = "none")]
+pub mod virtio_net;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod x86_64;
 

@@ -12,6 +12,7 @@ use core::mem::MaybeUninit;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use crate::arch::{Console, MachineClock, MachineEntropy};
 use embassy_futures::join::join_array;
 use imds_agent::broker::pipe::Pipe;
 use imds_agent::broker::runner::Runner;
@@ -20,9 +21,6 @@ use imds_agent::config::{AuthorityConfig, NetworkConfig};
 use imds_agent::limits::BROKER_TASKS;
 use imds_agent::Agent;
 use imds_hal::text::Text;
-use imds_hal::x86_64::clock::TscClock;
-use imds_hal::x86_64::rdrand::Rdrand;
-use imds_hal::x86_64::serial::Serial;
 
 /// The tasks' pipes and buffers (~30 KiB a task): in `.bss`, initialised in place once.
 static mut PIPES: MaybeUninit<[Pipe; BROKER_TASKS]> = MaybeUninit::uninit();
@@ -54,7 +52,7 @@ fn broker_memory() -> (
 }
 
 /// Say where tokens come from.
-pub fn announce(authority: &AuthorityConfig, network: Option<&NetworkConfig>, log: &mut Serial) {
+pub fn announce(authority: &AuthorityConfig, network: Option<&NetworkConfig>, log: &mut Console) {
     log.put("imds-agent: broker mode: ")
         .put(authority.token_url.as_str())
         .put(" via ");
@@ -76,7 +74,7 @@ pub fn announce(authority: &AuthorityConfig, network: Option<&NetworkConfig>, lo
 pub fn tasks<'a>(
     agent: &'a RefCell<Agent>,
     authority: &'a AuthorityConfig,
-    clock: &'a TscClock,
+    clock: &'a MachineClock,
 ) -> (
     &'static [Pipe; BROKER_TASKS],
     impl Future<Output = [(); BROKER_TASKS]> + 'a,
@@ -87,7 +85,7 @@ pub fn tasks<'a>(
         let Some(b) = bufs.next() else {
             unreachable!("one buffer per task")
         };
-        task::run(agent, authority, &pipes[i], clock, Rdrand::new(), b)
+        task::run(agent, authority, &pipes[i], clock, MachineEntropy::new(), b)
     });
     (pipes, join_array(tasks))
 }
@@ -96,7 +94,7 @@ pub fn tasks<'a>(
 pub fn runner<'a, F: Future>(
     pipes: Option<&'a [Pipe; BROKER_TASKS]>,
     tasks: Pin<&'a mut Option<F>>,
-    log: &mut Serial,
+    log: &mut Console,
 ) -> Option<Runner<'a, F>> {
     let runner = Runner::new(tasks.as_pin_mut()?, pipes?);
     log.put("imds-agent: broker: ")

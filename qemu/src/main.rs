@@ -1,7 +1,9 @@
-//! # imds-unikernel — imds-agent as a bootable x86_64 image
+//! # imds-unikernel — imds-agent as a bootable image
 //!
 //! Built for `x86_64-unknown-none` and booted with `qemu-system-x86_64 -kernel` (PVH entry, see
-//! [`boot`]). The boot sequence, each step printed on COM1:
+//! `x86_64/boot.rs`). Everything an architecture provides (console, clock, entropy, config
+//! source, NIC, idle, exit) is behind the names of its `arch` module; the boot sequence in
+//! [`unikernel`] is arch-neutral. The boot sequence, each step printed on the console:
 //!
 //! 1. serial up; check the PVH start info;
 //! 2. entropy: RDRAND present, or refuse to start ([`exit_code::NO_ENTROPY`]);
@@ -18,8 +20,9 @@
 //! and `cargo test` work.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg(target_os = "none")]
-mod boot;
+#[cfg(all(target_os = "none", target_arch = "x86_64"))]
+#[path = "x86_64/mod.rs"]
+mod arch;
 #[cfg(all(target_os = "none", feature = "broker"))]
 mod broker;
 #[cfg(target_os = "none")]

@@ -11,17 +11,11 @@ use imds_agent::limits::LISTEN_SOCKETS;
 use imds_agent::net::{Net, NetMemory, NET_SOCKETS};
 use imds_agent::Agent;
 use imds_hal::text::Text;
-use imds_hal::x86_64::clock::{Calibration, TscClock};
-use imds_hal::x86_64::exit::exit;
-use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig, CONFIG_FILE};
-use imds_hal::x86_64::interrupts::{self, LapicTimer};
-use imds_hal::x86_64::rdrand::Rdrand;
-use imds_hal::x86_64::serial::Serial;
-use imds_hal::x86_64::virtio_net::{self, VirtioNet};
-use imds_hal::{Clock, ConfigSource, ConfigSourceError, Entropy};
+use imds_hal::virtio_net::VirtioNet;
+use imds_hal::{Clock, ConfigSourceError};
 use smoltcp::iface::SocketStorage;
 
-use crate::boot;
+use crate::arch::{self, exit};
 use crate::exit_code;
 
 /// After the last frame, keep polling without pause this long (the rest of an exchange).
@@ -32,38 +26,10 @@ const IDLE_NAP_US: u64 = 1_000;
 /// fw_cfg file whose presence makes the image crash right after boot (see [`crash_test`]).
 const PANIC_TEST_FILE: &str = "opt/imds-agent/panic-test";
 
-/// Rust entry point, called by the boot trampoline with the PVH `hvm_start_info` address, on
-/// the small early stack: checks the start info and moves to the big stack.
-#[no_mangle]
-pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
-    let mut log = Serial::init_com1();
-    interrupts::init(exit_code::CPU_EXCEPTION);
-    if !boot::pvh_magic_ok(start_info) {
-        log.put("imds-agent: fatal: not started through PVH (start info at ")
-            .hex(start_info.into())
-            .put("); boot with qemu -kernel")
-            .end();
-        exit(exit_code::BAD_BOOT);
-    }
-    extern "C" {
-        static __image_end: u8;
-    }
-    match boot::big_stack(start_info, core::ptr::addr_of!(__image_end) as u64) {
-        Some(stack) => boot::run_on_big_stack(stack, boot_on_big_stack, start_info),
-        None => {
-            log.put("imds-agent: fatal: the memory map has no RAM for a ")
-                .dec(boot::BIG_STACK_MIN / 1024)
-                .put(" KiB stack (give the guest more memory)")
-                .end();
-            exit(exit_code::BAD_BOOT);
-        }
-    }
-}
-
-/// The boot sequence, on the big stack.
-extern "C" fn boot_on_big_stack(start_info: u32) -> ! {
-    let _ = start_info;
-    let mut log = Serial::com1();
+/// The boot sequence, on the big stack the arch's boot code set up.
+pub fn main(boot_info: arch::BootInfo) -> ! {
+    let _ = boot_info;
+    let mut log = arch::console();
     log.put("imds-agent: unikernel ")
         .put(env!("CARGO_PKG_VERSION"))
         .put(" booting")
@@ -73,34 +39,16 @@ extern "C" fn boot_on_big_stack(start_info: u32) -> ! {
             ""
         })
         .put(", stack ")
-        .hex(boot::stack().0)
+        .hex(arch::stack().0)
         .put("..")
-        .hex(boot::stack().1)
+        .hex(arch::stack().1)
         .end();
     crash_test();
     #[cfg(feature = "rsa")]
     crate::heap::init();
 
-    let mut entropy = Rdrand::new();
-    let mut probe = [0u8; 8];
-    if !entropy.available() || entropy.fill(&mut probe).is_err() {
-        log.put("imds-agent: fatal: no secure entropy source (RDRAND); refusing to start")
-            .end();
-        exit(exit_code::NO_ENTROPY);
-    }
-
-    let clock = TscClock::init();
-    log.put("imds-agent: clock: TSC ")
-        .dec(clock.tsc_hz() / 1_000_000)
-        .put(" MHz (")
-        .put(match clock.calibration() {
-            Calibration::Pit => "PIT-calibrated",
-            Calibration::Fallback => "PIT unavailable, approximate",
-        })
-        .put("), wall ")
-        .dec(clock.unix_time_s())
-        .put(" s since the epoch")
-        .end();
+    let mut entropy = arch::entropy(&mut log);
+    let clock = arch::clock(&mut log);
 
     let config = load_config(&mut log);
     log.put("imds-agent: config: ")
@@ -109,7 +57,7 @@ extern "C" fn boot_on_big_stack(start_info: u32) -> ! {
         .put(&config.tenant_id)
         .end();
 
-    let nic = match virtio_net::probe() {
+    let nic = match arch::nic() {
         Ok(nic) => nic,
         Err(e) => {
             log.put("imds-agent: fatal: network: ");
@@ -131,9 +79,9 @@ extern "C" fn boot_on_big_stack(start_info: u32) -> ! {
         .put(" ms since boot)")
         .end();
 
-    let timer = LapicTimer::init(clock.tsc_hz());
+    let timer = arch::idle(&clock);
     if timer.is_none() {
-        log.put("imds-agent: no usable LAPIC timer: polling without pause")
+        log.put("imds-agent: no usable idle timer: polling without pause")
             .end();
     }
     serve(nic, config, timer.as_ref(), &clock, &mut entropy, &mut log)
@@ -196,10 +144,10 @@ fn agent_memory() -> &'static mut MaybeUninit<RefCell<Agent>> {
 fn serve(
     mut nic: VirtioNet,
     config: Config,
-    timer: Option<&LapicTimer>,
-    clock: &TscClock,
-    entropy: &mut Rdrand,
-    log: &mut Serial,
+    timer: Option<&arch::Idle>,
+    clock: &arch::MachineClock,
+    entropy: &mut arch::MachineEntropy,
+    log: &mut arch::Console,
 ) -> ! {
     let network = config.network;
     #[cfg(feature = "broker")]
@@ -261,14 +209,15 @@ fn serve(
 /// interrupt-driven, so a nap delays the first frame of the next burst by at most
 /// [`IDLE_NAP_US`]), shorter if the network stack wants a turn sooner (`next_in`).
 fn nap_when_quiet(
-    timer: Option<&LapicTimer>,
+    timer: Option<&arch::Idle>,
     now_us: u64,
     last_busy_us: u64,
     next_in: Option<smoltcp::time::Duration>,
 ) {
     if now_us.saturating_sub(last_busy_us) >= SPIN_AFTER_BUSY_US {
         if let Some(timer) = timer {
-            timer.halt_us(next_in.map_or(IDLE_NAP_US, |d| d.total_micros().min(IDLE_NAP_US)));
+            let us = next_in.map_or(IDLE_NAP_US, |d| d.total_micros().min(IDLE_NAP_US));
+            arch::nap(timer, us);
         }
     }
 }
@@ -277,39 +226,18 @@ fn nap_when_quiet(
 /// content `ud2`, by a CPU exception (invalid opcode); with anything else, by a Rust panic.
 fn crash_test() {
     let mut buf = [0u8; 16];
-    match fw_cfg::read_file(PANIC_TEST_FILE, &mut buf) {
+    match arch::test_file(PANIC_TEST_FILE, &mut buf) {
         Err(ConfigSourceError::Missing) => {}
-        Ok(content) if content.starts_with(b"ud2") => {
-            // SAFETY: `ud2` raises #UD, which the IDT installed above reports and exits on;
-            // nothing else is affected.
-            unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
-        }
+        Ok(content) if content.starts_with(b"ud2") => arch::raise_cpu_exception(),
         // A plain string: the panic handler prints it without formatting.
         _ => panic!("requested by fw_cfg file opt/imds-agent/panic-test"),
     }
 }
 
 /// Read and parse the configuration, or stop the machine saying why.
-fn load_config(log: &mut Serial) -> Config {
+fn load_config(log: &mut arch::Console) -> Config {
     let mut buf = [0u8; CONFIG_MAX];
-    let doc = match FwCfgConfig.read_config(&mut buf) {
-        Ok(doc) => doc,
-        Err(ConfigSourceError::Missing) => {
-            log.put("imds-agent: fatal: no configuration: pass it with -fw_cfg name=")
-                .put(CONFIG_FILE)
-                .put(",file=<config.json>")
-                .end();
-            exit(exit_code::CONFIG_MISSING);
-        }
-        Err(e) => {
-            log.put("imds-agent: fatal: fw_cfg ")
-                .put(CONFIG_FILE)
-                .put(": ");
-            e.describe(log);
-            log.end();
-            exit(exit_code::CONFIG_MISSING);
-        }
-    };
+    let doc = arch::config(&mut buf, log);
     match Config::parse(doc) {
         Ok(config) => config,
         Err(e) => {
@@ -324,21 +252,21 @@ fn load_config(log: &mut Serial) -> Config {
 /// How many code addresses the panic line lists.
 const PANIC_ADDRESSES: usize = 12;
 
-/// Prints the code addresses on the stack ([`boot::code_addresses_on_stack`]), not
+/// Prints the code addresses on the stack ([`arch::code_addresses_on_stack`]), not
 /// `PanicInfo`: reading it at all keeps every panic site's `fmt::Arguments`, and with them
 /// ~40 KB of `core::fmt`, in the image (measured: 151,792 vs 193,328 bytes). Turn the
 /// addresses into functions and lines with the `image-syms` build of the same code:
 /// `addr2line -f -i -C -e target/x86_64-unknown-none/image-syms/imds-unikernel ADDR...`.
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    let mut log = Serial::com1();
+    let mut log = arch::console();
     log.put("imds-agent: panic: code addresses on the stack (newest first; addr2line -f -i -C -e <image-syms build>):");
     let mut n = 0;
-    boot::code_addresses_on_stack(|a| {
+    arch::code_addresses_on_stack(|a| {
         log.put(" ").hex(a);
         n += 1;
         n < PANIC_ADDRESSES
     });
     log.end();
-    exit(exit_code::PANIC)
+    arch::exit(exit_code::PANIC)
 }

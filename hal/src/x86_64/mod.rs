@@ -4,10 +4,11 @@
 //! * [`clock`] — TSC monotonic clock calibrated against PIT channel 2, CMOS RTC wall clock
 //!   ([`clock::TscClock`], a [`crate::Clock`]);
 //! * [`rdrand`] — RDRAND entropy ([`rdrand::Rdrand`], an [`crate::Entropy`]);
-//! * [`fw_cfg`] — the configuration from QEMU fw_cfg ([`fw_cfg::FwCfgConfig`], a
-//!   [`crate::ConfigSource`]);
-//! * [`pci`] — configuration space over ports 0xCF8/0xCFC and BAR assignment;
-//! * [`virtio_net`] — the NIC ([`virtio_net::VirtioNet`], a `smoltcp::phy::Device`);
+//! * [`fw_cfg`] — QEMU fw_cfg over I/O ports ([`fw_cfg::FwCfgConfig`], a
+//!   [`crate::ConfigSource`]; the file directory is [`crate::fw_cfg`]);
+//! * [`pci`] — configuration space over ports 0xCF8/0xCFC, the windows for BARs;
+//! * [`nic`] — where the virtio-net device is (PCI bus 0, microvm slots); the device is
+//!   [`crate::virtio_net::VirtioNet`], a `smoltcp::phy::Device`;
 //! * [`exit`] — leaving QEMU through `isa-debug-exit`;
 //! * [`interrupts`] — CPU exceptions reported on the console, LAPIC-timer sleep when idle.
 //!
@@ -18,8 +19,8 @@ pub mod clock;
 pub mod exit;
 pub mod fw_cfg;
 pub mod interrupts;
+pub mod nic;
 pub mod pci;
 mod port;
 pub mod rdrand;
 pub mod serial;
-pub mod virtio_net;

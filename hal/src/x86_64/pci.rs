@@ -1,11 +1,12 @@
 //! PCI configuration space through the legacy ports `0xCF8` (address) / `0xCFC` (data), and
-//! BAR assignment for firmware that leaves BARs unassigned (qboot does).
+//! the address windows where [`crate::pci::BarAllocator`] places BARs that firmware left
+//! unassigned (qboot does).
 //!
 //! Only bus 0 is scanned: QEMU's `pc`/`q35` machines put `-device`s there unless told otherwise.
 
-use virtio_drivers::transport::pci::bus::{
-    BarInfo, Command, ConfigurationAccess, DeviceFunction, MemoryBarType, PciRoot,
-};
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
+
+use crate::pci::BarAllocator;
 
 use super::port::{inl, outl};
 
@@ -76,118 +77,7 @@ impl ConfigurationAccess for PortCam {
     }
 }
 
-/// Why BARs could not be assigned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BarError {
-    /// The device reports a BAR type the PCI spec does not define.
-    InvalidBar,
-    /// The BARs do not fit in [`MMIO_WINDOW`] / [`IO_WINDOW`].
-    NoSpace,
-}
-
-impl BarError {
-    /// The message.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            BarError::InvalidBar => "invalid PCI BAR",
-            BarError::NoSpace => "PCI BARs do not fit in the address window",
-        }
-    }
-}
-
-impl core::fmt::Display for BarError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A bump allocator over the address windows for BARs.
-#[derive(Debug)]
-pub struct BarAllocator {
-    next_mmio: u64,
-    next_io: u32,
-}
-
-impl BarAllocator {
-    /// Start at the bottom of both windows.
-    pub const fn new() -> BarAllocator {
-        BarAllocator {
-            next_mmio: MMIO_WINDOW.0,
-            next_io: IO_WINDOW.0,
-        }
-    }
-
-    fn alloc_mmio(&mut self, size: u64) -> Result<u64, BarError> {
-        let size = size.max(4096);
-        let start = self.next_mmio.next_multiple_of(size);
-        let end = start.checked_add(size).ok_or(BarError::NoSpace)?;
-        if end > MMIO_WINDOW.1 {
-            return Err(BarError::NoSpace);
-        }
-        self.next_mmio = end;
-        Ok(start)
-    }
-
-    fn alloc_io(&mut self, size: u32) -> Result<u32, BarError> {
-        let size = size.max(4);
-        let start = self.next_io.next_multiple_of(size);
-        let end = start.checked_add(size).ok_or(BarError::NoSpace)?;
-        if end > IO_WINDOW.1 {
-            return Err(BarError::NoSpace);
-        }
-        self.next_io = end;
-        Ok(start)
-    }
-
-    /// Give every BAR of `df` that is unassigned (or lies above 4 GiB, outside the identity map)
-    /// an address, then enable memory, I/O decoding and bus mastering.
-    pub fn assign(
-        &mut self,
-        root: &mut PciRoot<PortCam>,
-        df: DeviceFunction,
-    ) -> Result<(), BarError> {
-        let mut index = 0u8;
-        while index < 6 {
-            let info = root.bar_info(df, index).map_err(|_| BarError::InvalidBar)?;
-            let mut step = 1;
-            match info {
-                Some(BarInfo::Memory {
-                    address_type,
-                    address,
-                    size,
-                    ..
-                }) => {
-                    if address_type == MemoryBarType::Width64 {
-                        step = 2;
-                    }
-                    if address == 0 || address + size > MMIO_WINDOW.1 {
-                        let at = self.alloc_mmio(size)?;
-                        match address_type {
-                            MemoryBarType::Width64 => root.set_bar_64(df, index, at),
-                            // The window is below 4 GiB: the cast is exact.
-                            _ => root.set_bar_32(df, index, at as u32),
-                        }
-                    }
-                }
-                Some(BarInfo::IO { address: 0, size }) => {
-                    let at = self.alloc_io(size)?;
-                    root.set_bar_32(df, index, at | 1);
-                }
-                Some(BarInfo::IO { .. }) | None => {}
-            }
-            index += step;
-        }
-        let (_, command) = root.get_status_command(df);
-        root.set_command(
-            df,
-            command | Command::MEMORY_SPACE | Command::IO_SPACE | Command::BUS_MASTER,
-        );
-        Ok(())
-    }
-}
-
-impl Default for BarAllocator {
-    fn default() -> Self {
-        Self::new()
-    }
+/// The allocator over this machine's windows ([`MMIO_WINDOW`], [`IO_WINDOW`]).
+pub const fn bar_allocator() -> BarAllocator {
+    BarAllocator::new(MMIO_WINDOW, IO_WINDOW)
 }

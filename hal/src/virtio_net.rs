@@ -1,9 +1,9 @@
-//! The NIC: a virtio-net device driven by `virtio-drivers` (`VirtIONetRaw` over `PciTransport`
-//! on `pc`/`q35`, `MmioTransport` on `microvm`), exposed as a [`smoltcp::phy::Device`] with
-//! `Medium::Ethernet`.
+//! The NIC: a virtio-net device driven by `virtio-drivers` (`VirtIONetRaw` over a PCI or a
+//! virtio-mmio transport), exposed as a [`smoltcp::phy::Device`] with `Medium::Ethernet`.
+//! Arch-neutral: each machine backend finds the transport (`x86_64::nic::probe`, …) and hands
+//! it to [`VirtioNet::new`].
 //!
-//! Memory: physical = virtual (the boot code identity-maps the first 4 GiB, and the image lives
-//! at 1 MiB). Virtqueues come from a static page arena ([`DmaHal`]); packet buffers are static
+//! Memory: physical = virtual (the boot code identity-maps RAM and the device windows). Virtqueues come from a static page arena ([`DmaHal`]); packet buffers are static
 //! arrays owned by the one [`VirtioNet`], so they never move while the device may touch them.
 //! Receive buffers are posted at start and re-posted once smoltcp has consumed them; transmit
 //! buffers are reclaimed when the device reports them used.
@@ -16,12 +16,12 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
-use virtio_drivers::transport::pci::bus::PciRoot;
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, PciRoot};
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport, VirtioPciError};
 use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
-use super::pci::{BarAllocator, BarError, PortCam};
+use crate::pci::{BarAllocator, BarError};
 
 /// Descriptors per virtqueue (receive and transmit each); also the number of packet buffers
 /// of each direction.
@@ -46,9 +46,9 @@ static ARENA_NEXT: AtomicUsize = AtomicUsize::new(0);
 pub struct DmaHal;
 
 // SAFETY: `dma_alloc` returns page-aligned, zeroed, never-aliased pages of a static that lives
-// forever (each page is handed out once); every address below 4 GiB is identity-mapped, so the
-// physical address given to the device is the pointer; MMIO BARs lie below 4 GiB (pci.rs
-// assigns them there) and are identity-mapped uncached-by-QEMU device memory.
+// forever (each page is handed out once); the boot code identity-maps RAM, so the physical
+// address given to the device is the pointer; MMIO BARs and slots lie in the device windows
+// the boot code identity-maps as device memory.
 unsafe impl Hal for DmaHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         let first = ARENA_NEXT.fetch_add(pages, Ordering::Relaxed);
@@ -94,21 +94,14 @@ static BUFFERS_TAKEN: AtomicBool = AtomicBool::new(false);
 
 type Raw = VirtIONetRaw<DmaHal, SomeTransport<'static>, QUEUE_SIZE>;
 
-/// QEMU `microvm`'s virtio-mmio transports: 512-byte slots from this address (8 on the legacy
-/// IRQs 5..12, up to 24 with its second IOAPIC).
-pub const MICROVM_MMIO_BASE: u64 = 0xFEB0_0000;
-/// Size of one virtio-mmio slot.
-pub const MICROVM_MMIO_SLOT: u64 = 0x200;
-/// Slots probed.
-pub const MICROVM_MMIO_SLOTS: u64 = 32;
 /// The virtio-mmio magic, "virt" little-endian.
 const VIRTIO_MMIO_MAGIC: u32 = 0x7472_6976;
 
 /// Why the NIC could not be brought up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NicError {
-    /// No virtio-net device on PCI bus 0 nor in the microvm virtio-mmio slots.
-    NotFound,
+    /// No virtio-net device where the machine's backend looked (named by the string).
+    NotFound(&'static str),
     /// Its BARs could not be assigned.
     Bars(BarError),
     /// The virtio PCI capabilities are missing or broken.
@@ -123,8 +116,8 @@ impl NicError {
     /// The message, written without `core::fmt` (the image's console).
     pub fn describe<W: Text + ?Sized>(&self, out: &mut W) {
         match self {
-            NicError::NotFound => {
-                out.put("no virtio-net device (PCI bus 0, microvm virtio-mmio slots)");
+            NicError::NotFound(looked) => {
+                out.put("no virtio-net device (").put(looked).put(")");
             }
             NicError::Bars(e) => {
                 out.put("virtio-net: ").put(e.as_str());
@@ -226,22 +219,41 @@ impl core::fmt::Debug for VirtioNet {
     }
 }
 
-/// Find the first virtio-net device — on PCI bus 0 (`pc`, `q35`; BARs assigned if the
-/// firmware did not) or else in the virtio-mmio slots of `microvm` — and bring it up with all
-/// receive buffers posted.
-pub fn probe() -> Result<VirtioNet, NicError> {
-    let mut root = PciRoot::new(PortCam::new());
-    if root.enumerate_bus(0).next().is_some() {
-        // A PCI machine: the NIC is a PCI function (the microvm window is not probed, as PCI
-        // BARs may lie there).
-        let transport = probe_pci(&mut root)?.ok_or(NicError::NotFound)?;
-        return VirtioNet::new(transport.into());
+/// A virtio-mmio transport at `addr` (a slot of `size` bytes), if the slot holds a network
+/// device.
+///
+/// # Safety
+/// `addr` must be identity-mapped device memory that is a virtio-mmio slot or reads harmlessly
+/// (all ones or zeros) when empty, valid for the whole run, and used by nothing else.
+pub unsafe fn mmio_net_at(addr: u64, size: usize) -> Option<MmioTransport<'static>> {
+    if !mmio_magic_at(addr) {
+        return None;
     }
-    let transport = probe_mmio().ok_or(NicError::NotFound)?;
-    VirtioNet::new(transport.into())
+    let header = NonNull::new(addr as *mut VirtIOHeader)?;
+    // SAFETY: the caller vouches for `addr` (see above) and the magic says it is a virtio-mmio
+    // slot; the transport returned is the only user of it (probing stops at the first network
+    // device, the others are dropped without being touched beyond their ID registers).
+    let transport = unsafe { MmioTransport::new(header, size) }.ok()?;
+    (transport.device_type() == DeviceType::Network).then_some(transport)
 }
 
-fn probe_pci(root: &mut PciRoot<PortCam>) -> Result<Option<PciTransport>, NicError> {
+/// Whether the virtio-mmio magic is at `addr`.
+///
+/// # Safety
+/// As [`mmio_net_at`].
+pub unsafe fn mmio_magic_at(addr: u64) -> bool {
+    // SAFETY: the caller vouches that `addr` is mapped device memory where a read of the
+    // magic register (offset 0) has no side effect.
+    let magic = unsafe { core::ptr::read_volatile(addr as *const u32) };
+    magic == VIRTIO_MMIO_MAGIC
+}
+
+/// The first virtio-net function on bus 0 of `root`, its BARs assigned by `bars` where unset,
+/// as a transport (`Ok(None)`: no such function).
+pub fn pci_net<C: ConfigurationAccess>(
+    root: &mut PciRoot<C>,
+    bars: &mut BarAllocator,
+) -> Result<Option<PciTransport>, NicError> {
     let Some(df) = root
         .enumerate_bus(0)
         .find(|(_, info)| virtio_device_type(info) == Some(DeviceType::Network))
@@ -249,41 +261,10 @@ fn probe_pci(root: &mut PciRoot<PortCam>) -> Result<Option<PciTransport>, NicErr
     else {
         return Ok(None);
     };
-    BarAllocator::new()
-        .assign(root, df)
-        .map_err(NicError::Bars)?;
+    bars.assign(root, df).map_err(NicError::Bars)?;
     PciTransport::new::<DmaHal, _>(root, df)
         .map(Some)
         .map_err(NicError::Transport)
-}
-
-/// Whether a virtio-mmio slot is at `addr`. Only called on machines without PCI.
-fn mmio_magic_at(addr: u64) -> bool {
-    // SAFETY: only reached when there is no PCI bus (so no BAR can lie here); the address is
-    // below 4 GiB (identity-mapped) in the window QEMU's microvm gives its virtio-mmio slots;
-    // reading the magic register (offset 0) of a slot has no side effect, and an unassigned
-    // address reads as all ones.
-    let magic = unsafe { core::ptr::read_volatile(addr as *const u32) };
-    magic == VIRTIO_MMIO_MAGIC
-}
-
-fn probe_mmio() -> Option<MmioTransport<'static>> {
-    if !mmio_magic_at(MICROVM_MMIO_BASE) {
-        return None;
-    }
-    (0..MICROVM_MMIO_SLOTS).find_map(|slot| {
-        let addr = MICROVM_MMIO_BASE + slot * MICROVM_MMIO_SLOT;
-        if !mmio_magic_at(addr) {
-            return None;
-        }
-        let header = NonNull::new(addr as *mut VirtIOHeader)?;
-        // SAFETY: `addr` is a virtio-mmio slot (the magic says so), 512-byte aligned, identity-
-        // mapped device memory that stays valid for the whole run; the transport returned is
-        // the only user of this slot (probing stops at the first network device, the others
-        // are dropped without being touched beyond their ID registers).
-        let transport = unsafe { MmioTransport::new(header, MICROVM_MMIO_SLOT as usize) }.ok()?;
-        (transport.device_type() == DeviceType::Network).then_some(transport)
-    })
 }
 
 impl VirtioNet {

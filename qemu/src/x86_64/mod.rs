@@ -1,0 +1,149 @@
+//! The x86_64 machine (QEMU `pc`/`q35`/`microvm`, PVH boot): what [`crate::unikernel`] asks of
+//! an architecture, from `imds_hal::x86_64`'s backends. Every architecture module offers the
+//! same names: [`Console`], [`MachineClock`], [`MachineEntropy`], [`Idle`], [`BootInfo`] and the
+//! functions below; the boot sequence itself is arch-neutral.
+
+pub mod boot;
+
+use imds_hal::text::Text;
+use imds_hal::virtio_net::{NicError, VirtioNet};
+use imds_hal::x86_64::clock::Calibration;
+use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig};
+use imds_hal::x86_64::interrupts;
+use imds_hal::{Clock, ConfigSource, ConfigSourceError, Entropy};
+
+use crate::exit_code;
+
+pub use imds_hal::x86_64::clock::TscClock as MachineClock;
+pub use imds_hal::x86_64::exit::exit;
+pub use imds_hal::x86_64::interrupts::LapicTimer as Idle;
+pub use imds_hal::x86_64::rdrand::Rdrand as MachineEntropy;
+pub use imds_hal::x86_64::serial::Serial as Console;
+
+/// What the boot code hands to [`crate::unikernel::main`]: the PVH `hvm_start_info` address.
+pub type BootInfo = u32;
+
+/// Rust entry point, called by the boot trampoline with the PVH `hvm_start_info` address, on
+/// the small early stack: checks the start info and moves to the big stack.
+#[no_mangle]
+pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
+    let mut log = Console::init_com1();
+    interrupts::init(exit_code::CPU_EXCEPTION);
+    if !boot::pvh_magic_ok(start_info) {
+        log.put("imds-agent: fatal: not started through PVH (start info at ")
+            .hex(start_info.into())
+            .put("); boot with qemu -kernel")
+            .end();
+        exit(exit_code::BAD_BOOT);
+    }
+    extern "C" {
+        static __image_end: u8;
+    }
+    match boot::big_stack(start_info, core::ptr::addr_of!(__image_end) as u64) {
+        Some(stack) => boot::run_on_big_stack(stack, on_big_stack, start_info),
+        None => {
+            log.put("imds-agent: fatal: the memory map has no RAM for a ")
+                .dec(boot::BIG_STACK_MIN / 1024)
+                .put(" KiB stack (give the guest more memory)")
+                .end();
+            exit(exit_code::BAD_BOOT);
+        }
+    }
+}
+
+extern "C" fn on_big_stack(start_info: u32) -> ! {
+    crate::unikernel::main(start_info)
+}
+
+/// The console (COM1), once [`imds_boot_main`] has set it up.
+pub fn console() -> Console {
+    Console::com1()
+}
+
+/// The stack the agent runs on, `(bottom, top)`.
+pub fn stack() -> (u64, u64) {
+    boot::stack()
+}
+
+/// The code addresses on the stack, newest first (the panic line).
+pub fn code_addresses_on_stack(each: impl FnMut(u64) -> bool) {
+    boot::code_addresses_on_stack(each)
+}
+
+/// The entropy source (RDRAND), or stop the machine saying there is none.
+pub fn entropy(log: &mut Console) -> MachineEntropy {
+    let mut entropy = MachineEntropy::new();
+    let mut probe = [0u8; 8];
+    if !entropy.available() || entropy.fill(&mut probe).is_err() {
+        log.put("imds-agent: fatal: no secure entropy source (RDRAND); refusing to start")
+            .end();
+        exit(exit_code::NO_ENTROPY);
+    }
+    entropy
+}
+
+/// The clock (TSC, calibrated against the PIT; wall time from the CMOS RTC), announced.
+pub fn clock(log: &mut Console) -> MachineClock {
+    let clock = MachineClock::init();
+    log.put("imds-agent: clock: TSC ")
+        .dec(clock.tsc_hz() / 1_000_000)
+        .put(" MHz (")
+        .put(match clock.calibration() {
+            Calibration::Pit => "PIT-calibrated",
+            Calibration::Fallback => "PIT unavailable, approximate",
+        })
+        .put("), wall ")
+        .dec(clock.unix_time_s())
+        .put(" s since the epoch")
+        .end();
+    clock
+}
+
+/// The configuration document, into `buf`; or stop the machine saying why.
+pub fn config<'a>(buf: &'a mut [u8], log: &mut Console) -> &'a [u8] {
+    match FwCfgConfig.read_config(buf) {
+        Ok(doc) => doc,
+        Err(ConfigSourceError::Missing) => {
+            log.put("imds-agent: fatal: no configuration: pass it with -fw_cfg name=")
+                .put(imds_hal::fw_cfg::CONFIG_FILE)
+                .put(",file=<config.json>")
+                .end();
+            exit(exit_code::CONFIG_MISSING);
+        }
+        Err(e) => {
+            log.put("imds-agent: fatal: fw_cfg ")
+                .put(imds_hal::fw_cfg::CONFIG_FILE)
+                .put(": ");
+            e.describe(log);
+            log.end();
+            exit(exit_code::CONFIG_MISSING);
+        }
+    }
+}
+
+/// The NIC.
+pub fn nic() -> Result<VirtioNet, NicError> {
+    imds_hal::x86_64::nic::probe()
+}
+
+/// The idle timer (LAPIC), if the machine has a usable one.
+pub fn idle(clock: &MachineClock) -> Option<Idle> {
+    Idle::init(clock.tsc_hz())
+}
+
+/// Sleep until the idle timer fires after `us` microseconds (or an earlier interrupt).
+pub fn nap(idle: &Idle, us: u64) {
+    idle.halt_us(us)
+}
+
+/// Test hook: the content of fw_cfg file `name`, if any (`Err(Missing)` when there is none).
+pub fn test_file<'a>(name: &str, buf: &'a mut [u8]) -> Result<&'a [u8], ConfigSourceError> {
+    fw_cfg::read_file(name, buf)
+}
+
+/// Raise a CPU exception on purpose (invalid opcode), for the crash test.
+pub fn raise_cpu_exception() {
+    // SAFETY: `ud2` raises #UD, which the IDT installed at entry reports and exits on; nothing
+    // else is affected.
+    unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+}
