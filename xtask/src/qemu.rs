@@ -108,6 +108,38 @@ impl std::str::FromStr for Accel {
     }
 }
 
+/// The guest's architecture (which image, which `qemu-system-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arch {
+    /// `x86_64-unknown-none`, a PVH ELF for `qemu-system-x86_64 -kernel`.
+    #[default]
+    X86_64,
+    /// `aarch64-unknown-none-softfloat`, a Linux arm64 Image for `qemu-system-aarch64 -M virt`.
+    Aarch64,
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "x86_64" => Ok(Arch::X86_64),
+            "aarch64" => Ok(Arch::Aarch64),
+            _ => Err(format!("unknown arch `{s}` (x86_64 or aarch64)")),
+        }
+    }
+}
+
+/// How the configuration document reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConfigVia {
+    /// fw_cfg file `opt/imds-agent/config` (QEMU's way).
+    #[default]
+    FwCfg,
+    /// `-initrd`: the first PVH module on x86 (Firecracker's `initrd_path`, Cloud Hypervisor's
+    /// `--initramfs`), the device tree's `linux,initrd-start/-end` on Arm.
+    Initrd,
+}
+
 /// Where the guest's network card is plugged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Network {
@@ -124,8 +156,12 @@ pub enum Network {
 /// How to run the image.
 #[derive(Debug, Clone)]
 pub struct QemuOpts {
+    /// The guest's architecture.
+    pub arch: Arch,
     /// The configuration document (`None`: boot without one, the guest refuses to start).
     pub config: Option<PathBuf>,
+    /// How [`QemuOpts::config`] is passed.
+    pub config_via: ConfigVia,
     pub network: Network,
     pub machine: Machine,
     pub accel: Accel,
@@ -157,7 +193,9 @@ impl QemuOpts {
 impl Default for QemuOpts {
     fn default() -> Self {
         QemuOpts {
+            arch: Arch::default(),
             config: None,
+            config_via: ConfigVia::default(),
             network: Network::User { hostfwd_port: None },
             machine: Machine::default(),
             accel: Accel::default(),
@@ -351,9 +389,11 @@ pub fn qemu_command(image: &Path, opts: &QemuOpts) -> Command {
         "-rtc",
         "base=utc",
     ]);
-    if let Some(config) = &opts.config {
-        c.arg("-fw_cfg").arg(fw_cfg_arg(CONFIG_FW_CFG, config));
-    }
+    match (&opts.config, opts.config_via) {
+        (Some(config), ConfigVia::FwCfg) => c.arg("-fw_cfg").arg(fw_cfg_arg(CONFIG_FW_CFG, config)),
+        (Some(config), ConfigVia::Initrd) => c.arg("-initrd").arg(config),
+        (None, _) => &mut c,
+    };
     for (name, file) in &opts.fw_cfg {
         c.arg("-fw_cfg").arg(fw_cfg_arg(name, file));
     }
