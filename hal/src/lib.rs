@@ -21,6 +21,12 @@
 pub mod host;
 pub mod text;
 
+// Pure parsers of what a VMM hands the guest (always compiled: unit-tested on the host).
+pub mod cmdline;
+pub mod pvclock;
+pub mod pvh;
+pub mod rtc;
+
 #[cfg(target_os = "none")]
 pub mod fw_cfg;
 #[cfg(target_os = "none")]

@@ -8,7 +8,7 @@
 use core::cell::Cell;
 
 use super::port::{inb, outb};
-use crate::Clock;
+use crate::{rtc, Clock};
 
 /// PIT input clock, Hz.
 const PIT_HZ: u64 = 1_193_182;
@@ -145,13 +145,14 @@ fn cmos_read(reg: u8) -> u8 {
     }
 }
 
-fn bcd(v: u8) -> u8 {
-    (v & 0x0F) + (v >> 4) * 10
-}
-
-/// Read the CMOS RTC as Unix seconds (UTC), or `None` if it reads nonsense.
+/// Read the CMOS RTC as Unix seconds (UTC), or `None` if it reads nonsense or is absent
+/// (validated by [`crate::rtc::unix_time`]).
 pub fn read_rtc_unix() -> Option<u64> {
-    fn snapshot() -> [u8; 7] {
+    // An absent chip reads 0xFF everywhere: do not wait for its "update in progress" bit.
+    if cmos_read(0x0B) == 0xFF {
+        return None;
+    }
+    fn snapshot() -> rtc::Fields {
         // Wait (bounded) while an update is in progress.
         let mut spins = 0u32;
         while cmos_read(0x0A) & 0x80 != 0 && spins < 1_000_000 {
@@ -176,44 +177,7 @@ pub fn read_rtc_unix() -> Option<u64> {
         }
         a = b;
     }
-    let status_b = cmos_read(0x0B);
-    let binary = status_b & 0x04 != 0;
-    let h24 = status_b & 0x02 != 0;
-    let conv = |v: u8| if binary { v } else { bcd(v) };
-    let [s, mi, h, d, mo, y, c] = a;
-    let (sec, min, day, month, year2) = (conv(s), conv(mi), conv(d), conv(mo), conv(y));
-    let mut hour = conv(h & 0x7F);
-    if !h24 {
-        let pm = h & 0x80 != 0;
-        hour %= 12;
-        if pm {
-            hour += 12;
-        }
-    }
-    let century = match conv(c) {
-        c @ 19..=30 => u64::from(c),
-        _ => 20,
-    };
-    let year = century * 100 + u64::from(year2);
-    if sec > 59 || min > 59 || hour > 23 || !(1..=31).contains(&day) || !(1..=12).contains(&month) {
-        return None;
-    }
-    let days = days_from_civil(year as i64, u32::from(month), u32::from(day));
-    if days < 0 {
-        return None;
-    }
-    Some(days as u64 * 86_400 + u64::from(hour) * 3_600 + u64::from(min) * 60 + u64::from(sec))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    rtc::unix_time(a, cmos_read(0x0B))
 }
 
 /// The machine clock: TSC-based monotonic time, RTC-anchored wall time.
