@@ -38,6 +38,8 @@ pub struct BarAllocator {
     mmio_end: u64,
     next_io: u32,
     io_end: u32,
+    /// Maps a memory BAR found above the window where it is (`true`: keep it there).
+    keep_high: Option<fn(u64, u64) -> bool>,
 }
 
 impl BarAllocator {
@@ -50,7 +52,15 @@ impl BarAllocator {
             mmio_end: mmio.1,
             next_io: io.0,
             io_end: io.1,
+            keep_high: None,
         }
+    }
+
+    /// Keep a memory BAR the VMM or firmware placed above the MMIO window (e.g. a 64-bit BAR
+    /// above 4 GiB) when `map(address, size)` maps it, instead of moving it into the window.
+    pub const fn keeping_high(mut self, map: fn(u64, u64) -> bool) -> BarAllocator {
+        self.keep_high = Some(map);
+        self
     }
 
     fn alloc_mmio(&mut self, size: u64) -> Result<u64, BarError> {
@@ -75,7 +85,8 @@ impl BarAllocator {
         Ok(start)
     }
 
-    /// Give every BAR of `df` that is unassigned (or ends above the MMIO window) an address,
+    /// Give every BAR of `df` that is unassigned (or ends above the MMIO window and is not
+    /// kept by [`BarAllocator::keeping_high`]) an address,
     /// then enable memory, I/O decoding and bus mastering.
     pub fn assign<C: ConfigurationAccess>(
         &mut self,
@@ -96,7 +107,9 @@ impl BarAllocator {
                     if address_type == MemoryBarType::Width64 {
                         step = 2;
                     }
-                    if address == 0 || address.saturating_add(size) > self.mmio_end {
+                    let high = address.saturating_add(size) > self.mmio_end;
+                    let kept = high && self.keep_high.is_some_and(|map| map(address, size));
+                    if address == 0 || (high && !kept) {
                         let at = self.alloc_mmio(size)?;
                         match address_type {
                             MemoryBarType::Width64 => root.set_bar_64(df, index, at),

@@ -1,10 +1,15 @@
-//! Where the NIC is on an x86 machine: a virtio-net function on PCI bus 0 (`pc`, `q35`; BARs
-//! assigned if the firmware did not), or else a virtio-mmio slot of QEMU `microvm`. The device
-//! itself is driven by the arch-neutral [`crate::virtio_net`].
+//! Where the NIC is on an x86 machine: a virtio-net function on PCI bus 0 (`pc`, `q35`, Cloud
+//! Hypervisor; BARs assigned if the firmware did not, a 64-bit BAR above 4 GiB kept and
+//! mapped), or else a virtio-mmio device the kernel command line announces
+//! (`virtio_mmio.device=`: Firecracker, `microvm,auto-kernel-cmdline=on`), or else a
+//! virtio-mmio slot of QEMU `microvm`. The device itself is driven by the arch-neutral
+//! [`crate::virtio_net`].
 
 use virtio_drivers::transport::pci::bus::PciRoot;
 
+use super::paging;
 use super::pci::{bar_allocator, PortCam};
+use crate::cmdline::virtio_mmio_devices;
 use crate::virtio_net::{mmio_magic_at, mmio_net_at, pci_net, NicError, VirtioNet};
 
 /// QEMU `microvm`'s virtio-mmio transports: 512-byte slots from this address (8 on the legacy
@@ -15,23 +20,54 @@ pub const MICROVM_MMIO_SLOT: u64 = 0x200;
 /// Slots probed.
 pub const MICROVM_MMIO_SLOTS: u64 = 32;
 
-/// Find the first virtio-net device — on PCI bus 0 or else in the virtio-mmio slots of
-/// `microvm` — and bring it up with all receive buffers posted.
-pub fn probe() -> Result<VirtioNet, NicError> {
-    const LOOKED: &str = "PCI bus 0, microvm virtio-mmio slots";
+/// Where [`probe`] found the NIC.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// A PCI function; its BAR's window above 4 GiB if it has one there (mapped).
+    Pci { high_bar: Option<u64> },
+    /// A virtio-mmio device at this address, from the kernel command line.
+    Cmdline(u64),
+    /// A virtio-mmio slot of `microvm` at this address.
+    MicrovmSlot(u64),
+}
+
+/// Find the first virtio-net device — on PCI bus 0, or else among the command line's
+/// `virtio_mmio.device=` entries, or else in the virtio-mmio slots of `microvm` — and bring it
+/// up with all receive buffers posted.
+pub fn probe(cmdline: &[u8]) -> Result<(VirtioNet, Found), NicError> {
+    const LOOKED: &str =
+        "PCI bus 0, virtio_mmio.device= on the command line, microvm virtio-mmio slots";
     let mut root = PciRoot::new(PortCam::new());
     if root.enumerate_bus(0).next().is_some() {
         // A PCI machine: the NIC is a PCI function (the microvm window is not probed, as PCI
         // BARs may lie there).
         let transport =
             pci_net(&mut root, &mut bar_allocator())?.ok_or(NicError::NotFound(LOOKED))?;
-        return VirtioNet::new(transport.into());
+        let high_bar = paging::last_high_window();
+        return Ok((VirtioNet::new(transport.into())?, Found::Pci { high_bar }));
     }
-    let transport = probe_microvm().ok_or(NicError::NotFound(LOOKED))?;
-    VirtioNet::new(transport.into())
+    for dev in virtio_mmio_devices(cmdline) {
+        // Below 4 GiB only (the identity map); the slot must at least hold the registers.
+        if dev
+            .base
+            .checked_add(dev.size)
+            .is_none_or(|end| end > 1 << 32)
+            || dev.size < 0x100
+        {
+            continue;
+        }
+        // SAFETY: the VMM announces a virtio-mmio register window at `base` (below 4 GiB:
+        // identity-mapped), which nothing else uses; reading its ID registers has no side
+        // effect, and a wrong address reads all ones (no magic: skipped).
+        if let Some(transport) = unsafe { mmio_net_at(dev.base, dev.size as usize) } {
+            return Ok((VirtioNet::new(transport.into())?, Found::Cmdline(dev.base)));
+        }
+    }
+    let (transport, at) = probe_microvm().ok_or(NicError::NotFound(LOOKED))?;
+    Ok((VirtioNet::new(transport.into())?, Found::MicrovmSlot(at)))
 }
 
-fn probe_microvm() -> Option<virtio_drivers::transport::mmio::MmioTransport<'static>> {
+fn probe_microvm() -> Option<(virtio_drivers::transport::mmio::MmioTransport<'static>, u64)> {
     // SAFETY (both calls): only reached when there is no PCI bus (so no BAR can lie here); the
     // addresses are below 4 GiB (identity-mapped) in the window QEMU's microvm gives its
     // virtio-mmio slots, 512-byte aligned; reading a slot's ID registers has no side effect,
@@ -42,6 +78,6 @@ fn probe_microvm() -> Option<virtio_drivers::transport::mmio::MmioTransport<'sta
     (0..MICROVM_MMIO_SLOTS).find_map(|slot| {
         let addr = MICROVM_MMIO_BASE + slot * MICROVM_MMIO_SLOT;
         // SAFETY: as above.
-        unsafe { mmio_net_at(addr, MICROVM_MMIO_SLOT as usize) }
+        unsafe { mmio_net_at(addr, MICROVM_MMIO_SLOT as usize) }.map(|t| (t, addr))
     })
 }

@@ -77,7 +77,8 @@ impl ConfigurationAccess for PortCam {
     }
 }
 
-/// The allocator over this machine's windows ([`MMIO_WINDOW`], [`IO_WINDOW`]).
+/// The allocator over this machine's windows ([`MMIO_WINDOW`], [`IO_WINDOW`]); a 64-bit BAR
+/// already assigned above 4 GiB stays there and is mapped ([`super::paging::map_device`]).
 pub const fn bar_allocator() -> BarAllocator {
-    BarAllocator::new(MMIO_WINDOW, IO_WINDOW)
+    BarAllocator::new(MMIO_WINDOW, IO_WINDOW).keeping_high(super::paging::map_device)
 }

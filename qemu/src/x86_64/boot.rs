@@ -231,9 +231,10 @@ pub fn code_addresses_on_stack(mut each: impl FnMut(u64) -> bool) {
 /// Where a stack of [`BIG_STACK_MIN`]..[`BIG_STACK_MAX`] bytes fits, as `(bottom, top)`: RAM
 /// (type 1) of the PVH memory map between [`LOW_RAM_FIRST`] and [`HIGH_RAM_FIRST`] (memory
 /// the image does not use), else RAM above `image_end`; the highest such range, and never the
-/// pages of the start info or of the map itself. `None` without a memory map (PVH version 0)
-/// or without such RAM.
-pub fn big_stack(start_info: u32, image_end: u64) -> Option<(u64, u64)> {
+/// pages of the start info or of the map itself, nor the ranges in `keep` (what else the VMM
+/// left there: the command line, the module list, the modules). `None` without a memory map
+/// (PVH version 0) or without such RAM.
+pub fn big_stack(start_info: u32, image_end: u64, keep: &[(u64, u64)]) -> Option<(u64, u64)> {
     let read32 = |at: u64| {
         // SAFETY: `at` is within the start info or its memory map, which QEMU's PVH loader
         // put in identity-mapped RAM below 4 GiB; a volatile read of RAM has no side effect.
@@ -261,10 +262,16 @@ pub fn big_stack(start_info: u32, image_end: u64) -> Option<(u64, u64)> {
             .into_iter()
             .enumerate()
         {
-            let (mut bottom, top) = (start.max(lo), end.min(hi) & !0xf);
-            for (a, b) in avoid {
+            let (mut bottom, mut top) = (start.max(lo), end.min(hi) & !0xf);
+            for &(a, b) in avoid.iter().chain(keep) {
+                let (a, b) = (a & !0xfff, b.saturating_add(0xfff) & !0xfff);
                 if a < top && b > bottom {
-                    bottom = bottom.max(b);
+                    // Keep the larger side of the avoided range.
+                    if top.saturating_sub(b) >= a.saturating_sub(bottom) {
+                        bottom = b;
+                    } else {
+                        top = a;
+                    }
                 }
             }
             let fits = top > bottom && top - bottom >= BIG_STACK_MIN;

@@ -5,11 +5,15 @@
 
 pub mod boot;
 
+use core::sync::atomic::{AtomicU32, Ordering};
+use imds_hal::pvh::StartInfo;
 use imds_hal::text::Text;
 use imds_hal::virtio_net::{NicError, VirtioNet};
 use imds_hal::x86_64::clock::Calibration;
 use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig};
 use imds_hal::x86_64::interrupts;
+use imds_hal::x86_64::nic::Found;
+use imds_hal::x86_64::pvh::{self, ModuleConfig};
 use imds_hal::{Clock, ConfigSource, ConfigSourceError, Entropy};
 
 use crate::exit_code;
@@ -22,6 +26,14 @@ pub use imds_hal::x86_64::serial::Serial as Console;
 
 /// What the boot code hands to [`crate::unikernel::main`]: the PVH `hvm_start_info` address.
 pub type BootInfo = u32;
+
+/// The PVH `hvm_start_info` address, kept at entry for the backends below.
+static START_INFO: AtomicU32 = AtomicU32::new(0);
+
+/// The start info the VMM left (command line, modules), as parsed at entry.
+fn start_info() -> StartInfo {
+    pvh::start_info(START_INFO.load(Ordering::Relaxed)).unwrap_or_default()
+}
 
 /// Rust entry point, called by the boot trampoline with the PVH `hvm_start_info` address, on
 /// the small early stack: checks the start info and moves to the big stack.
@@ -39,7 +51,24 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
     extern "C" {
         static __image_end: u8;
     }
-    match boot::big_stack(start_info, core::ptr::addr_of!(__image_end) as u64) {
+    START_INFO.store(start_info, Ordering::Relaxed);
+    // What else the VMM left in low RAM stays out of the stack (Firecracker's command line is
+    // at 0x20000, in the range below 1 MiB the stack prefers).
+    let info = pvh::start_info(start_info).unwrap_or_default();
+    let cmdline = pvh::cmdline(&info);
+    let module = pvh::first_module(&info).and_then(|m| m.range());
+    let keep = [
+        (
+            info.cmdline_paddr,
+            info.cmdline_paddr + cmdline.len() as u64 + 1,
+        ),
+        (
+            info.modlist_paddr,
+            info.modlist_paddr + imds_hal::pvh::MODULE_LEN as u64,
+        ),
+        module.unwrap_or((0, 0)),
+    ];
+    match boot::big_stack(start_info, core::ptr::addr_of!(__image_end) as u64, &keep) {
         Some(stack) => boot::run_on_big_stack(stack, on_big_stack, start_info),
         None => {
             log.put("imds-agent: fatal: the memory map has no RAM for a ")
@@ -99,21 +128,46 @@ pub fn clock(log: &mut Console) -> MachineClock {
     clock
 }
 
-/// The configuration document, into `buf`; or stop the machine saying why.
+/// The configuration document, into `buf`: fw_cfg file [`imds_hal::fw_cfg::CONFIG_FILE`],
+/// else the first PVH module (`-initrd`, Firecracker's `initrd_path`, Cloud Hypervisor's
+/// `--initramfs`); the console says which. Or stop the machine saying why.
 pub fn config<'a>(buf: &'a mut [u8], log: &mut Console) -> &'a [u8] {
-    match FwCfgConfig.read_config(buf) {
-        Ok(doc) => doc,
-        Err(ConfigSourceError::Missing) => {
-            log.put("imds-agent: fatal: no configuration: pass it with -fw_cfg name=")
-                .put(imds_hal::fw_cfg::CONFIG_FILE)
-                .put(",file=<config.json>")
-                .end();
-            exit(exit_code::CONFIG_MISSING);
+    let file = imds_hal::fw_cfg::CONFIG_FILE;
+    let (read, module) = match FwCfgConfig.read_config(buf).map(|doc| doc.len()) {
+        Ok(len) => (Ok(&buf[..len]), false),
+        Err(ConfigSourceError::Missing) => match pvh::first_module(&start_info()) {
+            Some(m) => (ModuleConfig(m).read_config(buf), true),
+            None => {
+                log.put("imds-agent: fatal: no configuration: pass it with -fw_cfg name=")
+                    .put(file)
+                    .put(",file=<config.json> or as the initrd (-initrd <config.json>; Firecracker initrd_path, Cloud Hypervisor --initramfs)")
+                    .end();
+                exit(exit_code::CONFIG_MISSING);
+            }
+        },
+        Err(e) => (Err(e), false),
+    };
+    match read {
+        Ok(doc) => {
+            log.put("imds-agent: config: from ");
+            if module {
+                log.put("the PVH module (initrd), ")
+                    .dec(doc.len() as u64)
+                    .put(" bytes");
+            } else {
+                log.put("fw_cfg ").put(file);
+            }
+            log.end();
+            doc
         }
         Err(e) => {
-            log.put("imds-agent: fatal: fw_cfg ")
-                .put(imds_hal::fw_cfg::CONFIG_FILE)
-                .put(": ");
+            log.put("imds-agent: fatal: ");
+            if module {
+                log.put("the PVH module (initrd)");
+            } else {
+                log.put("fw_cfg ").put(file);
+            }
+            log.put(": ");
             e.describe(log);
             log.end();
             exit(exit_code::CONFIG_MISSING);
@@ -121,9 +175,28 @@ pub fn config<'a>(buf: &'a mut [u8], log: &mut Console) -> &'a [u8] {
     }
 }
 
-/// The NIC.
+/// The NIC (PCI, the command line's `virtio_mmio.device=`, microvm's slots); the console
+/// says where it was found.
 pub fn nic() -> Result<VirtioNet, NicError> {
-    imds_hal::x86_64::nic::probe()
+    let (nic, found) = imds_hal::x86_64::nic::probe(pvh::cmdline(&start_info()))?;
+    let mut log = console();
+    log.put("imds-agent: nic: ");
+    match found {
+        Found::Pci { high_bar: None } => log.put("PCI"),
+        Found::Pci {
+            high_bar: Some(bar),
+        } => log
+            .put("PCI, BAR at ")
+            .hex(bar)
+            .put(" (above 4 GiB, mapped)"),
+        Found::Cmdline(at) => log
+            .put("virtio-mmio at ")
+            .hex(at)
+            .put(" from the kernel command line"),
+        Found::MicrovmSlot(at) => log.put("virtio-mmio at ").hex(at).put(" (microvm slot)"),
+    };
+    log.end();
+    Ok(nic)
 }
 
 /// The idle timer (LAPIC), if the machine has a usable one.
