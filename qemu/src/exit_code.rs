@@ -15,3 +15,6 @@ pub const CONFIG_INVALID: u8 = 5;
 pub const NIC: u8 = 6;
 /// A CPU exception (the vector and address are on the serial console).
 pub const CPU_EXCEPTION: u8 = 7;
+/// No wall clock (no CMOS RTC, no kvmclock): the agent refuses to mint tokens with a wrong
+/// time.
+pub const NO_WALL_CLOCK: u8 = 8;

@@ -1,5 +1,8 @@
-//! Time: the TSC for the monotonic clock (calibrated against PIT channel 2 at boot) and the
-//! CMOS real-time clock for the wall clock (QEMU `-rtc base=utc`).
+//! Time: the TSC for the monotonic clock and a wall clock, from what the machine has. The TSC
+//! frequency: CPUID `0x4000_0010` (Cloud Hypervisor), else kvmclock's scaling (any KVM guest),
+//! else measured against PIT channel 2 (QEMU TCG). The wall clock: the CMOS real-time clock
+//! (QEMU `-rtc base=utc`, Cloud Hypervisor), else kvmclock's boot wall time (Firecracker has no
+//! RTC), else none ([`WallSource::None`]: the caller must refuse to mint tokens).
 //!
 //! The wall clock is `RTC seconds at the last reading + TSC time since`, re-read from the RTC
 //! every [`RTC_RESYNC_US`] so that a calibration error cannot drift the token times; it never
@@ -7,6 +10,7 @@
 
 use core::cell::Cell;
 
+use super::kvmclock::{self, Kvmclock};
 use super::port::{inb, outb};
 use crate::{rtc, Clock};
 
@@ -21,6 +25,9 @@ const CALIBRATION_TRIES: u32 = 5;
 const CALIBRATION_MAX_SLOP_DIV: u64 = 1_000;
 /// Give up on the PIT after this many reads without progress (no PIT or its gate).
 const CALIBRATION_MAX_POLLS: u32 = 10_000_000;
+/// No PIT at all (Cloud Hypervisor, `microvm,pit=off`): the latched count never changes.
+/// A PIT ticks every 0.84 µs, far less than this many reads take.
+const FIRST_TICK_MAX_POLLS: u32 = 10_000;
 /// TSC frequency assumed when the PIT cannot be used (logged by the caller).
 const FALLBACK_TSC_HZ: u64 = 2_000_000_000;
 /// How often the wall clock is re-read from the RTC.
@@ -43,6 +50,10 @@ pub fn rdtsc() -> u64 {
 /// How the TSC frequency was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Calibration {
+    /// CPUID `0x4000_0010` (the VMM's word).
+    Cpuid,
+    /// kvmclock's TSC scaling.
+    Kvmclock,
     /// Measured against PIT channel 2.
     Pit,
     /// The PIT did not respond; a fixed guess is in use and times are approximate.
@@ -91,7 +102,7 @@ fn measure_window() -> Option<(u64, u64, u64)> {
             break read;
         }
         polls += 1;
-        if polls > CALIBRATION_MAX_POLLS {
+        if polls > FIRST_TICK_MAX_POLLS {
             return None;
         }
     };
@@ -180,8 +191,18 @@ pub fn read_rtc_unix() -> Option<u64> {
     rtc::unix_time(a, cmos_read(0x0B))
 }
 
-/// The machine clock: TSC-based monotonic time, RTC-anchored wall time.
-#[derive(Debug)]
+/// Where the wall clock comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WallSource {
+    /// The CMOS RTC.
+    Rtc,
+    /// kvmclock's wall time at boot + its system time.
+    Kvmclock,
+    /// None: the wall clock reads from 0 and must not be used for tokens.
+    None,
+}
+
+/// The machine clock: TSC-based monotonic time, RTC- or kvmclock-anchored wall time.
 pub struct TscClock {
     tsc_hz: u64,
     /// Microseconds per TSC tick, fixed point with 32 fraction bits (rounded; ~1 ppm at
@@ -194,24 +215,44 @@ pub struct TscClock {
     anchor: Cell<(u64, u64)>,
     /// Largest wall time handed out so far (the wall clock never goes backwards).
     last_wall: Cell<u64>,
+    wall: WallSource,
+    kvmclock: Option<Kvmclock>,
 }
 
 impl TscClock {
-    /// Calibrate the TSC and read the RTC. Takes ~5 ms.
+    /// Find the TSC frequency and the wall clock (see the module's order). Takes ~5 ms when
+    /// the PIT is the TSC's reference.
     pub fn init() -> TscClock {
         let tsc_at_boot = rdtsc();
-        let (tsc_hz, calibration) = calibrate_tsc();
-        let clock = TscClock {
+        let kvmclock = Kvmclock::init();
+        let (tsc_hz, calibration) = match (kvmclock::cpuid_tsc_hz(), kvmclock) {
+            (Some(hz), _) => (hz, Calibration::Cpuid),
+            (None, Some(k)) if k.time.tsc_hz() > 0 => (k.time.tsc_hz(), Calibration::Kvmclock),
+            _ => calibrate_tsc(),
+        };
+        let mut clock = TscClock {
             tsc_hz,
             us_per_tick_q32: ((1_000_000 << 32) + tsc_hz / 2) / tsc_hz.max(1),
             tsc_at_boot,
             calibration,
             anchor: Cell::new((0, 0)),
             last_wall: Cell::new(0),
+            wall: WallSource::None,
+            kvmclock,
         };
         let now = clock.monotonic_us();
-        clock.anchor.set((read_rtc_unix().unwrap_or(0), now));
+        if let Some(rtc) = read_rtc_unix() {
+            clock.anchor.set((rtc, now));
+            clock.wall = WallSource::Rtc;
+        } else if kvmclock.is_some_and(|k| k.unix_s_at(rdtsc()).is_some()) {
+            clock.wall = WallSource::Kvmclock;
+        }
         clock
+    }
+
+    /// Where the wall clock comes from ([`WallSource::None`]: it is not to be trusted).
+    pub fn wall_source(&self) -> WallSource {
+        self.wall
     }
 
     /// The measured TSC frequency in Hz.
@@ -232,9 +273,14 @@ impl Clock for TscClock {
     }
 
     fn unix_time_s(&self) -> u64 {
+        if let (WallSource::Kvmclock, Some(k)) = (self.wall, self.kvmclock) {
+            let wall = k.unix_s_at(rdtsc()).unwrap_or(0).max(self.last_wall.get());
+            self.last_wall.set(wall);
+            return wall;
+        }
         let now = self.monotonic_us();
         let (mut rtc, mut at) = self.anchor.get();
-        if now.saturating_sub(at) >= RTC_RESYNC_US {
+        if self.wall == WallSource::Rtc && now.saturating_sub(at) >= RTC_RESYNC_US {
             if let Some(fresh) = read_rtc_unix() {
                 rtc = fresh;
                 at = now;

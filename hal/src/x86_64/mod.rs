@@ -19,6 +19,7 @@ pub mod clock;
 pub mod exit;
 pub mod fw_cfg;
 pub mod interrupts;
+pub mod kvmclock;
 pub mod nic;
 pub mod paging;
 pub mod pci;

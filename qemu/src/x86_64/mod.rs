@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use imds_hal::pvh::StartInfo;
 use imds_hal::text::Text;
 use imds_hal::virtio_net::{NicError, VirtioNet};
-use imds_hal::x86_64::clock::Calibration;
+use imds_hal::x86_64::clock::{Calibration, WallSource};
 use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig};
 use imds_hal::x86_64::interrupts;
 use imds_hal::x86_64::nic::Found;
@@ -111,20 +111,40 @@ pub fn entropy(log: &mut Console) -> MachineEntropy {
     entropy
 }
 
-/// The clock (TSC, calibrated against the PIT; wall time from the CMOS RTC), announced.
+/// The clock, announced: the TSC (its frequency from CPUID `0x4000_0010`, kvmclock or the
+/// PIT) and the wall time (CMOS RTC, else kvmclock). Without a wall clock, stop the machine:
+/// a token with a wrong time is worse than none.
 pub fn clock(log: &mut Console) -> MachineClock {
     let clock = MachineClock::init();
     log.put("imds-agent: clock: TSC ")
         .dec(clock.tsc_hz() / 1_000_000)
         .put(" MHz (")
         .put(match clock.calibration() {
+            Calibration::Cpuid => "CPUID 0x40000010",
+            Calibration::Kvmclock => "kvmclock",
             Calibration::Pit => "PIT-calibrated",
             Calibration::Fallback => "PIT unavailable, approximate",
         })
-        .put("), wall ")
-        .dec(clock.unix_time_s())
-        .put(" s since the epoch")
-        .end();
+        .put("), wall ");
+    match clock.wall_source() {
+        WallSource::None => {
+            log.put("none").end();
+            log.put("imds-agent: fatal: no wall clock (no CMOS RTC, no kvmclock); refusing to mint tokens with a wrong time")
+                .end();
+            exit(exit_code::NO_WALL_CLOCK);
+        }
+        source => {
+            log.dec(clock.unix_time_s())
+                .put(" s since the epoch (")
+                .put(if source == WallSource::Rtc {
+                    "CMOS RTC"
+                } else {
+                    "kvmclock"
+                })
+                .put(")")
+                .end();
+        }
+    }
     clock
 }
 
