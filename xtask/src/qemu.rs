@@ -54,6 +54,7 @@ pub mod exit {
     pub const CONFIG_INVALID: u8 = 5;
     pub const NIC: u8 = 6;
     pub const CPU_EXCEPTION: u8 = 7;
+    pub const NO_WALL_CLOCK: u8 = 8;
 }
 
 /// The guest exit code behind a QEMU exit status (`2 * code + 1`), if it is one.
@@ -129,6 +130,17 @@ impl std::str::FromStr for Arch {
     }
 }
 
+/// The firmware QEMU runs before the image's PVH entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Firmware {
+    /// `microvm`: its own qboot; `q35`: qboot when installed (assigns no PCI BARs), else SeaBIOS.
+    #[default]
+    Default,
+    /// QEMU's default SeaBIOS (assigns PCI BARs, 64-bit ones above 4 GiB when the 32-bit
+    /// window overflows).
+    SeaBios,
+}
+
 /// How the configuration document reaches the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConfigVia {
@@ -171,6 +183,11 @@ pub struct QemuOpts {
     pub cpu: Option<String>,
     /// Extra fw_cfg files `(name, file)`, e.g. [`PANIC_TEST_FW_CFG`].
     pub fw_cfg: Vec<(String, PathBuf)>,
+    /// Machine properties added to the profile's `-M` (`key=value`; a key the profile sets is
+    /// replaced), e.g. `microvm`'s `rtc=off`, `pit=off`, `auto-kernel-cmdline=on`.
+    pub machine_props: Vec<String>,
+    /// The firmware (`q35` only; `microvm` always runs its qboot).
+    pub firmware: Firmware,
     /// Serial console: `None` is QEMU's stdio; `Some(path)` writes it to a file.
     pub serial_file: Option<PathBuf>,
     /// Appended verbatim.
@@ -202,6 +219,8 @@ impl Default for QemuOpts {
             mem_mb: DEFAULT_MEM_MB,
             cpu: None,
             fw_cfg: Vec::new(),
+            machine_props: Vec::new(),
+            firmware: Firmware::default(),
             serial_file: None,
             extra: Vec::new(),
         }
@@ -345,21 +364,39 @@ fn fw_cfg_arg(name: &str, file: &Path) -> OsString {
 /// The `qemu-system-x86_64` command that boots `image` as `opts` says. Nothing is spawned.
 pub fn qemu_command(image: &Path, opts: &QemuOpts) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    match opts.machine {
+    let (name, profile): (&str, &[&str]) = match opts.machine {
         // microvm's default firmware is qboot already (bios-microvm.bin). The PIT stays: the
         // guest calibrates its TSC against it.
-        Machine::Microvm => c.args([
-            "-M",
-            "microvm,x-option-roms=off,acpi=off,pic=off,auto-kernel-cmdline=off",
-        ]),
-        Machine::Q35 => {
-            c.args(["-M", "q35"]);
-            if Path::new(QBOOT).is_file() {
-                c.args(["-bios", QBOOT]);
-            }
-            &mut c
-        }
+        Machine::Microvm => (
+            "microvm",
+            &[
+                "x-option-roms=off",
+                "acpi=off",
+                "pic=off",
+                "auto-kernel-cmdline=off",
+            ],
+        ),
+        Machine::Q35 => ("q35", &[]),
     };
+    let key = |p: &str| p.split('=').next().unwrap_or_default().to_string();
+    let mut m = name.to_string();
+    for p in profile {
+        if !opts.machine_props.iter().any(|o| key(o) == key(p)) {
+            m.push(',');
+            m.push_str(p);
+        }
+    }
+    for p in &opts.machine_props {
+        m.push(',');
+        m.push_str(p);
+    }
+    c.arg("-M").arg(m);
+    if opts.machine == Machine::Q35
+        && opts.firmware == Firmware::Default
+        && Path::new(QBOOT).is_file()
+    {
+        c.args(["-bios", QBOOT]);
+    }
     c.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     c.arg("-m").arg(opts.mem_mb.to_string());
     match opts.accel {
@@ -713,6 +750,26 @@ mod tests {
             ready_line("imds-agent: net: DHCP address 10.0.2.15/24\n"),
             None
         );
+    }
+
+    #[test]
+    fn machine_props_replace_the_profiles() {
+        let opts = QemuOpts {
+            machine_props: vec!["auto-kernel-cmdline=on".into(), "rtc=off".into()],
+            ..QemuOpts::new("/cfg.json", 8080)
+        };
+        let a = args(&qemu_command(Path::new("/img"), &opts));
+        assert!(a.windows(2).any(|w| w[0] == "-M"
+            && w[1]
+                == "microvm,x-option-roms=off,acpi=off,pic=off,auto-kernel-cmdline=on,rtc=off"));
+        let opts = QemuOpts {
+            machine: Machine::Q35,
+            firmware: Firmware::SeaBios,
+            ..QemuOpts::new("/cfg.json", 8080)
+        };
+        let a = args(&qemu_command(Path::new("/img"), &opts));
+        assert!(a.windows(2).any(|w| w[0] == "-M" && w[1] == "q35"));
+        assert!(!a.contains(&"-bios".to_string()));
     }
 
     #[test]

@@ -1,0 +1,239 @@
+//! The x86 image without QEMU's extras (issue 14, part 1): QEMU TCG runs that stand in for the
+//! contracts of Firecracker (>= 1.12) and Cloud Hypervisor, which cannot run here.
+//!
+//! * Firecracker stand-in: `microvm` with the config as `-initrd` (the first PVH module, as
+//!   Firecracker's `initrd_path`), no config in fw_cfg, and `auto-kernel-cmdline=on`, so the NIC
+//!   is announced on the PVH command line (`virtio_mmio.device=512@0xfeb00e00:12`, the form
+//!   Firecracker uses with its own addresses): boots, says where config and NIC came from, and
+//!   the whole contract suite passes.
+//! * No wall clock: `microvm,rtc=off,pit=off` under TCG (Firecracker has no RTC, Cloud
+//!   Hypervisor no PIT; TCG has no kvmclock): the agent refuses to start (exit code 8). Under
+//!   KVM the same machine takes its wall time from kvmclock; that run is reported, not asserted
+//!   (slow on this project's paravirtual `/dev/kvm`):
+//!   `cargo xtask run --accel kvm` with the machine properties of [`no_clock_opts`].
+//! * Cloud Hypervisor stand-in: `q35` with SeaBIOS and a 1 GiB `ivshmem-plain` BAR that
+//!   overflows the 32-bit PCI window, so SeaBIOS puts every 64-bit BAR — the NIC's too — above
+//!   4 GiB (Cloud Hypervisor always does): the image keeps and maps it, and the contract suite
+//!   passes.
+
+use imds_tests::contract::Target;
+use imds_tests::DemoConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+use xtask::qemu::{self, exit, ConfigVia, Firmware, Guest, Machine, QemuOpts};
+
+/// Boot to serving; generous for a loaded 2-core machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A failing boot stops in well under a second.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn image() -> PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| qemu::build_image(true)).clone()
+}
+
+struct Running {
+    guest: Guest,
+    /// The serial console up to the ready line.
+    boot_log: String,
+    target: Target,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Target;
+    fn deref(&self) -> &Target {
+        &self.target
+    }
+}
+
+/// Boot with `opts` (port 80 forwarded from `port`) and wait until it serves.
+fn serve(cfg: DemoConfig, opts: QemuOpts, port: u16) -> Running {
+    let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
+    guest
+        .wait_ready(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let boot_log = guest.output();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    Running {
+        guest,
+        boot_log,
+        target: Target {
+            imds: addr,
+            legacy: addr,
+            cfg,
+        },
+    }
+}
+
+/// The Firecracker stand-in's options: config as the initrd, the NIC on the command line.
+fn firecracker_opts(cfg: &DemoConfig, port: u16) -> QemuOpts {
+    QemuOpts {
+        machine: Machine::Microvm,
+        config_via: ConfigVia::Initrd,
+        machine_props: vec!["auto-kernel-cmdline=on".into()],
+        ..QemuOpts::new(&cfg.path, port)
+    }
+}
+
+/// The Cloud Hypervisor stand-in's options: `q35`, SeaBIOS, the NIC's 64-bit BAR above 4 GiB.
+fn high_bar_opts(cfg: &DemoConfig, port: u16) -> QemuOpts {
+    QemuOpts {
+        machine: Machine::Q35,
+        firmware: Firmware::SeaBios,
+        extra: [
+            "-object",
+            "memory-backend-ram,id=bigbar,size=1G",
+            "-device",
+            "ivshmem-plain,memdev=bigbar",
+        ]
+        .map(Into::into)
+        .to_vec(),
+        ..QemuOpts::new(&cfg.path, port)
+    }
+}
+
+/// No RTC, no PIT (`microvm`).
+fn no_clock_opts(cfg: &DemoConfig) -> QemuOpts {
+    QemuOpts {
+        config_via: ConfigVia::Initrd,
+        machine_props: vec![
+            "auto-kernel-cmdline=on".into(),
+            "rtc=off".into(),
+            "pit=off".into(),
+        ],
+        network: qemu::Network::None,
+        ..QemuOpts::new(&cfg.path, 0)
+    }
+}
+
+mod firecracker_standin {
+    use super::*;
+
+    pub(super) fn shared() -> &'static Running {
+        static G: OnceLock<Running> = OnceLock::new();
+        G.get_or_init(|| {
+            let cfg = DemoConfig::new("reach-firecracker");
+            let port = qemu::free_port();
+            let opts = firecracker_opts(&cfg, port);
+            serve(cfg, opts, port)
+        })
+    }
+
+    imds_tests::contract_tests!(shared(), 8);
+
+    #[test]
+    fn config_from_the_pvh_module_and_nic_from_the_command_line() {
+        let r = shared();
+        let size = std::fs::metadata(&r.cfg.path).unwrap().len();
+        let log = &r.boot_log;
+        assert!(
+            log.contains(&format!(
+                "imds-agent: config: from the PVH module (initrd), {size} bytes"
+            )),
+            "{log}\ncommand: {}",
+            r.guest.command
+        );
+        assert!(
+            log.contains("imds-agent: nic: virtio-mmio at 0xfeb")
+                && log.contains(" from the kernel command line"),
+            "{log}"
+        );
+        assert!(!log.contains("fw_cfg"), "{log}");
+        assert!(log.contains("(CMOS RTC)"), "{log}");
+    }
+}
+
+mod high_bar {
+    use super::*;
+
+    pub(super) fn shared() -> &'static Running {
+        static G: OnceLock<Running> = OnceLock::new();
+        G.get_or_init(|| {
+            let cfg = DemoConfig::new("reach-high-bar");
+            let port = qemu::free_port();
+            let opts = high_bar_opts(&cfg, port);
+            serve(cfg, opts, port)
+        })
+    }
+
+    imds_tests::contract_tests!(shared(), 8);
+
+    #[test]
+    fn the_nic_bar_is_above_4_gib_and_kept() {
+        let log = &shared().boot_log;
+        let line = log
+            .lines()
+            .find(|l| l.contains("imds-agent: nic: PCI, BAR at 0x"))
+            .unwrap_or_else(|| panic!("no high-BAR line in:\n{log}"));
+        let hex = line
+            .split("BAR at 0x")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap();
+        let bar = u64::from_str_radix(hex, 16).unwrap();
+        assert!(bar >= 1 << 32, "{line}");
+        assert!(line.ends_with("(above 4 GiB, mapped)"), "{line}");
+    }
+}
+
+#[test]
+fn no_rtc_and_no_pit_under_tcg_refuses_to_mint() {
+    let cfg = DemoConfig::new("reach-no-clock");
+    let out = imds_tests::expect_exit(
+        &image(),
+        &no_clock_opts(&cfg),
+        exit::NO_WALL_CLOCK,
+        "imds-agent: fatal: no wall clock (no CMOS RTC, no kvmclock); refusing to mint tokens with a wrong time",
+        EXIT_TIMEOUT,
+    );
+    assert!(
+        out.contains("(PIT unavailable, approximate), wall none"),
+        "{out}"
+    );
+    assert!(!out.contains("imds-agent: config:"), "{out}");
+}
+
+#[test]
+fn no_config_names_both_ways() {
+    let opts = QemuOpts {
+        config: None,
+        network: qemu::Network::None,
+        ..QemuOpts::default()
+    };
+    imds_tests::expect_exit(
+        &image(),
+        &opts,
+        exit::CONFIG_MISSING,
+        "imds-agent: fatal: no configuration: pass it with -fw_cfg name=opt/imds-agent/config,file=<config.json> or as the initrd (-initrd <config.json>",
+        EXIT_TIMEOUT,
+    );
+}
+
+#[test]
+fn a_config_too_large_for_the_module_path_is_refused_by_size() {
+    // The module is read by its size, not up to trailing padding: a document one byte over
+    // the image's CONFIG_MAX is refused with exactly that size.
+    let dir = imds_tests::target_dir().join("test-configs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("reach-too-large-{}.json", std::process::id()));
+    // The image's CONFIG_MAX (`agent/src/limits.rs`, without `std`) + 1.
+    let size = 64 * 1024 + 1;
+    std::fs::write(&path, vec![b' '; size]).unwrap();
+    let opts = QemuOpts {
+        config: Some(path),
+        config_via: ConfigVia::Initrd,
+        network: qemu::Network::None,
+        ..QemuOpts::default()
+    };
+    imds_tests::expect_exit(
+        &image(),
+        &opts,
+        exit::CONFIG_MISSING,
+        &format!(
+            "imds-agent: fatal: the PVH module (initrd): configuration too large ({size} bytes)"
+        ),
+        EXIT_TIMEOUT,
+    );
+}
