@@ -21,31 +21,33 @@ pub struct MmioDevice {
 /// Linux `memparse`: a number (decimal, or hex after `0x`) with an optional binary suffix;
 /// the value and the rest of the input.
 fn memparse(s: &[u8]) -> Option<(u64, &[u8])> {
-    let (radix, digits) = match s {
+    let (radix, mut rest) = match s {
         [b'0', b'x' | b'X', rest @ ..] => (16, rest),
         _ => (10, s),
     };
-    let n = digits
-        .iter()
-        .take_while(|c| (**c as char).is_digit(radix))
-        .count();
-    if n == 0 {
-        return None;
+    let (mut v, mut any) = (0u64, false);
+    while let Some(&c) = rest.first() {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' if radix == 16 => c - b'a' + 10,
+            b'A'..=b'F' if radix == 16 => c - b'A' + 10,
+            _ => break,
+        };
+        v = v.checked_mul(radix)?.checked_add(u64::from(d))?;
+        any = true;
+        rest = &rest[1..];
     }
-    let mut v: u64 = 0;
-    for &c in &digits[..n] {
-        let d = u64::from((c as char).to_digit(radix)?);
-        v = v.checked_mul(u64::from(radix))?.checked_add(d)?;
-    }
-    let rest = &digits[n..];
     let shift = match rest.first() {
         Some(b'K' | b'k') => 10,
         Some(b'M' | b'm') => 20,
         Some(b'G' | b'g') => 30,
-        _ => return Some((v, rest)),
+        _ => 0,
     };
-    let v = v.checked_mul(1 << shift)?;
-    Some((v, &rest[1..]))
+    if shift > 0 {
+        rest = &rest[1..];
+    }
+    any.then_some(())?;
+    Some((v.checked_mul(1 << shift)?, rest))
 }
 
 /// Parse one value `<size>@<base>:<irq>[:<id>]` (the whole word).

@@ -33,6 +33,8 @@ pub mod fw_cfg;
 pub mod pci;
 #[cfg(target_os = "none")]
 pub mod virtio_net;
+#[cfg(target_os = "none")]
+pub mod virtio_rng;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod x86_64;
 

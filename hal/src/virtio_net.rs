@@ -226,6 +226,20 @@ impl core::fmt::Debug for VirtioNet {
 /// `addr` must be identity-mapped device memory that is a virtio-mmio slot or reads harmlessly
 /// (all ones or zeros) when empty, valid for the whole run, and used by nothing else.
 pub unsafe fn mmio_net_at(addr: u64, size: usize) -> Option<MmioTransport<'static>> {
+    // SAFETY: as this function's.
+    unsafe { mmio_device_at(addr, size, DeviceType::Network) }
+}
+
+/// A virtio-mmio transport at `addr` (a slot of `size` bytes), if the slot holds a device of
+/// type `ty`.
+///
+/// # Safety
+/// As [`mmio_net_at`].
+pub unsafe fn mmio_device_at(
+    addr: u64,
+    size: usize,
+    ty: DeviceType,
+) -> Option<MmioTransport<'static>> {
     if !mmio_magic_at(addr) {
         return None;
     }
@@ -234,7 +248,7 @@ pub unsafe fn mmio_net_at(addr: u64, size: usize) -> Option<MmioTransport<'stati
     // slot; the transport returned is the only user of it (probing stops at the first network
     // device, the others are dropped without being touched beyond their ID registers).
     let transport = unsafe { MmioTransport::new(header, size) }.ok()?;
-    (transport.device_type() == DeviceType::Network).then_some(transport)
+    (transport.device_type() == ty).then_some(transport)
 }
 
 /// Whether the virtio-mmio magic is at `addr`.
@@ -254,9 +268,18 @@ pub fn pci_net<C: ConfigurationAccess>(
     root: &mut PciRoot<C>,
     bars: &mut BarAllocator,
 ) -> Result<Option<PciTransport>, NicError> {
+    pci_device(root, bars, DeviceType::Network)
+}
+
+/// The first virtio function of type `ty` on bus 0 of `root`, as [`pci_net`] does it.
+pub fn pci_device<C: ConfigurationAccess>(
+    root: &mut PciRoot<C>,
+    bars: &mut BarAllocator,
+    ty: DeviceType,
+) -> Result<Option<PciTransport>, NicError> {
     let Some(df) = root
         .enumerate_bus(0)
-        .find(|(_, info)| virtio_device_type(info) == Some(DeviceType::Network))
+        .find(|(_, info)| virtio_device_type(info) == Some(ty))
         .map(|(df, _)| df)
     else {
         return Ok(None);

@@ -237,3 +237,70 @@ fn a_config_too_large_for_the_module_path_is_refused_by_size() {
         EXIT_TIMEOUT,
     );
 }
+
+/// The image built with `virtio-rng`.
+fn rng_image() -> PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| qemu::build_image_with(true, &["virtio-rng"]))
+        .clone()
+}
+
+/// A CPU without RDRAND (`qemu64`) and a virtio-rng device: the `virtio-rng` image takes its
+/// entropy from the device (on microvm found through the command line; on q35 qboot, a PCI
+/// function whose BARs it assigns next to the NIC's) and mints tokens.
+#[test]
+fn virtio_rng_when_the_cpu_has_no_rdrand() {
+    for (machine, device) in [
+        (Machine::Microvm, "virtio-rng-device"),
+        (Machine::Q35, "virtio-rng-pci"),
+    ] {
+        let cfg = DemoConfig::new("reach-virtio-rng");
+        let port = qemu::free_port();
+        let opts = QemuOpts {
+            machine,
+            cpu: Some("qemu64".into()),
+            config_via: ConfigVia::Initrd,
+            machine_props: match machine {
+                Machine::Microvm => vec!["auto-kernel-cmdline=on".into()],
+                Machine::Q35 => vec![],
+            },
+            extra: vec!["-device".into(), device.into()],
+            ..QemuOpts::new(&cfg.path, port)
+        };
+        let mut guest = Guest::spawn(&rng_image(), &opts).expect("spawn QEMU");
+        guest
+            .wait_ready(BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = guest.output();
+        assert!(
+            out.contains("imds-agent: entropy: virtio-rng (no RDRAND)"),
+            "{out}"
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let r = imds_tests::get(
+            addr,
+            &imds_tests::token_target("https://management.azure.com/", ""),
+            &["Metadata: true"],
+        );
+        assert_eq!(r.status, 200, "{machine:?}: {}\n{out}", r.text());
+    }
+}
+
+/// Without RDRAND and without a virtio-rng device the `virtio-rng` image refuses to start,
+/// naming both sources.
+#[test]
+fn no_rdrand_and_no_virtio_rng_refuses() {
+    let cfg = DemoConfig::new("reach-no-entropy");
+    imds_tests::expect_exit(
+        &rng_image(),
+        &QemuOpts {
+            cpu: Some("qemu64".into()),
+            network: qemu::Network::None,
+            ..QemuOpts::new(&cfg.path, 0)
+        },
+        exit::NO_ENTROPY,
+        "imds-agent: fatal: no secure entropy source (RDRAND, virtio-rng); refusing to start",
+        EXIT_TIMEOUT,
+    );
+}

@@ -79,16 +79,8 @@ impl Kvmclock {
         let wall_area = &raw const WALL_CLOCK;
         wrmsr(MSR_SYSTEM_TIME_NEW, time_area as u64 | 1);
         wrmsr(MSR_WALL_CLOCK_NEW, wall_area as u64);
-        // KVM updates the vCPU area on entry; read until a stable (even, unchanged) version.
-        let mut time = VcpuTime::default();
-        for _ in 0..1000 {
-            let a = VcpuTime::parse(&read_area::<VCPU_TIME_LEN>(time_area));
-            let b = VcpuTime::parse(&read_area::<VCPU_TIME_LEN>(time_area));
-            if a == b && a.valid() {
-                time = a;
-                break;
-            }
-        }
+        // KVM fills both areas before the WRMSRs return (each is an exit to KVM).
+        let time = VcpuTime::parse(&read_area::<VCPU_TIME_LEN>(time_area));
         if !time.valid() {
             return None;
         }

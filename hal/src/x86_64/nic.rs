@@ -6,11 +6,15 @@
 //! [`crate::virtio_net`].
 
 use virtio_drivers::transport::pci::bus::PciRoot;
+use virtio_drivers::transport::SomeTransport;
 
 use super::paging;
-use super::pci::{bar_allocator, PortCam};
+use super::pci::{bar_allocator, PortCam, RNG_IO_WINDOW, RNG_MMIO_WINDOW};
 use crate::cmdline::virtio_mmio_devices;
-use crate::virtio_net::{mmio_magic_at, mmio_net_at, pci_net, NicError, VirtioNet};
+use crate::pci::BarAllocator;
+use crate::virtio_net::{mmio_device_at, mmio_magic_at, pci_device, NicError, VirtioNet};
+use crate::virtio_rng::VirtioRng;
+use virtio_drivers::transport::DeviceType;
 
 /// QEMU `microvm`'s virtio-mmio transports: 512-byte slots from this address (8 on the legacy
 /// IRQs 5..12, up to 24 with its second IOAPIC).
@@ -35,16 +39,33 @@ pub enum Found {
 /// `virtio_mmio.device=` entries, or else in the virtio-mmio slots of `microvm` — and bring it
 /// up with all receive buffers posted.
 pub fn probe(cmdline: &[u8]) -> Result<(VirtioNet, Found), NicError> {
-    const LOOKED: &str =
-        "PCI bus 0, virtio_mmio.device= on the command line, microvm virtio-mmio slots";
+    let (transport, found) = find(cmdline, DeviceType::Network, bar_allocator())?;
+    Ok((VirtioNet::new(transport)?, found))
+}
+
+/// Find the first virtio-rng device the same way, its BARs (if unassigned) in a window of
+/// its own ([`RNG_MMIO_WINDOW`]: it is found before the NIC).
+pub fn probe_rng(cmdline: &[u8]) -> Option<VirtioRng> {
+    let bars = BarAllocator::new(RNG_MMIO_WINDOW, RNG_IO_WINDOW).keeping_high(paging::map_device);
+    let (transport, _) = find(cmdline, DeviceType::EntropySource, bars).ok()?;
+    VirtioRng::new(transport)
+}
+
+/// The first virtio device of type `ty`: on PCI bus 0 (BARs from `bars`), else on the command
+/// line, else in microvm's slots.
+fn find(
+    cmdline: &[u8],
+    ty: DeviceType,
+    mut bars: BarAllocator,
+) -> Result<(SomeTransport<'static>, Found), NicError> {
+    const LOOKED: &str = "PCI bus 0, virtio_mmio.device=, microvm slots";
     let mut root = PciRoot::new(PortCam::new());
     if root.enumerate_bus(0).next().is_some() {
-        // A PCI machine: the NIC is a PCI function (the microvm window is not probed, as PCI
-        // BARs may lie there).
-        let transport =
-            pci_net(&mut root, &mut bar_allocator())?.ok_or(NicError::NotFound(LOOKED))?;
+        // A PCI machine: the device is a PCI function (the microvm window is not probed, as
+        // PCI BARs may lie there).
+        let transport = pci_device(&mut root, &mut bars, ty)?.ok_or(NicError::NotFound(LOOKED))?;
         let high_bar = paging::last_high_window();
-        return Ok((VirtioNet::new(transport.into())?, Found::Pci { high_bar }));
+        return Ok((transport.into(), Found::Pci { high_bar }));
     }
     for dev in virtio_mmio_devices(cmdline) {
         // Below 4 GiB only (the identity map); the slot must at least hold the registers.
@@ -59,15 +80,17 @@ pub fn probe(cmdline: &[u8]) -> Result<(VirtioNet, Found), NicError> {
         // SAFETY: the VMM announces a virtio-mmio register window at `base` (below 4 GiB:
         // identity-mapped), which nothing else uses; reading its ID registers has no side
         // effect, and a wrong address reads all ones (no magic: skipped).
-        if let Some(transport) = unsafe { mmio_net_at(dev.base, dev.size as usize) } {
-            return Ok((VirtioNet::new(transport.into())?, Found::Cmdline(dev.base)));
+        if let Some(transport) = unsafe { mmio_device_at(dev.base, dev.size as usize, ty) } {
+            return Ok((transport.into(), Found::Cmdline(dev.base)));
         }
     }
-    let (transport, at) = probe_microvm().ok_or(NicError::NotFound(LOOKED))?;
-    Ok((VirtioNet::new(transport.into())?, Found::MicrovmSlot(at)))
+    let (transport, at) = probe_microvm(ty).ok_or(NicError::NotFound(LOOKED))?;
+    Ok((transport.into(), Found::MicrovmSlot(at)))
 }
 
-fn probe_microvm() -> Option<(virtio_drivers::transport::mmio::MmioTransport<'static>, u64)> {
+fn probe_microvm(
+    ty: DeviceType,
+) -> Option<(virtio_drivers::transport::mmio::MmioTransport<'static>, u64)> {
     // SAFETY (both calls): only reached when there is no PCI bus (so no BAR can lie here); the
     // addresses are below 4 GiB (identity-mapped) in the window QEMU's microvm gives its
     // virtio-mmio slots, 512-byte aligned; reading a slot's ID registers has no side effect,
@@ -78,6 +101,6 @@ fn probe_microvm() -> Option<(virtio_drivers::transport::mmio::MmioTransport<'st
     (0..MICROVM_MMIO_SLOTS).find_map(|slot| {
         let addr = MICROVM_MMIO_BASE + slot * MICROVM_MMIO_SLOT;
         // SAFETY: as above.
-        unsafe { mmio_net_at(addr, MICROVM_MMIO_SLOT as usize) }.map(|t| (t, addr))
+        unsafe { mmio_device_at(addr, MICROVM_MMIO_SLOT as usize, ty) }.map(|t| (t, addr))
     })
 }

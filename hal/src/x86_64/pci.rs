@@ -18,6 +18,12 @@ const CONFIG_DATA: u16 = 0xCFC;
 pub const MMIO_WINDOW: (u64, u64) = (0xE000_0000, 0xFEC0_0000);
 /// Where unassigned I/O BARs are placed.
 pub const IO_WINDOW: (u32, u32) = (0xC000, 0x1_0000);
+/// Where the virtio-rng device's unassigned BARs go: the top of [`MMIO_WINDOW`] and
+/// [`IO_WINDOW`] (it is set up before the NIC, by an allocator of its own; the NIC's, bumping
+/// up from the bottom, never gets this far with one device's BARs).
+pub const RNG_MMIO_WINDOW: (u64, u64) = (0xFE00_0000, MMIO_WINDOW.1);
+/// The virtio-rng device's I/O window.
+pub const RNG_IO_WINDOW: (u32, u32) = (0xF000, IO_WINDOW.1);
 
 /// PCI configuration mechanism #1 (ports `0xCF8`/`0xCFC`).
 #[derive(Debug)]

@@ -14,14 +14,14 @@ use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig};
 use imds_hal::x86_64::interrupts;
 use imds_hal::x86_64::nic::Found;
 use imds_hal::x86_64::pvh::{self, ModuleConfig};
-use imds_hal::{Clock, ConfigSource, ConfigSourceError, Entropy};
+use imds_hal::x86_64::rdrand::Rdrand;
+use imds_hal::{Clock, ConfigSource, ConfigSourceError, Entropy, EntropyError};
 
 use crate::exit_code;
 
 pub use imds_hal::x86_64::clock::TscClock as MachineClock;
 pub use imds_hal::x86_64::exit::exit;
 pub use imds_hal::x86_64::interrupts::LapicTimer as Idle;
-pub use imds_hal::x86_64::rdrand::Rdrand as MachineEntropy;
 pub use imds_hal::x86_64::serial::Serial as Console;
 
 /// What the boot code hands to [`crate::unikernel::main`]: the PVH `hvm_start_info` address.
@@ -99,12 +99,57 @@ pub fn code_addresses_on_stack(each: impl FnMut(u64) -> bool) {
     boot::code_addresses_on_stack(each)
 }
 
-/// The entropy source (RDRAND), or stop the machine saying there is none.
+/// The machine's entropy source: RDRAND, else (image feature `virtio-rng`) a virtio-rng
+/// device.
+pub enum MachineEntropy {
+    /// The CPU's RDRAND.
+    Rdrand(Rdrand),
+    /// A virtio-rng device (PCI, command line or microvm slot).
+    #[cfg(feature = "virtio-rng")]
+    Virtio(imds_hal::virtio_rng::VirtioRng),
+}
+
+impl Entropy for MachineEntropy {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
+        match self {
+            MachineEntropy::Rdrand(r) => r.fill(buf),
+            #[cfg(feature = "virtio-rng")]
+            MachineEntropy::Virtio(v) => v.fill(buf),
+        }
+    }
+}
+
+/// The entropy source (RDRAND, else virtio-rng with the image feature `virtio-rng`), or stop
+/// the machine saying there is none.
 pub fn entropy(log: &mut Console) -> MachineEntropy {
-    let mut entropy = MachineEntropy::new();
     let mut probe = [0u8; 8];
-    if !entropy.available() || entropy.fill(&mut probe).is_err() {
-        log.put("imds-agent: fatal: no secure entropy source (RDRAND); refusing to start")
+    let mut rdrand = Rdrand::new();
+    let mut entropy = if rdrand.available() && rdrand.fill(&mut probe).is_ok() {
+        MachineEntropy::Rdrand(rdrand)
+    } else {
+        #[cfg(feature = "virtio-rng")]
+        let rng = imds_hal::x86_64::nic::probe_rng(pvh::cmdline(&start_info()))
+            .map(MachineEntropy::Virtio);
+        #[cfg(not(feature = "virtio-rng"))]
+        let rng = None;
+        match rng {
+            Some(rng) => {
+                log.put("imds-agent: entropy: virtio-rng (no RDRAND)").end();
+                rng
+            }
+            None => {
+                log.put(if cfg!(feature = "virtio-rng") {
+                    "imds-agent: fatal: no secure entropy source (RDRAND, virtio-rng); refusing to start"
+                } else {
+                    "imds-agent: fatal: no secure entropy source (RDRAND); refusing to start"
+                })
+                    .end();
+                exit(exit_code::NO_ENTROPY);
+            }
+        }
+    };
+    if entropy.fill(&mut probe).is_err() {
+        log.put("imds-agent: fatal: the entropy source failed; refusing to start")
             .end();
         exit(exit_code::NO_ENTROPY);
     }
@@ -160,7 +205,7 @@ pub fn config<'a>(buf: &'a mut [u8], log: &mut Console) -> &'a [u8] {
             None => {
                 log.put("imds-agent: fatal: no configuration: pass it with -fw_cfg name=")
                     .put(file)
-                    .put(",file=<config.json> or as the initrd (-initrd <config.json>; Firecracker initrd_path, Cloud Hypervisor --initramfs)")
+                    .put(",file=<config.json> or as the initrd (-initrd <config.json>)")
                     .end();
                 exit(exit_code::CONFIG_MISSING);
             }
