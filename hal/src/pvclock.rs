@@ -73,7 +73,7 @@ impl VcpuTime {
 
     /// Whether the hypervisor has filled it (a multiplier, a stable version).
     pub fn valid(&self) -> bool {
-        self.mul != 0 && self.version % 2 == 0 && (-32..=32).contains(&self.shift)
+        self.mul != 0 && self.version.is_multiple_of(2) && (-32..=32).contains(&self.shift)
     }
 
     /// Nanoseconds since the VM started, at TSC value `tsc`.

@@ -99,61 +99,94 @@ pub fn code_addresses_on_stack(each: impl FnMut(u64) -> bool) {
     boot::code_addresses_on_stack(each)
 }
 
-/// The machine's entropy source: RDRAND, else (image feature `virtio-rng`) a virtio-rng
-/// device.
-pub enum MachineEntropy {
-    /// The CPU's RDRAND.
-    Rdrand(Rdrand),
-    /// A virtio-rng device (PCI, command line or microvm slot).
-    #[cfg(feature = "virtio-rng")]
-    Virtio(imds_hal::virtio_rng::VirtioRng),
+/// The machine's entropy source: RDRAND, else (image feature `virtio-rng`) the one
+/// virtio-rng device [`entropy`] set up. Any number of handles (the broker's tasks take one
+/// each).
+pub struct MachineEntropy(Rdrand);
+
+impl MachineEntropy {
+    /// A handle on the machine's source.
+    pub fn new() -> MachineEntropy {
+        MachineEntropy(Rdrand::new())
+    }
 }
 
 impl Entropy for MachineEntropy {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
-        match self {
-            MachineEntropy::Rdrand(r) => r.fill(buf),
-            #[cfg(feature = "virtio-rng")]
-            MachineEntropy::Virtio(v) => v.fill(buf),
+        #[cfg(feature = "virtio-rng")]
+        if !self.0.available() {
+            return virtio_entropy::fill(buf);
         }
+        self.0.fill(buf)
+    }
+}
+
+/// The one virtio-rng device, once [`entropy`] found it.
+#[cfg(feature = "virtio-rng")]
+mod virtio_entropy {
+    use core::sync::atomic::{AtomicBool, Ordering};
+    use imds_hal::virtio_rng::VirtioRng;
+    use imds_hal::{Entropy, EntropyError};
+
+    static mut RNG: Option<VirtioRng> = None;
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+    /// Keep `rng` as the machine's source (once; later calls are ignored).
+    pub fn install(rng: VirtioRng) {
+        if INSTALLED.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // SAFETY: the flag makes this the only write ever; no reference to RNG exists yet
+        // (`fill` only makes one after INSTALLED is set, and this runs before any handle
+        // fills).
+        unsafe { (&raw mut RNG).write(Some(rng)) };
+    }
+
+    /// Fill `buf` from the device.
+    pub fn fill(buf: &mut [u8]) -> Result<(), EntropyError> {
+        if !INSTALLED.load(Ordering::Acquire) {
+            return Err(EntropyError::Unavailable);
+        }
+        // One CPU with interrupts off and no interrupt handler that asks for entropy,
+        // and this function does not re-enter itself: the reference is the only one for the
+        // duration of the call. `install` wrote RNG right after setting INSTALLED, with
+        // nothing in between (one CPU).
+        let slot = &raw mut RNG;
+        // SAFETY: as above.
+        let rng = unsafe { &mut *slot };
+        rng.as_mut().ok_or(EntropyError::Unavailable)?.fill(buf)
     }
 }
 
 /// The entropy source (RDRAND, else virtio-rng with the image feature `virtio-rng`), or stop
 /// the machine saying there is none.
 pub fn entropy(log: &mut Console) -> MachineEntropy {
-    let mut probe = [0u8; 8];
-    let mut rdrand = Rdrand::new();
-    let mut entropy = if rdrand.available() && rdrand.fill(&mut probe).is_ok() {
-        MachineEntropy::Rdrand(rdrand)
-    } else {
-        #[cfg(feature = "virtio-rng")]
-        let rng = imds_hal::x86_64::nic::probe_rng(pvh::cmdline(&start_info()))
-            .map(MachineEntropy::Virtio);
-        #[cfg(not(feature = "virtio-rng"))]
-        let rng = None;
-        match rng {
-            Some(rng) => {
-                log.put("imds-agent: entropy: virtio-rng (no RDRAND)").end();
-                rng
-            }
-            None => {
-                log.put(if cfg!(feature = "virtio-rng") {
-                    "imds-agent: fatal: no secure entropy source (RDRAND, virtio-rng); refusing to start"
-                } else {
-                    "imds-agent: fatal: no secure entropy source (RDRAND); refusing to start"
-                })
-                    .end();
-                exit(exit_code::NO_ENTROPY);
-            }
+    let mut entropy = MachineEntropy::new();
+    #[cfg(feature = "virtio-rng")]
+    if !entropy.0.available() {
+        if let Some(rng) = imds_hal::x86_64::nic::probe_rng(pvh::cmdline(&start_info())) {
+            log.put("imds-agent: entropy: virtio-rng (no RDRAND)").end();
+            virtio_entropy::install(rng);
         }
-    };
-    if entropy.fill(&mut probe).is_err() {
-        log.put("imds-agent: fatal: the entropy source failed; refusing to start")
-            .end();
-        exit(exit_code::NO_ENTROPY);
     }
-    entropy
+    let mut probe = [0u8; 8];
+    match entropy.fill(&mut probe) {
+        Ok(()) => entropy,
+        Err(EntropyError::Unavailable) => {
+            log.put(if cfg!(feature = "virtio-rng") {
+                "imds-agent: fatal: no secure entropy source (RDRAND, virtio-rng); refusing to start"
+            } else {
+                "imds-agent: fatal: no secure entropy source (RDRAND); refusing to start"
+            })
+            .end();
+            exit(exit_code::NO_ENTROPY);
+        }
+        Err(EntropyError::Failed) => {
+            log.put("imds-agent: fatal: the entropy source failed; refusing to start")
+                .end();
+            exit(exit_code::NO_ENTROPY);
+        }
+    }
 }
 
 /// The clock, announced: the TSC (its frequency from CPUID `0x4000_0010`, kvmclock or the
