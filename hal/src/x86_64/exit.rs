@@ -4,13 +4,13 @@
 //! 1. QEMU's `isa-debug-exit` (`-device isa-debug-exit`, I/O port `0xF4`): QEMU exits with
 //!    status `(code << 1) | 1`, so a guest code `n` shows up as host status `2n + 1`;
 //! 2. Cloud Hypervisor's ACPI shutdown device: `0x34` (`SLP_TYP` 5 | `SLP_EN`) to port `0x600`;
-//!    the process exits with status 0. On QEMU the byte is harmless: `q35` with SeaBIOS has
-//!    the ICH9 PM block at `0x600`, whose first register is `PM1_STS` (write 1 to clear status
-//!    bits: 0x34 clears bits 2, 4, 5, no action follows); `pc` likewise (PIIX4 PM at `0x600`
-//!    under SeaBIOS); qboot leaves the PM block off and `microvm` has nothing there (its ACPI
-//!    is a GED in MMIO), so the write goes nowhere. Checked under QEMU 7.2 TCG: without
-//!    `isa-debug-exit` the guest halts after it on `q35` (SeaBIOS, qboot), `pc` and
-//!    `microvm` (with and without ACPI).
+//!    the process exits with status 0. On QEMU the byte is harmless: `q35` (SeaBIOS or qboot)
+//!    and `pc` have their PM block (`ich9-pm`, `piix4-pm`) at `0x600`, whose first register
+//!    is `PM1_STS` (`acpi-evt`, write 1 to clear status bits: 0x34 clears bits 2, 4 and 5, no
+//!    action follows); `microvm` has nothing there (its ACPI is a GED in MMIO), so the write
+//!    goes nowhere. Checked under QEMU 7.2 TCG (`info mtree`;
+//!    without `isa-debug-exit` the guest halts after the write on `q35` with SeaBIOS and
+//!    qboot, `pc` and `microvm` with and without ACPI).
 //! 3. Firecracker only (identified by its ACPI RSDP, OEM id `FIRECK`): the i8042 reset
 //!    (`0xFE` to port `0x64`), which Firecracker turns into a clean exit (status 0), for code
 //!    0; for a failure a triple fault, which Firecracker reports as an error (status 1). Never
