@@ -70,6 +70,7 @@ pub struct Kvmclock {
 
 impl Kvmclock {
     /// Ask KVM for its clock, if CPUID says this is KVM with the kvmclock MSRs. Once per boot.
+    #[inline(never)]
     pub fn init() -> Option<Kvmclock> {
         let (max, kvm) = hypervisor_max_leaf()?;
         if !kvm || max < LEAF_FEATURES || __cpuid(LEAF_FEATURES).eax & FEATURE_CLOCKSOURCE2 == 0 {

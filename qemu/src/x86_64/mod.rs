@@ -5,8 +5,8 @@
 
 pub mod boot;
 
-use core::sync::atomic::{AtomicU32, Ordering};
-use imds_hal::pvh::StartInfo;
+use core::sync::atomic::{AtomicU64, Ordering};
+use imds_hal::pvh::Module;
 use imds_hal::text::Text;
 use imds_hal::virtio_net::{NicError, VirtioNet};
 use imds_hal::x86_64::clock::{Calibration, WallSource};
@@ -27,12 +27,32 @@ pub use imds_hal::x86_64::serial::Serial as Console;
 /// What the boot code hands to [`crate::unikernel::main`]: the PVH `hvm_start_info` address.
 pub type BootInfo = u32;
 
-/// The PVH `hvm_start_info` address, kept at entry for the backends below.
-static START_INFO: AtomicU32 = AtomicU32::new(0);
+/// What the VMM left in memory, found at entry for the backends below: the command line
+/// (address, length) and the first module (address, size; 0: none).
+static CMDLINE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static MODULE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
-/// The start info the VMM left (command line, modules), as parsed at entry.
-fn start_info() -> StartInfo {
-    pvh::start_info(START_INFO.load(Ordering::Relaxed)).unwrap_or_default()
+/// The PVH command line (empty if none).
+fn cmdline() -> &'static [u8] {
+    let (at, len) = (
+        CMDLINE[0].load(Ordering::Relaxed),
+        CMDLINE[1].load(Ordering::Relaxed),
+    );
+    if at == 0 {
+        return &[];
+    }
+    // SAFETY: `at..at + len` is the command line `pvh::cmdline` found at entry: RAM below
+    // 4 GiB (identity-mapped) that the stack keeps off and nothing writes.
+    unsafe { core::slice::from_raw_parts(at as usize as *const u8, len as usize) }
+}
+
+/// The first PVH module, if the VMM loaded one.
+fn first_module() -> Option<Module> {
+    let (paddr, size) = (
+        MODULE[0].load(Ordering::Relaxed),
+        MODULE[1].load(Ordering::Relaxed),
+    );
+    (paddr != 0).then_some(Module { paddr, size })
 }
 
 /// Rust entry point, called by the boot trampoline with the PVH `hvm_start_info` address, on
@@ -51,12 +71,17 @@ pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
     extern "C" {
         static __image_end: u8;
     }
-    START_INFO.store(start_info, Ordering::Relaxed);
     // What else the VMM left in low RAM stays out of the stack (Firecracker's command line is
     // at 0x20000, in the range below 1 MiB the stack prefers).
     let info = pvh::start_info(start_info).unwrap_or_default();
     let cmdline = pvh::cmdline(&info);
+    CMDLINE[0].store(cmdline.as_ptr() as u64, Ordering::Relaxed);
+    CMDLINE[1].store(cmdline.len() as u64, Ordering::Relaxed);
     let module = pvh::first_module(&info).and_then(|m| m.range());
+    if let Some((start, end)) = module {
+        MODULE[0].store(start, Ordering::Relaxed);
+        MODULE[1].store(end - start, Ordering::Relaxed);
+    }
     let keep = [
         (
             info.cmdline_paddr,
@@ -164,7 +189,7 @@ pub fn entropy(log: &mut Console) -> MachineEntropy {
     let mut entropy = MachineEntropy::new();
     #[cfg(feature = "virtio-rng")]
     if !entropy.0.available() {
-        if let Some(rng) = imds_hal::x86_64::nic::probe_rng(pvh::cmdline(&start_info())) {
+        if let Some(rng) = imds_hal::x86_64::nic::probe_rng(cmdline()) {
             log.put("imds-agent: entropy: virtio-rng (no RDRAND)").end();
             virtio_entropy::install(rng);
         }
@@ -233,7 +258,7 @@ pub fn config<'a>(buf: &'a mut [u8], log: &mut Console) -> &'a [u8] {
     let file = imds_hal::fw_cfg::CONFIG_FILE;
     let (read, module) = match FwCfgConfig.read_config(buf).map(|doc| doc.len()) {
         Ok(len) => (Ok(&buf[..len]), false),
-        Err(ConfigSourceError::Missing) => match pvh::first_module(&start_info()) {
+        Err(ConfigSourceError::Missing) => match first_module() {
             Some(m) => (ModuleConfig(m).read_config(buf), true),
             None => {
                 log.put("imds-agent: fatal: no configuration: pass it with -fw_cfg name=")
@@ -276,7 +301,7 @@ pub fn config<'a>(buf: &'a mut [u8], log: &mut Console) -> &'a [u8] {
 /// The NIC (PCI, the command line's `virtio_mmio.device=`, microvm's slots); the console
 /// says where it was found.
 pub fn nic() -> Result<VirtioNet, NicError> {
-    let (nic, found) = imds_hal::x86_64::nic::probe(pvh::cmdline(&start_info()))?;
+    let (nic, found) = imds_hal::x86_64::nic::probe(cmdline())?;
     let mut log = console();
     log.put("imds-agent: nic: ");
     match found {
