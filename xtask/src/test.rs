@@ -58,8 +58,13 @@ pub fn run(args: &[String]) -> Result {
     ]);
     status(c)?;
 
-    step("clippy (the image: issuer, with the broker feature, with attested + scheduled-events)");
-    for features in [None, Some("broker"), Some("attested,scheduled-events")] {
+    step("clippy (the image: issuer, with the broker feature, with attested + scheduled-events, with virtio-rng)");
+    for features in [
+        None,
+        Some("broker"),
+        Some("attested,scheduled-events"),
+        Some("virtio-rng"),
+    ] {
         let mut c = cargo();
         c.args([
             "clippy",
