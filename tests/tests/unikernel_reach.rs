@@ -9,8 +9,13 @@
 //! * No wall clock: `microvm,rtc=off,pit=off` under TCG (Firecracker has no RTC, Cloud
 //!   Hypervisor no PIT; TCG has no kvmclock): the agent refuses to start (exit code 8). Under
 //!   KVM the same machine takes its wall time from kvmclock; that run is reported, not asserted
-//!   (slow on this project's paravirtual `/dev/kvm`):
-//!   `cargo xtask run --accel kvm` with the machine properties of [`no_clock_opts`].
+//!   (slow on this project's paravirtual `/dev/kvm`: ~6 s to the NIC), by hand:
+//!   `qemu-system-x86_64 -M microvm,x-option-roms=off,acpi=off,pic=off,auto-kernel-cmdline=on,rtc=off,pit=off
+//!   -nodefaults -no-user-config -nographic -no-reboot -m 32 -accel kvm -cpu max,-arch-capabilities
+//!   -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -initrd config.json
+//!   -netdev user,id=net0 -device virtio-net-device,netdev=net0 -kernel <image>`
+//!   (`clock: TSC 2100 MHz (kvmclock), wall ... (kvmclock)`; with `+invtsc` QEMU also
+//!   publishes CPUID `0x4000_0010`: `(CPUID 0x40000010)`).
 //! * Cloud Hypervisor stand-in: `q35` with SeaBIOS and a 1 GiB `ivshmem-plain` BAR that
 //!   overflows the 32-bit PCI window, so SeaBIOS puts every 64-bit BAR — the NIC's too — above
 //!   4 GiB (Cloud Hypervisor always does): the image keeps and maps it, and the contract suite
