@@ -1787,13 +1787,13 @@ fn validate_network(raw: &RawNetwork) -> Result<NetworkConfig, ConfigError> {
         why: "must be an IPv4 address with a prefix length like 10.0.2.15/24",
     };
     let (ip, len) = addr.split_once('/').ok_or_else(bad)?;
-    let address: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let address = crate::guard::parse_ipv4(ip).ok_or_else(bad)?;
     let prefix_len: u8 = len.parse().map_err(|_| bad())?;
     if prefix_len == 0 || prefix_len > 32 {
         return Err(bad());
     }
     let gateway = match raw.gateway.as_ref() {
-        Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| ConfigError::Invalid {
+        Some(g) => Some(crate::guard::parse_ipv4(g).ok_or_else(|| ConfigError::Invalid {
             field: p("gateway"),
             why: "must be an IPv4 address",
         })?),
