@@ -1817,6 +1817,10 @@ fn validate_network(raw: &RawNetwork) -> Result<NetworkConfig, ConfigError> {
 
 impl Config {
     /// Parse and validate a configuration document.
+    ///
+    /// Never inlined: the image's boot function would otherwise carry the parser's locals
+    /// (issuer image -64 B).
+    #[inline(never)]
     pub fn parse(doc: &[u8]) -> Result<Config, ConfigError> {
         let tracker = Tracker {
             at: RefCell::new(None),
