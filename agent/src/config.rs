@@ -455,8 +455,7 @@ struct RawIdentity {
     broker_field: Option<&'static str>,
 }
 
-#[derive(Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawLimits {
     rate_per_s: Option<u32>,
     in_flight: Option<u32>,
@@ -781,7 +780,7 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 }
                 "allow" => raw.allow = Some(next_str_list(map)?),
                 "allow_hosts" => raw.allow_hosts = Some(next_str_list(map)?),
-                "limits" => raw.limits = Some(map.next_value()?),
+                "limits" => raw.limits = Some(map.next_value_seed(LimitsSeed(t))?),
                 #[cfg(feature = "attested")]
                 "attestation" => {
                     raw.attestation = map.next_value_seed(Opt(AttestationSeed(t)))?;
@@ -925,6 +924,37 @@ pub(crate) fn unknown_field<'de, A: MapAccess<'de>>(
     t.unknown.borrow_mut().get_or_insert(path);
     map.next_value::<de::IgnoredAny>()?;
     Ok(())
+}
+
+struct LimitsSeed<'t>(&'t Tracker);
+
+impl<'de> DeserializeSeed<'de> for LimitsSeed<'_> {
+    type Value = RawLimits;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawLimits, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LimitsSeed<'_> {
+    type Value = RawLimits;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `rate_per_s` and `in_flight`")
+    }
+    #[inline(never)]
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let t = self.0;
+        let mut raw = RawLimits::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested("limits", None, key));
+            match key {
+                "rate_per_s" => raw.rate_per_s = map.next_value()?,
+                "in_flight" => raw.in_flight = map.next_value()?,
+                other => unknown_field(t, FieldPath::nested("limits", None, other), map)?,
+            }
+            Ok(())
+        })?;
+        Ok(raw)
+    }
 }
 
 struct NetworkSeed<'t>(&'t Tracker);
