@@ -56,6 +56,10 @@ impl core::fmt::Debug for Agent {
 
 impl Agent {
     /// Build the agent from a validated configuration.
+    ///
+    /// Never inlined: run once, its temporaries (key thumbprints, the JWKS) would otherwise
+    /// sit in the frame of the driver's never-returning loop (issuer image -256 B).
+    #[inline(never)]
     pub fn new(config: Config) -> Agent {
         let Config {
             tenant_id,

@@ -455,8 +455,7 @@ struct RawIdentity {
     broker_field: Option<&'static str>,
 }
 
-#[derive(Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 struct RawLimits {
     rate_per_s: Option<u32>,
     in_flight: Option<u32>,
@@ -781,7 +780,7 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                 }
                 "allow" => raw.allow = Some(next_str_list(map)?),
                 "allow_hosts" => raw.allow_hosts = Some(next_str_list(map)?),
-                "limits" => raw.limits = Some(map.next_value()?),
+                "limits" => raw.limits = Some(map.next_value_seed(LimitsSeed(t))?),
                 #[cfg(feature = "attested")]
                 "attestation" => {
                     raw.attestation = map.next_value_seed(Opt(AttestationSeed(t)))?;
@@ -925,6 +924,37 @@ pub(crate) fn unknown_field<'de, A: MapAccess<'de>>(
     t.unknown.borrow_mut().get_or_insert(path);
     map.next_value::<de::IgnoredAny>()?;
     Ok(())
+}
+
+struct LimitsSeed<'t>(&'t Tracker);
+
+impl<'de> DeserializeSeed<'de> for LimitsSeed<'_> {
+    type Value = RawLimits;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<RawLimits, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LimitsSeed<'_> {
+    type Value = RawLimits;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `rate_per_s` and `in_flight`")
+    }
+    #[inline(never)]
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let t = self.0;
+        let mut raw = RawLimits::default();
+        read_map(map, |key, map| {
+            t.set(FieldPath::nested("limits", None, key));
+            match key {
+                "rate_per_s" => raw.rate_per_s = map.next_value()?,
+                "in_flight" => raw.in_flight = map.next_value()?,
+                other => unknown_field(t, FieldPath::nested("limits", None, other), map)?,
+            }
+            Ok(())
+        })?;
+        Ok(raw)
+    }
 }
 
 struct NetworkSeed<'t>(&'t Tracker);
@@ -1413,10 +1443,10 @@ mod scheduled {
             return Ok(out);
         };
         if *overflow {
-            return Err(ConfigError::Invalid {
-                field: FieldPath::top("scheduled_events"),
-                why: "too many events: at most 6 (MAX_SCHEDULED_EVENTS)",
-            });
+            return Err(invalid_top(
+                "scheduled_events",
+                "too many events: at most 6 (MAX_SCHEDULED_EVENTS)",
+            ));
         }
         for (i, r) in list.iter().enumerate() {
             let p = |sub: &str| FieldPath::nested("scheduled_events", Some(i), sub);
@@ -1681,10 +1711,7 @@ fn validate_identities(
         .as_ref()
         .ok_or_else(|| ConfigError::Missing(FieldPath::top("identities")))?;
     if raw.identities_overflow {
-        return Err(ConfigError::Invalid {
-            field: FieldPath::top("identities"),
-            why: "too many identities: at most 1 system-assigned and 32 user-assigned (MAX_USER_IDENTITIES)",
-        });
+        return Err(invalid_top("identities", "too many identities: at most 1 system-assigned and 32 user-assigned (MAX_USER_IDENTITIES)"));
     }
     let mut out: heapless::Vec<IdentityConfig, MAX_IDENTITIES> = heapless::Vec::new();
     let (mut systems, mut users) = (0usize, 0usize);
@@ -1693,12 +1720,7 @@ fn validate_identities(
         let kind = match r.kind.as_deref() {
             Some("system") => IdentityKind::System,
             Some("user") => IdentityKind::User,
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    field: p("kind"),
-                    why: "must be \"system\" or \"user\"",
-                })
-            }
+            Some(_) => return Err(invalid_at(i, "kind", "must be \"system\" or \"user\"")),
             None => return Err(ConfigError::Missing(p("kind"))),
         };
         match kind {
@@ -1706,16 +1728,17 @@ fn validate_identities(
             IdentityKind::User => users += 1,
         }
         if systems > 1 {
-            return Err(ConfigError::Invalid {
-                field: p("kind"),
-                why: "only one system-assigned identity is allowed",
-            });
+            return Err(invalid_at(
+                i,
+                "kind",
+                "only one system-assigned identity is allowed",
+            ));
         }
         if users > MAX_USER_IDENTITIES {
-            return Err(ConfigError::Invalid {
-                field: FieldPath::top("identities"),
-                why: "too many user-assigned identities: at most 32 (MAX_USER_IDENTITIES)",
-            });
+            return Err(invalid_top(
+                "identities",
+                "too many user-assigned identities: at most 32 (MAX_USER_IDENTITIES)",
+            ));
         }
         let client_id = guid(r.client_id.as_ref(), p("client_id"))?;
         let object_id = guid(r.object_id.as_ref(), p("object_id"))?;
@@ -1724,10 +1747,7 @@ fn validate_identities(
             .clone()
             .ok_or_else(|| ConfigError::Missing(p("resource_id")))?;
         if !resource_id.starts_with('/') || resource_id.len() < 2 {
-            return Err(ConfigError::Invalid {
-                field: p("resource_id"),
-                why: "must be an ARM resource id like /subscriptions/<sub>/resourceGroups/<rg>/providers/...",
-            });
+            return Err(invalid_at(i, "resource_id", "must be an ARM resource id like /subscriptions/<sub>/resourceGroups/<rg>/providers/..."));
         }
         for (j, prev) in out.iter().enumerate() {
             let dup = if prev.client_id == client_id {
@@ -1741,20 +1761,14 @@ fn validate_identities(
             };
             if let Some(which) = dup {
                 let _ = j;
-                return Err(ConfigError::Invalid {
-                    field: p(which),
-                    why: "is the same as an earlier identity's",
-                });
+                return Err(invalid_at(i, which, "is the same as an earlier identity's"));
             }
         }
         #[cfg(feature = "broker")]
         let credential = validate_credential(r, i, raw.authority.is_some())?;
         #[cfg(not(feature = "broker"))]
         if let Some(field) = r.broker_field {
-            return Err(ConfigError::Invalid {
-                field: p(field),
-                why: NEEDS_BROKER,
-            });
+            return Err(invalid_at(i, field, NEEDS_BROKER));
         }
         // Cannot overflow: the list itself has this capacity.
         let _ = out.push(IdentityConfig {
@@ -1767,12 +1781,36 @@ fn validate_identities(
         });
     }
     if out.is_empty() {
-        return Err(ConfigError::Invalid {
-            field: FieldPath::top("identities"),
-            why: "must list at least one identity",
-        });
+        return Err(invalid_top("identities", "must list at least one identity"));
     }
     Ok(out)
+}
+
+/// `identities[i].sub` is wrong (built out of line: one copy of the path code).
+#[inline(never)]
+fn invalid_at(i: usize, sub: &str, why: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        field: FieldPath::nested("identities", Some(i), sub),
+        why,
+    }
+}
+
+/// The field `sub` of the object `name` is wrong.
+#[inline(never)]
+fn invalid_in(name: &str, sub: &str, why: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        field: FieldPath::nested(name, None, sub),
+        why,
+    }
+}
+
+/// The top-level field `name` is wrong.
+#[inline(never)]
+fn invalid_top(name: &str, why: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        field: FieldPath::top(name),
+        why,
+    }
 }
 
 #[inline(never)]
@@ -1782,21 +1820,22 @@ fn validate_network(raw: &RawNetwork) -> Result<NetworkConfig, ConfigError> {
         .address
         .as_ref()
         .ok_or_else(|| ConfigError::Missing(p("address")))?;
-    let bad = || ConfigError::Invalid {
-        field: p("address"),
-        why: "must be an IPv4 address with a prefix length like 10.0.2.15/24",
+    let parsed = addr.split_once('/').and_then(|(ip, len)| {
+        let prefix_len = len.parse::<u8>().ok().filter(|l| (1..=32).contains(l))?;
+        Some((crate::guard::parse_ipv4(ip)?, prefix_len))
+    });
+    let Some((address, prefix_len)) = parsed else {
+        return Err(invalid_in(
+            "network",
+            "address",
+            "must be an IPv4 address with a prefix length like 10.0.2.15/24",
+        ));
     };
-    let (ip, len) = addr.split_once('/').ok_or_else(bad)?;
-    let address: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let prefix_len: u8 = len.parse().map_err(|_| bad())?;
-    if prefix_len == 0 || prefix_len > 32 {
-        return Err(bad());
-    }
     let gateway = match raw.gateway.as_ref() {
-        Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| ConfigError::Invalid {
-            field: p("gateway"),
-            why: "must be an IPv4 address",
-        })?),
+        Some(g) => Some(
+            crate::guard::parse_ipv4(g)
+                .ok_or_else(|| invalid_in("network", "gateway", "must be an IPv4 address"))?,
+        ),
         None => None,
     };
     Ok(NetworkConfig {
@@ -1808,6 +1847,10 @@ fn validate_network(raw: &RawNetwork) -> Result<NetworkConfig, ConfigError> {
 
 impl Config {
     /// Parse and validate a configuration document.
+    ///
+    /// Never inlined: the image's boot function would otherwise carry the parser's locals
+    /// (issuer image -64 B).
+    #[inline(never)]
     pub fn parse(doc: &[u8]) -> Result<Config, ConfigError> {
         let tracker = Tracker {
             at: RefCell::new(None),
@@ -1841,10 +1884,7 @@ impl Config {
         let issuer = match &raw.issuer {
             Some(i) => {
                 if !(i.starts_with("https://") || i.starts_with("http://")) {
-                    return Err(ConfigError::Invalid {
-                        field: FieldPath::top("issuer"),
-                        why: "must be an http:// or https:// URL",
-                    });
+                    return Err(invalid_top("issuer", "must be an http:// or https:// URL"));
                 }
                 i.clone()
             }
@@ -1856,17 +1896,17 @@ impl Config {
         };
         let token_lifetime_s = raw.token_lifetime_s.unwrap_or(DEFAULT_TOKEN_LIFETIME_S);
         if !(600..=7 * 86_400).contains(&token_lifetime_s) {
-            return Err(ConfigError::Invalid {
-                field: FieldPath::top("token_lifetime_s"),
-                why: "must be between 600 (10 minutes) and 604800 (7 days)",
-            });
+            return Err(invalid_top(
+                "token_lifetime_s",
+                "must be between 600 (10 minutes) and 604800 (7 days)",
+            ));
         }
         let refresh_margin_s = raw.refresh_margin_s.unwrap_or(DEFAULT_REFRESH_MARGIN_S);
         if refresh_margin_s >= token_lifetime_s / 2 {
-            return Err(ConfigError::Invalid {
-                field: FieldPath::top("refresh_margin_s"),
-                why: "must be less than half of token_lifetime_s",
-            });
+            return Err(invalid_top(
+                "refresh_margin_s",
+                "must be less than half of token_lifetime_s",
+            ));
         }
         #[cfg(feature = "broker")]
         let authority = match &raw.authority {
@@ -1877,20 +1917,14 @@ impl Config {
         let brokered = authority.is_some();
         #[cfg(not(feature = "broker"))]
         let brokered = if raw.authority {
-            return Err(ConfigError::Invalid {
-                field: FieldPath::top("authority"),
-                why: NEEDS_BROKER,
-            });
+            return Err(invalid_top("authority", NEEDS_BROKER));
         } else {
             false
         };
         let signing_key = match (&raw.signing_key, brokered) {
-            (Some(pem), _) => Some(SigningKey(parse_signing_key(pem).map_err(|why| {
-                ConfigError::Invalid {
-                    field: FieldPath::top("signing_key"),
-                    why,
-                }
-            })?)),
+            (Some(pem), _) => Some(SigningKey(
+                parse_signing_key(pem).map_err(|why| invalid_top("signing_key", why))?,
+            )),
             (None, true) => None,
             (None, false) => return Err(ConfigError::Missing(FieldPath::top("signing_key"))),
         };
@@ -1919,10 +1953,7 @@ impl Config {
         };
         #[cfg(not(feature = "std"))]
         if let Some(field) = raw.host_only {
-            return Err(ConfigError::Invalid {
-                field: FieldPath::top(field),
-                why: HOST_DAEMON_ONLY,
-            });
+            return Err(invalid_top(field, HOST_DAEMON_ONLY));
         }
         let network = match &raw.network {
             Some(n) => Some(validate_network(n)?),
@@ -1961,10 +1992,7 @@ impl Config {
         };
         #[cfg(not(all(feature = "attested", feature = "scheduled-events")))]
         if let Some((field, why)) = raw.needs_feature {
-            return Err(ConfigError::Invalid {
-                field: FieldPath::top(field),
-                why,
-            });
+            return Err(invalid_top(field, why));
         }
         #[cfg(feature = "attested")]
         let attestation = match &raw.attestation {

@@ -131,6 +131,11 @@ impl Connection {
     /// Parse and answer every complete request in the receive buffer. A request that waits
     /// for an upstream fetch stays at the head of the buffer ("parked") and is handled again
     /// on the next call.
+    ///
+    /// Never inlined: inlined into the image's one-loop driver, the per-request locals widened
+    /// its frame past 12 KiB, so that every stack access there took a 32-bit displacement
+    /// (issuer image -128 B on top of `imds::handle`'s out-of-lining).
+    #[inline(never)]
     pub fn process<C: Clock, E: Entropy, W: Write>(
         &mut self,
         agent: &mut Agent,

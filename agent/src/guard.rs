@@ -6,7 +6,7 @@
 //! work that costs only: answers from the cache are cheap and never throttled.
 
 use crate::limits::{HOST_NAME_MAX, MAX_ALLOW_HOSTS, MAX_ALLOW_RULES, MAX_RATE_SOURCES};
-use core::net::IpAddr;
+use core::net::{IpAddr, Ipv4Addr};
 
 /// Default costly requests per second per source (Azure's figure).
 pub const DEFAULT_RATE_PER_S: u32 = 20;
@@ -39,7 +39,7 @@ impl Cidr {
         #[cfg(feature = "std")]
         let addr: IpAddr = a.parse().ok()?;
         #[cfg(not(feature = "std"))]
-        let addr = IpAddr::V4(a.parse().ok()?);
+        let addr = IpAddr::V4(parse_ipv4(a)?);
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix_len = len.unwrap_or(max);
         (prefix_len <= max).then_some(Cidr { addr, prefix_len })
@@ -207,7 +207,7 @@ impl Guard {
                 None => host,
             }
         };
-        name.parse::<core::net::Ipv4Addr>().is_ok()
+        parse_ipv4(name).is_some()
             || name.eq_ignore_ascii_case("localhost")
             || self
                 .allow_hosts
@@ -296,9 +296,87 @@ fn ipv6_literal(s: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
 }
 
+/// `A.B.C.D`, exactly as core's `Ipv4Addr::from_str` reads it: four decimal octets of one to
+/// three digits, no leading zero (but `0` itself), each at most 255. The image parses its
+/// config's addresses with this: core's parser is ~900 B of code there, this ~150.
+pub fn parse_ipv4(s: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut rest = s.as_bytes();
+    for (i, octet) in octets.iter_mut().enumerate() {
+        let len = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let (digits, after) = rest.split_at(len);
+        if len == 0 || len > 3 || (len > 1 && digits[0] == b'0') {
+            return None;
+        }
+        let value = digits
+            .iter()
+            .fold(0u16, |v, &d| v * 10 + u16::from(d - b'0'));
+        *octet = u8::try_from(value).ok()?;
+        rest = match (i, after) {
+            (3, []) => after,
+            (0..=2, [b'.', next @ ..]) => next,
+            _ => return None,
+        };
+    }
+    Some(Ipv4Addr::from(octets))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parser agrees with core's on every string of digits, dots and a few others.
+    #[test]
+    fn ipv4_like_core() {
+        for s in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.2.15",
+            "1.2.3.4",
+            "256.1.1.1",
+            "1.2.3.256",
+            "01.2.3.4",
+            "1.2.3.04",
+            "1.2.3.0",
+            "1.2.3",
+            "1.2.3.4.",
+            ".1.2.3.4",
+            "1..2.3",
+            "1.2.3.4.5",
+            "",
+            "....",
+            "+1.2.3.4",
+            "1.2.3.-4",
+            "1.2.3.4 ",
+            " 1.2.3.4",
+            "1000.1.1.1",
+            "0001.1.1.1",
+            "1.2.3.4/24",
+            "١.2.3.4",
+            "999.999.999.999",
+        ] {
+            assert_eq!(parse_ipv4(s), s.parse::<Ipv4Addr>().ok(), "{s:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv4_like_core_any(s in "[0-9.+a -]{0,20}") {
+            proptest::prop_assert_eq!(parse_ipv4(&s), s.parse::<Ipv4Addr>().ok());
+        }
+
+        #[test]
+        fn ipv4_like_core_addresses(a: [u8; 4], zero in 0usize..5, extra in "[0-9.]{0,2}") {
+            let mut s = Ipv4Addr::from(a).to_string();
+            if zero < 4 {
+                // A leading zero in one octet.
+                let at = s.split('.').take(zero).map(|p| p.len() + 1).sum::<usize>();
+                s.insert(at, '0');
+            }
+            s.push_str(&extra);
+            proptest::prop_assert_eq!(parse_ipv4(&s), s.parse::<Ipv4Addr>().ok());
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -549,6 +549,11 @@ pub(crate) fn proxied(req: &Request<'_>) -> bool {
 }
 
 /// Handle one request.
+///
+/// Never inlined: the router's locals otherwise end up in the frame of the driver's loop
+/// (the image's `serve`), whose every stack access then needs a 32-bit displacement (issuer
+/// image -896 B).
+#[inline(never)]
 pub fn handle<E: Entropy>(
     agent: &mut Agent,
     req: &Request<'_>,

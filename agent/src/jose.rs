@@ -106,6 +106,10 @@ impl PublicJwk {
 }
 
 /// Produce `b64(header).b64(claims).b64(sig)` signed with ES256 into `out`.
+///
+/// Never inlined: the ECDSA arithmetic inlined into the token endpoint grew it (issuer image
+/// -320 B).
+#[inline(never)]
 pub fn sign_es256<const N: usize>(
     key: &SigningKey,
     header_json: &[u8],

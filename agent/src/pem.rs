@@ -89,28 +89,28 @@ pub fn pem_decode<'p, 'o>(pem: &'p str, out: &'o mut [u8]) -> Option<(&'p str, &
         .strip_suffix(label.as_bytes())?
         .strip_suffix(END)?;
     let mut text = strip_trailing_eol(body)?;
-    // Base64 in lines of exactly WIDTH characters, the last one at most WIDTH.
-    let mut b64 = [0u8; PEM_MAX];
+    // Base64 in lines of exactly WIDTH characters, the last one at most WIDTH. A full line is
+    // 16 whole base64 blocks, so each line is decoded on its own, straight into `out` (no
+    // copy of the text to wipe), with padding allowed in the last line only: the same as
+    // decoding the lines joined.
     let mut n = 0;
-    let decoded = (|| {
-        while !text.is_empty() {
-            let line = match text.get(WIDTH..) {
-                None | Some([]) => core::mem::take(&mut text),
-                Some(after) => {
-                    let line = &text[..WIDTH];
-                    text = strip_leading_eol(after)?;
-                    line
+    while !text.is_empty() {
+        let line = match text.get(WIDTH..) {
+            None | Some([]) => core::mem::take(&mut text),
+            Some(after) => {
+                let line = &text[..WIDTH];
+                text = strip_leading_eol(after)?;
+                if line.contains(&b'=') {
+                    return None;
                 }
-            };
-            b64.get_mut(n..n + line.len())?.copy_from_slice(line);
-            n += line.len();
-        }
-        <base64ct::Base64 as base64ct::Encoding>::decode(&b64[..n], out)
-            .ok()
-            .map(<[u8]>::len)
-    })();
-    b64.zeroize();
-    Some((label, &out[..decoded?]))
+                line
+            }
+        };
+        n += <base64ct::Base64 as base64ct::Encoding>::decode(line, out.get_mut(n..)?)
+            .ok()?
+            .len();
+    }
+    Some((label, &out[..n]))
 }
 
 /// A DER reader for the fixed shapes below: definite lengths up to 65535, low tag numbers.
