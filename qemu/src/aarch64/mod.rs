@@ -11,6 +11,8 @@ use imds_hal::text::Text;
 use imds_hal::virtio_net::{NicError, VirtioNet};
 use imds_hal::{Clock, ConfigSourceError};
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use crate::exit_code;
 
 pub use imds_hal::aarch64::clock::GenericClock as MachineClock;
@@ -44,12 +46,19 @@ pub extern "C" fn imds_boot_main(dtb: u64) -> ! {
     crate::unikernel::main(dtb)
 }
 
+/// Exceptions taken so far (the report of one may fault in turn).
+static NESTED: AtomicU32 = AtomicU32::new(0);
+
 /// What an exception vector found: report it and stop the machine.
 #[no_mangle]
 extern "C" fn imds_exception(vector: u64, esr: u64, elr: u64, far: u64, sp: u64) -> ! {
     let class = esr >> 26;
     if class == 0 && machine_exit::trying_semihosting() {
         // `hlt #0xF000` without semihosting: leave through PSCI instead.
+        machine_exit::power_off();
+    }
+    if NESTED.fetch_add(1, Ordering::Relaxed) >= 2 {
+        // The report itself keeps faulting: stop without it.
         machine_exit::power_off();
     }
     let mut log = Console::console();
