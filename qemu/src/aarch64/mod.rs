@@ -17,7 +17,7 @@ use crate::exit_code;
 
 pub use imds_hal::aarch64::clock::GenericClock as MachineClock;
 pub use imds_hal::aarch64::exit::exit;
-pub use imds_hal::aarch64::idle::EventIdle as Idle;
+pub use imds_hal::aarch64::idle::Idle;
 pub use imds_hal::aarch64::pl011::Pl011 as Console;
 pub use imds_hal::aarch64::rng::MachineRng as MachineEntropy;
 
@@ -190,9 +190,11 @@ pub fn nic() -> Result<VirtioNet, NicError> {
     imds_hal::aarch64::nic::probe()
 }
 
-/// The idle wait (the generic timer's event stream).
+/// The idle wait (until a virtual-timer deadline), announced.
 pub fn idle(clock: &MachineClock) -> Option<Idle> {
-    Idle::init(clock.hz())
+    let idle = Idle::init(clock.hz())?;
+    console().put("imds-agent: idle: ").put(idle.method()).end();
+    Some(idle)
 }
 
 /// Wait about `us` microseconds (or until an event).
