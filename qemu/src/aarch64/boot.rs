@@ -7,7 +7,8 @@
 //! address (`linker-aarch64.ld`) — and enter it with the MMU off and the device tree's address
 //! in `x0`. The entry code:
 //!
-//! 1. keeps `x0`; drops from EL2 to EL1 if entered at EL2 (`-M virt,virtualization=on`);
+//! 1. keeps `x0`; drops from EL2 to EL1 if entered at EL2 (`-M virt,virtualization=on`), with
+//!    the timers, FP/SIMD and the GICv3 CPU interface's system registers left to EL1;
 //! 2. lets EL1 use FP/SIMD (`CPACR_EL1`; the softfloat target does not emit such instructions,
 //!    but nothing traps if a dependency does);
 //! 3. turns the MMU on with an identity map from tables it writes (`imds_boot_l1`, 1 GiB blocks:
@@ -84,6 +85,16 @@ imds_entry:
     mov     x1, #0x33ff                 /* CPTR_EL2: reserved-one bits, no traps */
     msr     cptr_el2, x1
     msr     hstr_el2, xzr
+    mrs     x1, id_aa64pfr0_el1         /* GICv3 system registers? */
+    ubfx    x1, x1, #24, #4
+    cbz     x1, 3f
+    mrs     x1, s3_4_c12_c9_5           /* ICC_SRE_EL2: SRE | Enable (EL1 may use its own) */
+    orr     x1, x1, #1
+    orr     x1, x1, #8
+    msr     s3_4_c12_c9_5, x1
+    isb
+    msr     s3_4_c12_c11_0, xzr         /* ICH_HCR_EL2: no virtual CPU interface */
+3:
     movz    x1, #{sctlr_lo}
     movk    x1, #{sctlr_hi}, lsl #16
     msr     sctlr_el1, x1
