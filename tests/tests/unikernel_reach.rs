@@ -266,9 +266,10 @@ fn virtio_rng_when_the_cpu_has_no_rdrand() {
             machine,
             cpu: Some("qemu64".into()),
             config_via: ConfigVia::Initrd,
-            machine_props: match machine {
-                Machine::Microvm => vec!["auto-kernel-cmdline=on".into()],
-                Machine::Q35 => vec![],
+            machine_props: if machine == Machine::Microvm {
+                vec!["auto-kernel-cmdline=on".into()]
+            } else {
+                vec![]
             },
             extra: vec!["-device".into(), device.into()],
             ..QemuOpts::new(&cfg.path, port)

@@ -30,15 +30,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use xtask::qemu::{self, Accel, Machine, Network, QemuOpts};
+use xtask::qemu::{self, Accel, Arch, ConfigVia, Machine, Network, QemuOpts};
 use xtask::watchdog::Watchdog;
 use xtask::{config, http, load, root, target_dir};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-const RUN_USAGE: &str = "usage: cargo xtask run [--config FILE] [--port N] [--accel tcg|kvm] \
-                         [--machine microvm|q35] [--mem MIB] [--features attested,scheduled-events] \
-                         [--print-cmd]   (or: run --host ...)";
+const RUN_USAGE: &str = "usage: cargo xtask run [--arch x86_64|aarch64] [--config FILE] [--initrd] \
+                         [--port N] [--accel tcg|kvm] [--machine microvm|q35|virt|virt-pci] [--mem MIB] \
+                         [--features attested,scheduled-events] [--print-cmd]   (or: run --host ...)";
 const BENCH_USAGE: &str = "usage: cargo xtask bench boot [--runs N] [--max-mem MIB] \
                            [--accel tcg|kvm] [--machine microvm|q35]";
 
@@ -118,11 +118,13 @@ pub fn run_unikernel(args: &[String]) -> Result {
             "--machine",
             "--mem",
             "--features",
+            "--arch",
         ],
-        &["--print-cmd"],
+        &["--print-cmd", "--initrd"],
         RUN_USAGE,
     )?;
     let port: u16 = f.parsed("--port", 8080)?;
+    let arch: Arch = f.get("--arch").map_or(Ok(Arch::X86_64), str::parse)?;
     // The image's optional endpoints (`broker`, `rsa` too: their configs need an authority).
     let features: Vec<&str> = f
         .get("--features")
@@ -159,14 +161,25 @@ pub fn run_unikernel(args: &[String]) -> Result {
             p
         }
     };
+    // aarch64 `virt` without --machine: the virtio-mmio NIC.
+    let machine = match (arch, parse_machine(&f)?) {
+        (Arch::Aarch64, Machine::Microvm) => Machine::Virt,
+        (_, machine) => machine,
+    };
     let opts = QemuOpts {
+        arch,
+        config_via: if f.has("--initrd") {
+            ConfigVia::Initrd
+        } else {
+            ConfigVia::FwCfg
+        },
         accel: parse_accel(&f)?,
-        machine: parse_machine(&f)?,
+        machine,
         mem_mb: f.parsed("--mem", qemu::DEFAULT_MEM_MB)?,
         ..QemuOpts::new(config, port)
     };
     if f.has("--print-cmd") {
-        let image = qemu::try_build_image_with(true, &features)?;
+        let image = qemu::try_build_image_for(arch, true, &features)?;
         println!("{}", qemu::print_cmd(&qemu::qemu_command(&image, &opts)));
         return Ok(());
     }
