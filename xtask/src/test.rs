@@ -75,6 +75,38 @@ pub fn run(args: &[String]) -> Result {
         status(c)?;
     }
 
+    step("clippy (aarch64, bare metal: the core without std, the HAL, the image and the broker image)");
+    let mut c = cargo();
+    c.args([
+        "clippy",
+        "-p",
+        "imds-agent",
+        "-p",
+        "imds-hal",
+        "--no-default-features",
+        "--target",
+        "aarch64-unknown-none-softfloat",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    status(c)?;
+    for features in [None, Some("broker")] {
+        let mut c = cargo();
+        c.args([
+            "clippy",
+            "-p",
+            "imds-unikernel",
+            "--target",
+            "aarch64-unknown-none-softfloat",
+        ]);
+        if let Some(f) = features {
+            c.args(["--features", f]);
+        }
+        c.args(["--", "-D", "warnings"]);
+        status(c)?;
+    }
+
     step("one copy of p256 / sha2 / heapless (cargo tree -d)");
     let out = cargo()
         .args([
