@@ -130,10 +130,14 @@ fn parse_arch(f: &Flags) -> Result<Arch> {
     f.get("--arch").map_or(Ok(Arch::X86_64), str::parse)
 }
 
-/// Build the release image of `arch` with `features`; the file QEMU boots.
-fn build_image_for(arch: Arch, features: &[&str]) -> Result<PathBuf> {
+/// Build the release image of `arch` with `features`: the file QEMU boots (for aarch64 the
+/// flat Linux arm64 Image) and cargo's ELF of the same code with its symbols.
+pub(crate) fn build_image_for(arch: Arch, features: &[&str]) -> Result<(PathBuf, PathBuf)> {
     match arch {
-        Arch::X86_64 => qemu::try_build_image_with(true, features),
+        Arch::X86_64 => Ok((
+            qemu::try_build_image_with(true, features)?,
+            qemu::symbols_path_with(true, features),
+        )),
         Arch::Aarch64 => {
             Err("xtask cannot build the aarch64 image yet (it comes with branch reach-arm)".into())
         }
@@ -626,7 +630,7 @@ pub fn bench(args: &[String]) -> Result {
         _ => 20,
     });
 
-    let image = build_image_for(arch, &[])?;
+    let (image, _) = build_image_for(arch, &[])?;
     let image_bytes = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
     let dir = target_dir().join("bench");
     let opts_for = |cfg: &Path, mem_mb: u32| QemuOpts {
