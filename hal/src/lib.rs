@@ -14,13 +14,15 @@
 //! Backends: `host` (feature `std`) and, on `target_os = "none"`, the bare-metal ones: the
 //! arch-neutral [`virtio_net`] device, [`fw_cfg`] file directory and [`pci`] BAR allocator, and
 //! per architecture the machine's access to them (ports, MMIO) and its console, clock, entropy
-//! and exit (`x86_64`). All `unsafe` of the project lives in backends of this crate and in the boot code.
+//! and exit (`x86_64`, `aarch64`). All `unsafe` of the project lives in backends of this crate and in the boot code.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 #[cfg(feature = "std")]
 pub mod host;
 pub mod text;
 
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod aarch64;
 #[cfg(target_os = "none")]
 pub mod fw_cfg;
 #[cfg(target_os = "none")]

@@ -1,9 +1,11 @@
 //! # imds-unikernel — imds-agent as a bootable image
 //!
-//! Built for `x86_64-unknown-none` and booted with `qemu-system-x86_64 -kernel` (PVH entry, see
-//! `x86_64/boot.rs`). Everything an architecture provides (console, clock, entropy, config
-//! source, NIC, idle, exit) is behind the names of its `arch` module; the boot sequence in
-//! [`unikernel`] is arch-neutral. The boot sequence, each step printed on the console:
+//! Built for a bare-metal target (`target_os = "none"`) and booted with QEMU `-kernel`; each
+//! architecture has its boot protocol, in its `arch` module (selected by `target_arch`:
+//! `x86_64/`, a PVH ELF; `aarch64/`, a Linux arm64 Image for QEMU `virt`). Everything an
+//! architecture provides (console, clock, entropy, config source, NIC, idle, exit) is behind
+//! the names of its `arch` module; the boot sequence in [`unikernel`] is arch-neutral. The boot
+//! sequence, each step printed on the console (the machine parts as on x86):
 //!
 //! 1. serial up; check the PVH start info;
 //! 2. entropy: RDRAND present, or refuse to start ([`exit_code::NO_ENTROPY`]);
@@ -23,6 +25,9 @@
 #[cfg(all(target_os = "none", target_arch = "x86_64"))]
 #[path = "x86_64/mod.rs"]
 mod arch;
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+#[path = "aarch64/mod.rs"]
+mod arch;
 #[cfg(all(target_os = "none", feature = "broker"))]
 mod broker;
 #[cfg(target_os = "none")]
@@ -34,6 +39,6 @@ mod unikernel;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
-    eprintln!("imds-unikernel only runs on x86_64-unknown-none");
+    eprintln!("imds-unikernel only runs on a bare-metal target (cargo xtask run)");
     std::process::exit(2);
 }

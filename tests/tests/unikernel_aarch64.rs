@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
-use xtask::qemu::{self, exit, Arch, ConfigVia, Guest, Network, QemuOpts};
+use xtask::qemu::{self, exit, Arch, ConfigVia, Guest, Machine, Network, QemuOpts};
 
 /// Boot to serving under TCG aarch64 on a loaded 2-core machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -32,12 +32,8 @@ const SCOPE: &str = "https://management.azure.com/.default";
 fn image() -> PathBuf {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE
-        .get_or_init(|| build_aarch64_image().unwrap_or_else(|e| panic!("{e}")))
+        .get_or_init(|| qemu::build_image_for(Arch::Aarch64, true, &[]))
         .clone()
-}
-
-fn build_aarch64_image() -> Result<PathBuf, String> {
-    Err("xtask cannot build the aarch64 image yet (it comes with branch reach-arm)".into())
 }
 
 /// How the guest's NIC is plugged.
@@ -66,8 +62,8 @@ fn aarch64_opts(nic: Nic, via: ConfigVia, network: Network) -> QemuOpts {
         config_via: via,
         network,
         machine: match nic {
-            Nic::Mmio => qemu::Machine::Microvm,
-            Nic::Pci => qemu::Machine::Q35,
+            Nic::Mmio => Machine::Virt,
+            Nic::Pci => Machine::VirtPci,
         },
         ..QemuOpts::default()
     }

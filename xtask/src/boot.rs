@@ -3,8 +3,8 @@
 //! ```text
 //! cargo xtask run [--config FILE] [--port N] [--accel tcg|kvm] [--machine microvm|q35]
 //!                 [--mem MIB] [--print-cmd]
-//! cargo xtask bench boot [--runs N] [--max-mem MIB] [--accel tcg|kvm] [--machine microvm|q35]
-//!                         [--arch x86_64|aarch64] [--print-cmd]
+//! cargo xtask bench boot [--runs N] [--max-mem MIB] [--accel tcg|kvm]
+//!                         [--machine microvm|q35|virt|virt-pci] [--arch x86_64|aarch64] [--print-cmd]
 //! ```
 //!
 //! `run` builds the image (profile `image`), writes a demo config when none is given
@@ -41,17 +41,17 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use xtask::qemu::{self, Accel, Arch, Machine, Network, QemuOpts};
+use xtask::qemu::{self, Accel, Arch, ConfigVia, Machine, Network, QemuOpts};
 use xtask::watchdog::Watchdog;
 use xtask::{config, http, load, root, target_dir};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-const RUN_USAGE: &str = "usage: cargo xtask run [--config FILE] [--port N] [--accel tcg|kvm] \
-                         [--machine microvm|q35] [--mem MIB] [--features attested,scheduled-events] \
-                         [--print-cmd]   (or: run --host ...)";
+const RUN_USAGE: &str = "usage: cargo xtask run [--arch x86_64|aarch64] [--config FILE] [--initrd] \
+                         [--port N] [--accel tcg|kvm] [--machine microvm|q35|virt|virt-pci] [--mem MIB] \
+                         [--features attested,scheduled-events] [--print-cmd]   (or: run --host ...)";
 const BENCH_USAGE: &str = "usage: cargo xtask bench boot [--runs N] [--max-mem MIB] \
-                           [--accel tcg|kvm] [--machine microvm|q35] [--arch x86_64|aarch64] \
+                           [--accel tcg|kvm] [--machine microvm|q35|virt|virt-pci] [--arch x86_64|aarch64] \
                            [--print-cmd]";
 
 /// How long a `-m` probe waits for a token.
@@ -133,15 +133,10 @@ fn parse_arch(f: &Flags) -> Result<Arch> {
 /// Build the release image of `arch` with `features`: the file QEMU boots (for aarch64 the
 /// flat Linux arm64 Image) and cargo's ELF of the same code with its symbols.
 pub(crate) fn build_image_for(arch: Arch, features: &[&str]) -> Result<(PathBuf, PathBuf)> {
-    match arch {
-        Arch::X86_64 => Ok((
-            qemu::try_build_image_with(true, features)?,
-            qemu::symbols_path_with(true, features),
-        )),
-        Arch::Aarch64 => {
-            Err("xtask cannot build the aarch64 image yet (it comes with branch reach-arm)".into())
-        }
-    }
+    Ok((
+        qemu::try_build_image_for(arch, true, features)?,
+        qemu::symbols_path_for(arch, true, features),
+    ))
 }
 
 /// `cargo xtask run` for the unikernel.
@@ -155,11 +150,13 @@ pub fn run_unikernel(args: &[String]) -> Result {
             "--machine",
             "--mem",
             "--features",
+            "--arch",
         ],
-        &["--print-cmd"],
+        &["--print-cmd", "--initrd"],
         RUN_USAGE,
     )?;
     let port: u16 = f.parsed("--port", 8080)?;
+    let arch: Arch = f.get("--arch").map_or(Ok(Arch::X86_64), str::parse)?;
     // The image's optional endpoints (`broker`, `rsa` too: their configs need an authority).
     let features: Vec<&str> = f
         .get("--features")
@@ -196,14 +193,25 @@ pub fn run_unikernel(args: &[String]) -> Result {
             p
         }
     };
+    // aarch64 `virt` without --machine: the virtio-mmio NIC.
+    let machine = match (arch, parse_machine(&f)?) {
+        (Arch::Aarch64, Machine::Microvm) => Machine::Virt,
+        (_, machine) => machine,
+    };
     let opts = QemuOpts {
+        arch,
+        config_via: if f.has("--initrd") {
+            ConfigVia::Initrd
+        } else {
+            ConfigVia::FwCfg
+        },
         accel: parse_accel(&f)?,
-        machine: parse_machine(&f)?,
+        machine,
         mem_mb: f.parsed("--mem", qemu::DEFAULT_MEM_MB)?,
         ..QemuOpts::new(config, port)
     };
     if f.has("--print-cmd") {
-        let image = qemu::try_build_image_with(true, &features)?;
+        let image = qemu::try_build_image_for(arch, true, &features)?;
         println!("{}", qemu::print_cmd(&qemu::qemu_command(&image, &opts)));
         return Ok(());
     }
@@ -622,8 +630,12 @@ pub fn bench(args: &[String]) -> Result {
     let runs: usize = f.parsed::<usize>("--runs", 20)?.max(1);
     let max_mem: u32 = f.parsed("--max-mem", qemu::DEFAULT_MEM_MB)?;
     let accel = parse_accel(&f)?;
-    let machine = parse_machine(&f)?;
     let arch = parse_arch(&f)?;
+    // aarch64 `virt` without --machine: the virtio-mmio NIC (as `cargo xtask run`).
+    let machine = match (arch, parse_machine(&f)?) {
+        (Arch::Aarch64, Machine::Microvm) => Machine::Virt,
+        (_, machine) => machine,
+    };
     // TCG emulating another architecture is slower.
     let timeout = Duration::from_secs(match (accel, arch) {
         (Accel::Kvm, _) | (_, Arch::Aarch64) => 60,
@@ -890,6 +902,7 @@ mod tests {
         let floor = write_aarch64_floor().unwrap();
         let opts = QemuOpts {
             arch: Arch::Aarch64,
+            machine: Machine::Virt,
             network: Network::None,
             ..QemuOpts::default()
         };

@@ -31,10 +31,13 @@ fn usage() -> ExitCode {
         "usage: cargo xtask <command>\n\
          \n\
          config --demo --out FILE [--listen ADDR:PORT] [--user-data FILE] [--no-attestation] [--hosts]   write a demo config with fresh keys, instance metadata and an attestation signer (--hosts: also App Service, Azure ML and Arc endpoints; prints their environment variables)\n\
-         run [--config FILE] [--port N] [--accel tcg|kvm] [--machine microvm|q35] [--mem MIB]\n\
+         run [--arch x86_64|aarch64] [--config FILE] [--initrd] [--port N] [--accel tcg|kvm]\n\
+         \x20   [--machine microvm|q35|virt|virt-pci] [--mem MIB]\n\
          \x20   [--print-cmd]                               boot the unikernel under QEMU (TCG), host\n\
          \x20                                               port N (8080) to its port 80; --print-cmd:\n\
-         \x20                                               print the QEMU command line instead\n\
+         \x20                                               print the QEMU command line instead;\n\
+         \x20                                               --arch aarch64: QEMU virt, a Linux arm64\n\
+         \x20                                               Image; --initrd: config via -initrd\n\
          run --host [--config FILE] [--port N]           run the host daemon on a demo config\n\
          size [--json]                                   image sizes, fail over qemu/size-budget.json\n\
          test                                            run every test (installs what they need)\n\

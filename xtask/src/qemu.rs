@@ -1,8 +1,10 @@
 //! The unikernel image and QEMU: the one place that knows QEMU's flags.
 //!
-//! `build_image` builds `imds-unikernel` for `x86_64-unknown-none`; `qemu_command` turns
-//! [`QemuOpts`] into a `qemu-system-x86_64` command line; `print_cmd` shows it as one
-//! shell-quoted line. Tests and `cargo xtask run` both go through these functions.
+//! `build_image` builds `imds-unikernel` for `x86_64-unknown-none` ([`build_image_for`]: for
+//! an [`Arch`]; on aarch64 the ELF becomes a flat Linux arm64 Image, [`flat_image`]);
+//! `qemu_command` turns [`QemuOpts`] into a `qemu-system-x86_64` (or `qemu-system-aarch64`)
+//! command line; `print_cmd` shows it as one shell-quoted line. Tests and `cargo xtask run`
+//! both go through these functions.
 //!
 //! Machine profile, measured on this project's build machines (TCG, medians of 10 boots with
 //! the load of other builds around; spawn -> first serial line / DHCP lease / first HTTP answer):
@@ -19,7 +21,10 @@
 //! covered.
 //!
 //! Exit status: the guest leaves through `isa-debug-exit` (port 0xF4), so QEMU's status is
-//! `2 * code + 1` for guest code `code` (see [`guest_exit_code`] and `qemu/README.md`).
+//! `2 * code + 1` for guest code `code` (see [`guest_exit_code`] and `qemu/README.md`). The
+//! aarch64 image leaves through Arm semihosting `SYS_EXIT` (`-semihosting-config
+//! enable=on,target=native`) with the same status `2 * code + 1`, so one mapping serves both;
+//! without semihosting it powers off through PSCI (status 0).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
@@ -31,8 +36,12 @@ use std::time::{Duration, Instant};
 use crate::watchdog::Watchdog;
 use crate::{root, target_dir};
 
-/// The target the image is built for.
+/// The target the (x86_64) image is built for.
 pub const TARGET: &str = "x86_64-unknown-none";
+/// The target the aarch64 image is built for.
+pub const TARGET_AARCH64: &str = "aarch64-unknown-none-softfloat";
+/// The file name of the aarch64 image QEMU boots (a Linux arm64 Image, beside cargo's ELF).
+pub const AARCH64_IMAGE: &str = "imds-unikernel.img";
 /// The image's package.
 pub const PACKAGE: &str = "imds-unikernel";
 /// qboot, the fastest firmware for `-kernel` boots (Debian package `qemu-system-data`).
@@ -56,7 +65,9 @@ pub mod exit {
     pub const CPU_EXCEPTION: u8 = 7;
 }
 
-/// The guest exit code behind a QEMU exit status (`2 * code + 1`), if it is one.
+/// The guest exit code behind a QEMU exit status (`2 * code + 1`), if it is one. The same on
+/// both architectures: x86's `isa-debug-exit` makes it, the aarch64 image asks semihosting
+/// `SYS_EXIT` for it.
 pub fn guest_exit_code(qemu_status: i32) -> Option<u8> {
     if qemu_status > 0 && qemu_status % 2 == 1 {
         u8::try_from((qemu_status - 1) / 2).ok()
@@ -65,14 +76,27 @@ pub fn guest_exit_code(qemu_status: i32) -> Option<u8> {
     }
 }
 
-/// The QEMU machine.
+/// The QEMU machine. Each architecture has a lean one whose NIC is on virtio-mmio and one
+/// whose NIC is on PCI; the names of the other architecture's mean its same kind
+/// (`Microvm` on aarch64 is `Virt`, `VirtPci` on x86 is `Q35`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Machine {
-    /// `microvm` without option ROMs, ACPI or PIC; the NIC is `virtio-net-device` (MMIO).
+    /// x86: `microvm` without option ROMs, ACPI or PIC; the NIC is `virtio-net-device` (MMIO).
     #[default]
     Microvm,
-    /// `q35` with qboot when installed; the NIC is `virtio-net-pci`.
+    /// x86: `q35` with qboot when installed; the NIC is `virtio-net-pci`.
     Q35,
+    /// aarch64: `virt`; the NIC is `virtio-net-device` (a `virtio,mmio` node).
+    Virt,
+    /// aarch64: `virt`; the NIC is `virtio-net-pci` (PCIe ECAM, BARs assigned by the guest).
+    VirtPci,
+}
+
+impl Machine {
+    /// Whether the NIC sits on PCI.
+    pub fn pci(self) -> bool {
+        matches!(self, Machine::Q35 | Machine::VirtPci)
+    }
 }
 
 impl std::str::FromStr for Machine {
@@ -81,7 +105,11 @@ impl std::str::FromStr for Machine {
         match s {
             "microvm" => Ok(Machine::Microvm),
             "q35" => Ok(Machine::Q35),
-            _ => Err(format!("unknown machine `{s}` (microvm or q35)")),
+            "virt" => Ok(Machine::Virt),
+            "virt-pci" => Ok(Machine::VirtPci),
+            _ => Err(format!(
+                "unknown machine `{s}` (microvm or q35; aarch64: virt or virt-pci)"
+            )),
         }
     }
 }
@@ -116,6 +144,24 @@ pub enum Arch {
     X86_64,
     /// `aarch64-unknown-none-softfloat`, a Linux arm64 Image for `qemu-system-aarch64 -M virt`.
     Aarch64,
+}
+
+impl Arch {
+    /// The Rust target of its image.
+    pub fn target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => TARGET,
+            Arch::Aarch64 => TARGET_AARCH64,
+        }
+    }
+
+    /// The QEMU program that runs it.
+    pub fn qemu_program(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
 }
 
 impl std::str::FromStr for Arch {
@@ -209,7 +255,8 @@ impl Default for QemuOpts {
 }
 
 /// The file QEMU boots, built by [`build_image`]: the `release` build stripped
-/// (`…/image/imds-unikernel-stripped`), or the debug build as cargo wrote it.
+/// (`…/image/imds-unikernel-stripped`), or the debug build as cargo wrote it (x86_64; see
+/// [`image_path_for`]).
 pub fn image_path(release: bool) -> PathBuf {
     image_path_with(release, &[])
 }
@@ -223,13 +270,18 @@ pub fn symbols_path(release: bool) -> PathBuf {
 
 /// The cargo command that builds the image (`--profile image` when `release`, else `dev`).
 pub fn build_command(release: bool) -> Command {
+    build_command_for(Arch::X86_64, release)
+}
+
+/// [`build_command`] for `arch`.
+pub fn build_command_for(arch: Arch, release: bool) -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root()).args([
         "build",
         "-p",
         PACKAGE,
         "--target",
-        TARGET,
+        arch.target(),
         "--profile",
         if release { "image" } else { "dev" },
     ]);
@@ -267,19 +319,30 @@ fn features_target_dir(features: &[&str]) -> PathBuf {
 
 /// [`symbols_path`] of the build with `features`.
 pub fn symbols_path_with(release: bool, features: &[&str]) -> PathBuf {
+    symbols_path_for(Arch::X86_64, release, features)
+}
+
+/// [`symbols_path_with`] for `arch`: the ELF cargo wrote.
+pub fn symbols_path_for(arch: Arch, release: bool, features: &[&str]) -> PathBuf {
     features_target_dir(features)
-        .join(TARGET)
+        .join(arch.target())
         .join(if release { "image" } else { "debug" })
         .join(PACKAGE)
 }
 
 /// [`image_path`] of the build with `features`.
 pub fn image_path_with(release: bool, features: &[&str]) -> PathBuf {
-    let built = symbols_path_with(release, features);
-    if release {
-        built.with_file_name(format!("{PACKAGE}-stripped"))
-    } else {
-        built
+    image_path_for(Arch::X86_64, release, features)
+}
+
+/// [`image_path_with`] for `arch`: on aarch64 the flat Linux arm64 Image [`AARCH64_IMAGE`]
+/// beside the ELF (release and debug builds alike; it has no symbols).
+pub fn image_path_for(arch: Arch, release: bool, features: &[&str]) -> PathBuf {
+    let built = symbols_path_for(arch, release, features);
+    match arch {
+        Arch::Aarch64 => built.with_file_name(AARCH64_IMAGE),
+        Arch::X86_64 if release => built.with_file_name(format!("{PACKAGE}-stripped")),
+        Arch::X86_64 => built,
     }
 }
 
@@ -288,28 +351,46 @@ pub fn image_path_with(release: bool, features: &[&str]) -> PathBuf {
 /// --strip-all`), not by cargo: the profile's `strip` changes the generated code, and the
 /// stripped file must be the same code as the one with symbols ([`symbols_path_with`]).
 pub fn try_build_image_with(release: bool, features: &[&str]) -> Result<PathBuf, String> {
-    let mut c = build_command(release);
+    try_build_image_for(Arch::X86_64, release, features)
+}
+
+/// [`try_build_image_with`] for `arch`. On aarch64 the ELF's loadable segment becomes the
+/// flat Image QEMU boots ([`flat_image`]), release and debug builds alike.
+pub fn try_build_image_for(
+    arch: Arch,
+    release: bool,
+    features: &[&str],
+) -> Result<PathBuf, String> {
+    let mut c = build_command_for(arch, release);
     let what = if features.is_empty() {
-        "the unikernel image".to_string()
+        format!("the unikernel image ({})", arch.target())
     } else {
         c.arg("--features")
             .arg(features.join(","))
             .env("CARGO_TARGET_DIR", features_target_dir(features));
-        format!("the unikernel image with {}", features.join(", "))
+        format!(
+            "the unikernel image ({}) with {}",
+            arch.target(),
+            features.join(", ")
+        )
     };
     announce_build(&what, &c);
     let status = c.status().map_err(|e| format!("{}: {e}", print_cmd(&c)))?;
     if !status.success() {
         return Err(format!("{} failed: {status}", print_cmd(&c)));
     }
-    let built = symbols_path_with(release, features);
+    let built = symbols_path_for(arch, release, features);
     if !built.is_file() {
         return Err(format!("{} built no {}", print_cmd(&c), built.display()));
+    }
+    let image = image_path_for(arch, release, features);
+    if arch == Arch::Aarch64 {
+        flat_image(&built, &image)?;
+        return Ok(image);
     }
     if !release {
         return Ok(built);
     }
-    let image = image_path_with(release, features);
     crate::setup::ensure_apt("objcopy", "binutils")?;
     let mut strip = Command::new("objcopy");
     strip.arg("--strip-all").arg(&built).arg(&image);
@@ -331,6 +412,60 @@ pub fn build_image_with(release: bool, features: &[&str]) -> PathBuf {
     try_build_image_with(release, features).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// [`try_build_image_for`], panicking (with the command line) when the build fails.
+pub fn build_image_for(arch: Arch, release: bool, features: &[&str]) -> PathBuf {
+    try_build_image_for(arch, release, features).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Offset of the Linux arm64 Image header's magic (`ARM\x64`).
+const ARM64_MAGIC_AT: usize = 0x38;
+
+/// Write the flat binary of `elf` to `out`: the file bytes of its `PT_LOAD` segments, each at
+/// its address less the lowest one (`.bss` is not in the file: the boot code zeroes it). The
+/// result must start with a Linux arm64 Image header (magic `ARM\x64` at 0x38). Returns its
+/// size.
+pub fn flat_image(elf: &Path, out: &Path) -> Result<u64, String> {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    use object::Endianness;
+    let data = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
+    let file = ElfFile64::<Endianness>::parse(&*data)
+        .map_err(|e| format!("{}: not an ELF64 file: {e}", elf.display()))?;
+    let endian = file.endian();
+    let mut loads = Vec::new();
+    for ph in file.elf_program_headers() {
+        if ph.p_type(endian) != object::elf::PT_LOAD || ph.p_filesz(endian) == 0 {
+            continue;
+        }
+        let bytes = ph
+            .data(endian, &*data)
+            .map_err(|_| format!("{}: a PT_LOAD segment lies outside the file", elf.display()))?;
+        loads.push((ph.p_paddr(endian), bytes));
+    }
+    let base = loads
+        .iter()
+        .map(|(a, _)| *a)
+        .min()
+        .ok_or_else(|| format!("{}: no loadable segment", elf.display()))?;
+    let end = loads
+        .iter()
+        .map(|(a, b)| a + b.len() as u64)
+        .max()
+        .unwrap_or(base);
+    let mut flat = vec![0u8; usize::try_from(end - base).map_err(|e| e.to_string())?];
+    for (addr, bytes) in loads {
+        let at = (addr - base) as usize;
+        flat[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    if flat.get(ARM64_MAGIC_AT..ARM64_MAGIC_AT + 4) != Some(b"ARM\x64".as_slice()) {
+        return Err(format!(
+            "{}: the first loaded bytes are not a Linux arm64 Image header",
+            elf.display()
+        ));
+    }
+    std::fs::write(out, &flat).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(flat.len() as u64)
+}
+
 /// QEMU's `-opt key=value,...` values treat `,` as a separator; a literal one is doubled.
 fn opt_escape(s: &OsStr) -> OsString {
     s.to_string_lossy().replace(',', ",,").into()
@@ -342,23 +477,27 @@ fn fw_cfg_arg(name: &str, file: &Path) -> OsString {
     a
 }
 
-/// The `qemu-system-x86_64` command that boots `image` as `opts` says. Nothing is spawned.
+/// The `qemu-system-x86_64` (`qemu-system-aarch64` for [`Arch::Aarch64`]) command that boots
+/// `image` as `opts` says. Nothing is spawned.
 pub fn qemu_command(image: &Path, opts: &QemuOpts) -> Command {
-    let mut c = Command::new("qemu-system-x86_64");
-    match opts.machine {
+    let mut c = Command::new(opts.arch.qemu_program());
+    match (opts.arch, opts.machine.pci()) {
         // microvm's default firmware is qboot already (bios-microvm.bin). The PIT stays: the
         // guest calibrates its TSC against it.
-        Machine::Microvm => c.args([
+        (Arch::X86_64, false) => c.args([
             "-M",
             "microvm,x-option-roms=off,acpi=off,pic=off,auto-kernel-cmdline=off",
         ]),
-        Machine::Q35 => {
+        (Arch::X86_64, true) => {
             c.args(["-M", "q35"]);
             if Path::new(QBOOT).is_file() {
                 c.args(["-bios", QBOOT]);
             }
             &mut c
         }
+        // The Image boots straight from `-kernel` (no firmware); the device tree says where
+        // everything is.
+        (Arch::Aarch64, _) => c.args(["-M", "virt"]),
     };
     c.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     c.arg("-m").arg(opts.mem_mb.to_string());
@@ -367,10 +506,12 @@ pub fn qemu_command(image: &Path, opts: &QemuOpts) -> Command {
         Accel::Kvm => c.args(["-accel", "kvm"]),
     };
     let cpu = opts.cpu.clone().unwrap_or_else(|| {
-        match opts.accel {
-            Accel::Tcg => "max",
+        match (opts.arch, opts.accel) {
+            // TCG's `max` has RDRAND (x86) and RNDR (aarch64).
+            (_, Accel::Tcg) => "max",
             // `-cpu host`/`max` with arch-capabilities aborts on some KVM hosts (MSR 0x10a).
-            Accel::Kvm => "max,-arch-capabilities",
+            (Arch::X86_64, Accel::Kvm) => "max,-arch-capabilities",
+            (Arch::Aarch64, Accel::Kvm) => "host",
         }
         .to_string()
     });
@@ -383,12 +524,12 @@ pub fn qemu_command(image: &Path, opts: &QemuOpts) -> Command {
         }
         None => c.args(["-serial", "stdio"]),
     };
-    c.args([
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        "-rtc",
-        "base=utc",
-    ]);
+    match opts.arch {
+        Arch::X86_64 => c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]),
+        // SYS_EXIT with a status. `target=native`: QEMU serves the calls itself (no gdb).
+        Arch::Aarch64 => c.args(["-semihosting-config", "enable=on,target=native"]),
+    };
+    c.args(["-rtc", "base=utc"]);
     match (&opts.config, opts.config_via) {
         (Some(config), ConfigVia::FwCfg) => c.arg("-fw_cfg").arg(fw_cfg_arg(CONFIG_FW_CFG, config)),
         (Some(config), ConfigVia::Initrd) => c.arg("-initrd").arg(config),
@@ -412,10 +553,11 @@ pub fn qemu_command(image: &Path, opts: &QemuOpts) -> Command {
         c.arg("-netdev").arg(netdev);
         c.args([
             "-device",
-            match opts.machine {
-                Machine::Microvm => "virtio-net-device,netdev=net0",
+            if opts.machine.pci() {
                 // No option ROM: nothing in the guest would run it.
-                Machine::Q35 => "virtio-net-pci,netdev=net0,romfile=",
+                "virtio-net-pci,netdev=net0,romfile="
+            } else {
+                "virtio-net-device,netdev=net0"
             },
         ]);
     }
@@ -455,9 +597,9 @@ pub fn curl_hint(port: u16) -> String {
 /// `cargo xtask run`: build the image, print the QEMU command line and a `curl` to try, run
 /// QEMU in the foreground (serial on this terminal). Ctrl-C stops QEMU (its `-serial stdio`
 /// keeps terminal signals); if this process is killed, a [`Watchdog`] kills QEMU. The guest's
-/// exit code, if it left through isa-debug-exit, is reported in the error.
+/// exit code, if it left through isa-debug-exit (aarch64: semihosting), is reported in the error.
 pub fn run_foreground(release: bool, features: &[&str], opts: &QemuOpts) -> Result<(), String> {
-    let image = try_build_image_with(release, features)?;
+    let image = try_build_image_for(opts.arch, release, features)?;
     let mut cmd = qemu_command(&image, opts);
     eprintln!("{}", print_cmd(&cmd));
     if let Network::User {
@@ -466,14 +608,13 @@ pub fn run_foreground(release: bool, features: &[&str], opts: &QemuOpts) -> Resu
     {
         eprintln!("\ntry:  {}\n", curl_hint(port));
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    let qemu = opts.arch.qemu_program();
+    let mut child = cmd.spawn().map_err(|e| format!("{qemu}: {e}"))?;
     let mut watchdog =
         Watchdog::guard_child(&mut child).map_err(|e| format!("watchdog (sh): {e}"))?;
     let status = child.wait();
     watchdog.disarm();
-    let status = status.map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    let status = status.map_err(|e| format!("{qemu}: {e}"))?;
     match status.code().and_then(guest_exit_code) {
         None if status.success() => Ok(()),
         Some(code) => Err(format!("guest exit code {code} (QEMU {status})")),
@@ -688,6 +829,50 @@ mod tests {
         assert!(!a
             .iter()
             .any(|x| x.starts_with("name=opt/imds-agent/config")));
+    }
+
+    #[test]
+    fn aarch64_command_line() {
+        let opts = QemuOpts {
+            arch: Arch::Aarch64,
+            config_via: ConfigVia::Initrd,
+            ..QemuOpts::new("/tmp/c.json", 8080)
+        };
+        let a = args(&qemu_command(Path::new("/img"), &opts));
+        let has = |pair: [&str; 2]| a.windows(2).any(|w| w == pair);
+        assert_eq!(
+            qemu_command(Path::new("/img"), &opts).get_program(),
+            "qemu-system-aarch64"
+        );
+        assert!(has(["-M", "virt"]));
+        assert!(has(["-cpu", "max"]));
+        assert!(has(["-semihosting-config", "enable=on,target=native"]));
+        assert!(has(["-initrd", "/tmp/c.json"]));
+        assert!(has(["-device", "virtio-net-device,netdev=net0"]));
+        assert!(has(["-kernel", "/img"]));
+        assert!(!a.iter().any(|x| x.contains("isa-debug-exit")));
+        assert!(!a
+            .iter()
+            .any(|x| x.starts_with("name=opt/imds-agent/config")));
+
+        let pci = QemuOpts {
+            arch: Arch::Aarch64,
+            machine: Machine::VirtPci,
+            ..QemuOpts::new("/tmp/c.json", 8080)
+        };
+        let a = args(&qemu_command(Path::new("/img"), &pci));
+        assert!(a.contains(&"virtio-net-pci,netdev=net0,romfile=".to_string()));
+        assert!(a.contains(&"name=opt/imds-agent/config,file=/tmp/c.json".to_string()));
+        assert_eq!("virt-pci".parse::<Machine>(), Ok(Machine::VirtPci));
+    }
+
+    #[test]
+    fn image_paths_per_arch() {
+        let arm = image_path_for(Arch::Aarch64, true, &[]);
+        assert!(arm.ends_with("aarch64-unknown-none-softfloat/image/imds-unikernel.img"));
+        assert_eq!(image_path_for(Arch::X86_64, true, &[]), image_path(true));
+        assert!(symbols_path_for(Arch::Aarch64, false, &["broker"])
+            .ends_with("image-broker/aarch64-unknown-none-softfloat/debug/imds-unikernel"));
     }
 
     #[test]

@@ -91,6 +91,10 @@ pub enum Need {
     RustTarget,
     /// `qemu-system-x86_64` (Debian `qemu-system-x86`): runs the image.
     Qemu,
+    /// `rustup target add aarch64-unknown-none-softfloat`: the aarch64 image.
+    RustTargetArm,
+    /// `qemu-system-aarch64` (Debian `qemu-system-arm`): runs the aarch64 image.
+    QemuArm,
     /// `objcopy` (Debian `binutils`): strips the image after linking.
     Binutils,
     /// `wrk`: load generator of the benchmarks and soaks.
@@ -126,9 +130,11 @@ pub enum Need {
 
 impl Need {
     /// Every prerequisite, in install order.
-    pub const ALL: [Need; 16] = [
+    pub const ALL: [Need; 18] = [
         Need::RustTarget,
         Need::Qemu,
+        Need::RustTargetArm,
+        Need::QemuArm,
         Need::Binutils,
         Need::Wrk,
         Need::Nginx,
@@ -150,6 +156,8 @@ impl Need {
         match self {
             Need::RustTarget => "rust target x86_64-unknown-none",
             Need::Qemu => "QEMU (qemu-system-x86_64)",
+            Need::RustTargetArm => "rust target aarch64-unknown-none-softfloat",
+            Need::QemuArm => "QEMU (qemu-system-aarch64)",
             Need::Binutils => "objcopy (binutils)",
             Need::Wrk => "wrk",
             Need::Nginx => "nginx",
@@ -172,6 +180,8 @@ impl Need {
         match self {
             Need::RustTarget => "run, size, bench boot|broker, soak, test",
             Need::Qemu => "run, bench boot|broker, soak, test",
+            Need::RustTargetArm => "run --arch aarch64, size, bench boot --arch aarch64, test",
+            Need::QemuArm => "run --arch aarch64, bench boot --arch aarch64, test",
             Need::Binutils => "run, size, bench boot|broker, soak, test",
             Need::Wrk => "bench host|broker",
             Need::Nginx => "bench host",
@@ -192,6 +202,8 @@ impl Need {
         match self {
             Need::RustTarget => "rustup target add x86_64-unknown-none".into(),
             Need::Qemu => format!("{sudo}apt-get install -y qemu-system-x86"),
+            Need::RustTargetArm => format!("rustup target add {TARGET_ARM}"),
+            Need::QemuArm => format!("{sudo}apt-get install -y qemu-system-arm"),
             Need::Binutils => format!("{sudo}apt-get install -y binutils"),
             Need::Wrk => format!("{sudo}apt-get install -y wrk"),
             Need::Nginx => format!("{sudo}apt-get install -y nginx-light"),
@@ -223,6 +235,8 @@ impl Need {
         match self {
             Need::RustTarget => rustup_lists(&["target", "list", "--installed"], TARGET),
             Need::Qemu => have("qemu-system-x86_64"),
+            Need::RustTargetArm => rustup_lists(&["target", "list", "--installed"], TARGET_ARM),
+            Need::QemuArm => have("qemu-system-aarch64"),
             Need::Binutils => have("objcopy"),
             Need::Wrk => have("wrk"),
             Need::Nginx => have("nginx"),
@@ -245,6 +259,8 @@ impl Need {
         match self {
             Need::RustTarget => run_shown("rustup target add x86_64-unknown-none"),
             Need::Qemu => ensure_apt("qemu-system-x86_64", "qemu-system-x86"),
+            Need::RustTargetArm => run_shown(&format!("rustup target add {TARGET_ARM}")),
+            Need::QemuArm => ensure_apt("qemu-system-aarch64", "qemu-system-arm"),
             Need::Binutils => ensure_apt("objcopy", "binutils"),
             Need::Wrk => ensure_apt("wrk", "wrk"),
             Need::Nginx => ensure_apt("nginx", "nginx-light"),
@@ -290,6 +306,7 @@ impl Need {
 }
 
 const TARGET: &str = "x86_64-unknown-none";
+const TARGET_ARM: &str = "aarch64-unknown-none-softfloat";
 
 fn rustup_lists(args: &[&str], needle: &str) -> bool {
     Command::new("rustup")
@@ -351,8 +368,25 @@ pub fn needs_of(command: &str, args: &[String]) -> Vec<Need> {
     let sub = args.first().map(String::as_str);
     match command {
         "run" if has("--host") => vec![],
+        // `--arch aarch64`: the flat Image is made by xtask itself (no objcopy).
+        "run"
+            if args
+                .windows(2)
+                .any(|w| w[0] == "--arch" && w[1] == "aarch64") =>
+        {
+            vec![Need::RustTargetArm, Need::QemuArm]
+        }
         "run" => vec![Need::RustTarget, Need::Binutils, Need::Qemu],
-        "size" => vec![Need::RustTarget, Need::Binutils],
+        // The aarch64 variants too (qemu/size-budget.json).
+        "size" => vec![Need::RustTarget, Need::Binutils, Need::RustTargetArm],
+        "bench"
+            if sub == Some("boot")
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == "--arch" && w[1] == "aarch64") =>
+        {
+            vec![Need::RustTargetArm, Need::QemuArm]
+        }
         "bench" => match sub {
             Some("boot") => vec![Need::RustTarget, Need::Binutils, Need::Qemu],
             Some("broker") => vec![
@@ -372,6 +406,8 @@ pub fn needs_of(command: &str, args: &[String]) -> Vec<Need> {
             Need::RustTarget,
             Need::Binutils,
             Need::Qemu,
+            Need::RustTargetArm,
+            Need::QemuArm,
             Need::Curl,
             Need::NodePackages,
             Need::PythonVenv,
@@ -650,6 +686,7 @@ mod tests {
         for (cmd, a) in [
             ("run", args(&[])),
             ("run", args(&["--print-cmd"])),
+            ("run", args(&["--arch", "x86_64"])),
             ("bench", args(&["boot"])),
             ("bench", args(&["broker"])),
             ("soak", args(&[])),
@@ -660,9 +697,20 @@ mod tests {
             assert!(n.contains(&Need::Qemu), "{cmd} {a:?}");
         }
         assert!(needs_of("run", &args(&["--host"])).is_empty());
+        for (cmd, a) in [
+            ("run", args(&["--arch", "aarch64"])),
+            ("run", args(&["--print-cmd", "--arch", "aarch64"])),
+            ("test", args(&[])),
+        ] {
+            let n = needs_of(cmd, &a);
+            assert!(n.contains(&Need::RustTargetArm), "{cmd} {a:?}");
+            assert!(n.contains(&Need::QemuArm), "{cmd} {a:?}");
+        }
+        assert!(!needs_of("run", &args(&[])).contains(&Need::QemuArm));
+        assert!(needs_of("bench", &args(&["boot", "--arch", "aarch64"])).contains(&Need::QemuArm));
         assert_eq!(
             needs_of("size", &args(&[])),
-            [Need::RustTarget, Need::Binutils]
+            [Need::RustTarget, Need::Binutils, Need::RustTargetArm]
         );
         assert_eq!(
             needs_of("bench", &args(&["host"])),

@@ -1,0 +1,252 @@
+//! From the Linux arm64 boot protocol to Rust.
+//!
+//! The image is a Linux arm64 `Image`: a flat binary (xtask makes it from the ELF) that starts
+//! with the 64-byte Image header (a branch to the entry, `text_offset`, `image_size`, flags
+//! little-endian | 4 KiB pages, magic `ARM\x64`). QEMU `-kernel` (and Firecracker, Cloud
+//! Hypervisor) load it at RAM base + `text_offset` — `0x4008_0000` on QEMU `virt`, the link
+//! address (`linker-aarch64.ld`) — and enter it with the MMU off and the device tree's address
+//! in `x0`. The entry code:
+//!
+//! 1. keeps `x0`; drops from EL2 to EL1 if entered at EL2 (`-M virt,virtualization=on`);
+//! 2. lets EL1 use FP/SIMD (`CPACR_EL1`; the softfloat target does not emit such instructions,
+//!    but nothing traps if a dependency does);
+//! 3. turns the MMU on with an identity map of 1 GiB blocks from a static table (`imds_boot_l1`:
+//!    device memory for the first GiB — GIC, UART, RTC, fw_cfg, virtio-mmio, the PCIe windows
+//!    and ECAM — and for the high ECAM at 256 GiB; normal write-back memory for RAM from
+//!    1 GiB to 4 GiB), with caches on: atomics and coherent virtqueues need them;
+//! 4. zeroes `.bss` (page tables are not there: they are data), sets the stack
+//!    ([`STACK_SIZE`] bytes of `.bss`) and `VBAR_EL1` (every exception is reported on the
+//!    console by `imds_exception` and stops the machine with `exit_code::CPU_EXCEPTION`);
+//! 5. calls `imds_boot_main(dtb)`.
+//!
+//! Interrupts stay masked for the whole run (the agent polls).
+
+/// The stack the agent runs on, in `.bss` (measured high-water mark on x86: 358 KiB).
+pub const STACK_SIZE: usize = 512 * 1024;
+/// The Image header's `text_offset`: the image is linked at QEMU `virt`'s RAM base
+/// (`0x4000_0000`) + this (`IMAGE_BASE` in `linker-aarch64.ld`).
+pub const TEXT_OFFSET: u64 = 0x8_0000;
+/// Image header flags: little-endian (bit 0 clear), 4 KiB pages (bits 1-2 = 1), placed
+/// 2 MiB-aligned near the start of RAM (bit 3 clear).
+pub const IMAGE_FLAGS: u64 = 0b0010;
+
+/// Block descriptor attributes: device memory (MAIR index 0, nGnRnE), access flag, never
+/// executable.
+pub const DEVICE_BLOCK: u64 = 0x1 | (1 << 10) | (1 << 53) | (1 << 54);
+/// Block descriptor attributes: normal memory (MAIR index 1, write-back), inner shareable,
+/// access flag, EL1 read-write.
+pub const NORMAL_BLOCK: u64 = 0x1 | (1 << 2) | (3 << 8) | (1 << 10);
+/// MAIR_EL1: attribute 0 = Device-nGnRnE, attribute 1 = Normal, inner and outer write-back
+/// read/write-allocate.
+pub const MAIR: u64 = 0xFF << 8;
+/// TCR_EL1 without IPS: T0SZ = 25 (39-bit addresses, translation starts at level 1, 1 GiB
+/// blocks), table walks write-back cacheable and inner shareable, 4 KiB granule, TTBR1 walks
+/// disabled (EPD1). IPS is set at run time from `ID_AA64MMFR0_EL1.PARange`.
+pub const TCR: u64 = 25 | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 23);
+/// SCTLR_EL1 for the drop from EL2 (reserved-one bits, MMU and caches off).
+pub const SCTLR_EL1_RES1: u64 = 0x30D0_0800;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.head, "ax"
+    .global _start
+_start:
+    /* The Linux arm64 Image header (Documentation/arch/arm64/booting.rst). */
+    b       imds_entry                  /* code0 */
+    .long   0                           /* code1 */
+    .quad   {text_offset}               /* text_offset */
+    .quad   __image_size                /* image_size, .bss included */
+    .quad   {flags}                     /* flags */
+    .quad   0                           /* res2 */
+    .quad   0                           /* res3 */
+    .quad   0                           /* res4 */
+    .ascii  "ARM\x64"                   /* magic */
+    .long   0                           /* res5: no PE/COFF header */
+
+imds_entry:
+    mov     x19, x0                     /* the device tree */
+
+    /* Entered at EL2: run the image at EL1 (AArch64), timers and FP/SIMD untrapped. */
+    mrs     x1, CurrentEL
+    ubfx    x1, x1, #2, #2
+    cmp     x1, #2
+    b.ne    1f
+    mov     x1, #(1 << 31)              /* HCR_EL2.RW */
+    msr     hcr_el2, x1
+    mov     x1, #3                      /* CNTHCTL_EL2: EL1PCTEN | EL1PCEN */
+    msr     cnthctl_el2, x1
+    msr     cntvoff_el2, xzr
+    mov     x1, #0x33ff                 /* CPTR_EL2: reserved-one bits, no traps */
+    msr     cptr_el2, x1
+    msr     hstr_el2, xzr
+    movz    x1, #{sctlr_lo}
+    movk    x1, #{sctlr_hi}, lsl #16
+    msr     sctlr_el1, x1
+    mov     x1, #0x3c5                  /* SPSR: EL1h, D A I F masked */
+    msr     spsr_el2, x1
+    adr     x1, 1f
+    msr     elr_el2, x1
+    eret
+1:
+    /* FP/SIMD at EL1 without traps. */
+    mov     x1, #(3 << 20)              /* CPACR_EL1.FPEN */
+    msr     cpacr_el1, x1
+    isb
+
+    /* MMU: identity map from imds_boot_l1, caches on. */
+    movz    x1, #{mair}
+    msr     mair_el1, x1
+    mrs     x2, id_aa64mmfr0_el1
+    and     x2, x2, #7                  /* PARange */
+    mov     x3, #5                      /* at most 48 bits with 4 KiB pages */
+    cmp     x2, x3
+    csel    x2, x2, x3, lo
+    movz    x1, #{tcr_lo}
+    movk    x1, #{tcr_hi}, lsl #16
+    orr     x1, x1, x2, lsl #32         /* IPS */
+    msr     tcr_el1, x1
+    adrp    x1, imds_boot_l1
+    msr     ttbr0_el1, x1
+    isb
+    tlbi    vmalle1
+    dsb     nsh
+    isb
+    mrs     x1, sctlr_el1
+    orr     x1, x1, #1                  /* M: MMU on */
+    orr     x1, x1, #(1 << 2)           /* C: data cache */
+    orr     x1, x1, #(1 << 12)          /* I: instruction cache */
+    bic     x1, x1, #(1 << 1)           /* A: no alignment faults */
+    msr     sctlr_el1, x1
+    isb
+
+    /* Zero .bss (4 KiB aligned start, 16-byte aligned end). */
+    adrp    x1, __bss_start
+    add     x1, x1, :lo12:__bss_start
+    adrp    x2, __bss_end
+    add     x2, x2, :lo12:__bss_end
+2:
+    cmp     x1, x2
+    b.hs    3f
+    stp     xzr, xzr, [x1], #16
+    b       2b
+3:
+    adrp    x1, imds_boot_stack_top
+    add     x1, x1, :lo12:imds_boot_stack_top
+    mov     sp, x1
+    adrp    x1, imds_vectors
+    add     x1, x1, :lo12:imds_vectors
+    msr     vbar_el1, x1
+    isb
+    mov     x29, xzr
+    mov     x30, xzr
+    mov     x0, x19
+    bl      imds_boot_main
+4:
+    wfi
+    b       4b
+
+    /* Exception vectors: 16 entries of 128 bytes (current EL with SP0 / SPx, lower EL
+       AArch64 / AArch32; synchronous, IRQ, FIQ, SError each). */
+    .section .text.imds_vectors, "ax"
+    .p2align 11
+    .global imds_vectors
+imds_vectors:
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+    .p2align 7
+    mov     x0, #\n
+    b       imds_vector_common
+    .endr
+imds_vector_common:
+    mrs     x1, esr_el1
+    mrs     x2, elr_el1
+    mrs     x3, far_el1
+    mov     x4, sp
+    and     x5, x4, #~15
+    mov     sp, x5
+    bl      imds_exception
+5:
+    wfi
+    b       5b
+
+    /* The translation table (level 1, 512 entries of 1 GiB). */
+    .section .data.imds_boot_tables, "aw"
+    .p2align 12
+    .global imds_boot_l1
+imds_boot_l1:
+    .quad   0x00000000 + {device}       /* 0..1 GiB: devices, PCIe windows, ECAM */
+    .quad   0x40000000 + {normal}       /* 1..2 GiB: RAM */
+    .quad   0x80000000 + {normal}       /* 2..3 GiB: RAM */
+    .quad   0xC0000000 + {normal}       /* 3..4 GiB: RAM */
+    .fill   252, 8, 0
+    .quad   0x4000000000 + {device}     /* 256..257 GiB: high PCIe ECAM */
+    .fill   255, 8, 0
+
+    .section .bss.imds_boot_stack, "aw", %nobits
+    .p2align 12
+    .global imds_boot_stack
+imds_boot_stack:
+    .skip   {stack_size}
+    .global imds_boot_stack_top
+imds_boot_stack_top:
+    "#,
+    text_offset = const TEXT_OFFSET,
+    flags = const IMAGE_FLAGS,
+    sctlr_lo = const SCTLR_EL1_RES1 & 0xFFFF,
+    sctlr_hi = const SCTLR_EL1_RES1 >> 16,
+    mair = const MAIR,
+    tcr_lo = const TCR & 0xFFFF,
+    tcr_hi = const TCR >> 16,
+    device = const DEVICE_BLOCK,
+    normal = const NORMAL_BLOCK,
+    stack_size = const STACK_SIZE,
+);
+
+/// The stack the agent runs on, `(bottom, top)`.
+pub fn stack() -> (u64, u64) {
+    extern "C" {
+        static imds_boot_stack: u8;
+        static imds_boot_stack_top: u8;
+    }
+    // Only the addresses of these symbols are taken, never their contents.
+    (
+        core::ptr::addr_of!(imds_boot_stack) as u64,
+        core::ptr::addr_of!(imds_boot_stack_top) as u64,
+    )
+}
+
+/// How many stack words the panic handler looks at for code addresses.
+const STACK_SCAN_WORDS: usize = 512;
+
+/// The values on the stack, from `sp` up (the newest frames first, at most
+/// [`STACK_SCAN_WORDS`] words, never past the top of the stack), that are addresses in the
+/// image's code: saved link registers of the calls that led here, among other words. The panic
+/// handler prints them; `addr2line -f -i -C -e` on the `image-syms` build of the same code
+/// turns them into functions, files and lines.
+pub fn code_addresses_on_stack(mut each: impl FnMut(u64) -> bool) {
+    extern "C" {
+        static __text_start: u8;
+        static __text_end: u8;
+    }
+    let sp: u64;
+    // SAFETY: reads the stack pointer into a register; no memory is touched.
+    unsafe { core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack)) };
+    // Only the addresses of these linker symbols are taken, never their contents.
+    let (lo, hi) = (
+        core::ptr::addr_of!(__text_start) as u64,
+        core::ptr::addr_of!(__text_end) as u64,
+    );
+    let (_, top) = stack();
+    let mut at = sp & !7;
+    for _ in 0..STACK_SCAN_WORDS {
+        if at + 8 > top {
+            break;
+        }
+        // SAFETY: `at` is 8-aligned and between the current stack pointer and the top of the
+        // boot stack (in `.bss`, identity-mapped normal memory): memory of this stack.
+        let word = unsafe { core::ptr::read_volatile(at as *const u64) };
+        if (lo..hi).contains(&word) && !each(word) {
+            break;
+        }
+        at += 8;
+    }
+}
