@@ -119,6 +119,33 @@ fn parse_machine(f: &Flags) -> Result<Machine> {
     f.get("--machine").map_or(Ok(Machine::Microvm), str::parse)
 }
 
+/// The machine for `arch`: aarch64 `virt` for x86's default (`microvm`), the NIC on
+/// virtio-mmio as `cargo xtask run` does.
+fn machine_for(arch: Arch, machine: Machine) -> Machine {
+    match (arch, machine) {
+        (Arch::Aarch64, Machine::Microvm) => Machine::Virt,
+        (_, machine) => machine,
+    }
+}
+
+/// The options of one benchmark boot (the image's and, on aarch64, the floor kernel's).
+fn bench_opts(
+    arch: Arch,
+    accel: Accel,
+    machine: Machine,
+    cfg: &Path,
+    mem_mb: u32,
+    port: u16,
+) -> QemuOpts {
+    QemuOpts {
+        arch,
+        accel,
+        machine,
+        mem_mb,
+        ..QemuOpts::new(cfg, port)
+    }
+}
+
 fn arch_name(arch: Arch) -> &'static str {
     match arch {
         Arch::X86_64 => "x86_64",
@@ -631,11 +658,7 @@ pub fn bench(args: &[String]) -> Result {
     let max_mem: u32 = f.parsed("--max-mem", qemu::DEFAULT_MEM_MB)?;
     let accel = parse_accel(&f)?;
     let arch = parse_arch(&f)?;
-    // aarch64 `virt` without --machine: the virtio-mmio NIC (as `cargo xtask run`).
-    let machine = match (arch, parse_machine(&f)?) {
-        (Arch::Aarch64, Machine::Microvm) => Machine::Virt,
-        (_, machine) => machine,
-    };
+    let machine = machine_for(arch, parse_machine(&f)?);
     // TCG emulating another architecture is slower.
     let timeout = Duration::from_secs(match (accel, arch) {
         (Accel::Kvm, _) | (_, Arch::Aarch64) => 60,
@@ -645,13 +668,8 @@ pub fn bench(args: &[String]) -> Result {
     let (image, _) = build_image_for(arch, &[])?;
     let image_bytes = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
     let dir = target_dir().join("bench");
-    let opts_for = |cfg: &Path, mem_mb: u32| QemuOpts {
-        arch,
-        accel,
-        machine,
-        mem_mb,
-        ..QemuOpts::new(cfg, qemu::free_port())
-    };
+    let opts_for =
+        |cfg: &Path, mem_mb: u32| bench_opts(arch, accel, machine, cfg, mem_mb, qemu::free_port());
     let floor = match arch {
         Arch::Aarch64 => Some(write_aarch64_floor()?),
         Arch::X86_64 => None,
@@ -895,6 +913,59 @@ mod tests {
         // The last instruction branches back to the `wfi` before it.
         assert_eq!(u32_at(image.len() - 8), 0xd503_207f);
         assert_eq!(u32_at(image.len() - 4), 0x17ff_ffff);
+    }
+
+    #[test]
+    fn the_aarch64_bench_command_lines() {
+        let args = |c: &std::process::Command| {
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        let machine = machine_for(Arch::Aarch64, Machine::Microvm);
+        assert_eq!(machine, Machine::Virt);
+        assert_eq!(
+            machine_for(Arch::X86_64, Machine::Microvm),
+            Machine::Microvm
+        );
+        assert_eq!(
+            machine_for(Arch::Aarch64, Machine::VirtPci),
+            Machine::VirtPci
+        );
+        let cfg = Path::new("/tmp/boot-dhcp.json");
+        let opts = bench_opts(Arch::Aarch64, Accel::Tcg, machine, cfg, 32, 8080);
+        let image = qemu::qemu_command(Path::new("/img"), &opts);
+        let floor = qemu::qemu_command(Path::new("/floor"), &opts);
+        assert_eq!(image.get_program(), "qemu-system-aarch64");
+        assert_eq!(floor.get_program(), "qemu-system-aarch64");
+        let (a, fa) = (args(&image), args(&floor));
+        let has = |a: &[String], pair: [&str; 2]| a.windows(2).any(|w| w == pair);
+        assert!(has(&a, ["-M", "virt"]));
+        assert!(has(&a, ["-device", "virtio-net-device,netdev=net0"]));
+        assert!(has(&a, ["-semihosting-config", "enable=on,target=native"]));
+        assert!(has(
+            &a,
+            ["-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80"]
+        ));
+        assert!(has(
+            &a,
+            [
+                "-fw_cfg",
+                "name=opt/imds-agent/config,file=/tmp/boot-dhcp.json"
+            ]
+        ));
+        assert!(!a.iter().any(|x| x.contains("isa-debug-exit")));
+        // The floor kernel boots on the image's command line, only `-kernel` differs.
+        assert_eq!(a.len(), fa.len());
+        let differ: Vec<_> = a.iter().zip(&fa).filter(|(x, y)| x != y).collect();
+        assert_eq!(differ, [(&"/img".to_string(), &"/floor".to_string())]);
+        assert!(has(&fa, ["-kernel", "/floor"]));
+        // PCI: the NIC on virt's PCIe host bridge, no option ROM.
+        let pci = bench_opts(Arch::Aarch64, Accel::Tcg, Machine::VirtPci, cfg, 32, 8080);
+        let a = args(&qemu::qemu_command(Path::new("/img"), &pci));
+        assert!(has(&a, ["-M", "virt"]));
+        assert!(has(&a, ["-device", "virtio-net-pci,netdev=net0,romfile="]));
+        assert!(!a.iter().any(|x| x.starts_with("virtio-net-device")));
     }
 
     #[test]
