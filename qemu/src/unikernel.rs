@@ -256,7 +256,7 @@ const PANIC_ADDRESSES: usize = 12;
 /// `PanicInfo`: reading it at all keeps every panic site's `fmt::Arguments`, and with them
 /// ~40 KB of `core::fmt`, in the image (measured: 151,792 vs 193,328 bytes). Turn the
 /// addresses into functions and lines with the `image-syms` build of the same code:
-/// `addr2line -f -i -C -e target/x86_64-unknown-none/image-syms/imds-unikernel ADDR...`.
+/// `addr2line -f -i -C -e target/<target>/image-syms/imds-unikernel ADDR...`.
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     let mut log = arch::console();

@@ -24,7 +24,7 @@ pub enum DtError {
 /// `dtb` must be 0 or the address the boot loader passed in `x0`: identity-mapped RAM that
 /// nothing of the image overwrites for the whole run.
 pub unsafe fn init(dtb: u64) -> Result<(), DtError> {
-    if dtb == 0 || dtb % 8 != 0 {
+    if dtb == 0 || !dtb.is_multiple_of(8) {
         return Err(DtError::Missing);
     }
     // SAFETY: the caller vouches for `dtb`; `from_ptr` reads the header, checks the magic and

@@ -1,23 +1,91 @@
-//! Idle: wait for events from the generic timer's event stream (`CNTKCTL_EL1.EVNTEN`), which
-//! wakes `wfe` every ~100 µs, until the nap's deadline. No interrupt controller is set up
-//! (interrupts stay masked). Under KVM `wfe` sleeps; under TCG it is a hint that returns at
-//! once, so the nap polls the counter (the agent's loop tolerates polling).
+//! Idle: sleep until a deadline of the generic timer.
+//!
+//! With a GICv2 (`arm,cortex-a15-gic`, QEMU `virt`'s default) the virtual timer's interrupt is
+//! enabled at the distributor and the CPU interface, and `wfi` waits for it: interrupts stay
+//! masked in `PSTATE` (nothing is ever taken), but a pending one still ends `wfi`, and turning
+//! the timer off again withdraws it (level-triggered, never acknowledged). So the vCPU really
+//! sleeps, under TCG too. Without one (GICv3 machines for now) the generic timer's event
+//! stream (`CNTKCTL_EL1.EVNTEN`) wakes `wfe` every ~100 µs until the deadline: a sleep under
+//! KVM, a poll under TCG (the agent's loop tolerates polling).
 
 use super::clock::counter;
-use super::read_sysreg;
+use super::{dt, read_sysreg};
 
 /// Target period of the event stream, microseconds.
 pub const EVENT_PERIOD_US: u64 = 100;
+/// The virtual timer's interrupt: PPI 11 (INTID 27), the architecture's recommendation and
+/// what the device tree's `arm,armv8-timer` node gives on every VMM here.
+const VTIMER_INTID: u32 = 27;
 
-/// The event-stream wait.
+const GICD_CTLR: u64 = 0x000;
+const GICD_ISENABLER0: u64 = 0x100;
+const GICD_IPRIORITYR: u64 = 0x400;
+const GICC_CTLR: u64 = 0x000;
+const GICC_PMR: u64 = 0x004;
+
+/// `CNTV_CTL_EL0`: enabled, interrupt not masked.
+const CNTV_ENABLE: u64 = 1;
+
+/// The wait.
 #[derive(Debug)]
-pub struct EventIdle {
+pub struct Idle {
     hz: u64,
+    /// The virtual timer's interrupt is routed to this CPU (a GICv2 was set up).
+    gic: bool,
 }
 
-impl EventIdle {
-    /// Turn the event stream on for a counter of `hz`; `None` when `hz` is 0.
-    pub fn init(hz: u64) -> Option<EventIdle> {
+fn write32(addr: u64, value: u32) {
+    // SAFETY: only called with GICv2 distributor / CPU interface registers the device tree
+    // names, in the first GiB the boot code maps as device memory.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, value) };
+}
+
+/// Route the virtual timer's interrupt through the GICv2 the device tree names, if any.
+fn gic_v2_setup() -> bool {
+    let Some(fdt) = dt::fdt() else { return false };
+    let Some(node) = fdt.all_nodes().find(|n| {
+        dt::is_compatible(*n, "arm,cortex-a15-gic") || dt::is_compatible(*n, "arm,gic-400")
+    }) else {
+        return false;
+    };
+    let Some(mut regs) = node.reg() else {
+        return false;
+    };
+    let (Some(dist), Some(cpu)) = (regs.next(), regs.next()) else {
+        return false;
+    };
+    let (dist, cpu) = (dist.starting_address as u64, cpu.starting_address as u64);
+    if dist >= 1 << 30 || cpu >= 1 << 30 {
+        return false; // outside the device window the boot code maps
+    }
+    // Priority 0 (highest) for the timer; every other interrupt stays disabled.
+    let priority = dist + GICD_IPRIORITYR + u64::from(VTIMER_INTID & !3);
+    write32(priority, 0);
+    write32(dist + GICD_ISENABLER0, 1 << VTIMER_INTID);
+    write32(dist + GICD_CTLR, 1);
+    write32(cpu + GICC_PMR, 0xF0);
+    write32(cpu + GICC_CTLR, 1);
+    true
+}
+
+fn set_cntv(ctl: u64, cval: u64) {
+    // SAFETY: the virtual timer's compare value and control only decide when its interrupt is
+    // raised; interrupts are masked in PSTATE, so it only ends a `wfi`.
+    unsafe {
+        core::arch::asm!(
+            "msr cntv_cval_el0, {cval}",
+            "msr cntv_ctl_el0, {ctl}",
+            "isb",
+            cval = in(reg) cval,
+            ctl = in(reg) ctl,
+            options(nomem, nostack)
+        )
+    };
+}
+
+impl Idle {
+    /// Set up the wait for a counter of `hz`; `None` when `hz` is 0.
+    pub fn init(hz: u64) -> Option<Idle> {
         if hz == 0 {
             return None;
         }
@@ -31,16 +99,41 @@ impl EventIdle {
         unsafe {
             core::arch::asm!("msr cntkctl_el1, {}", "isb", in(reg) ctl, options(nomem, nostack))
         };
-        Some(EventIdle { hz })
+        set_cntv(0, 0);
+        Some(Idle {
+            hz,
+            gic: gic_v2_setup(),
+        })
+    }
+
+    /// How the wait is done, for the console.
+    pub fn method(&self) -> &'static str {
+        if self.gic {
+            "wfi until the virtual timer (GICv2)"
+        } else {
+            "wfe on the timer event stream"
+        }
     }
 
     /// Wait until `us` microseconds have passed.
     pub fn nap_us(&self, us: u64) {
         let deadline = counter().saturating_add(us.saturating_mul(self.hz) / 1_000_000);
+        if self.gic {
+            set_cntv(CNTV_ENABLE, deadline);
+        }
         while counter() < deadline {
-            // SAFETY: `wfe` only waits for an event (the event stream sends one every
-            // EVENT_PERIOD_US at most).
-            unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+            if self.gic {
+                // SAFETY: `wfi` waits for an interrupt to be pending (the timer's, armed
+                // above for the deadline); none is taken, PSTATE masks them.
+                unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
+            } else {
+                // SAFETY: `wfe` only waits for an event (the event stream sends one every
+                // EVENT_PERIOD_US at most).
+                unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+            }
+        }
+        if self.gic {
+            set_cntv(0, 0); // withdraws the (level) interrupt
         }
     }
 }

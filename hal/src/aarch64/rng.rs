@@ -2,6 +2,8 @@
 //! a virtio-rng device (`-device virtio-rng-device`, found in the device tree's `virtio,mmio`
 //! nodes). Without either the image refuses to start (the caller says so).
 
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
 use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::DeviceType;
@@ -41,67 +43,103 @@ fn rndr() -> Result<u64, EntropyError> {
     Err(EntropyError::Failed)
 }
 
-/// The machine's entropy source.
-pub enum MachineRng {
-    /// The CPU's `RNDR`.
-    Rndr,
-    /// A virtio-rng device.
-    Virtio(VirtIORng<DmaHal, MmioTransport<'static>>),
-}
+/// Which source [`MachineRng::probe`] found.
+static SOURCE: AtomicU8 = AtomicU8::new(SOURCE_NONE);
+const SOURCE_NONE: u8 = 0;
+const SOURCE_RNDR: u8 = 1;
+const SOURCE_VIRTIO: u8 = 2;
+
+/// The virtio-rng device, when that is the source; taken by one fill at a time.
+static mut VIRTIO_RNG: Option<VirtIORng<DmaHal, MmioTransport<'static>>> = None;
+static VIRTIO_RNG_BUSY: AtomicBool = AtomicBool::new(false);
+
+/// A handle on the machine's entropy source (found once by [`MachineRng::probe`]); handles are
+/// free to make ([`MachineRng::new`]: the broker tasks have one each) and all draw from the
+/// same source.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineRng;
 
 impl MachineRng {
-    /// `RNDR` if the CPU has it, else the first virtio-rng device of the device tree, else
-    /// `None`.
+    /// Find the source — `RNDR` if the CPU has it, else the first virtio-rng device of the
+    /// device tree — and return a handle; `None` without either. Once per boot.
     pub fn probe() -> Option<MachineRng> {
         if rndr_supported() {
-            return Some(MachineRng::Rndr);
+            SOURCE.store(SOURCE_RNDR, Ordering::Relaxed);
+            return Some(MachineRng);
         }
         let transport = super::nic::virtio_mmio_find(DeviceType::EntropySource)?;
-        VirtIORng::new(transport).ok().map(MachineRng::Virtio)
+        let rng = VirtIORng::new(transport).ok()?;
+        if VIRTIO_RNG_BUSY.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        let slot = &raw mut VIRTIO_RNG;
+        // SAFETY: the busy flag, held here, makes this the only access to VIRTIO_RNG (still
+        // `None`: probed once per boot, nothing to drop).
+        unsafe { slot.write(Some(rng)) };
+        VIRTIO_RNG_BUSY.store(false, Ordering::Release);
+        SOURCE.store(SOURCE_VIRTIO, Ordering::Relaxed);
+        Some(MachineRng)
+    }
+
+    /// A handle on the source [`MachineRng::probe`] found (fills fail with
+    /// [`EntropyError::Unavailable`] before that).
+    pub const fn new() -> MachineRng {
+        MachineRng
     }
 
     /// What the source is, for the console.
     pub fn name(&self) -> &'static str {
-        match self {
-            MachineRng::Rndr => "RNDR",
-            MachineRng::Virtio(_) => "virtio-rng",
+        match SOURCE.load(Ordering::Relaxed) {
+            SOURCE_RNDR => "RNDR",
+            SOURCE_VIRTIO => "virtio-rng",
+            _ => "none",
         }
     }
 }
 
-impl core::fmt::Debug for MachineRng {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(self.name())
+fn fill_virtio(buf: &mut [u8]) -> Result<(), EntropyError> {
+    if VIRTIO_RNG_BUSY.swap(true, Ordering::Acquire) {
+        return Err(EntropyError::Failed);
     }
+    let slot = &raw mut VIRTIO_RNG;
+    // SAFETY: the busy flag, held until the end of this function, makes this the only
+    // reference to VIRTIO_RNG.
+    let rng = unsafe { &mut *slot };
+    let result = match rng {
+        Some(rng) => {
+            let mut at = 0;
+            let mut empty = 0;
+            let mut result = Ok(());
+            while at < buf.len() {
+                match rng.request_entropy(&mut buf[at..]) {
+                    Ok(0) if empty < RETRIES => empty += 1,
+                    Ok(0) | Err(_) => {
+                        result = Err(EntropyError::Failed);
+                        break;
+                    }
+                    Ok(n) => at += n,
+                }
+            }
+            result
+        }
+        None => Err(EntropyError::Unavailable),
+    };
+    VIRTIO_RNG_BUSY.store(false, Ordering::Release);
+    result
 }
 
 impl Entropy for MachineRng {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
-        match self {
-            MachineRng::Rndr => {
+        match SOURCE.load(Ordering::Relaxed) {
+            SOURCE_RNDR => {
                 for chunk in buf.chunks_mut(8) {
                     let bytes = rndr()?.to_le_bytes();
                     chunk.copy_from_slice(&bytes[..chunk.len()]);
                 }
                 Ok(())
             }
-            MachineRng::Virtio(rng) => {
-                let mut at = 0;
-                let mut empty = 0;
-                while at < buf.len() {
-                    let n = rng
-                        .request_entropy(&mut buf[at..])
-                        .map_err(|_| EntropyError::Failed)?;
-                    if n == 0 {
-                        empty += 1;
-                        if empty > RETRIES {
-                            return Err(EntropyError::Failed);
-                        }
-                    }
-                    at += n;
-                }
-                Ok(())
-            }
+            SOURCE_VIRTIO => fill_virtio(buf),
+            _ => Err(EntropyError::Unavailable),
         }
     }
 }

@@ -10,19 +10,22 @@
 //! 1. keeps `x0`; drops from EL2 to EL1 if entered at EL2 (`-M virt,virtualization=on`);
 //! 2. lets EL1 use FP/SIMD (`CPACR_EL1`; the softfloat target does not emit such instructions,
 //!    but nothing traps if a dependency does);
-//! 3. turns the MMU on with an identity map of 1 GiB blocks from a static table (`imds_boot_l1`:
+//! 3. turns the MMU on with an identity map from static tables (`imds_boot_l1`, 1 GiB blocks:
 //!    device memory for the first GiB — GIC, UART, RTC, fw_cfg, virtio-mmio, the PCIe windows
 //!    and ECAM — and for the high ECAM at 256 GiB; normal write-back memory for RAM from
-//!    1 GiB to 4 GiB), with caches on: atomics and coherent virtqueues need them;
-//! 4. zeroes `.bss` (page tables are not there: they are data), sets the stack
-//!    ([`STACK_SIZE`] bytes of `.bss`) and `VBAR_EL1` (every exception is reported on the
-//!    console by `imds_exception` and stops the machine with `exit_code::CPU_EXCEPTION`);
+//!    2 GiB to 4 GiB; `imds_boot_l2`, 2 MiB blocks of normal memory for the first GiB of RAM,
+//!    where the image lies, less the 2 MiB guard block under the stack), with caches on:
+//!    atomics and coherent virtqueues need them;
+//! 4. zeroes `.bss` and the stack (`linker-aarch64.ld`: 1 MiB above the unmapped guard, so an
+//!    overflow faults instead of overwriting the tables), sets `sp` and `VBAR_EL1` (every
+//!    exception is reported on the console by `imds_exception`, on its own small stack, and
+//!    stops the machine with `exit_code::CPU_EXCEPTION`);
 //! 5. calls `imds_boot_main(dtb)`.
 //!
 //! Interrupts stay masked for the whole run (the agent polls).
 
-/// The stack the agent runs on, in `.bss` (measured high-water mark on x86: 358 KiB).
-pub const STACK_SIZE: usize = 512 * 1024;
+/// The stack the exception reporter runs on (the agent's may be what overflowed).
+pub const EXCEPTION_STACK_SIZE: usize = 16 * 1024;
 /// The Image header's `text_offset`: the image is linked at QEMU `virt`'s RAM base
 /// (`0x4000_0000`) + this (`IMAGE_BASE` in `linker-aarch64.ld`).
 pub const TEXT_OFFSET: u64 = 0x8_0000;
@@ -93,6 +96,16 @@ imds_entry:
     msr     cpacr_el1, x1
     isb
 
+    /* Unmap the 2 MiB block under the stack (its entry in imds_boot_l2), then clean the line
+       from the caches: the table walks that follow are cacheable. */
+    adrp    x1, __stack_guard
+    ubfx    x1, x1, #21, #9
+    adrp    x2, imds_boot_l2
+    add     x2, x2, x1, lsl #3
+    str     xzr, [x2]
+    dc      civac, x2
+    dsb     sy
+
     /* MMU: identity map from imds_boot_l1, caches on. */
     movz    x1, #{mair}
     msr     mair_el1, x1
@@ -119,20 +132,18 @@ imds_entry:
     msr     sctlr_el1, x1
     isb
 
-    /* Zero .bss (4 KiB aligned start, 16-byte aligned end). */
+    /* Zero .bss and the stack (4 KiB aligned starts, 16-byte aligned ends). */
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
     adrp    x2, __bss_end
     add     x2, x2, :lo12:__bss_end
-2:
-    cmp     x1, x2
-    b.hs    3f
-    stp     xzr, xzr, [x1], #16
-    b       2b
-3:
-    adrp    x1, imds_boot_stack_top
-    add     x1, x1, :lo12:imds_boot_stack_top
-    mov     sp, x1
+    bl      imds_zero
+    adrp    x1, __stack_bottom
+    add     x1, x1, :lo12:__stack_bottom
+    adrp    x2, __stack_top
+    add     x2, x2, :lo12:__stack_top
+    bl      imds_zero
+    mov     sp, x2
     adrp    x1, imds_vectors
     add     x1, x1, :lo12:imds_vectors
     msr     vbar_el1, x1
@@ -144,6 +155,15 @@ imds_entry:
 4:
     wfi
     b       4b
+
+    /* Zero [x1, x2), 16 bytes at a time; no stack used. */
+imds_zero:
+    cmp     x1, x2
+    b.hs    5f
+    stp     xzr, xzr, [x1], #16
+    b       imds_zero
+5:
+    ret
 
     /* Exception vectors: 16 entries of 128 bytes (current EL with SP0 / SPx, lower EL
        AArch64 / AArch32; synchronous, IRQ, FIQ, SError each). */
@@ -161,12 +181,14 @@ imds_vector_common:
     mrs     x2, elr_el1
     mrs     x3, far_el1
     mov     x4, sp
-    and     x5, x4, #~15
+    adrp    x5, imds_exception_stack_top    /* nothing returns: start it afresh each time */
+    add     x5, x5, :lo12:imds_exception_stack_top
     mov     sp, x5
+    mov     x29, xzr
     bl      imds_exception
-5:
+6:
     wfi
-    b       5b
+    b       6b
 
     /* The translation table (level 1, 512 entries of 1 GiB). */
     .section .data.imds_boot_tables, "aw"
@@ -174,20 +196,28 @@ imds_vector_common:
     .global imds_boot_l1
 imds_boot_l1:
     .quad   0x00000000 + {device}       /* 0..1 GiB: devices, PCIe windows, ECAM */
-    .quad   0x40000000 + {normal}       /* 1..2 GiB: RAM */
+    .quad   imds_boot_l2 + 3            /* 1..2 GiB: RAM, 2 MiB blocks (table descriptor) */
     .quad   0x80000000 + {normal}       /* 2..3 GiB: RAM */
     .quad   0xC0000000 + {normal}       /* 3..4 GiB: RAM */
     .fill   252, 8, 0
     .quad   0x4000000000 + {device}     /* 256..257 GiB: high PCIe ECAM */
     .fill   255, 8, 0
 
-    .section .bss.imds_boot_stack, "aw", %nobits
+    /* Level 2 for the first GiB of RAM: 512 blocks of 2 MiB. */
     .p2align 12
-    .global imds_boot_stack
-imds_boot_stack:
-    .skip   {stack_size}
-    .global imds_boot_stack_top
-imds_boot_stack_top:
+    .global imds_boot_l2
+imds_boot_l2:
+    .set    imds_block, 0x40000000
+    .rept   512
+    .quad   imds_block + {normal}
+    .set    imds_block, imds_block + 0x200000
+    .endr
+
+    .section .bss.imds_exception_stack, "aw", %nobits
+    .p2align 4
+imds_exception_stack:
+    .skip   {exception_stack_size}
+imds_exception_stack_top:
     "#,
     text_offset = const TEXT_OFFSET,
     flags = const IMAGE_FLAGS,
@@ -198,19 +228,19 @@ imds_boot_stack_top:
     tcr_hi = const TCR >> 16,
     device = const DEVICE_BLOCK,
     normal = const NORMAL_BLOCK,
-    stack_size = const STACK_SIZE,
+    exception_stack_size = const EXCEPTION_STACK_SIZE,
 );
 
 /// The stack the agent runs on, `(bottom, top)`.
 pub fn stack() -> (u64, u64) {
     extern "C" {
-        static imds_boot_stack: u8;
-        static imds_boot_stack_top: u8;
+        static __stack_bottom: u8;
+        static __stack_top: u8;
     }
-    // Only the addresses of these symbols are taken, never their contents.
+    // Only the addresses of these linker symbols are taken, never their contents.
     (
-        core::ptr::addr_of!(imds_boot_stack) as u64,
-        core::ptr::addr_of!(imds_boot_stack_top) as u64,
+        core::ptr::addr_of!(__stack_bottom) as u64,
+        core::ptr::addr_of!(__stack_top) as u64,
     )
 }
 
@@ -242,7 +272,7 @@ pub fn code_addresses_on_stack(mut each: impl FnMut(u64) -> bool) {
             break;
         }
         // SAFETY: `at` is 8-aligned and between the current stack pointer and the top of the
-        // boot stack (in `.bss`, identity-mapped normal memory): memory of this stack.
+        // stack (identity-mapped normal memory): memory of this stack.
         let word = unsafe { core::ptr::read_volatile(at as *const u64) };
         if (lo..hi).contains(&word) && !each(word) {
             break;

@@ -11,11 +11,13 @@ use imds_hal::text::Text;
 use imds_hal::virtio_net::{NicError, VirtioNet};
 use imds_hal::{Clock, ConfigSourceError};
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use crate::exit_code;
 
 pub use imds_hal::aarch64::clock::GenericClock as MachineClock;
 pub use imds_hal::aarch64::exit::exit;
-pub use imds_hal::aarch64::idle::EventIdle as Idle;
+pub use imds_hal::aarch64::idle::Idle;
 pub use imds_hal::aarch64::pl011::Pl011 as Console;
 pub use imds_hal::aarch64::rng::MachineRng as MachineEntropy;
 
@@ -44,12 +46,19 @@ pub extern "C" fn imds_boot_main(dtb: u64) -> ! {
     crate::unikernel::main(dtb)
 }
 
+/// Exceptions taken so far (the report of one may fault in turn).
+static NESTED: AtomicU32 = AtomicU32::new(0);
+
 /// What an exception vector found: report it and stop the machine.
 #[no_mangle]
 extern "C" fn imds_exception(vector: u64, esr: u64, elr: u64, far: u64, sp: u64) -> ! {
     let class = esr >> 26;
     if class == 0 && machine_exit::trying_semihosting() {
         // `hlt #0xF000` without semihosting: leave through PSCI instead.
+        machine_exit::power_off();
+    }
+    if NESTED.fetch_add(1, Ordering::Relaxed) >= 2 {
+        // The report itself keeps faulting: stop without it.
         machine_exit::power_off();
     }
     let mut log = Console::console();
@@ -181,9 +190,11 @@ pub fn nic() -> Result<VirtioNet, NicError> {
     imds_hal::aarch64::nic::probe()
 }
 
-/// The idle wait (the generic timer's event stream).
+/// The idle wait (until a virtual-timer deadline), announced.
 pub fn idle(clock: &MachineClock) -> Option<Idle> {
-    Idle::init(clock.hz())
+    let idle = Idle::init(clock.hz())?;
+    console().put("imds-agent: idle: ").put(idle.method()).end();
+    Some(idle)
 }
 
 /// Wait about `us` microseconds (or until an event).
