@@ -734,7 +734,10 @@ pub fn bench(args: &[String]) -> Result {
                     .lines()
                     .filter(|l| !l.is_empty())
                     .take(1)
-                    .chain(e.lines().filter(|l| l.starts_with("QEMU: ")))
+                    .chain(
+                        e.lines()
+                            .filter(|l| l.starts_with("QEMU: ") || l.starts_with("stderr: ")),
+                    )
                     .collect::<Vec<_>>()
                     .join("; ");
                 probes.push(json!({ "mib": mib, "ok": false, "why": why }));
@@ -834,7 +837,11 @@ pub fn bench(args: &[String]) -> Result {
         };
         let (nic, address) = (med(|s| s.guest_nic_ms), med(|s| s.guest_address_ms));
         println!(
-            "guest's own clock ({name}; ms since its TSC calibration began, medians): NIC up {}, address {}",
+            "guest's own clock ({name}; ms since {}, medians): NIC up {}, address {}",
+            match arch {
+                Arch::X86_64 => "its TSC calibration began",
+                Arch::Aarch64 => "its clock started (generic timer)",
+            },
             nic.map_or("-".into(), |v| format!("{v:.0}")),
             address.map_or("-".into(), |v| format!("{v:.0}"))
         );
