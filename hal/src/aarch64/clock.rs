@@ -100,11 +100,6 @@ impl GenericClock {
     fn ticks_to_us(&self, ticks: u64) -> u64 {
         (u128::from(ticks) * 1_000_000 / u128::from(self.hz)) as u64
     }
-
-    /// The counter value `us` microseconds from now.
-    pub fn deadline_after_us(&self, us: u64) -> u64 {
-        counter().saturating_add((u128::from(us) * u128::from(self.hz) / 1_000_000) as u64)
-    }
 }
 
 impl Clock for GenericClock {

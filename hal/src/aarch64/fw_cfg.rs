@@ -1,5 +1,5 @@
 //! QEMU fw_cfg over MMIO (device tree `qemu,fw-cfg-mmio`; QEMU `virt` at `0x0902_0000`): data
-//! register at +0 (a byte stream), selector at +8, 16 bits **big-endian** (the x86 ports are
+//! register at +0 (a byte stream, read 8 bytes at a time), selector at +8, 16 bits **big-endian** (the x86 ports are
 //! little-endian). The file directory is read by the arch-neutral [`crate::fw_cfg`].
 //!
 //! The configuration comes from the fw_cfg file [`CONFIG_FILE`], else from the initrd the boot
@@ -35,9 +35,17 @@ impl FwCfgAccess for MmioFwCfg {
     }
 
     fn read_bytes(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            // SAFETY: as above; a byte read of the data register advances the cursor of the
-            // selected item (past its end it reads 0).
+        // The MMIO data register serves 1- to 8-byte reads as the next bytes of the stream, the
+        // first at the lowest address (a big-endian device): 8 at a time, one MMIO exit each.
+        let mut chunks = buf.chunks_exact_mut(8);
+        for chunk in &mut chunks {
+            // SAFETY: as above; an 8-byte read of the (8-byte aligned) data register advances
+            // the cursor of the selected item by 8 (past its end it reads 0).
+            let word = unsafe { core::ptr::read_volatile((self.base + DATA) as *const u64) };
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        for b in chunks.into_remainder() {
+            // SAFETY: as above, one byte.
             *b = unsafe { core::ptr::read_volatile((self.base + DATA) as *const u8) };
         }
     }
