@@ -308,9 +308,44 @@ fn cpu_exception_is_reported() {
         )],
         ..no_network(None)
     };
-    expect_exit(
+    let out = expect_exit(
         opts,
         exit::CPU_EXCEPTION,
-        "imds-agent: fatal: CPU exception",
+        "imds-agent: fatal: CPU exception (synchronous, class ",
+    );
+    // `udf`: the exception class of an undefined instruction, and where it was.
+    assert!(out.contains("(undefined instruction)) at pc 0x"), "{out}");
+}
+
+#[test]
+fn panic_addresses_resolve_to_the_panicking_code() {
+    let opts = QemuOpts {
+        fw_cfg: vec![(
+            qemu::PANIC_TEST_FW_CFG.into(),
+            crash_file("aarch64-panic-test-line", "panic"),
+        )],
+        ..no_network(None)
+    };
+    let out = expect_exit(opts, exit::PANIC, "imds-agent: panic: ");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("imds-agent: panic: "))
+        .unwrap_or_else(|| panic!("no panic line:\n{out}"));
+    let addresses: Vec<&str> = line
+        .split_whitespace()
+        .filter(|w| w.starts_with("0x"))
+        .collect();
+    assert!(!addresses.is_empty(), "{line}");
+    // cargo's ELF of the same code as the flat Image resolves them: the panic in `crash_test`.
+    let mut c = std::process::Command::new("addr2line");
+    c.args(["-f", "-i", "-C", "-e"])
+        .arg(qemu::symbols_path_for(Arch::Aarch64, true, &[]))
+        .args(&addresses);
+    let lines =
+        xtask::run_with_timeout(c, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&lines.stdout);
+    assert!(
+        text.contains("qemu/src/unikernel.rs:"),
+        "{line}\naddr2line:\n{text}"
     );
 }
