@@ -335,7 +335,7 @@ fn boot_once(image: &Path, opts: &QemuOpts, timeout: Duration) -> Result<Sample>
                             last.trim()
                         ),
                         // -no-reboot: a triple fault (e.g. an image larger than RAM) exits.
-                        None => "QEMU exited without a console line (triple fault?)".into(),
+                        None => "QEMU exited without a console line (triple fault? QEMU refused to boot?)".into(),
                     });
                 }
                 Err(_) => return Err(format!("no ready line within {timeout:?}")),
