@@ -75,7 +75,7 @@ pub fn run(args: &[String]) -> Result {
         status(c)?;
     }
 
-    step("clippy (aarch64, bare metal: the core without std, the HAL, the image and the broker image)");
+    step("clippy (aarch64: the core without std, the HAL; the image: issuer, broker, attested + scheduled-events)");
     let mut c = cargo();
     c.args([
         "clippy",
@@ -91,7 +91,7 @@ pub fn run(args: &[String]) -> Result {
         "warnings",
     ]);
     status(c)?;
-    for features in [None, Some("broker")] {
+    for features in [None, Some("broker"), Some("attested,scheduled-events")] {
         let mut c = cargo();
         c.args([
             "clippy",
