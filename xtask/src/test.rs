@@ -85,7 +85,7 @@ pub fn run(args: &[String]) -> Result {
         "imds-hal",
         "--no-default-features",
         "--target",
-        "aarch64-unknown-none-softfloat",
+        xtask::qemu::TARGET_AARCH64,
         "--",
         "-D",
         "warnings",
@@ -98,7 +98,7 @@ pub fn run(args: &[String]) -> Result {
             "-p",
             "imds-unikernel",
             "--target",
-            "aarch64-unknown-none-softfloat",
+            xtask::qemu::TARGET_AARCH64,
         ]);
         if let Some(f) = features {
             c.args(["--features", f]);
