@@ -875,6 +875,57 @@ mod tests {
             .ends_with("image-broker/aarch64-unknown-none-softfloat/debug/imds-unikernel"));
     }
 
+    /// A minimal little-endian AArch64 ELF64: one `PT_LOAD` of `payload` at `addr` (with
+    /// `memsz` beyond it, like `.bss`), placed at file offset 0x1000.
+    fn elf_with(payload: &[u8], addr: u64, memsz: u64) -> Vec<u8> {
+        let mut f = vec![0u8; 0x1000];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2; // ELFCLASS64
+        f[5] = 1; // little-endian
+        f[6] = 1; // version
+        f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        f[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+        f[20..24].copy_from_slice(&1u32.to_le_bytes());
+        f[24..32].copy_from_slice(&addr.to_le_bytes()); // entry
+        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+        f[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+        f[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+        f[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+        f[58..60].copy_from_slice(&64u16.to_le_bytes()); // shentsize
+        let ph = &mut f[64..120];
+        ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        ph[4..8].copy_from_slice(&7u32.to_le_bytes()); // RWX
+        ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // offset
+        ph[16..24].copy_from_slice(&addr.to_le_bytes()); // vaddr
+        ph[24..32].copy_from_slice(&addr.to_le_bytes()); // paddr
+        ph[32..40].copy_from_slice(&(payload.len() as u64).to_le_bytes()); // filesz
+        ph[40..48].copy_from_slice(&memsz.to_le_bytes()); // memsz
+        ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes()); // align
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn flat_image_is_the_loaded_bytes_and_checks_the_header() {
+        let dir = std::env::temp_dir().join(format!("xtask-flat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (elf, out) = (dir.join("elf"), dir.join("img"));
+        let mut payload = vec![0xAAu8; 0x60];
+        payload[0x38..0x3C].copy_from_slice(b"ARM\x64");
+        std::fs::write(&elf, elf_with(&payload, 0x4008_0000, 0x10_0000)).unwrap();
+        assert_eq!(flat_image(&elf, &out), Ok(0x60));
+        assert_eq!(std::fs::read(&out).unwrap(), payload);
+        // Not an Image: refused, nothing booted by mistake.
+        payload[0x38] = b'X';
+        std::fs::write(&elf, elf_with(&payload, 0x4008_0000, 0x60)).unwrap();
+        assert!(flat_image(&elf, &out)
+            .unwrap_err()
+            .contains("arm64 Image header"));
+        std::fs::write(&elf, b"not an elf").unwrap();
+        assert!(flat_image(&elf, &out).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn quoting() {
         let mut c = Command::new("qemu-system-x86_64");

@@ -11,7 +11,7 @@
 //!   [`crate::fw_cfg::FwCfgAccess`]) and the initrd (`-initrd`) as configuration sources;
 //! * [`nic`] — the virtio-net device: a `virtio,mmio` node or a function behind a
 //!   `pci-host-ecam-generic` host bridge (BARs assigned from its `ranges`);
-//! * [`idle`] — sleeping until a generic-timer deadline (`wfi` with a GICv2, else `wfe`);
+//! * [`idle`] — sleeping until a generic-timer deadline (`wfi` with a GICv2/v3, else `wfe`);
 //! * [`exit`] — leaving the machine: semihosting `SYS_EXIT`, else PSCI `SYSTEM_OFF`.
 //!
 //! Everything assumes one CPU, interrupts masked, and the boot code's identity map (normal

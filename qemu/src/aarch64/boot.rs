@@ -7,10 +7,11 @@
 //! address (`linker-aarch64.ld`) — and enter it with the MMU off and the device tree's address
 //! in `x0`. The entry code:
 //!
-//! 1. keeps `x0`; drops from EL2 to EL1 if entered at EL2 (`-M virt,virtualization=on`);
+//! 1. keeps `x0`; drops from EL2 to EL1 if entered at EL2 (`-M virt,virtualization=on`), with
+//!    the timers, FP/SIMD and the GICv3 CPU interface's system registers left to EL1;
 //! 2. lets EL1 use FP/SIMD (`CPACR_EL1`; the softfloat target does not emit such instructions,
 //!    but nothing traps if a dependency does);
-//! 3. turns the MMU on with an identity map from static tables (`imds_boot_l1`, 1 GiB blocks:
+//! 3. turns the MMU on with an identity map from tables it writes (`imds_boot_l1`, 1 GiB blocks:
 //!    device memory for the first GiB — GIC, UART, RTC, fw_cfg, virtio-mmio, the PCIe windows
 //!    and ECAM — and for the high ECAM at 256 GiB; normal write-back memory for RAM from
 //!    2 GiB to 4 GiB; `imds_boot_l2`, 2 MiB blocks of normal memory for the first GiB of RAM,
@@ -39,6 +40,8 @@ pub const DEVICE_BLOCK: u64 = 0x1 | (1 << 10) | (1 << 53) | (1 << 54);
 /// Block descriptor attributes: normal memory (MAIR index 1, write-back), inner shareable,
 /// access flag, EL1 read-write.
 pub const NORMAL_BLOCK: u64 = 0x1 | (1 << 2) | (3 << 8) | (1 << 10);
+const _: () = assert!(DEVICE_BLOCK & 0x0000_FFFF_FFFF_0000 == 0 && NORMAL_BLOCK < 0x1_0000);
+
 /// MAIR_EL1: attribute 0 = Device-nGnRnE, attribute 1 = Normal, inner and outer write-back
 /// read/write-allocate.
 pub const MAIR: u64 = 0xFF << 8;
@@ -82,6 +85,16 @@ imds_entry:
     mov     x1, #0x33ff                 /* CPTR_EL2: reserved-one bits, no traps */
     msr     cptr_el2, x1
     msr     hstr_el2, xzr
+    mrs     x1, id_aa64pfr0_el1         /* GICv3 system registers? */
+    ubfx    x1, x1, #24, #4
+    cbz     x1, 3f
+    mrs     x1, s3_4_c12_c9_5           /* ICC_SRE_EL2: SRE | Enable (EL1 may use its own) */
+    orr     x1, x1, #1
+    orr     x1, x1, #8
+    msr     s3_4_c12_c9_5, x1
+    isb
+    msr     s3_4_c12_c11_0, xzr         /* ICH_HCR_EL2: no virtual CPU interface */
+3:
     movz    x1, #{sctlr_lo}
     movk    x1, #{sctlr_hi}, lsl #16
     msr     sctlr_el1, x1
@@ -96,14 +109,52 @@ imds_entry:
     msr     cpacr_el1, x1
     isb
 
-    /* Unmap the 2 MiB block under the stack (its entry in imds_boot_l2), then clean the line
-       from the caches: the table walks that follow are cacheable. */
-    adrp    x1, __stack_guard
-    ubfx    x1, x1, #21, #9
+    /* The translation tables (not in the file: 8 KiB less to load), written with the MMU
+       off. Level 1: every entry, then the five used. */
+    adrp    x1, imds_boot_l1
     adrp    x2, imds_boot_l2
-    add     x2, x2, x1, lsl #3
-    str     xzr, [x2]
-    dc      civac, x2
+    mov     x3, x1
+7:
+    stp     xzr, xzr, [x3], #16
+    cmp     x3, x2
+    b.lo    7b
+    movz    x3, #{device_lo}
+    movk    x3, #{device_hi}, lsl #48
+    str     x3, [x1]                    /* 0..1 GiB: devices, PCIe windows, ECAM */
+    movk    x3, #0x40, lsl #32
+    str     x3, [x1, #2048]             /* 256..257 GiB: high PCIe ECAM */
+    orr     x3, x2, #3
+    str     x3, [x1, #8]                /* 1..2 GiB: RAM, 2 MiB blocks (table descriptor) */
+    movz    x3, #{normal}
+    movk    x3, #0x8000, lsl #16
+    str     x3, [x1, #16]               /* 2..3 GiB: RAM */
+    movk    x3, #0xC000, lsl #16
+    str     x3, [x1, #24]               /* 3..4 GiB: RAM */
+    /* Level 2: 512 blocks of 2 MiB from 0x4000_0000. */
+    movz    x3, #{normal}
+    movk    x3, #0x4000, lsl #16
+    mov     x4, x2
+    add     x5, x2, #4096
+8:
+    str     x3, [x4], #8
+    add     x3, x3, #0x200000
+    cmp     x4, x5
+    b.lo    8b
+    /* Unmap the 2 MiB block under the stack. */
+    adrp    x3, __stack_guard
+    ubfx    x3, x3, #21, #9
+    str     xzr, [x2, x3, lsl #3]
+    /* Drop any stale cache line of the tables: the table walks that follow are cacheable. */
+    mrs     x6, ctr_el0
+    ubfx    x6, x6, #16, #4             /* DminLine: log2 of the line in words */
+    mov     x7, #4
+    lsl     x7, x7, x6
+    mov     x3, x1
+9:
+    dc      ivac, x3
+    add     x3, x3, x7
+    cmp     x3, x5
+    b.lo    9b
     dsb     sy
 
     /* MMU: identity map from imds_boot_l1, caches on. */
@@ -190,28 +241,16 @@ imds_vector_common:
     wfi
     b       6b
 
-    /* The translation table (level 1, 512 entries of 1 GiB). */
-    .section .data.imds_boot_tables, "aw"
+    /* The translation tables: level 1 (512 entries of 1 GiB), then level 2 for the first
+       GiB of RAM (512 of 2 MiB), written by the code above; not zeroed with .bss. */
+    .section .pagetables, "aw", %nobits
     .p2align 12
     .global imds_boot_l1
 imds_boot_l1:
-    .quad   0x00000000 + {device}       /* 0..1 GiB: devices, PCIe windows, ECAM */
-    .quad   imds_boot_l2 + 3            /* 1..2 GiB: RAM, 2 MiB blocks (table descriptor) */
-    .quad   0x80000000 + {normal}       /* 2..3 GiB: RAM */
-    .quad   0xC0000000 + {normal}       /* 3..4 GiB: RAM */
-    .fill   252, 8, 0
-    .quad   0x4000000000 + {device}     /* 256..257 GiB: high PCIe ECAM */
-    .fill   255, 8, 0
-
-    /* Level 2 for the first GiB of RAM: 512 blocks of 2 MiB. */
-    .p2align 12
+    .skip   4096
     .global imds_boot_l2
 imds_boot_l2:
-    .set    imds_block, 0x40000000
-    .rept   512
-    .quad   imds_block + {normal}
-    .set    imds_block, imds_block + 0x200000
-    .endr
+    .skip   4096
 
     .section .bss.imds_exception_stack, "aw", %nobits
     .p2align 4
@@ -226,7 +265,8 @@ imds_exception_stack_top:
     mair = const MAIR,
     tcr_lo = const TCR & 0xFFFF,
     tcr_hi = const TCR >> 16,
-    device = const DEVICE_BLOCK,
+    device_lo = const DEVICE_BLOCK & 0xFFFF,
+    device_hi = const DEVICE_BLOCK >> 48,
     normal = const NORMAL_BLOCK,
     exception_stack_size = const EXCEPTION_STACK_SIZE,
 );
