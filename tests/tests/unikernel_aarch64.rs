@@ -7,8 +7,8 @@
 //!
 //! TCG emulating aarch64 is slower than x86 on x86: each variant boots one guest, shared by
 //! all the checks of that variant (a `static`; QEMU is killed by its watchdog when this process
-//! ends). The image is built when missing, through the same xtask helpers as `cargo xtask run
-//! --arch aarch64`.
+//! ends). The image is built first (a no-op for cargo when it is up to date), through the same
+//! xtask helper as `cargo xtask run --arch aarch64`; nothing is skipped.
 
 use imds_tests::contract::Target;
 use imds_tests::sdk::python_get_token;
