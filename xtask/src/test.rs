@@ -31,80 +31,48 @@ pub fn run(args: &[String]) -> Result {
     ]);
     status(c)?;
 
-    step("build + clippy (bare metal: the core without std)");
-    let mut c = cargo();
-    c.args([
-        "build",
-        "-p",
-        "imds-agent",
-        "--no-default-features",
-        "--target",
-        "x86_64-unknown-none",
-    ]);
-    status(c)?;
-    let mut c = cargo();
-    c.args([
-        "clippy",
-        "-p",
-        "imds-agent",
-        "-p",
-        "imds-hal",
-        "--no-default-features",
-        "--target",
-        "x86_64-unknown-none",
-        "--",
-        "-D",
-        "warnings",
-    ]);
-    status(c)?;
-
-    step("clippy (the image: issuer, with the broker feature, with attested + scheduled-events)");
-    for features in [None, Some("broker"), Some("attested,scheduled-events")] {
+    // Both bare-metal targets: x86_64 and aarch64 (`xtask::qemu::Arch`).
+    const TARGETS: [&str; 2] = ["x86_64-unknown-none", "aarch64-unknown-none-softfloat"];
+    step("build + clippy (bare metal: the core without std; x86_64 and aarch64)");
+    for target in TARGETS {
+        let mut c = cargo();
+        c.args([
+            "build",
+            "-p",
+            "imds-agent",
+            "--no-default-features",
+            "--target",
+            target,
+        ]);
+        status(c)?;
         let mut c = cargo();
         c.args([
             "clippy",
             "-p",
-            "imds-unikernel",
+            "imds-agent",
+            "-p",
+            "imds-hal",
+            "--no-default-features",
             "--target",
-            "x86_64-unknown-none",
+            target,
+            "--",
+            "-D",
+            "warnings",
         ]);
-        if let Some(f) = features {
-            c.args(["--features", f]);
-        }
-        c.args(["--", "-D", "warnings"]);
         status(c)?;
     }
 
-    step("clippy (aarch64: the core without std, the HAL; the image: issuer, broker, attested + scheduled-events)");
-    let mut c = cargo();
-    c.args([
-        "clippy",
-        "-p",
-        "imds-agent",
-        "-p",
-        "imds-hal",
-        "--no-default-features",
-        "--target",
-        xtask::qemu::TARGET_AARCH64,
-        "--",
-        "-D",
-        "warnings",
-    ]);
-    status(c)?;
-    for features in [None, Some("broker"), Some("attested,scheduled-events")] {
-        let mut c = cargo();
-        c.args([
-            "clippy",
-            "-p",
-            "imds-unikernel",
-            "--target",
-            xtask::qemu::TARGET_AARCH64,
-        ]);
-        if let Some(f) = features {
-            c.args(["--features", f]);
+    step("clippy (the image, x86_64 and aarch64: issuer, with the broker feature, with attested + scheduled-events)");
+    for target in TARGETS {
+        for features in [None, Some("broker"), Some("attested,scheduled-events")] {
+            let mut c = cargo();
+            c.args(["clippy", "-p", "imds-unikernel", "--target", target]);
+            if let Some(f) = features {
+                c.args(["--features", f]);
+            }
+            c.args(["--", "-D", "warnings"]);
+            status(c)?;
         }
-        c.args(["--", "-D", "warnings"]);
-        status(c)?;
     }
 
     step("one copy of p256 / sha2 / heapless (cargo tree -d)");

@@ -14,7 +14,11 @@ use super::dt;
 use crate::pci::BarAllocator;
 use crate::virtio_net::{mmio_magic_at, pci_net, NicError, VirtioNet};
 
-/// The first virtio-mmio transport of the device tree whose device is of type `kind`.
+/// virtio-mmio register: the device ID (0: no device in this slot).
+const MMIO_DEVICE_ID: u64 = 0x008;
+
+/// The first virtio-mmio transport of the device tree whose device is of type `kind`. Only
+/// that one is touched beyond its ID registers.
 pub fn virtio_mmio_find(kind: DeviceType) -> Option<MmioTransport<'static>> {
     let fdt = dt::fdt()?;
     let found = fdt
@@ -23,14 +27,17 @@ pub fn virtio_mmio_find(kind: DeviceType) -> Option<MmioTransport<'static>> {
         .filter_map(dt::reg)
         .find_map(|(addr, size)| {
             // SAFETY: the device tree names `addr` a virtio-mmio window, which the boot code
-            // maps as device memory; reading its magic has no side effect.
-            if !unsafe { mmio_magic_at(addr) } {
+            // maps as device memory; reading its magic and device ID has no side effect.
+            let id = unsafe { core::ptr::read_volatile((addr + MMIO_DEVICE_ID) as *const u32) };
+            // SAFETY: as above.
+            if id != u32::from(kind as u8) || !unsafe { mmio_magic_at(addr) } {
+                // Not the kind sought: no transport is made for it, as dropping one resets the
+                // device (another backend may be using it, e.g. the virtio-rng).
                 return None;
             }
             let header = NonNull::new(addr as *mut VirtIOHeader)?;
-            // SAFETY: as above, and the magic says it is a virtio-mmio transport; only the
-            // returned transport keeps using it (the others are dropped after reading their
-            // ID registers).
+            // SAFETY: as above, and the magic says it is a virtio-mmio transport of the kind
+            // sought; the returned transport is its only user.
             let transport = unsafe { MmioTransport::new(header, size as usize) }.ok()?;
             (transport.device_type() == kind).then_some(transport)
         });
