@@ -3,7 +3,8 @@
 //! ```text
 //! cargo xtask run [--config FILE] [--port N] [--accel tcg|kvm] [--machine microvm|q35]
 //!                 [--mem MIB] [--print-cmd]
-//! cargo xtask bench boot [--runs N] [--max-mem MIB] [--accel tcg|kvm] [--machine microvm|q35]
+//! cargo xtask bench boot [--runs N] [--max-mem MIB] [--accel tcg|kvm]
+//!                         [--machine microvm|q35|virt|virt-pci] [--arch x86_64|aarch64] [--print-cmd]
 //! ```
 //!
 //! `run` builds the image (profile `image`), writes a demo config when none is given
@@ -21,7 +22,18 @@
 //!   address and slirp would retransmit them a second later), and retries on failure.
 //!
 //! It then finds the smallest `-m` (MiB) that still serves a token. It prints a table and writes
-//! `target/bench/boot.json`. Figures are reported, never asserted.
+//! `target/bench/boot.json` (`boot-aarch64.json` for `--arch aarch64`). Figures are reported,
+//! never asserted.
+//!
+//! `--arch aarch64` boots the aarch64 image (QEMU `virt`, TCG) and measures its floor with a
+//! kernel of its own: the **floor kernel** ([`aarch64_floor_image`]), a Linux arm64 Image of five
+//! instructions that writes one byte to the PL011 and waits, booted with the same QEMU command
+//! line as the image ([`qemu::qemu_command`] with the floor instead of the image), right before
+//! each boot of the image. Its spawn -> first serial byte is QEMU's own start-up, which no guest
+//! can beat; the ratio reported is the median over those pairs of the image's spawn -> first
+//! token over the floor kernel's. (On x86 the floor is the image's own first serial
+//! byte: its boot code prints before it does anything else.) `--print-cmd` prints the QEMU
+//! command lines of the image and, for aarch64, of the floor kernel, and stops.
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -40,7 +52,8 @@ const RUN_USAGE: &str = "usage: cargo xtask run [--arch x86_64|aarch64] [--confi
                          [--port N] [--accel tcg|kvm] [--machine microvm|q35|virt|virt-pci] [--mem MIB] \
                          [--features attested,scheduled-events] [--print-cmd]   (or: run --host ...)";
 const BENCH_USAGE: &str = "usage: cargo xtask bench boot [--runs N] [--max-mem MIB] \
-                           [--accel tcg|kvm] [--machine microvm|q35]";
+                           [--accel tcg|kvm] [--machine microvm|q35|virt|virt-pci] [--arch x86_64|aarch64] \
+                           [--print-cmd]";
 
 /// How long a `-m` probe waits for a token.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,6 +118,53 @@ fn parse_accel(f: &Flags) -> Result<Accel> {
 
 fn parse_machine(f: &Flags) -> Result<Machine> {
     f.get("--machine").map_or(Ok(Machine::Microvm), str::parse)
+}
+
+/// The machine for `arch`: aarch64 `virt` for x86's default (`microvm`), the NIC on
+/// virtio-mmio as `cargo xtask run` does.
+fn machine_for(arch: Arch, machine: Machine) -> Machine {
+    match (arch, machine) {
+        (Arch::Aarch64, Machine::Microvm) => Machine::Virt,
+        (_, machine) => machine,
+    }
+}
+
+/// The options of one benchmark boot (the image's and, on aarch64, the floor kernel's).
+fn bench_opts(
+    arch: Arch,
+    accel: Accel,
+    machine: Machine,
+    cfg: &Path,
+    mem_mb: u32,
+    port: u16,
+) -> QemuOpts {
+    QemuOpts {
+        arch,
+        accel,
+        machine,
+        mem_mb,
+        ..QemuOpts::new(cfg, port)
+    }
+}
+
+fn arch_name(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "x86_64",
+        Arch::Aarch64 => "aarch64",
+    }
+}
+
+fn parse_arch(f: &Flags) -> Result<Arch> {
+    f.get("--arch").map_or(Ok(Arch::X86_64), str::parse)
+}
+
+/// Build the release image of `arch` with `features`: the file QEMU boots (for aarch64 the
+/// flat Linux arm64 Image) and cargo's ELF of the same code with its symbols.
+pub(crate) fn build_image_for(arch: Arch, features: &[&str]) -> Result<(PathBuf, PathBuf)> {
+    Ok((
+        qemu::try_build_image_for(arch, true, features)?,
+        qemu::symbols_path_for(arch, true, features),
+    ))
 }
 
 /// `cargo xtask run` for the unikernel.
@@ -276,7 +336,7 @@ fn boot_once(image: &Path, opts: &QemuOpts, timeout: Duration) -> Result<Sample>
                             last.trim()
                         ),
                         // -no-reboot: a triple fault (e.g. an image larger than RAM) exits.
-                        None => "QEMU exited without a console line (triple fault?)".into(),
+                        None => "QEMU exited without a console line (triple fault? QEMU refused to boot?)".into(),
                     });
                 }
                 Err(_) => return Err(format!("no ready line within {timeout:?}")),
@@ -326,6 +386,90 @@ fn boot_once(image: &Path, opts: &QemuOpts, timeout: Duration) -> Result<Sample>
         }
         e
     })
+}
+
+/// The floor kernel for aarch64: a Linux arm64 Image (the 64-byte header of the Linux arm64 boot
+/// protocol, `Documentation/arch/arm64/booting.rst`) whose code writes `!` to the data register
+/// of QEMU `virt`'s PL011 (0x0900_0000) and then waits for interrupts forever. QEMU boots it like
+/// the agent's Image (`-kernel`, loaded at RAM + `text_offset`); its first serial byte is the
+/// earliest any guest can print on that command line.
+pub fn aarch64_floor_image() -> Vec<u8> {
+    /// `movz x0, #0x0900, lsl #16` (x0 = the PL011's data register)
+    const MOVZ_X0_PL011: u32 = 0xd2a1_2000;
+    /// `movz w1, #0x21` (`!`)
+    const MOVZ_W1_BANG: u32 = 0x5280_0421;
+    /// `strb w1, [x0]`
+    const STRB_W1_X0: u32 = 0x3900_0001;
+    /// `wfi`
+    const WFI: u32 = 0xd503_207f;
+    /// `b .-4` (back to the `wfi`)
+    const B_BACK: u32 = 0x17ff_ffff;
+    const HEADER: usize = 64;
+    let code = [MOVZ_X0_PL011, MOVZ_W1_BANG, STRB_W1_X0, WFI, B_BACK];
+    let size = (HEADER + 4 * code.len()) as u64;
+    let mut image = Vec::with_capacity(size as usize);
+    // code0: `b` over the header to the code; code1: 0.
+    image.extend_from_slice(&(0x1400_0000u32 | (HEADER as u32 / 4)).to_le_bytes());
+    image.extend_from_slice(&0u32.to_le_bytes());
+    // text_offset (honoured by QEMU since image_size != 0), image_size, flags: little endian,
+    // 4 KiB pages, placed near the start of RAM.
+    image.extend_from_slice(&0x8_0000u64.to_le_bytes());
+    image.extend_from_slice(&size.to_le_bytes());
+    image.extend_from_slice(&0b0010u64.to_le_bytes());
+    // res2, res3, res4
+    image.extend_from_slice(&[0; 24]);
+    image.extend_from_slice(b"ARM\x64");
+    // res5 (offset to a PE header: none)
+    image.extend_from_slice(&0u32.to_le_bytes());
+    for insn in code {
+        image.extend_from_slice(&insn.to_le_bytes());
+    }
+    image
+}
+
+/// Write [`aarch64_floor_image`] to `target/bench/floor-aarch64.Image`; its path.
+pub fn write_aarch64_floor() -> Result<PathBuf> {
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("floor-aarch64.Image");
+    std::fs::write(&path, aarch64_floor_image()).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Boot the floor kernel once with `opts`; ms from QEMU's spawn to its first serial byte.
+fn floor_once(floor: &Path, opts: &QemuOpts, timeout: Duration) -> Result<f64> {
+    let mut cmd = qemu::qemu_command(floor, opts);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("{}: {e}", qemu::print_cmd(&cmd)))?;
+    let mut watchdog = Watchdog::guard_child(&mut child).map_err(|e| format!("watchdog: {e}"))?;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        let got = matches!(stdout.read(&mut b), Ok(1));
+        let _ = tx.send((Instant::now(), got.then_some(b[0])));
+    });
+    let got = rx.recv_timeout(timeout);
+    let _ = child.kill();
+    let status = child.wait();
+    watchdog.disarm();
+    let _ = reader.join();
+    match got {
+        Ok((t, Some(_))) => Ok(t.duration_since(t0).as_secs_f64() * 1000.0),
+        Ok((_, None)) => Err(format!(
+            "the floor kernel printed nothing (QEMU {status:?}): {}",
+            qemu::print_cmd(&cmd)
+        )),
+        Err(_) => Err(format!(
+            "no byte from the floor kernel within {timeout:?}: {}",
+            qemu::print_cmd(&cmd)
+        )),
+    }
 }
 
 /// One token request; its HTTP status.
@@ -507,37 +651,70 @@ fn stack_high_water(
 pub fn bench(args: &[String]) -> Result {
     let f = Flags::parse(
         args,
-        &["--runs", "--max-mem", "--accel", "--machine"],
-        &[],
+        &["--runs", "--max-mem", "--accel", "--machine", "--arch"],
+        &["--print-cmd"],
         BENCH_USAGE,
     )?;
     let runs: usize = f.parsed::<usize>("--runs", 20)?.max(1);
     let max_mem: u32 = f.parsed("--max-mem", qemu::DEFAULT_MEM_MB)?;
     let accel = parse_accel(&f)?;
-    let machine = parse_machine(&f)?;
-    let timeout = Duration::from_secs(if accel == Accel::Kvm { 60 } else { 20 });
+    let arch = parse_arch(&f)?;
+    let machine = machine_for(arch, parse_machine(&f)?);
+    // TCG emulating another architecture is slower.
+    let timeout = Duration::from_secs(match (accel, arch) {
+        (Accel::Kvm, _) | (_, Arch::Aarch64) => 60,
+        _ => 20,
+    });
 
-    let image = qemu::try_build_image(true)?;
+    let (image, _) = build_image_for(arch, &[])?;
     let image_bytes = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
     let dir = target_dir().join("bench");
-    let opts_for = |cfg: &Path, mem_mb: u32| QemuOpts {
-        accel,
-        machine,
-        mem_mb,
-        ..QemuOpts::new(cfg, qemu::free_port())
+    let opts_for =
+        |cfg: &Path, mem_mb: u32| bench_opts(arch, accel, machine, cfg, mem_mb, qemu::free_port());
+    let floor = match arch {
+        Arch::Aarch64 => Some(write_aarch64_floor()?),
+        Arch::X86_64 => None,
     };
+    if f.has("--print-cmd") {
+        let cfg = bench_config(&dir, false)?;
+        let opts = opts_for(&cfg, qemu::DEFAULT_MEM_MB);
+        println!("{}", qemu::print_cmd(&qemu::qemu_command(&image, &opts)));
+        if let Some(floor) = &floor {
+            println!("{}", qemu::print_cmd(&qemu::qemu_command(floor, &opts)));
+        }
+        return Ok(());
+    }
 
     let mut setups = Vec::new();
+    // On aarch64 each boot of the image follows a boot of the floor kernel on the same
+    // command line: the pair sees the same load of the machine (`floors[i]` goes with
+    // `samples[i]`).
+    let mut floors = Vec::new();
     for (name, static_net) in [("dhcp", false), ("static", true)] {
         let cfg = bench_config(&dir, static_net)?;
-        eprintln!("bench boot: {runs} boots, {name} address ...");
+        eprintln!(
+            "bench boot: {runs} boots, {name} address{} ...",
+            if floor.is_some() {
+                ", each after one of the floor kernel"
+            } else {
+                ""
+            }
+        );
         let mut samples = Vec::with_capacity(runs);
+        let mut floor_ms = Vec::new();
         for i in 0..runs {
-            let s = boot_once(&image, &opts_for(&cfg, qemu::DEFAULT_MEM_MB), timeout)
+            let opts = opts_for(&cfg, qemu::DEFAULT_MEM_MB);
+            if let Some(floor) = &floor {
+                let ms = floor_once(floor, &opts, timeout)
+                    .map_err(|e| format!("{name}: floor kernel boot {}: {e}", i + 1))?;
+                floor_ms.push(ms);
+            }
+            let s = boot_once(&image, &opts, timeout)
                 .map_err(|e| format!("{name} boot {}: {e}", i + 1))?;
             samples.push(s);
         }
         setups.push((name, cfg, samples));
+        floors.push(floor_ms);
     }
 
     // Smallest -m that serves a token (DHCP config), MiB by MiB from 1.
@@ -564,7 +741,10 @@ pub fn bench(args: &[String]) -> Result {
                     .lines()
                     .filter(|l| !l.is_empty())
                     .take(1)
-                    .chain(e.lines().filter(|l| l.starts_with("QEMU: ")))
+                    .chain(
+                        e.lines()
+                            .filter(|l| l.starts_with("QEMU: ") || l.starts_with("stderr: ")),
+                    )
                     .collect::<Vec<_>>()
                     .join("; ");
                 probes.push(json!({ "mib": mib, "ok": false, "why": why }));
@@ -583,6 +763,7 @@ pub fn bench(args: &[String]) -> Result {
     let mut report = json!({
         "stack_used_bytes": stack.as_ref().ok().map(|s| s.0),
         "stack_bytes": stack.as_ref().ok().map(|s| s.1),
+        "arch": arch_name(arch),
         "machine": format!("{machine:?}").to_lowercase(),
         "accel": format!("{accel:?}").to_lowercase(),
         "runs": runs,
@@ -594,8 +775,9 @@ pub fn bench(args: &[String]) -> Result {
         "method": "times from QEMU's spawn; the token request is sent on the guest's ready line; stack: lowest non-zero byte of the stack the guest zeroes at boot (range from its first line), dumped with the QEMU monitor's pmemsave",
     });
     println!(
-        "\nboot, {} boots each, {} {}, -m {} (ms from QEMU spawn: median [min .. max], p25-p75)\n",
+        "\nboot, {} boots each, {} {} {}, -m {} (ms from QEMU spawn: median [min .. max], p25-p75)\n",
         runs,
+        arch_name(arch),
         report["machine"].as_str().unwrap_or(""),
         report["accel"].as_str().unwrap_or(""),
         qemu::DEFAULT_MEM_MB
@@ -637,6 +819,28 @@ pub fn bench(args: &[String]) -> Result {
         });
     }
     println!("\n(token / first byte: median of the per-boot ratios; target <= 1.5x)");
+    for ((name, _, samples), floor_ms) in setups.iter().zip(&floors) {
+        if floor_ms.is_empty() {
+            continue;
+        }
+        let fl = sorted(floor_ms.iter().copied());
+        let ratios = sorted(
+            samples
+                .iter()
+                .zip(floor_ms)
+                .map(|(s, f)| s.first_token_ms / f),
+        );
+        println!(
+            "{name}: floor kernel (one byte on the PL011, same command line, booted before each): first serial byte {:.1} [{:.1} .. {:.1}] ms; first token / floor kernel's first byte: {:.2}x (median of the per-pair ratios; target <= 1.5x)",
+            load::median(&fl),
+            fl[0],
+            fl[fl.len() - 1],
+            load::median(&ratios)
+        );
+        report[*name]["floor_first_byte_ms"] = spread(&fl);
+        report[*name]["ratio_first_token_over_floor"] =
+            json!((load::median(&ratios) * 100.0).round() / 100.0);
+    }
     for (name, _, samples) in &setups {
         let med = |f: fn(&Sample) -> Option<f64>| {
             let v: Vec<f64> = samples.iter().filter_map(f).collect();
@@ -644,7 +848,11 @@ pub fn bench(args: &[String]) -> Result {
         };
         let (nic, address) = (med(|s| s.guest_nic_ms), med(|s| s.guest_address_ms));
         println!(
-            "guest's own clock ({name}; ms since its TSC calibration began, medians): NIC up {}, address {}",
+            "guest's own clock ({name}; ms since {}, medians): NIC up {}, address {}",
+            match arch {
+                Arch::X86_64 => "its TSC calibration began",
+                Arch::Aarch64 => "its clock started (generic timer)",
+            },
             nic.map_or("-".into(), |v| format!("{v:.0}")),
             address.map_or("-".into(), |v| format!("{v:.0}"))
         );
@@ -667,7 +875,10 @@ pub fn bench(args: &[String]) -> Result {
             println!("  -m {}: {}", p["mib"], p["why"].as_str().unwrap_or(""));
         }
     }
-    let out = dir.join("boot.json");
+    let out = dir.join(match arch {
+        Arch::X86_64 => "boot.json",
+        Arch::Aarch64 => "boot-aarch64.json",
+    });
     std::fs::write(&out, serde_json::to_vec_pretty(&report).expect("json"))
         .map_err(|e| format!("{}: {e}", out.display()))?;
     println!("\nwrote {}", out.display());
@@ -703,6 +914,89 @@ mod tests {
         assert_eq!(stack_region(line).unwrap(), (0x10000, 0x9fc00 - 0x10000));
         assert!(stack_region("imds-agent: unikernel 0.1.0 booting\n").is_err());
         assert!(stack_region(", stack 0x20..0x10\n").is_err());
+    }
+
+    #[test]
+    fn the_aarch64_floor_kernel_is_a_linux_arm64_image() {
+        let image = aarch64_floor_image();
+        let u32_at = |o: usize| u32::from_le_bytes(image[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
+        // code0 branches over the 64-byte header.
+        assert_eq!(u32_at(0), 0x1400_0000 | (64 / 4));
+        assert_eq!(u64_at(8), 0x8_0000, "text_offset");
+        assert_eq!(u64_at(16), image.len() as u64, "image_size");
+        assert_eq!(u64_at(24), 0b0010, "flags: LE, 4 KiB pages");
+        assert_eq!(&image[56..60], b"ARM\x64");
+        assert_eq!(image.len() % 4, 0);
+        // The last instruction branches back to the `wfi` before it.
+        assert_eq!(u32_at(image.len() - 8), 0xd503_207f);
+        assert_eq!(u32_at(image.len() - 4), 0x17ff_ffff);
+    }
+
+    #[test]
+    fn the_aarch64_bench_command_lines() {
+        let args = |c: &std::process::Command| {
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        let machine = machine_for(Arch::Aarch64, Machine::Microvm);
+        assert_eq!(machine, Machine::Virt);
+        assert_eq!(
+            machine_for(Arch::X86_64, Machine::Microvm),
+            Machine::Microvm
+        );
+        assert_eq!(
+            machine_for(Arch::Aarch64, Machine::VirtPci),
+            Machine::VirtPci
+        );
+        let cfg = Path::new("/tmp/boot-dhcp.json");
+        let opts = bench_opts(Arch::Aarch64, Accel::Tcg, machine, cfg, 32, 8080);
+        let image = qemu::qemu_command(Path::new("/img"), &opts);
+        let floor = qemu::qemu_command(Path::new("/floor"), &opts);
+        assert_eq!(image.get_program(), "qemu-system-aarch64");
+        assert_eq!(floor.get_program(), "qemu-system-aarch64");
+        let (a, fa) = (args(&image), args(&floor));
+        let has = |a: &[String], pair: [&str; 2]| a.windows(2).any(|w| w == pair);
+        assert!(has(&a, ["-M", "virt"]));
+        assert!(has(&a, ["-device", "virtio-net-device,netdev=net0"]));
+        assert!(has(&a, ["-semihosting-config", "enable=on,target=native"]));
+        assert!(has(
+            &a,
+            ["-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80"]
+        ));
+        assert!(has(
+            &a,
+            [
+                "-fw_cfg",
+                "name=opt/imds-agent/config,file=/tmp/boot-dhcp.json"
+            ]
+        ));
+        assert!(!a.iter().any(|x| x.contains("isa-debug-exit")));
+        // The floor kernel boots on the image's command line, only `-kernel` differs.
+        assert_eq!(a.len(), fa.len());
+        let differ: Vec<_> = a.iter().zip(&fa).filter(|(x, y)| x != y).collect();
+        assert_eq!(differ, [(&"/img".to_string(), &"/floor".to_string())]);
+        assert!(has(&fa, ["-kernel", "/floor"]));
+        // PCI: the NIC on virt's PCIe host bridge, no option ROM.
+        let pci = bench_opts(Arch::Aarch64, Accel::Tcg, Machine::VirtPci, cfg, 32, 8080);
+        let a = args(&qemu::qemu_command(Path::new("/img"), &pci));
+        assert!(has(&a, ["-M", "virt"]));
+        assert!(has(&a, ["-device", "virtio-net-pci,netdev=net0,romfile="]));
+        assert!(!a.iter().any(|x| x.starts_with("virtio-net-device")));
+    }
+
+    #[test]
+    fn the_aarch64_floor_kernel_prints_one_byte_under_qemu() {
+        let floor = write_aarch64_floor().unwrap();
+        let opts = QemuOpts {
+            arch: Arch::Aarch64,
+            machine: Machine::Virt,
+            network: Network::None,
+            ..QemuOpts::default()
+        };
+        let ms = floor_once(&floor, &opts, Duration::from_secs(60)).unwrap();
+        assert!(ms > 0.0);
     }
 
     #[test]

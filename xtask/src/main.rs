@@ -44,6 +44,7 @@ fn usage() -> ExitCode {
          bench host                                      daemon vs nginx, cached tokens over loopback\n\
          bench broker [--runs N] [--unikernel-runs N]    cold first token vs curl; cached tokens while fetching\n\
          bench boot [--runs N] [--max-mem MIB]           QEMU spawn -> first token; smallest -m\n\
+         \x20   [--arch x86_64|aarch64] [--print-cmd]       aarch64: ratio to a floor kernel (one PL011 byte)\n\
          fuzz [--seconds N]                              run every cargo-fuzz target (nightly)\n\
          soak [--seconds N] [--target daemon|unikernel|both]   abuse + volume soak, soak.json\n\
          keygen [--alg ES256|PS256|RS256] --out FILE     an identity key for broker mode + its JWK\n\

@@ -180,7 +180,8 @@ impl Need {
         match self {
             Need::RustTarget => "run, size, bench boot|broker, soak, test",
             Need::Qemu => "run, bench boot|broker, soak, test",
-            Need::RustTargetArm | Need::QemuArm => "run --arch aarch64, test",
+            Need::RustTargetArm => "run --arch aarch64, size, bench boot --arch aarch64, test",
+            Need::QemuArm => "run --arch aarch64, bench boot --arch aarch64, test",
             Need::Binutils => "run, size, bench boot|broker, soak, test",
             Need::Wrk => "bench host|broker",
             Need::Nginx => "bench host",
@@ -376,7 +377,16 @@ pub fn needs_of(command: &str, args: &[String]) -> Vec<Need> {
             vec![Need::RustTargetArm, Need::QemuArm]
         }
         "run" => vec![Need::RustTarget, Need::Binutils, Need::Qemu],
-        "size" => vec![Need::RustTarget, Need::Binutils],
+        // The aarch64 variants too (qemu/size-budget.json).
+        "size" => vec![Need::RustTarget, Need::Binutils, Need::RustTargetArm],
+        "bench"
+            if sub == Some("boot")
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == "--arch" && w[1] == "aarch64") =>
+        {
+            vec![Need::RustTargetArm, Need::QemuArm]
+        }
         "bench" => match sub {
             Some("boot") => vec![Need::RustTarget, Need::Binutils, Need::Qemu],
             Some("broker") => vec![
@@ -697,9 +707,10 @@ mod tests {
             assert!(n.contains(&Need::QemuArm), "{cmd} {a:?}");
         }
         assert!(!needs_of("run", &args(&[])).contains(&Need::QemuArm));
+        assert!(needs_of("bench", &args(&["boot", "--arch", "aarch64"])).contains(&Need::QemuArm));
         assert_eq!(
             needs_of("size", &args(&[])),
-            [Need::RustTarget, Need::Binutils]
+            [Need::RustTarget, Need::Binutils, Need::RustTargetArm]
         );
         assert_eq!(
             needs_of("bench", &args(&["host"])),

@@ -4,6 +4,12 @@
 //! `max_bytes` (a `null` budget is reported only). A variant whose cargo feature
 //! `imds-unikernel` does not define (yet) is reported as skipped.
 //!
+//! A variant with `"arch": "aarch64"` is the aarch64 image (`aarch64-unknown-none-softfloat`):
+//! its file is the flat Linux arm64 Image QEMU boots (no ELF headers, `.bss` not in it), its
+//! sections and symbols are read from cargo's ELF of the same code. Its `target_bytes` (x86's
+//! budget) is reported as "target: <= N: ok" or "over by M", never failing the command; the
+//! `core::fmt` rule holds for its default image as for x86's.
+//!
 //! Each variant is built where the tests build it (`xtask::qemu::try_build_image_with`: the
 //! default image in `target/`, a feature build in `target/image-<features>/`).
 //!
@@ -18,7 +24,7 @@ use object::{Object, ObjectSection};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use xtask::qemu;
+use xtask::qemu::{self, Arch};
 use xtask::{root, target_dir};
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -34,8 +40,11 @@ pub const SECTIONS: [&str; 4] = [".text", ".rodata", ".data", ".bss"];
 #[derive(Debug, Clone, PartialEq)]
 pub struct Variant {
     pub name: String,
+    pub arch: Arch,
     pub features: Vec<String>,
     pub max_bytes: Option<u64>,
+    /// A size reported against, never enforced.
+    pub target_bytes: Option<u64>,
 }
 
 /// Sizes of one built image.
@@ -68,26 +77,37 @@ pub fn parse_budget(text: &str) -> Result<Vec<Variant>> {
                     .ok_or_else(|| bad("features must be strings"))?,
                 _ => return Err(bad("features must be a list")),
             };
-            let max_bytes = match &v["max_bytes"] {
-                Value::Null => None,
-                m => Some(
-                    m.as_u64()
-                        .ok_or_else(|| bad("max_bytes must be a number or null"))?,
-                ),
+            let bytes = |key: &str| match &v[key] {
+                Value::Null => Ok(None),
+                m => m
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| bad(&format!("{key} must be a number or null"))),
+            };
+            let arch = match &v["arch"] {
+                Value::Null => Arch::X86_64,
+                Value::String(a) => a.parse().map_err(|e: String| bad(&format!("arch: {e}")))?,
+                _ => return Err(bad("arch must be a string")),
             };
             Ok(Variant {
                 name,
+                arch,
                 features,
-                max_bytes,
+                max_bytes: bytes("max_bytes")?,
+                target_bytes: bytes("target_bytes")?,
             })
         })
         .collect()
 }
 
-/// File size and section sizes of an ELF image.
-pub fn read_sizes(image: &Path) -> Result<Sizes> {
-    let data = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
-    let elf = object::File::parse(&*data).map_err(|e| format!("{}: {e}", image.display()))?;
+/// The size of `image` (the file QEMU boots: a stripped ELF, or a flat Image) and the sections
+/// of `elf`, an ELF of the same code (the image itself when it is one).
+pub fn read_sizes(image: &Path, elf: &Path) -> Result<Sizes> {
+    let file = std::fs::metadata(image)
+        .map_err(|e| format!("{}: {e}", image.display()))?
+        .len();
+    let data = std::fs::read(elf).map_err(|e| format!("{}: {e}", elf.display()))?;
+    let elf = object::File::parse(&*data).map_err(|e| format!("{}: {e}", elf.display()))?;
     let sections = SECTIONS
         .iter()
         .filter_map(|name| {
@@ -95,10 +115,7 @@ pub fn read_sizes(image: &Path) -> Result<Sizes> {
                 .map(|s| (name.to_string(), s.size()))
         })
         .collect();
-    Ok(Sizes {
-        file: data.len() as u64,
-        sections,
-    })
+    Ok(Sizes { file, sections })
 }
 
 /// The features `imds-unikernel` defines (`cargo metadata`).
@@ -129,8 +146,7 @@ fn package_features() -> Result<Vec<String>> {
 /// Build a variant: the file QEMU boots and cargo's output with symbols (the same code).
 fn build_variant(v: &Variant) -> Result<(PathBuf, PathBuf)> {
     let features: Vec<&str> = v.features.iter().map(String::as_str).collect();
-    let image = qemu::try_build_image_with(true, &features)?;
-    Ok((image, qemu::symbols_path_with(true, &features)))
+    crate::boot::build_image_for(v.arch, &features)
 }
 
 /// One symbol of the unstripped image.
@@ -211,6 +227,36 @@ pub fn fmt_symbols(symbols: &[Symbol]) -> Vec<&Symbol> {
         .collect()
 }
 
+fn arch_name(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "x86_64",
+        Arch::Aarch64 => "aarch64",
+    }
+}
+
+/// What the file size of an `arch` variant measures.
+pub fn file_kind(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "stripped ELF (PVH)",
+        Arch::Aarch64 => "flat Image (Linux arm64)",
+    }
+}
+
+/// The budget column: `max_bytes` enforced, else `target_bytes` reported, else neither.
+pub fn budget_cell(file: u64, max_bytes: Option<u64>, target_bytes: Option<u64>) -> String {
+    match (max_bytes, target_bytes) {
+        (Some(m), _) if file <= m => format!("<= {m} ({}): ok", kib(m)),
+        (Some(m), _) => format!("<= {m} ({}): OVER by {} bytes", kib(m), file - m),
+        (None, Some(t)) if file <= t => format!("target: <= {t} ({}): ok", kib(t)),
+        (None, Some(t)) => format!(
+            "target: <= {t} ({}): over by {} bytes (reported)",
+            kib(t),
+            file - t
+        ),
+        (None, None) => "report only".to_string(),
+    }
+}
+
 fn kib(b: u64) -> String {
     format!("{:.1} KiB", b as f64 / 1024.0)
 }
@@ -238,16 +284,18 @@ pub fn run(args: &[String]) -> Result {
                 ));
             }
             results.push(json!({
-                "name": v.name, "features": v.features, "max_bytes": v.max_bytes,
+                "name": v.name, "arch": arch_name(v.arch), "features": v.features,
+                "max_bytes": v.max_bytes, "target_bytes": v.target_bytes,
                 "skipped": format!("imds-unikernel has no feature `{missing}` (yet)"),
             }));
             continue;
         }
         let (image, symbols) = build_variant(v)?;
-        let s = read_sizes(&image)?;
+        let s = read_sizes(&image, &symbols)?;
         let syms = read_symbols(&symbols)?;
         let crates = per_crate(&syms);
         let fmt = fmt_symbols(&syms);
+        // Both architectures' default image (the budget is enforced on x86 only).
         if v.features.is_empty() && !fmt.is_empty() {
             over.push(format!(
                 "{}: core::fmt is linked in ({}): no formatting machinery in the default image",
@@ -277,9 +325,12 @@ pub fn run(args: &[String]) -> Result {
             .map(|(n, b)| (n.clone(), json!(b)))
             .collect();
         results.push(json!({
-            "name": v.name, "features": v.features, "max_bytes": v.max_bytes,
+            "name": v.name, "arch": arch_name(v.arch), "features": v.features,
+            "max_bytes": v.max_bytes, "target_bytes": v.target_bytes,
             "image": image.display().to_string(),
+            "file": file_kind(v.arch),
             "file_bytes": s.file, "sections": sections, "within_budget": within,
+            "within_target": v.target_bytes.map(|t| s.file <= t),
             "core_fmt": !fmt.is_empty(),
             "crates": crates.iter().map(|(c, b)| json!({"crate": c, "bytes": b})).collect::<Vec<_>>(),
             "largest_symbols": syms.iter().take(TOP_SYMBOLS).map(|s| json!({"symbol": s.name, "crate": s.krate, "bytes": s.bytes})).collect::<Vec<_>>(),
@@ -321,12 +372,12 @@ pub fn run(args: &[String]) -> Result {
             }
         }
         println!();
-        println!("| variant | file | .text | .rodata | .data | .bss | budget |");
-        println!("|---|---:|---:|---:|---:|---:|---|");
+        println!("| variant | file | .text | .rodata | .data | .bss | budget | file is |");
+        println!("|---|---:|---:|---:|---:|---:|---|---|");
         for r in &results {
             if let Some(why) = r["skipped"].as_str() {
                 println!(
-                    "| {} | skipped: {why} | | | | | |",
+                    "| {} | skipped: {why} | | | | | | |",
                     r["name"].as_str().unwrap_or("")
                 );
                 continue;
@@ -337,13 +388,10 @@ pub fn run(args: &[String]) -> Result {
                     .map_or("-".to_string(), |b| b.to_string())
             };
             let file = r["file_bytes"].as_u64().unwrap_or(0);
-            let budget = match r["max_bytes"].as_u64() {
-                None => "report only".to_string(),
-                Some(m) if file <= m => format!("<= {m} ({}): ok", kib(m)),
-                Some(m) => format!("<= {m} ({}): OVER by {} bytes", kib(m), file - m),
-            };
+            let budget = budget_cell(file, r["max_bytes"].as_u64(), r["target_bytes"].as_u64());
+            let kind = r["file"].as_str().unwrap_or("");
             println!(
-                "| {} | {} ({}) | {} | {} | {} | {} | {budget} |",
+                "| {} | {} ({}) | {} | {} | {} | {} | {budget} | {kind} |",
                 r["name"].as_str().unwrap_or(""),
                 file,
                 kib(file),
@@ -354,7 +402,7 @@ pub fn run(args: &[String]) -> Result {
             );
         }
         println!(
-            "\n(bytes; file = the stripped ELF QEMU loads; .bss is not in the file; {})",
+            "\n(bytes; file = what QEMU loads: the stripped ELF on x86_64, the flat Image on aarch64; sections from the ELF; .bss is not in the file; {})",
             report.display()
         );
     }
@@ -382,12 +430,39 @@ mod tests {
             .expect("issuer variant");
         assert!(issuer.features.is_empty());
         assert!(issuer.max_bytes.is_some());
+        assert_eq!(issuer.arch, Arch::X86_64);
+        // The aarch64 variants are reported against x86's budgets, never enforced.
+        for (arm, x86) in [
+            ("issuer (aarch64)", "issuer"),
+            ("broker (aarch64)", "broker"),
+        ] {
+            let arm = v.iter().find(|v| v.name == arm).expect("aarch64 variant");
+            let x86 = v.iter().find(|v| v.name == x86).expect("x86 variant");
+            assert_eq!(arm.arch, Arch::Aarch64);
+            assert_eq!(arm.features, x86.features);
+            assert_eq!(arm.max_bytes, None);
+            assert_eq!(arm.target_bytes, x86.max_bytes);
+        }
+    }
+
+    #[test]
+    fn budget_cells() {
+        assert_eq!(budget_cell(10, Some(20), None), "<= 20 (0.0 KiB): ok");
+        assert!(budget_cell(30, Some(20), None).contains("OVER by 10 bytes"));
+        assert_eq!(
+            budget_cell(2148, None, Some(1024)),
+            "target: <= 1024 (1.0 KiB): over by 1124 bytes (reported)"
+        );
+        assert!(budget_cell(10, None, Some(20)).ends_with("ok"));
+        assert_eq!(budget_cell(10, None, None), "report only");
     }
 
     #[test]
     fn budget_errors() {
         assert!(parse_budget("{}").is_err());
         assert!(parse_budget(r#"{"variants":[{"name":"x","max_bytes":"1"}]}"#).is_err());
+        assert!(parse_budget(r#"{"variants":[{"name":"x","arch":"mips"}]}"#).is_err());
+        assert!(parse_budget(r#"{"variants":[{"name":"x","target_bytes":true}]}"#).is_err());
         let v = parse_budget(r#"{"variants":[{"name":"x","features":["a"],"max_bytes":null}]}"#)
             .unwrap();
         assert_eq!(v[0].features, ["a"]);
@@ -440,7 +515,8 @@ mod tests {
     #[test]
     fn reads_own_sections() {
         // Any ELF will do: the test binary itself.
-        let s = read_sizes(&std::env::current_exe().unwrap()).unwrap();
+        let me = std::env::current_exe().unwrap();
+        let s = read_sizes(&me, &me).unwrap();
         assert!(s.file > 0);
         assert!(s.sections.iter().any(|(n, b)| n == ".text" && *b > 0));
     }
