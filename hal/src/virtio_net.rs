@@ -240,16 +240,24 @@ pub unsafe fn mmio_device_at(
     size: usize,
     ty: DeviceType,
 ) -> Option<MmioTransport<'static>> {
-    if !mmio_magic_at(addr) {
+    // SAFETY: the caller vouches that `addr` is mapped device memory where reading the ID
+    // registers has no side effect.
+    let id = unsafe { core::ptr::read_volatile((addr + MMIO_DEVICE_ID) as *const u32) };
+    // SAFETY: as above.
+    if id != u32::from(ty as u8) || !unsafe { mmio_magic_at(addr) } {
+        // Not the kind sought: no transport is made for it, as dropping one resets the device
+        // (another backend may be using it, e.g. the virtio-rng found before the NIC).
         return None;
     }
     let header = NonNull::new(addr as *mut VirtIOHeader)?;
-    // SAFETY: the caller vouches for `addr` (see above) and the magic says it is a virtio-mmio
-    // slot; the transport returned is the only user of it (probing stops at the first network
-    // device, the others are dropped without being touched beyond their ID registers).
+    // SAFETY: the caller vouches for `addr` (see above) and the magic and device ID say it is
+    // a virtio-mmio slot of the kind sought; the transport returned is its only user.
     let transport = unsafe { MmioTransport::new(header, size) }.ok()?;
     (transport.device_type() == ty).then_some(transport)
 }
+
+/// virtio-mmio register: the device ID (0: no device in this slot).
+const MMIO_DEVICE_ID: u64 = 0x008;
 
 /// Whether the virtio-mmio magic is at `addr`.
 ///

@@ -4,18 +4,13 @@
 //! under a `-kernel` boot). The device itself is driven by the arch-neutral
 //! [`crate::virtio_net`].
 
-use core::ptr::NonNull;
-
-use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::pci::bus::{Cam, MmioCam, PciRoot};
-use virtio_drivers::transport::{DeviceType, Transport};
+use virtio_drivers::transport::DeviceType;
 
 use super::dt;
 use crate::pci::BarAllocator;
-use crate::virtio_net::{mmio_magic_at, pci_net, NicError, VirtioNet};
-
-/// virtio-mmio register: the device ID (0: no device in this slot).
-const MMIO_DEVICE_ID: u64 = 0x008;
+use crate::virtio_net::{mmio_device_at, pci_net, NicError, VirtioNet};
 
 /// The first virtio-mmio transport of the device tree whose device is of type `kind`. Only
 /// that one is touched beyond its ID registers.
@@ -25,22 +20,10 @@ pub fn virtio_mmio_find(kind: DeviceType) -> Option<MmioTransport<'static>> {
         .all_nodes()
         .filter(|n| dt::is_compatible(*n, "virtio,mmio"))
         .filter_map(dt::reg)
-        .find_map(|(addr, size)| {
-            // SAFETY: the device tree names `addr` a virtio-mmio window, which the boot code
-            // maps as device memory; reading its magic and device ID has no side effect.
-            let id = unsafe { core::ptr::read_volatile((addr + MMIO_DEVICE_ID) as *const u32) };
-            // SAFETY: as above.
-            if id != u32::from(kind as u8) || !unsafe { mmio_magic_at(addr) } {
-                // Not the kind sought: no transport is made for it, as dropping one resets the
-                // device (another backend may be using it, e.g. the virtio-rng).
-                return None;
-            }
-            let header = NonNull::new(addr as *mut VirtIOHeader)?;
-            // SAFETY: as above, and the magic says it is a virtio-mmio transport of the kind
-            // sought; the returned transport is its only user.
-            let transport = unsafe { MmioTransport::new(header, size as usize) }.ok()?;
-            (transport.device_type() == kind).then_some(transport)
-        });
+        // SAFETY: the device tree names `addr` a virtio-mmio window, which the boot code maps
+        // as device memory; reading its ID registers has no side effect, and the transport
+        // returned (of the kind sought) is its only user.
+        .find_map(|(addr, size)| unsafe { mmio_device_at(addr, size as usize, kind) });
     found
 }
 
