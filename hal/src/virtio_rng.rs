@@ -5,6 +5,7 @@
 //! device is kept here, machine-wide, and any number of [`SharedVirtioRng`] handles fill from
 //! it.
 
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use virtio_drivers::device::rng::VirtIORng;
@@ -30,8 +31,9 @@ impl VirtioRng {
     }
 }
 
-/// The machine's virtio-rng device, once [`install`]ed.
-static mut DEVICE: Option<VirtioRng> = None;
+/// The machine's virtio-rng device, once [`install`]ed (INSTALLED set; uninitialised memory
+/// is all zero, so this lies in `.bss`, not in the image file).
+static mut DEVICE: MaybeUninit<VirtioRng> = MaybeUninit::uninit();
 /// Held by whoever accesses [`DEVICE`] (one [`install`] or one fill at a time).
 static BUSY: AtomicBool = AtomicBool::new(false);
 /// Set once [`DEVICE`] holds the device.
@@ -45,9 +47,9 @@ pub fn install(rng: VirtioRng) -> bool {
     }
     let fresh = !INSTALLED.load(Ordering::Relaxed);
     if fresh {
-        // SAFETY: BUSY, held here, makes this the only access to DEVICE; it is still `None`
-        // (INSTALLED is not set), so nothing is dropped or aliased.
-        unsafe { (&raw mut DEVICE).write(Some(rng)) };
+        // SAFETY: BUSY, held here, makes this the only access to DEVICE; it is not
+        // initialised yet (INSTALLED is not set), so nothing is overwritten or aliased.
+        unsafe { (&raw mut DEVICE).write(MaybeUninit::new(rng)) };
         INSTALLED.store(true, Ordering::Relaxed);
     }
     BUSY.store(false, Ordering::Release);
@@ -75,12 +77,10 @@ impl Entropy for SharedVirtioRng {
             return Err(EntropyError::Failed);
         }
         // SAFETY: BUSY, held until the end of this function, makes this the only reference
-        // to DEVICE (installed: its write happened before INSTALLED was set, under BUSY).
-        let slot = unsafe { &mut *(&raw mut DEVICE) };
-        let result = match slot {
-            Some(rng) => fill_from(&mut rng.dev, buf),
-            None => Err(EntropyError::Unavailable),
-        };
+        // to DEVICE; INSTALLED says `install` initialised it (under BUSY, which this swap
+        // acquired after `install` released it).
+        let rng = unsafe { (*(&raw mut DEVICE)).assume_init_mut() };
+        let result = fill_from(&mut rng.dev, buf);
         BUSY.store(false, Ordering::Release);
         result
     }
