@@ -78,8 +78,8 @@ impl Entropy for SharedVirtioRng {
         }
         // SAFETY: BUSY, held until the end of this function, makes this the only reference
         // to DEVICE; INSTALLED says `install` initialised it (under BUSY, which this swap
-        // acquired after `install` released it).
-        let rng = unsafe { (*(&raw mut DEVICE)).assume_init_mut() };
+        // acquired after `install` released it); `MaybeUninit<T>` has the layout of `T`.
+        let rng = unsafe { &mut *(&raw mut DEVICE).cast::<VirtioRng>() };
         let result = fill_from(&mut rng.dev, buf);
         BUSY.store(false, Ordering::Release);
         result
