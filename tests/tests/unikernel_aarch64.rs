@@ -349,3 +349,51 @@ fn panic_addresses_resolve_to_the_panicking_code() {
         "{line}\naddr2line:\n{text}"
     );
 }
+
+/// A CPU without `RNDR` (`cortex-a57`) and a `virtio-rng-device`: the image takes its entropy
+/// from the device (`imds_hal::virtio_rng`, the same code as x86's fallback) and mints a
+/// token.
+#[test]
+fn virtio_rng_when_the_cpu_has_no_rndr() {
+    let cfg = DemoConfig::new("aarch64-virtio-rng");
+    let port = qemu::free_port();
+    let opts = QemuOpts {
+        config: Some(cfg.path.clone()),
+        cpu: Some("cortex-a57".into()),
+        extra: vec!["-device".into(), "virtio-rng-device".into()],
+        ..aarch64_opts(
+            Nic::Mmio,
+            ConfigVia::FwCfg,
+            Network::User {
+                hostfwd_port: Some(port),
+            },
+        )
+    };
+    let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
+    guest
+        .wait_ready(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = guest.output();
+    assert!(out.contains("imds-agent: entropy: virtio-rng"), "{out}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let r = imds_tests::get(
+        addr,
+        &imds_tests::token_target("https://management.azure.com/", ""),
+        &["Metadata: true"],
+    );
+    assert_eq!(r.status, 200, "{}\n{out}", r.text());
+}
+
+/// Without `RNDR` and without a virtio-rng device the image refuses to start, naming both.
+#[test]
+fn no_rndr_and_no_virtio_rng_refuses() {
+    let cfg = DemoConfig::new("aarch64-no-entropy");
+    expect_exit(
+        QemuOpts {
+            cpu: Some("cortex-a57".into()),
+            ..no_network(Some(cfg.path))
+        },
+        exit::NO_ENTROPY,
+        "imds-agent: fatal: no secure entropy source (RNDR, virtio-rng); refusing to start",
+    );
+}

@@ -431,6 +431,14 @@ mod tests {
         assert!(issuer.features.is_empty());
         assert!(issuer.max_bytes.is_some());
         assert_eq!(issuer.arch, Arch::X86_64);
+        // The RDRAND-less fallback is reported against the issuer's budget (not yet in it).
+        let rng = v
+            .iter()
+            .find(|v| v.name == "issuer+virtio-rng")
+            .expect("virtio-rng variant");
+        assert_eq!(rng.features, ["virtio-rng"]);
+        assert_eq!(rng.max_bytes, None);
+        assert_eq!(rng.target_bytes, issuer.max_bytes);
         // The aarch64 variants are reported against x86's budgets, never enforced.
         for (arm, x86) in [
             ("issuer (aarch64)", "issuer"),

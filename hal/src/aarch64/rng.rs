@@ -2,14 +2,12 @@
 //! a virtio-rng device (`-device virtio-rng-device`, found in the device tree's `virtio,mmio`
 //! nodes). Without either the image refuses to start (the caller says so).
 
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 
-use virtio_drivers::device::rng::VirtIORng;
-use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::DeviceType;
 
 use super::read_sysreg;
-use crate::virtio_net::DmaHal;
+use crate::virtio_rng::{self, SharedVirtioRng, VirtioRng};
 use crate::{Entropy, EntropyError};
 
 /// Draws per 8 bytes before `RNDR` is given up on (it fails, rarely, when the source is
@@ -49,13 +47,9 @@ const SOURCE_NONE: u8 = 0;
 const SOURCE_RNDR: u8 = 1;
 const SOURCE_VIRTIO: u8 = 2;
 
-/// The virtio-rng device, when that is the source; taken by one fill at a time.
-static mut VIRTIO_RNG: Option<VirtIORng<DmaHal, MmioTransport<'static>>> = None;
-static VIRTIO_RNG_BUSY: AtomicBool = AtomicBool::new(false);
-
 /// A handle on the machine's entropy source (found once by [`MachineRng::probe`]); handles are
 /// free to make ([`MachineRng::new`]: the broker tasks have one each) and all draw from the
-/// same source.
+/// same source (the virtio-rng device is the one [`virtio_rng::install`] keeps).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MachineRng;
 
@@ -68,15 +62,9 @@ impl MachineRng {
             return Some(MachineRng);
         }
         let transport = super::nic::virtio_mmio_find(DeviceType::EntropySource)?;
-        let rng = VirtIORng::new(transport).ok()?;
-        if VIRTIO_RNG_BUSY.swap(true, Ordering::Acquire) {
+        if !virtio_rng::install(VirtioRng::new(transport.into())?) {
             return None;
         }
-        let slot = &raw mut VIRTIO_RNG;
-        // SAFETY: the busy flag, held here, makes this the only access to VIRTIO_RNG (still
-        // `None`: probed once per boot, nothing to drop).
-        unsafe { slot.write(Some(rng)) };
-        VIRTIO_RNG_BUSY.store(false, Ordering::Release);
         SOURCE.store(SOURCE_VIRTIO, Ordering::Relaxed);
         Some(MachineRng)
     }
@@ -97,37 +85,6 @@ impl MachineRng {
     }
 }
 
-fn fill_virtio(buf: &mut [u8]) -> Result<(), EntropyError> {
-    if VIRTIO_RNG_BUSY.swap(true, Ordering::Acquire) {
-        return Err(EntropyError::Failed);
-    }
-    let slot = &raw mut VIRTIO_RNG;
-    // SAFETY: the busy flag, held until the end of this function, makes this the only
-    // reference to VIRTIO_RNG.
-    let rng = unsafe { &mut *slot };
-    let result = match rng {
-        Some(rng) => {
-            let mut at = 0;
-            let mut empty = 0;
-            let mut result = Ok(());
-            while at < buf.len() {
-                match rng.request_entropy(&mut buf[at..]) {
-                    Ok(0) if empty < RETRIES => empty += 1,
-                    Ok(0) | Err(_) => {
-                        result = Err(EntropyError::Failed);
-                        break;
-                    }
-                    Ok(n) => at += n,
-                }
-            }
-            result
-        }
-        None => Err(EntropyError::Unavailable),
-    };
-    VIRTIO_RNG_BUSY.store(false, Ordering::Release);
-    result
-}
-
 impl Entropy for MachineRng {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
         match SOURCE.load(Ordering::Relaxed) {
@@ -138,7 +95,7 @@ impl Entropy for MachineRng {
                 }
                 Ok(())
             }
-            SOURCE_VIRTIO => fill_virtio(buf),
+            SOURCE_VIRTIO => SharedVirtioRng.fill(buf),
             _ => Err(EntropyError::Unavailable),
         }
     }

@@ -125,8 +125,8 @@ pub fn code_addresses_on_stack(each: impl FnMut(u64) -> bool) {
 }
 
 /// The machine's entropy source: RDRAND, else (image feature `virtio-rng`) the one
-/// virtio-rng device [`entropy`] set up. Any number of handles (the broker's tasks take one
-/// each).
+/// virtio-rng device [`entropy`] installed (kept by `imds_hal::virtio_rng`). Any number of
+/// handles (the broker's tasks take one each).
 pub struct MachineEntropy(Rdrand);
 
 impl MachineEntropy {
@@ -140,46 +140,9 @@ impl Entropy for MachineEntropy {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), EntropyError> {
         #[cfg(feature = "virtio-rng")]
         if !self.0.available() {
-            return virtio_entropy::fill(buf);
+            return imds_hal::virtio_rng::SharedVirtioRng.fill(buf);
         }
         self.0.fill(buf)
-    }
-}
-
-/// The one virtio-rng device, once [`entropy`] found it.
-#[cfg(feature = "virtio-rng")]
-mod virtio_entropy {
-    use core::sync::atomic::{AtomicBool, Ordering};
-    use imds_hal::virtio_rng::VirtioRng;
-    use imds_hal::{Entropy, EntropyError};
-
-    static mut RNG: Option<VirtioRng> = None;
-    static INSTALLED: AtomicBool = AtomicBool::new(false);
-
-    /// Keep `rng` as the machine's source (once; later calls are ignored).
-    pub fn install(rng: VirtioRng) {
-        if INSTALLED.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        // SAFETY: the flag makes this the only write ever; no reference to RNG exists yet
-        // (`fill` only makes one after INSTALLED is set, and this runs before any handle
-        // fills).
-        unsafe { (&raw mut RNG).write(Some(rng)) };
-    }
-
-    /// Fill `buf` from the device.
-    pub fn fill(buf: &mut [u8]) -> Result<(), EntropyError> {
-        if !INSTALLED.load(Ordering::Acquire) {
-            return Err(EntropyError::Unavailable);
-        }
-        // One CPU with interrupts off and no interrupt handler that asks for entropy,
-        // and this function does not re-enter itself: the reference is the only one for the
-        // duration of the call. `install` wrote RNG right after setting INSTALLED, with
-        // nothing in between (one CPU).
-        let slot = &raw mut RNG;
-        // SAFETY: as above.
-        let rng = unsafe { &mut *slot };
-        rng.as_mut().ok_or(EntropyError::Unavailable)?.fill(buf)
     }
 }
 
@@ -191,7 +154,7 @@ pub fn entropy(log: &mut Console) -> MachineEntropy {
     if !entropy.0.available() {
         if let Some(rng) = imds_hal::x86_64::nic::probe_rng(cmdline()) {
             log.put("imds-agent: entropy: virtio-rng (no RDRAND)").end();
-            virtio_entropy::install(rng);
+            imds_hal::virtio_rng::install(rng);
         }
     }
     let mut probe = [0u8; 8];
