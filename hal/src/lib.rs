@@ -22,6 +22,7 @@ pub mod host;
 pub mod text;
 
 // Pure parsers of what a VMM hands the guest (always compiled: unit-tested on the host).
+mod bytes;
 pub mod cmdline;
 pub mod pvclock;
 pub mod pvh;

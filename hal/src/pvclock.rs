@@ -31,17 +31,7 @@ pub fn is_kvm_signature(ebx: u32, ecx: u32, edx: u32) -> bool {
     &sig == b"KVMKVMKVM\0\0\0"
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut w = [0; 4];
-    w.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(w)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut w = [0; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
+use crate::bytes::{u32_at, u64_at};
 
 /// `pvclock_vcpu_time_info`: system time (ns since the VM started) at a TSC value, and how to
 /// scale TSC ticks since then into nanoseconds.

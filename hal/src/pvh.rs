@@ -10,17 +10,7 @@ pub const START_INFO_LEN: usize = 56;
 /// Bytes of one `hvm_modlist_entry`.
 pub const MODULE_LEN: usize = 32;
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut w = [0; 4];
-    w.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(w)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut w = [0; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
+use crate::bytes::{u32_at, u64_at};
 
 /// The fields of `hvm_start_info` this kernel uses (0 where absent).
 #[derive(Clone, Copy, PartialEq, Eq, Default)]

@@ -251,8 +251,41 @@ fn load_config(log: &mut arch::Console) -> Config {
 
 /// How many code addresses the panic line lists.
 const PANIC_ADDRESSES: usize = 12;
+/// How many stack words the panic handler looks at for code addresses.
+const STACK_SCAN_WORDS: usize = 512;
 
-/// Prints the code addresses on the stack ([`arch::code_addresses_on_stack`]), not
+/// The values on the stack, from the stack pointer up (the newest frames first, at most
+/// [`STACK_SCAN_WORDS`] words, never past the top of the stack: [`arch::stack_walk_bounds`]),
+/// that are addresses in the image's code: return addresses (saved link registers) of the calls
+/// that led here, among other words. `addr2line -f -i -C -e` on the `image-syms` build of the
+/// same code turns them into functions, files and lines.
+fn code_addresses_on_stack(mut each: impl FnMut(u64) -> bool) {
+    extern "C" {
+        static __text_start: u8;
+        static __text_end: u8;
+    }
+    // Only the addresses of these linker symbols are taken, never their contents.
+    let (lo, hi) = (
+        core::ptr::addr_of!(__text_start) as u64,
+        core::ptr::addr_of!(__text_end) as u64,
+    );
+    let (sp, top) = arch::stack_walk_bounds();
+    let mut at = sp & !7;
+    for _ in 0..STACK_SCAN_WORDS {
+        if at + 8 > top {
+            break;
+        }
+        // SAFETY: `at` is 8-aligned and between the current stack pointer and the top of the
+        // stack it is in (identity-mapped memory the boot code set up): memory of this stack.
+        let word = unsafe { core::ptr::read_volatile(at as *const u64) };
+        if (lo..hi).contains(&word) && !each(word) {
+            break;
+        }
+        at += 8;
+    }
+}
+
+/// Prints the code addresses on the stack ([`code_addresses_on_stack`]), not
 /// `PanicInfo`: reading it at all keeps every panic site's `fmt::Arguments`, and with them
 /// ~40 KB of `core::fmt`, in the image (measured: 151,792 vs 193,328 bytes). Turn the
 /// addresses into functions and lines with the `image-syms` build of the same code:
@@ -262,7 +295,7 @@ fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     let mut log = arch::console();
     log.put("imds-agent: panic: code addresses on the stack (newest first; addr2line -f -i -C -e <image-syms build>):");
     let mut n = 0;
-    arch::code_addresses_on_stack(|a| {
+    code_addresses_on_stack(|a| {
         log.put(" ").hex(a);
         n += 1;
         n < PANIC_ADDRESSES

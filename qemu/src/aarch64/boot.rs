@@ -284,39 +284,11 @@ pub fn stack() -> (u64, u64) {
     )
 }
 
-/// How many stack words the panic handler looks at for code addresses.
-const STACK_SCAN_WORDS: usize = 512;
-
-/// The values on the stack, from `sp` up (the newest frames first, at most
-/// [`STACK_SCAN_WORDS`] words, never past the top of the stack), that are addresses in the
-/// image's code: saved link registers of the calls that led here, among other words. The panic
-/// handler prints them; `addr2line -f -i -C -e` on the `image-syms` build of the same code
-/// turns them into functions, files and lines.
-pub fn code_addresses_on_stack(mut each: impl FnMut(u64) -> bool) {
-    extern "C" {
-        static __text_start: u8;
-        static __text_end: u8;
-    }
+/// The current stack pointer and the top of the stack, for the panic handler's walk
+/// (`unikernel::code_addresses_on_stack`).
+pub fn stack_walk_bounds() -> (u64, u64) {
     let sp: u64;
     // SAFETY: reads the stack pointer into a register; no memory is touched.
     unsafe { core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack)) };
-    // Only the addresses of these linker symbols are taken, never their contents.
-    let (lo, hi) = (
-        core::ptr::addr_of!(__text_start) as u64,
-        core::ptr::addr_of!(__text_end) as u64,
-    );
-    let (_, top) = stack();
-    let mut at = sp & !7;
-    for _ in 0..STACK_SCAN_WORDS {
-        if at + 8 > top {
-            break;
-        }
-        // SAFETY: `at` is 8-aligned and between the current stack pointer and the top of the
-        // stack (identity-mapped normal memory): memory of this stack.
-        let word = unsafe { core::ptr::read_volatile(at as *const u64) };
-        if (lo..hi).contains(&word) && !each(word) {
-            break;
-        }
-        at += 8;
-    }
+    (sp, stack().1)
 }

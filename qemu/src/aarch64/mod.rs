@@ -115,9 +115,9 @@ pub fn stack() -> (u64, u64) {
     boot::stack()
 }
 
-/// The code addresses on the stack, newest first (the panic line).
-pub fn code_addresses_on_stack(each: impl FnMut(u64) -> bool) {
-    boot::code_addresses_on_stack(each)
+/// The current stack pointer and the top of its stack (the panic line's walk).
+pub fn stack_walk_bounds() -> (u64, u64) {
+    boot::stack_walk_bounds()
 }
 
 /// The entropy source (RNDR, else virtio-rng), or stop the machine saying there is none.

@@ -186,46 +186,22 @@ pub fn pvh_magic_ok(start_info: u32) -> bool {
     magic == HVM_START_MAGIC
 }
 
-/// How many stack words the panic handler looks at for code addresses.
-const STACK_SCAN_WORDS: usize = 512;
-
-/// The values on the stack, from `rsp` up (the newest frames first, at most
-/// [`STACK_SCAN_WORDS`] words, never past the top of the stack), that are addresses in
-/// the image's code: return addresses of the calls that led here, among other words. The
-/// panic handler prints them instead of a formatted message (formatting links ~40 KB of
-/// `core::fmt`); `addr2line -f -i -C -e` on the `image-syms` build of the same code turns them
-/// into functions, files and lines.
-pub fn code_addresses_on_stack(mut each: impl FnMut(u64) -> bool) {
+/// The current stack pointer and the top of the stack it is in (the big stack once
+/// [`run_on_big_stack`] switched to it, else the early one), for the panic handler's walk
+/// (`unikernel::code_addresses_on_stack`).
+pub fn stack_walk_bounds() -> (u64, u64) {
     extern "C" {
-        static __text_start: u8;
-        static __text_end: u8;
         static boot_stack_top: u8;
     }
     let rsp: u64;
     // SAFETY: reads the stack pointer into a register; no memory is touched.
     unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack)) };
-    // Only the addresses of these linker symbols are taken, never their contents.
-    let (lo, hi) = (
-        core::ptr::addr_of!(__text_start) as u64,
-        core::ptr::addr_of!(__text_end) as u64,
-    );
     let top = match STACK_TOP.load(core::sync::atomic::Ordering::Relaxed) {
+        // Only the address of the linker symbol is taken, never its contents.
         0 => core::ptr::addr_of!(boot_stack_top) as u64,
         top => top,
     };
-    let mut at = rsp & !7;
-    for _ in 0..STACK_SCAN_WORDS {
-        if at + 8 > top {
-            break;
-        }
-        // SAFETY: `at` is 8-aligned and between the current stack pointer and the top of the
-        // boot stack (in `.bss`, identity-mapped, always mapped): memory of this stack.
-        let word = unsafe { core::ptr::read_volatile(at as *const u64) };
-        if (lo..hi).contains(&word) && !each(word) {
-            break;
-        }
-        at += 8;
-    }
+    (rsp, top)
 }
 
 /// Where a stack of [`BIG_STACK_MIN`]..[`BIG_STACK_MAX`] bytes fits, as `(bottom, top)`: RAM
