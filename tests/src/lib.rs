@@ -86,6 +86,16 @@ impl DemoConfig {
     }
 }
 
+/// A file `name-<pid>` with `content` under `target/test-configs/` (a config the test makes
+/// up, a fw_cfg test hook's content), for QEMU or the daemon to read.
+pub fn test_file(name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+    let dir = target_dir().join("test-configs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}-{}", std::process::id()));
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
 /// Boot `image` with `opts` and expect QEMU to stop within `timeout` with guest exit `code`
 /// and `message` on serial. Returns the serial console.
 pub fn expect_exit(

@@ -275,20 +275,12 @@ fn no_nic_stops_the_machine() {
     );
 }
 
-fn crash_file(name: &str, content: &str) -> PathBuf {
-    let dir = imds_tests::target_dir().join("test-configs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}-{}", std::process::id()));
-    std::fs::write(&path, content).unwrap();
-    path
-}
-
 #[test]
 fn panic_prints_the_message_and_exits() {
     let opts = QemuOpts {
         fw_cfg: vec![(
             qemu::PANIC_TEST_FW_CFG.into(),
-            crash_file("aarch64-panic-test", "panic"),
+            imds_tests::test_file("aarch64-panic-test", "panic"),
         )],
         ..no_network(None)
     };
@@ -304,7 +296,7 @@ fn cpu_exception_is_reported() {
     let opts = QemuOpts {
         fw_cfg: vec![(
             qemu::PANIC_TEST_FW_CFG.into(),
-            crash_file("aarch64-ud2-test", "ud2"),
+            imds_tests::test_file("aarch64-ud2-test", "ud2"),
         )],
         ..no_network(None)
     };
@@ -322,7 +314,7 @@ fn panic_addresses_resolve_to_the_panicking_code() {
     let opts = QemuOpts {
         fw_cfg: vec![(
             qemu::PANIC_TEST_FW_CFG.into(),
-            crash_file("aarch64-panic-test-line", "panic"),
+            imds_tests::test_file("aarch64-panic-test-line", "panic"),
         )],
         ..no_network(None)
     };

@@ -220,12 +220,9 @@ fn no_config_names_both_ways() {
 fn a_config_too_large_for_the_module_path_is_refused_by_size() {
     // The module is read by its size, not up to trailing padding: a document one byte over
     // the image's CONFIG_MAX is refused with exactly that size.
-    let dir = imds_tests::target_dir().join("test-configs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("reach-too-large-{}.json", std::process::id()));
     // The image's CONFIG_MAX (`agent/src/limits.rs`, without `std`) + 1.
     let size = 64 * 1024 + 1;
-    std::fs::write(&path, vec![b' '; size]).unwrap();
+    let path = imds_tests::test_file("reach-too-large.json", vec![b' '; size]);
     let opts = QemuOpts {
         config: Some(path),
         config_via: ConfigVia::Initrd,
