@@ -382,12 +382,23 @@ pub struct LapicTimer {
     ticks_per_ms: u64,
 }
 
+/// The LAPIC timer counting down, masked, from its largest count since [`LapicTimer::start`]
+/// (at TSC `tsc`): the first end of its calibration.
+#[derive(Debug, Clone, Copy)]
+pub struct LapicStart {
+    /// The LAPIC's MMIO base (below 4 GiB).
+    pub base: u64,
+    /// The TSC when the count began.
+    pub tsc: u64,
+}
+
 impl LapicTimer {
-    /// Enable the local APIC and measure its timer against the TSC (`tsc_hz`), ~0.5 ms.
-    /// `None` when the CPU has no APIC or the timer does not count. Call after [`init`].
-    pub fn init(tsc_hz: u64) -> Option<LapicTimer> {
+    /// Enable the local APIC and start its timer counting (masked: it raises nothing), so that
+    /// [`LapicTimer::init`] can calibrate it over the time in between instead of waiting.
+    /// `None` when the CPU has no APIC. Call after [`init`].
+    pub fn start() -> Option<LapicStart> {
         let apic = core::arch::x86_64::__cpuid(1).edx & (1 << 9) != 0;
-        if !apic || tsc_hz == 0 {
+        if !apic {
             return None;
         }
         let msr = rdmsr(IA32_APIC_BASE);
@@ -399,7 +410,7 @@ impl LapicTimer {
             return None; // outside the identity map
         }
         IMDS_LAPIC_EOI.store(base + LAPIC_EOI, Ordering::Relaxed);
-        let mut timer = LapicTimer {
+        let timer = LapicTimer {
             base,
             ticks_per_ms: 0,
         };
@@ -407,14 +418,37 @@ impl LapicTimer {
         timer.write(LAPIC_TIMER_DIVIDE, 0b1011); // divide by 1
         timer.write(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
         timer.write(LAPIC_TIMER_INITIAL, u32::MAX);
-        let start = rdtsc();
-        let window = tsc_hz / 1_000_000 * LAPIC_CALIBRATION_US;
-        while rdtsc().wrapping_sub(start) < window {
-            core::hint::spin_loop();
+        Some(LapicStart { base, tsc: rdtsc() })
+    }
+
+    /// The timer of `start`, measured against the TSC (`tsc_hz`) over the time since then (at
+    /// least 0.5 ms: the rest is waited for; a count that ran out is measured again). `None`
+    /// when the timer does not count.
+    pub fn init(start: LapicStart, tsc_hz: u64) -> Option<LapicTimer> {
+        if tsc_hz == 0 {
+            return None;
         }
-        let elapsed = u64::from(u32::MAX - timer.read(LAPIC_TIMER_CURRENT));
+        let mut timer = LapicTimer {
+            base: start.base,
+            ticks_per_ms: 0,
+        };
+        let window = tsc_hz / 1_000_000 * LAPIC_CALIBRATION_US;
+        let mut from = start.tsc;
+        let (elapsed, tsc_elapsed) = loop {
+            while rdtsc().wrapping_sub(from) < window {
+                core::hint::spin_loop();
+            }
+            let current = timer.read(LAPIC_TIMER_CURRENT);
+            let tsc_elapsed = rdtsc().wrapping_sub(from);
+            if current != 0 {
+                break (u64::from(u32::MAX - current), tsc_elapsed);
+            }
+            // Counted out (over seconds): once more, over the minimum window.
+            timer.write(LAPIC_TIMER_INITIAL, u32::MAX);
+            from = rdtsc();
+        };
         timer.write(LAPIC_TIMER_INITIAL, 0);
-        timer.ticks_per_ms = elapsed * 1000 / LAPIC_CALIBRATION_US;
+        timer.ticks_per_ms = elapsed * (tsc_hz / 1000) / tsc_elapsed.max(1);
         (timer.ticks_per_ms > 0).then_some(timer)
     }
 

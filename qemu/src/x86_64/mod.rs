@@ -11,7 +11,7 @@ use imds_hal::text::Text;
 use imds_hal::virtio_net::{NicError, VirtioNet};
 use imds_hal::x86_64::clock::{Calibration, WallSource};
 use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig};
-use imds_hal::x86_64::interrupts;
+use imds_hal::x86_64::interrupts::{self, LapicStart};
 use imds_hal::x86_64::nic::Found;
 use imds_hal::x86_64::pvh::{self, ModuleConfig};
 use imds_hal::x86_64::rdrand::Rdrand;
@@ -31,6 +31,9 @@ pub type BootInfo = u32;
 /// (address, length) and the first module (address, size; 0: none).
 static CMDLINE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 static MODULE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// The idle timer's start ([`imds_hal::x86_64::interrupts::LapicStart`]: base, TSC; base 0:
+/// no APIC).
+static LAPIC_START: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
 /// The PVH command line (empty if none).
 fn cmdline() -> &'static [u8] {
@@ -61,6 +64,11 @@ fn first_module() -> Option<Module> {
 pub extern "C" fn imds_boot_main(start_info: u32) -> ! {
     let mut log = Console::init_com1();
     interrupts::init(exit_code::CPU_EXCEPTION);
+    // The idle timer counts from here; [`idle`] measures it against the TSC over the boot.
+    if let Some(start) = Idle::start() {
+        LAPIC_START[0].store(start.base, Ordering::Relaxed);
+        LAPIC_START[1].store(start.tsc, Ordering::Relaxed);
+    }
     if !boot::pvh_magic_ok(start_info) {
         log.put("imds-agent: fatal: not started through PVH (start info at ")
             .hex(start_info.into())
@@ -285,9 +293,15 @@ pub fn nic() -> Result<VirtioNet, NicError> {
     Ok(nic)
 }
 
-/// The idle timer (LAPIC), if the machine has a usable one.
+/// The idle timer (LAPIC), if the machine has a usable one: measured against the TSC over
+/// the boot so far (it started counting in [`imds_boot_main`]).
 pub fn idle(clock: &MachineClock) -> Option<Idle> {
-    Idle::init(clock.tsc_hz())
+    let base = LAPIC_START[0].load(Ordering::Relaxed);
+    let tsc = LAPIC_START[1].load(Ordering::Relaxed);
+    if base == 0 {
+        return None;
+    }
+    Idle::init(LapicStart { base, tsc }, clock.tsc_hz())
 }
 
 /// Sleep until the idle timer fires after `us` microseconds (or an earlier interrupt).
