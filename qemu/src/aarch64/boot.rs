@@ -183,7 +183,7 @@ imds_entry:
     msr     sctlr_el1, x1
     isb
 
-    /* Zero .bss and the stack (4 KiB aligned starts, 16-byte aligned ends). */
+    /* Zero .bss and the stack (4 KiB aligned starts, 64-byte aligned ends). */
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
     adrp    x2, __bss_end
@@ -207,12 +207,19 @@ imds_entry:
     wfi
     b       4b
 
-    /* Zero [x1, x2), 16 bytes at a time; no stack used. */
+    /* Zero [x1, x2) (64-byte aligned ends), 64 bytes per turn: QEMU's TCG dispatches each
+       turn, so fewer, bigger turns are faster (~4x). No stack used. */
 imds_zero:
     cmp     x1, x2
     b.hs    5f
-    stp     xzr, xzr, [x1], #16
-    b       imds_zero
+6:
+    stp     xzr, xzr, [x1]
+    stp     xzr, xzr, [x1, #16]
+    stp     xzr, xzr, [x1, #32]
+    stp     xzr, xzr, [x1, #48]
+    add     x1, x1, #64
+    cmp     x1, x2
+    b.lo    6b
 5:
     ret
 
