@@ -24,6 +24,7 @@ pub mod text;
 // Pure parsers of what a VMM hands the guest (always compiled: unit-tested on the host).
 mod bytes;
 pub mod cmdline;
+pub mod pit;
 pub mod pvclock;
 pub mod pvh;
 pub mod rtc;

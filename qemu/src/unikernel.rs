@@ -28,6 +28,9 @@ const PANIC_TEST_FILE: &str = "opt/imds-agent/panic-test";
 
 /// The boot sequence, on the big stack the arch's boot code set up.
 pub fn main(boot_info: arch::BootInfo) -> ! {
+    // First: the clock starts here; on x86 under TCG its PIT calibration window stays open
+    // while the config is read and parsed (no busy wait), closed by `arch::clock` below.
+    let clock = arch::clock_start();
     let _ = boot_info;
     let mut log = arch::console();
     log.put("imds-agent: unikernel ")
@@ -48,7 +51,6 @@ pub fn main(boot_info: arch::BootInfo) -> ! {
     crate::heap::init();
 
     let mut entropy = arch::entropy(&mut log);
-    let clock = arch::clock(&mut log);
 
     let config = load_config(&mut log);
     log.put("imds-agent: config: ")
@@ -56,6 +58,7 @@ pub fn main(boot_info: arch::BootInfo) -> ! {
         .put(" identities, tenant ")
         .put(&config.tenant_id)
         .end();
+    let clock = arch::clock(clock, &mut log);
 
     let nic = match arch::nic() {
         Ok(nic) => nic,

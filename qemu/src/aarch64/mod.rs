@@ -134,9 +134,18 @@ pub fn entropy(log: &mut Console) -> MachineEntropy {
     exit(exit_code::NO_ENTROPY);
 }
 
+/// What [`clock_start`] hands to [`clock`]: nothing here (the generic timer needs no
+/// calibration; on x86 it is the TSC's PIT window, open while the boot goes on).
+pub struct ClockStart(());
+
+/// Start the clock, first thing at boot (the same name as on x86; nothing to do here).
+pub fn clock_start() -> ClockStart {
+    ClockStart(())
+}
+
 /// The clock (generic timer; wall time from the PL031), announced; or stop the machine when
 /// there is no wall time (tokens carry it).
-pub fn clock(log: &mut Console) -> MachineClock {
+pub fn clock(_start: ClockStart, log: &mut Console) -> MachineClock {
     let rtc = dt::find_reg(&["arm,pl031"]).map(|(base, _)| base);
     // SAFETY: the device tree names a PL031 at `rtc`; the first GiB is mapped as device memory.
     match unsafe { MachineClock::init(rtc) } {

@@ -9,6 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use imds_hal::pvh::Module;
 use imds_hal::text::Text;
 use imds_hal::virtio_net::{NicError, VirtioNet};
+pub use imds_hal::x86_64::clock::ClockStart;
 use imds_hal::x86_64::clock::{Calibration, WallSource};
 use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig};
 use imds_hal::x86_64::interrupts;
@@ -177,11 +178,17 @@ pub fn entropy(log: &mut Console) -> MachineEntropy {
     }
 }
 
-/// The clock, announced: the TSC (its frequency from CPUID `0x4000_0010`, kvmclock or the
-/// PIT) and the wall time (CMOS RTC, else kvmclock). Without a wall clock, stop the machine:
-/// a token with a wrong time is worse than none.
-pub fn clock(log: &mut Console) -> MachineClock {
-    let clock = MachineClock::init();
+/// Start the clock, first thing at boot: monotonic time counts from here, and under TCG the
+/// PIT measures the TSC while the boot goes on (see [`ClockStart::finish`]).
+pub fn clock_start() -> ClockStart {
+    MachineClock::start()
+}
+
+/// The clock [`clock_start`] started, announced: the TSC (its frequency from CPUID
+/// `0x4000_0010`, kvmclock or the PIT) and the wall time (CMOS RTC, else kvmclock). Without a
+/// wall clock, stop the machine: a token with a wrong time is worse than none.
+pub fn clock(start: ClockStart, log: &mut Console) -> MachineClock {
+    let clock = start.finish();
     log.put("imds-agent: clock: TSC ")
         .dec(clock.tsc_hz() / 1_000_000)
         .put(" MHz (")
