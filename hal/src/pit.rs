@@ -14,16 +14,21 @@ pub fn elapsed_ticks(c0: u16, c1: u16) -> Option<u16> {
     c0.checked_sub(c1)
 }
 
-/// The TSC frequency (Hz) a window gives: `tsc` TSC ticks over `pit` PIT ticks, if reading
-/// the PIT at its two ends took (`slop` TSC ticks) less than `1 / slop_div` of the window (the
-/// vCPU was not preempted at a bad moment); `None` if not, or for an empty window. The
-/// product stays in 64 bits (a window is at most ~55 ms of TSC ticks): no 128-bit division,
-/// whose routine the image would carry.
-pub fn tsc_hz(tsc: u64, pit: u64, slop: u64, slop_div: u64) -> Option<u64> {
-    if pit == 0 || slop.checked_mul(slop_div)? >= tsc {
-        return None;
-    }
-    Some(tsc.checked_mul(PIT_HZ)? / pit).filter(|&hz| hz > 0)
+/// A window is tight when reading the PIT at its two ends took less than this fraction of it
+/// (1/1000): the vCPU was not preempted at a bad moment.
+pub const MAX_SLOP_DIV: u64 = 1_000;
+
+/// Whether a window of `tsc` TSC ticks is tight (see [`MAX_SLOP_DIV`]), reading the PIT at its
+/// ends having taken `slop` TSC ticks.
+pub fn is_tight(tsc: u64, slop: u64) -> bool {
+    slop.saturating_mul(MAX_SLOP_DIV) < tsc
+}
+
+/// The TSC frequency (Hz) a window gives: `tsc` TSC ticks over `pit` PIT ticks; `None` for an
+/// empty window. The product stays in 64 bits (a window is at most ~55 ms of TSC ticks): no
+/// 128-bit division, whose routine the image would carry.
+pub fn tsc_hz(tsc: u64, pit: u64) -> Option<u64> {
+    Some(tsc.checked_mul(PIT_HZ)?.checked_div(pit)?).filter(|&hz| hz > 0)
 }
 
 #[cfg(test)]
@@ -32,29 +37,29 @@ mod tests {
 
     #[test]
     fn a_30_ms_window_at_2_1_ghz() {
-        // 30 ms: 35,795 PIT ticks, 63 M TSC ticks; the reads took 2 µs in all.
+        // 30 ms: 35,795 PIT ticks, 63 M TSC ticks.
         let pit = 35_795;
         let tsc = 2_100_000_000 * pit / PIT_HZ;
-        assert_eq!(tsc_hz(tsc, pit, 4_200, 1_000), Some(2_099_999_986));
+        assert_eq!(tsc_hz(tsc, pit), Some(2_099_999_986));
         // One PIT tick of quantization at either end: ~30 ppm.
-        let hz = tsc_hz(tsc, pit - 1, 4_200, 1_000).unwrap();
+        let hz = tsc_hz(tsc, pit - 1).unwrap();
         assert!(hz.abs_diff(2_100_000_000) < 2_100_000_000 / 30_000, "{hz}");
     }
 
     #[test]
-    fn a_loose_window_is_refused() {
-        let (tsc, pit) = (10_500_000, 5_966); // 5 ms at 2.1 GHz
-        assert!(tsc_hz(tsc, pit, 10_499, 1_000).is_some());
-        assert_eq!(tsc_hz(tsc, pit, 10_500, 1_000), None);
-        assert_eq!(tsc_hz(tsc, pit, u64::MAX, 1_000), None);
+    fn a_loose_window_is_not_tight() {
+        let tsc = 10_500_000; // 5 ms at 2.1 GHz
+        assert!(is_tight(tsc, 10_499)); // the reads took < 5 µs
+        assert!(!is_tight(tsc, 10_500));
+        assert!(!is_tight(tsc, u64::MAX));
     }
 
     #[test]
     fn empty_or_absurd_windows_give_nothing() {
-        assert_eq!(tsc_hz(10_500_000, 0, 0, 1_000), None);
-        assert_eq!(tsc_hz(0, 5_966, 0, 1_000), None);
-        assert_eq!(tsc_hz(u64::MAX, 5_966, 0, 1_000), None); // overflow
-        assert_eq!(tsc_hz(1, 2_000_000, 0, 1_000), None); // rounds to 0 Hz
+        assert_eq!(tsc_hz(10_500_000, 0), None);
+        assert_eq!(tsc_hz(0, 5_966), None);
+        assert_eq!(tsc_hz(u64::MAX, 5_966), None); // overflow
+        assert_eq!(tsc_hz(1, 2_000_000), None); // rounds to 0 Hz
     }
 
     #[test]

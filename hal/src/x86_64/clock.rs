@@ -1,9 +1,10 @@
 //! Time: the TSC for the monotonic clock and a wall clock, from what the machine has. The TSC
 //! frequency: CPUID `0x4000_0010` (Cloud Hypervisor), else kvmclock's scaling (any KVM guest),
 //! else measured against PIT channel 2 (QEMU TCG), in a window that stays open while the boot
-//! does other work ([`TscClock::start`] opens it, [`ClockStart::finish`] closes it). The wall clock: the CMOS real-time clock
-//! (QEMU `-rtc base=utc`, Cloud Hypervisor), else kvmclock's boot wall time (Firecracker has no
-//! RTC), else none ([`WallSource::None`]: the caller must refuse to mint tokens).
+//! does other work ([`TscClock::start`] opens it, [`ClockStart::finish`] closes it). The wall
+//! clock: the CMOS real-time clock (QEMU `-rtc base=utc`, Cloud Hypervisor), else kvmclock's
+//! boot wall time (Firecracker has no RTC), else none ([`WallSource::None`]: the caller must
+//! refuse to mint tokens).
 //!
 //! The wall clock is `RTC seconds at the last reading + TSC time since`, re-read from the RTC
 //! every [`RTC_RESYNC_US`] so that a calibration error cannot drift the token times; it never
@@ -17,11 +18,9 @@ use crate::{pit, rtc, Clock};
 
 /// The shortest calibration window, and the fallback's window: 5 ms of PIT ticks.
 const CALIBRATION_TICKS: u16 = 5_966;
-/// Fallback windows tried before settling for the least disturbed one.
+/// Windows measured at most (the one left open, then fresh ones) before settling for a window
+/// that is not tight.
 const CALIBRATION_TRIES: u32 = 5;
-/// A window is accepted when reading the PIT at its ends took less than this fraction of it
-/// (1/1000): the vCPU was not preempted at a bad moment.
-const CALIBRATION_MAX_SLOP_DIV: u64 = 1_000;
 /// Give up on the PIT after this many reads without the window's end (no PIT or its gate).
 const CALIBRATION_MAX_POLLS: u32 = 10_000_000;
 /// No PIT at all (Cloud Hypervisor, `microvm,pit=off`): the latched count never changes.
@@ -135,23 +134,22 @@ fn end_window((t0, c0, slop0): Mark) -> Option<Window> {
     None
 }
 
-/// Measure the TSC frequency against PIT channel 2 in windows of [`CALIBRATION_TICKS`]
-/// (~5-25 ms in all): a preempted vCPU shows up as a wide bracket and the window is retried,
-/// [`CALIBRATION_TRIES`] at most; the least disturbed one counts.
-fn calibrate_tsc() -> Option<u64> {
-    let mut best: Option<Window> = None;
+/// Measure the TSC frequency against PIT channel 2: close the window opened at `mark`; if it
+/// is lost (the count may have wrapped) or not tight (a preempted vCPU shows up as a wide
+/// bracket), measure fresh windows of [`CALIBRATION_TICKS`] (5 ms each), [`CALIBRATION_TRIES`]
+/// windows in all; the last one counts. `None`: the PIT does not count.
+fn calibrate_tsc(mut mark: Mark) -> Option<u64> {
+    let mut hz = None;
     for _ in 0..CALIBRATION_TRIES {
-        let Some(w) = end_window(start_window()) else {
-            break;
-        };
-        if best.is_none_or(|(_, _, slop)| w.2 < slop) {
-            best = Some(w);
+        if let Some((tsc, pit, slop)) = end_window(mark) {
+            hz = pit::tsc_hz(tsc, pit);
+            if pit::is_tight(tsc, slop) {
+                break;
+            }
         }
-        if pit::tsc_hz(w.0, w.1, w.2, CALIBRATION_MAX_SLOP_DIV).is_some() {
-            break;
-        }
+        mark = start_window();
     }
-    best.and_then(|(tsc, pit, slop)| pit::tsc_hz(tsc, pit, slop, 1))
+    hz
 }
 
 /// The clock started and not yet finished ([`TscClock::start`]): on the PIT path, a
@@ -171,9 +169,7 @@ impl ClockStart {
     pub fn finish(self) -> TscClock {
         let (tsc_hz, calibration) = match self.source {
             Ok(known) => known,
-            Err(mark) => end_window(mark)
-                .and_then(|(tsc, pit, slop)| pit::tsc_hz(tsc, pit, slop, CALIBRATION_MAX_SLOP_DIV))
-                .or_else(calibrate_tsc)
+            Err(mark) => calibrate_tsc(mark)
                 .map_or((FALLBACK_TSC_HZ, Calibration::Fallback), |hz| {
                     (hz, Calibration::Pit)
                 }),
