@@ -1,7 +1,7 @@
 //! The aarch64 machine (QEMU `virt`; booted as a Linux arm64 Image with the device tree in
 //! `x0`): what [`crate::unikernel`] asks of an architecture, from `imds_hal::aarch64`'s
 //! backends. The same names as every architecture module: [`Console`], [`MachineClock`],
-//! [`MachineEntropy`], [`Idle`], [`BootInfo`] and the functions below.
+//! [`ClockStart`], [`MachineEntropy`], [`Idle`], [`BootInfo`] and the functions below.
 
 pub mod boot;
 

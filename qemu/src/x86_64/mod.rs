@@ -1,7 +1,7 @@
 //! The x86_64 machine (QEMU `pc`/`q35`/`microvm`, PVH boot): what [`crate::unikernel`] asks of
 //! an architecture, from `imds_hal::x86_64`'s backends. Every architecture module offers the
-//! same names: [`Console`], [`MachineClock`], [`MachineEntropy`], [`Idle`], [`BootInfo`] and the
-//! functions below; the boot sequence itself is arch-neutral.
+//! same names: [`Console`], [`MachineClock`], [`ClockStart`], [`MachineEntropy`], [`Idle`],
+//! [`BootInfo`] and the functions below; the boot sequence itself is arch-neutral.
 
 pub mod boot;
 
