@@ -28,9 +28,6 @@ const PANIC_TEST_FILE: &str = "opt/imds-agent/panic-test";
 
 /// The boot sequence, on the big stack the arch's boot code set up.
 pub fn main(boot_info: arch::BootInfo) -> ! {
-    // First: the clock starts here; on x86 under TCG its PIT calibration window stays open
-    // while the config is read and parsed (no busy wait), closed by `arch::clock` below.
-    let clock = arch::clock_start();
     let _ = boot_info;
     let mut log = arch::console();
     log.put("imds-agent: unikernel ")
@@ -46,6 +43,10 @@ pub fn main(boot_info: arch::BootInfo) -> ! {
         .put("..")
         .hex(arch::stack().1)
         .end();
+    // The clock starts here (or the machine stops: no wall clock); on x86 under TCG its PIT
+    // calibration window stays open while the config is read and parsed (no busy wait),
+    // closed by `arch::clock` below.
+    let clock = arch::clock_start(&mut log);
     crash_test();
     #[cfg(feature = "rsa")]
     crate::heap::init();

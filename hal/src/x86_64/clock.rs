@@ -162,10 +162,19 @@ pub struct ClockStart {
     kvmclock: Option<Kvmclock>,
     /// The frequency the VMM gave (CPUID, kvmclock), else the open PIT window's start.
     source: Result<(u64, Calibration), Mark>,
+    wall: WallSource,
+    /// The RTC's reading: (Unix seconds, TSC then).
+    rtc: (u64, u64),
 }
 
 impl ClockStart {
-    /// Find the TSC frequency and the wall clock: instant with the VMM's frequency; on the PIT
+    /// Where the wall clock comes from, known at the start ([`WallSource::None`]: there is
+    /// none, and no reason to wait for the TSC's frequency before saying so).
+    pub fn wall_source(&self) -> WallSource {
+        self.wall
+    }
+
+    /// Find the TSC frequency: instant with the VMM's frequency; on the PIT
     /// path, the window opened at [`TscClock::start`] is closed (after at least 5 ms of PIT
     /// ticks: a wait only if less has passed). A window that outlived the PIT's count (~55 ms)
     /// or whose reads were not tight is replaced by windows measured here (~5-25 ms).
@@ -177,24 +186,18 @@ impl ClockStart {
                     (hz, Calibration::Pit)
                 }),
         };
-        let kvmclock = self.kvmclock;
-        let mut clock = TscClock {
+        let clock = TscClock {
             tsc_hz,
             us_per_tick_q32: ((1_000_000 << 32) + tsc_hz / 2) / tsc_hz.max(1),
             tsc_at_boot: self.tsc_at_boot,
             calibration,
             anchor: Cell::new((0, 0)),
             last_wall: Cell::new(0),
-            wall: WallSource::None,
-            kvmclock,
+            wall: self.wall,
+            kvmclock: self.kvmclock,
         };
-        let now = clock.monotonic_us();
-        if let Some(rtc) = read_rtc_unix() {
-            clock.anchor.set((rtc, now));
-            clock.wall = WallSource::Rtc;
-        } else if kvmclock.is_some_and(|k| k.unix_s_at(rdtsc()).is_some()) {
-            clock.wall = WallSource::Kvmclock;
-        }
+        let (rtc, tsc) = self.rtc;
+        clock.anchor.set((rtc, clock.us_at(tsc)));
         clock
     }
 }
@@ -273,9 +276,9 @@ pub struct TscClock {
 }
 
 impl TscClock {
-    /// Start the clock (monotonic time counts from here) and find where the TSC frequency
-    /// comes from (see the module's order); on the PIT path, open a calibration window and
-    /// return at once: the PIT counts while the caller works (the image reads and parses its
+    /// Start the clock (monotonic time counts from here), find where the TSC frequency comes
+    /// from (see the module's order) and read the wall clock; on the PIT path, open a
+    /// calibration window and return at once: the PIT counts while the caller works (the image reads and parses its
     /// config), and [`ClockStart::finish`] reads it instead of a busy wait.
     pub fn start() -> ClockStart {
         let tsc_at_boot = rdtsc();
@@ -285,16 +288,31 @@ impl TscClock {
             (None, Some(k)) if k.time.tsc_hz() > 0 => Ok((k.time.tsc_hz(), Calibration::Kvmclock)),
             _ => Err(start_window()),
         };
+        let (wall, rtc) = match read_rtc_unix() {
+            Some(rtc) => (WallSource::Rtc, (rtc, rdtsc())),
+            None if kvmclock.is_some_and(|k| k.unix_s_at(rdtsc()).is_some()) => {
+                (WallSource::Kvmclock, (0, tsc_at_boot))
+            }
+            None => (WallSource::None, (0, tsc_at_boot)),
+        };
         ClockStart {
             tsc_at_boot,
             kvmclock,
             source,
+            wall,
+            rtc,
         }
     }
 
     /// Where the wall clock comes from ([`WallSource::None`]: it is not to be trusted).
     pub fn wall_source(&self) -> WallSource {
         self.wall
+    }
+
+    /// Monotonic time at TSC value `tsc` (µs since [`TscClock::start`]).
+    fn us_at(&self, tsc: u64) -> u64 {
+        let ticks = tsc.wrapping_sub(self.tsc_at_boot);
+        ((u128::from(ticks) * u128::from(self.us_per_tick_q32)) >> 32) as u64
     }
 
     /// The measured TSC frequency in Hz.
@@ -310,8 +328,7 @@ impl TscClock {
 
 impl Clock for TscClock {
     fn monotonic_us(&self) -> u64 {
-        let ticks = rdtsc().wrapping_sub(self.tsc_at_boot);
-        ((u128::from(ticks) * u128::from(self.us_per_tick_q32)) >> 32) as u64
+        self.us_at(rdtsc())
     }
 
     fn unix_time_s(&self) -> u64 {

@@ -178,10 +178,16 @@ pub fn entropy(log: &mut Console) -> MachineEntropy {
     }
 }
 
-/// Start the clock, first thing at boot: monotonic time counts from here, and under TCG the
-/// PIT measures the TSC while the boot goes on (see [`ClockStart::finish`]).
-pub fn clock_start() -> ClockStart {
-    MachineClock::start()
+/// Start the clock, early at boot: monotonic time counts from here, and under TCG the PIT
+/// measures the TSC while the boot goes on (see [`ClockStart::finish`]). Without a wall
+/// clock, stop the machine now (through [`clock`]), before the config is read.
+pub fn clock_start(log: &mut Console) -> ClockStart {
+    let start = MachineClock::start();
+    if start.wall_source() != WallSource::None {
+        return start;
+    }
+    clock(start, log);
+    exit(exit_code::NO_WALL_CLOCK) // not reached: `clock` stops a machine without wall clock
 }
 
 /// The clock [`clock_start`] started, announced: the TSC (its frequency from CPUID
