@@ -23,8 +23,9 @@ const CALIBRATION_TICKS: u16 = 5_966;
 const CALIBRATION_TRIES: u32 = 5;
 /// Give up on the PIT after this many reads without the window's end (no PIT or its gate).
 const CALIBRATION_MAX_POLLS: u32 = 10_000_000;
-/// No PIT at all (Cloud Hypervisor, `microvm,pit=off`): the latched count never changes.
-/// A PIT ticks every 0.84 µs, far less than this many reads take.
+/// A PIT that does not count (its gate closed): the latched count never changes. A PIT ticks
+/// every 0.84 µs, far less than this many reads take. (No PIT at all — Cloud Hypervisor,
+/// `microvm,pit=off` — reads all ones: its OUT pin seems high, the window is refused at once.)
 const FIRST_TICK_MAX_POLLS: u32 = 10_000;
 /// TSC frequency assumed when the PIT cannot be used (logged by the caller).
 const FALLBACK_TSC_HZ: u64 = 2_000_000_000;
@@ -174,10 +175,10 @@ impl ClockStart {
         self.wall
     }
 
-    /// Find the TSC frequency: instant with the VMM's frequency; on the PIT
-    /// path, the window opened at [`TscClock::start`] is closed (after at least 5 ms of PIT
-    /// ticks: a wait only if less has passed). A window that outlived the PIT's count (~55 ms)
-    /// or whose reads were not tight is replaced by windows measured here (~5-25 ms).
+    /// Find the TSC frequency: instant with the VMM's frequency; on the PIT path, the window
+    /// opened at [`TscClock::start`] is closed (after at least 5 ms of PIT ticks: a wait only
+    /// if less has passed). A window that outlived the PIT's count (~55 ms) or whose reads were
+    /// not tight is replaced by windows measured here (5 ms each, at most 4).
     pub fn finish(self) -> TscClock {
         let (tsc_hz, calibration) = match self.source {
             Ok(known) => known,
