@@ -21,9 +21,11 @@
 pub mod host;
 pub mod text;
 
-// Pure parsers of what a VMM hands the guest (always compiled: unit-tested on the host).
+// Pure parsers of what a VMM hands the guest, and the PIT calibration's arithmetic (always
+// compiled: unit-tested on the host).
 mod bytes;
 pub mod cmdline;
+pub mod pit;
 pub mod pvclock;
 pub mod pvh;
 pub mod rtc;

@@ -43,12 +43,15 @@ pub fn main(boot_info: arch::BootInfo) -> ! {
         .put("..")
         .hex(arch::stack().1)
         .end();
+    // The clock starts here (or the machine stops: no wall clock); on x86 under TCG its PIT
+    // calibration window stays open while the config is read and parsed (no busy wait),
+    // closed by `arch::clock` below.
+    let clock = arch::clock_start(&mut log);
     crash_test();
     #[cfg(feature = "rsa")]
     crate::heap::init();
 
     let mut entropy = arch::entropy(&mut log);
-    let clock = arch::clock(&mut log);
 
     let config = load_config(&mut log);
     log.put("imds-agent: config: ")
@@ -56,6 +59,7 @@ pub fn main(boot_info: arch::BootInfo) -> ! {
         .put(" identities, tenant ")
         .put(&config.tenant_id)
         .end();
+    let clock = arch::clock(clock, &mut log);
 
     let nic = match arch::nic() {
         Ok(nic) => nic,

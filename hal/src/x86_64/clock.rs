@@ -1,8 +1,10 @@
 //! Time: the TSC for the monotonic clock and a wall clock, from what the machine has. The TSC
 //! frequency: CPUID `0x4000_0010` (Cloud Hypervisor), else kvmclock's scaling (any KVM guest),
-//! else measured against PIT channel 2 (QEMU TCG). The wall clock: the CMOS real-time clock
-//! (QEMU `-rtc base=utc`, Cloud Hypervisor), else kvmclock's boot wall time (Firecracker has no
-//! RTC), else none ([`WallSource::None`]: the caller must refuse to mint tokens).
+//! else measured against PIT channel 2 (QEMU TCG), in a window that stays open while the boot
+//! does other work ([`TscClock::start`] opens it, [`ClockStart::finish`] closes it). The wall
+//! clock: the CMOS real-time clock (QEMU `-rtc base=utc`, Cloud Hypervisor), else kvmclock's
+//! boot wall time (Firecracker has no RTC), else none ([`WallSource::None`]: the caller must
+//! refuse to mint tokens).
 //!
 //! The wall clock is `RTC seconds at the last reading + TSC time since`, re-read from the RTC
 //! every [`RTC_RESYNC_US`] so that a calibration error cannot drift the token times; it never
@@ -12,21 +14,18 @@ use core::cell::Cell;
 
 use super::kvmclock::{self, Kvmclock};
 use super::port::{inb, outb};
-use crate::{rtc, Clock};
+use crate::{pit, rtc, Clock};
 
-/// PIT input clock, Hz.
-const PIT_HZ: u64 = 1_193_182;
-/// One calibration window: 5 ms of PIT ticks.
+/// The shortest calibration window, and the fallback's window: 5 ms of PIT ticks.
 const CALIBRATION_TICKS: u16 = 5_966;
-/// Windows tried before settling for the least disturbed one.
+/// Windows measured at most (the one left open, then fresh ones) before settling for a window
+/// that is not tight.
 const CALIBRATION_TRIES: u32 = 5;
-/// A window is accepted when reading the PIT at its ends took less than this fraction of it
-/// (1/1000): the vCPU was not preempted at a bad moment.
-const CALIBRATION_MAX_SLOP_DIV: u64 = 1_000;
-/// Give up on the PIT after this many reads without progress (no PIT or its gate).
+/// Give up on the PIT after this many reads without the window's end (no PIT or its gate).
 const CALIBRATION_MAX_POLLS: u32 = 10_000_000;
-/// No PIT at all (Cloud Hypervisor, `microvm,pit=off`): the latched count never changes.
-/// A PIT ticks every 0.84 µs, far less than this many reads take.
+/// A PIT that does not count (its gate closed): the latched count never changes. A PIT ticks
+/// every 0.84 µs, far less than this many reads take. (No PIT at all — Cloud Hypervisor,
+/// `microvm,pit=off` — reads all ones: its OUT pin seems high, the window is refused at once.)
 const FIRST_TICK_MAX_POLLS: u32 = 10_000;
 /// TSC frequency assumed when the PIT cannot be used (logged by the caller).
 const FALLBACK_TSC_HZ: u64 = 2_000_000_000;
@@ -72,17 +71,33 @@ fn pit_ch2_count() -> u16 {
     }
 }
 
-/// Read the PIT count between two TSC reads: (tsc in the middle, count, TSC ticks the read
+/// Whether channel 2's OUT pin is high: in mode 0, the count has reached 0 (and may have
+/// wrapped). From the PIT's own status (read-back command), which QEMU's `microvm` offers
+/// without the speaker port 0x61; a machine without a PIT reads all ones: high.
+fn pit_ch2_out() -> bool {
+    // SAFETY: ports 0x42/0x43 are the PIT; the read-back command (status only, channel 2)
+    // latches channel 2's status byte for the read that follows and changes nothing else.
+    unsafe {
+        outb(PIT_COMMAND, 0b1110_1000);
+        inb(PIT_CH2_DATA) & 0x80 != 0
+    }
+}
+
+/// One end of a window: (TSC in the middle of the PIT read, PIT count, TSC ticks the read
 /// took).
-fn bracketed_count() -> (u64, u16, u64) {
+type Mark = (u64, u16, u64);
+
+/// Read the PIT count between two TSC reads.
+fn bracketed_count() -> Mark {
     let before = rdtsc();
     let count = pit_ch2_count();
     let after = rdtsc();
     (before / 2 + after / 2, count, after.wrapping_sub(before))
 }
 
-/// One window: (TSC ticks, PIT ticks, TSC ticks spent reading the PIT at both ends).
-fn measure_window() -> Option<(u64, u64, u64)> {
+/// Open a window: program PIT channel 2 to count down once from 0xFFFF (~55 ms) and read its
+/// start. No wait: the window stays open while the caller works.
+fn start_window() -> Mark {
     // SAFETY: ports 0x42/0x43 are the PIT and 0x61 is the NMI-status/speaker-gate register.
     // Channel 2 only drives the PC speaker, whose output bit (1) is kept off; channel 0 (the
     // system timer) is not touched.
@@ -93,56 +108,98 @@ fn measure_window() -> Option<(u64, u64, u64)> {
         outb(PIT_CH2_DATA, 0xFF);
         outb(PIT_CH2_DATA, 0xFF);
     }
-    // Start on a count change, so the window begins right after a PIT tick.
-    let (_, first, _) = bracketed_count();
-    let mut polls = 0u32;
-    let (t0, c0, slop0) = loop {
-        let read = bracketed_count();
-        if read.1 != first {
-            break read;
-        }
-        polls += 1;
-        if polls > FIRST_TICK_MAX_POLLS {
-            return None;
-        }
-    };
-    loop {
-        let (t1, c1, slop1) = bracketed_count();
-        let elapsed = c0.wrapping_sub(c1);
-        if c1 <= c0 && elapsed >= CALIBRATION_TICKS {
-            return Some((t1.wrapping_sub(t0), u64::from(elapsed), slop0 + slop1));
-        }
-        if c1 > c0 {
-            return None; // wrapped: the PIT is not counting down as programmed
-        }
-        polls += 1;
-        if polls > CALIBRATION_MAX_POLLS {
-            return None;
-        }
-    }
+    // The first read runs the reading code once: under TCG its first run includes translating
+    // it (tens of µs inside the bracket, a window ~1/1000 loose); the second read is the mark.
+    bracketed_count();
+    bracketed_count()
 }
 
-/// Measure the TSC frequency against PIT channel 2 (5 ms windows, ~5-25 ms in all).
-///
-/// Each window reads the PIT count between two TSC reads at both ends, so a preempted vCPU
-/// (the host is busy) shows up as a wide bracket and the window is retried.
-pub fn calibrate_tsc() -> (u64, Calibration) {
-    let mut best: Option<(u64, u64, u64)> = None;
-    for _ in 0..CALIBRATION_TRIES {
-        let Some(w) = measure_window() else { break };
-        let (tsc, _, slop) = w;
-        if best.is_none_or(|(_, _, s)| slop < s) {
-            best = Some(w);
+/// A closed window: (TSC ticks, PIT ticks, TSC ticks spent reading the PIT at both ends).
+type Window = (u64, u64, u64);
+
+/// Close a window opened by [`start_window`], waiting until it is [`CALIBRATION_TICKS`] long
+/// if it is shorter; `None` if the channel reached its terminal count (~55 ms: the count may
+/// have wrapped) or does not count (no PIT).
+fn end_window((t0, c0, slop0): Mark) -> Option<Window> {
+    for polls in 0..CALIBRATION_MAX_POLLS {
+        let (t1, c1, slop1) = bracketed_count();
+        // OUT is read after the count: low, no terminal count had come when `c1` was read.
+        if pit_ch2_out() {
+            return None;
         }
-        if slop * CALIBRATION_MAX_SLOP_DIV < tsc {
-            break;
+        let elapsed = pit::elapsed_ticks(c0, c1)?;
+        if elapsed >= CALIBRATION_TICKS {
+            return Some((t1.wrapping_sub(t0), elapsed.into(), slop0 + slop1));
+        }
+        if elapsed == 0 && polls > FIRST_TICK_MAX_POLLS {
+            return None;
         }
     }
-    // A window is milliseconds of TSC ticks: the product fits in 64 bits (no u128 division,
-    // whose routine the image would carry).
-    match best.and_then(|(tsc, pit, _)| Some((tsc.checked_mul(PIT_HZ)?, pit))) {
-        Some((product, pit)) if product > 0 && pit > 0 => (product / pit, Calibration::Pit),
-        _ => (FALLBACK_TSC_HZ, Calibration::Fallback),
+    None
+}
+
+/// Measure the TSC frequency against PIT channel 2: close the window opened at `mark`; if it
+/// is lost (the count may have wrapped) or not tight (a preempted vCPU shows up as a wide
+/// bracket), measure fresh windows of [`CALIBRATION_TICKS`] (5 ms each), [`CALIBRATION_TRIES`]
+/// windows in all; the last one counts. `None`: the PIT does not count.
+fn calibrate_tsc(mut mark: Mark) -> Option<u64> {
+    let mut hz = None;
+    for _ in 0..CALIBRATION_TRIES {
+        if let Some((tsc, pit, slop)) = end_window(mark) {
+            hz = pit::tsc_hz(tsc, pit);
+            if pit::is_tight(tsc, slop) {
+                break;
+            }
+        }
+        mark = start_window();
+    }
+    hz
+}
+
+/// The clock started and not yet finished ([`TscClock::start`]): on the PIT path, a
+/// calibration window open while the caller works.
+pub struct ClockStart {
+    tsc_at_boot: u64,
+    kvmclock: Option<Kvmclock>,
+    /// The frequency the VMM gave (CPUID, kvmclock), else the open PIT window's start.
+    source: Result<(u64, Calibration), Mark>,
+    wall: WallSource,
+    /// The RTC's reading: (Unix seconds, TSC then).
+    rtc: (u64, u64),
+}
+
+impl ClockStart {
+    /// Where the wall clock comes from, known at the start ([`WallSource::None`]: there is
+    /// none, and no reason to wait for the TSC's frequency before saying so).
+    pub fn wall_source(&self) -> WallSource {
+        self.wall
+    }
+
+    /// Find the TSC frequency: instant with the VMM's frequency; on the PIT path, the window
+    /// opened at [`TscClock::start`] is closed (after at least 5 ms of PIT ticks: a wait only
+    /// if less has passed). A window that outlived the PIT's count (~55 ms) or whose reads were
+    /// not tight is replaced by windows measured here (5 ms each, at most 4).
+    pub fn finish(self) -> TscClock {
+        let (tsc_hz, calibration) = match self.source {
+            Ok(known) => known,
+            Err(mark) => calibrate_tsc(mark)
+                .map_or((FALLBACK_TSC_HZ, Calibration::Fallback), |hz| {
+                    (hz, Calibration::Pit)
+                }),
+        };
+        let clock = TscClock {
+            tsc_hz,
+            us_per_tick_q32: ((1_000_000 << 32) + tsc_hz / 2) / tsc_hz.max(1),
+            tsc_at_boot: self.tsc_at_boot,
+            calibration,
+            anchor: Cell::new((0, 0)),
+            last_wall: Cell::new(0),
+            wall: self.wall,
+            kvmclock: self.kvmclock,
+        };
+        let (rtc, tsc) = self.rtc;
+        clock.anchor.set((rtc, clock.us_at(tsc)));
+        clock
     }
 }
 
@@ -220,39 +277,43 @@ pub struct TscClock {
 }
 
 impl TscClock {
-    /// Find the TSC frequency and the wall clock (see the module's order). Takes ~5 ms when
-    /// the PIT is the TSC's reference.
-    pub fn init() -> TscClock {
+    /// Start the clock (monotonic time counts from here), find where the TSC frequency comes
+    /// from (see the module's order) and read the wall clock; on the PIT path, open a
+    /// calibration window and return at once: the PIT counts while the caller works (the image reads and parses its
+    /// config), and [`ClockStart::finish`] reads it instead of a busy wait.
+    pub fn start() -> ClockStart {
         let tsc_at_boot = rdtsc();
         let kvmclock = Kvmclock::init();
-        let (tsc_hz, calibration) = match (kvmclock::cpuid_tsc_hz(), kvmclock) {
-            (Some(hz), _) => (hz, Calibration::Cpuid),
-            (None, Some(k)) if k.time.tsc_hz() > 0 => (k.time.tsc_hz(), Calibration::Kvmclock),
-            _ => calibrate_tsc(),
+        let source = match (kvmclock::cpuid_tsc_hz(), kvmclock) {
+            (Some(hz), _) => Ok((hz, Calibration::Cpuid)),
+            (None, Some(k)) if k.time.tsc_hz() > 0 => Ok((k.time.tsc_hz(), Calibration::Kvmclock)),
+            _ => Err(start_window()),
         };
-        let mut clock = TscClock {
-            tsc_hz,
-            us_per_tick_q32: ((1_000_000 << 32) + tsc_hz / 2) / tsc_hz.max(1),
+        let (wall, rtc) = match read_rtc_unix() {
+            Some(rtc) => (WallSource::Rtc, (rtc, rdtsc())),
+            None if kvmclock.is_some_and(|k| k.unix_s_at(rdtsc()).is_some()) => {
+                (WallSource::Kvmclock, (0, tsc_at_boot))
+            }
+            None => (WallSource::None, (0, tsc_at_boot)),
+        };
+        ClockStart {
             tsc_at_boot,
-            calibration,
-            anchor: Cell::new((0, 0)),
-            last_wall: Cell::new(0),
-            wall: WallSource::None,
             kvmclock,
-        };
-        let now = clock.monotonic_us();
-        if let Some(rtc) = read_rtc_unix() {
-            clock.anchor.set((rtc, now));
-            clock.wall = WallSource::Rtc;
-        } else if kvmclock.is_some_and(|k| k.unix_s_at(rdtsc()).is_some()) {
-            clock.wall = WallSource::Kvmclock;
+            source,
+            wall,
+            rtc,
         }
-        clock
     }
 
     /// Where the wall clock comes from ([`WallSource::None`]: it is not to be trusted).
     pub fn wall_source(&self) -> WallSource {
         self.wall
+    }
+
+    /// Monotonic time at TSC value `tsc` (µs since [`TscClock::start`]).
+    fn us_at(&self, tsc: u64) -> u64 {
+        let ticks = tsc.wrapping_sub(self.tsc_at_boot);
+        ((u128::from(ticks) * u128::from(self.us_per_tick_q32)) >> 32) as u64
     }
 
     /// The measured TSC frequency in Hz.
@@ -268,8 +329,7 @@ impl TscClock {
 
 impl Clock for TscClock {
     fn monotonic_us(&self) -> u64 {
-        let ticks = rdtsc().wrapping_sub(self.tsc_at_boot);
-        ((u128::from(ticks) * u128::from(self.us_per_tick_q32)) >> 32) as u64
+        self.us_at(rdtsc())
     }
 
     fn unix_time_s(&self) -> u64 {

@@ -1,7 +1,7 @@
 //! The aarch64 machine (QEMU `virt`; booted as a Linux arm64 Image with the device tree in
 //! `x0`): what [`crate::unikernel`] asks of an architecture, from `imds_hal::aarch64`'s
 //! backends. The same names as every architecture module: [`Console`], [`MachineClock`],
-//! [`MachineEntropy`], [`Idle`], [`BootInfo`] and the functions below.
+//! [`ClockStart`], [`MachineEntropy`], [`Idle`], [`BootInfo`] and the functions below.
 
 pub mod boot;
 
@@ -134,9 +134,18 @@ pub fn entropy(log: &mut Console) -> MachineEntropy {
     exit(exit_code::NO_ENTROPY);
 }
 
-/// The clock (generic timer; wall time from the PL031), announced; or stop the machine when
-/// there is no wall time (tokens carry it).
-pub fn clock(log: &mut Console) -> MachineClock {
+/// What [`clock_start`] hands to [`clock`]: the clock itself (the generic timer needs no
+/// calibration; on x86 it is the TSC's PIT window, open while the boot goes on).
+pub struct ClockStart(MachineClock);
+
+/// The clock [`clock_start`] found.
+pub fn clock(start: ClockStart, _log: &mut Console) -> MachineClock {
+    start.0
+}
+
+/// The clock (generic timer; wall time from the PL031), announced at once; or stop the machine
+/// when there is no wall time (tokens carry it).
+pub fn clock_start(log: &mut Console) -> ClockStart {
     let rtc = dt::find_reg(&["arm,pl031"]).map(|(base, _)| base);
     // SAFETY: the device tree names a PL031 at `rtc`; the first GiB is mapped as device memory.
     match unsafe { MachineClock::init(rtc) } {
@@ -147,7 +156,7 @@ pub fn clock(log: &mut Console) -> MachineClock {
                 .dec(clock.unix_time_s())
                 .put(" s since the epoch (PL031)")
                 .end();
-            clock
+            ClockStart(clock)
         }
         Err(e) => {
             log.put("imds-agent: fatal: ").put(e.as_str());

@@ -1,7 +1,7 @@
 //! The x86_64 machine (QEMU `pc`/`q35`/`microvm`, PVH boot): what [`crate::unikernel`] asks of
 //! an architecture, from `imds_hal::x86_64`'s backends. Every architecture module offers the
-//! same names: [`Console`], [`MachineClock`], [`MachineEntropy`], [`Idle`], [`BootInfo`] and the
-//! functions below; the boot sequence itself is arch-neutral.
+//! same names: [`Console`], [`MachineClock`], [`ClockStart`], [`MachineEntropy`], [`Idle`],
+//! [`BootInfo`] and the functions below; the boot sequence itself is arch-neutral.
 
 pub mod boot;
 
@@ -9,6 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use imds_hal::pvh::Module;
 use imds_hal::text::Text;
 use imds_hal::virtio_net::{NicError, VirtioNet};
+pub use imds_hal::x86_64::clock::ClockStart;
 use imds_hal::x86_64::clock::{Calibration, WallSource};
 use imds_hal::x86_64::fw_cfg::{self, FwCfgConfig};
 use imds_hal::x86_64::interrupts::{self, LapicStart};
@@ -185,11 +186,23 @@ pub fn entropy(log: &mut Console) -> MachineEntropy {
     }
 }
 
-/// The clock, announced: the TSC (its frequency from CPUID `0x4000_0010`, kvmclock or the
-/// PIT) and the wall time (CMOS RTC, else kvmclock). Without a wall clock, stop the machine:
-/// a token with a wrong time is worse than none.
-pub fn clock(log: &mut Console) -> MachineClock {
-    let clock = MachineClock::init();
+/// Start the clock, early at boot: monotonic time counts from here, and under TCG the PIT
+/// measures the TSC while the boot goes on (see [`ClockStart::finish`]). Without a wall
+/// clock, stop the machine now (through [`clock`]), before the config is read.
+pub fn clock_start(log: &mut Console) -> ClockStart {
+    let start = MachineClock::start();
+    if start.wall_source() != WallSource::None {
+        return start;
+    }
+    clock(start, log);
+    exit(exit_code::NO_WALL_CLOCK) // not reached: `clock` stops a machine without wall clock
+}
+
+/// The clock [`clock_start`] started, announced: the TSC (its frequency from CPUID
+/// `0x4000_0010`, kvmclock or the PIT) and the wall time (CMOS RTC, else kvmclock). Without a
+/// wall clock, stop the machine: a token with a wrong time is worse than none.
+pub fn clock(start: ClockStart, log: &mut Console) -> MachineClock {
+    let clock = start.finish();
     log.put("imds-agent: clock: TSC ")
         .dec(clock.tsc_hz() / 1_000_000)
         .put(" MHz (")
