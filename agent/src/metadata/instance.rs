@@ -92,6 +92,9 @@ impl<'o> Sink<'o> {
 /// The field path of the current node, for [`since::visible`] (`compute.publicKeys[]`).
 struct Gate {
     path: heapless::String<METADATA_FIELD_PATH_MAX>,
+    /// The api-version's [`since::index`]: every field is visible at most of them (at the
+    /// newest, which the config reader loads at), and then no path is looked up.
+    at: usize,
     /// The path did not fit: nothing below is in the table (all its paths are shorter).
     overflow: usize,
 }
@@ -115,14 +118,15 @@ impl Gate {
             self.path.truncate(mark);
         }
     }
-    /// Whether the child `key` of the current object exists at `version`.
-    fn child_visible(&mut self, key: &str, version: &str) -> bool {
-        if self.overflow > 0 {
+    /// Whether the child `key` of the current object exists at the api-version.
+    #[inline(never)]
+    fn child_visible(&mut self, key: &str) -> bool {
+        if self.overflow > 0 || since::all_visible(self.at) {
             return true;
         }
         let sep = if self.path.is_empty() { "" } else { "." };
         let mark = self.push(sep, key);
-        let v = self.overflow > 0 || since::visible(&self.path, version);
+        let v = self.overflow > 0 || since::visible(&self.path, self.at);
         self.pop(mark);
         v
     }
@@ -193,6 +197,7 @@ impl<'q, 'o> Walk<'q, 'o> {
             sink,
             gate: Gate {
                 path: heapless::String::new(),
+                at: since::index(q.version),
                 overflow: 0,
             },
             miss: None,
@@ -385,7 +390,7 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
             w.sink.put(b"{");
             let mut first = true;
             while let Some(key) = map.next_key::<&str>()? {
-                if !w.gate.child_visible(key, w.q.version) {
+                if !w.gate.child_visible(key) {
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
@@ -422,7 +427,7 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
         let (seg, rest) = split(path);
         let mut found = false;
         while let Some(key) = map.next_key::<&str>()? {
-            if !found && key == seg && w.gate.child_visible(key, w.q.version) {
+            if !found && key == seg && w.gate.child_visible(key) {
                 found = true;
                 let sep = if w.gate.path.is_empty() { "" } else { "." };
                 let mark = w.gate.push(sep, key);
