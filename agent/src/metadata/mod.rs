@@ -48,7 +48,8 @@ pub use crate::limits::INSTANCE_MAX;
 
 /// A JSON document kept as compact JSON in a fixed buffer of `N` bytes (empty: not
 /// configured). Without `std` (the unikernel) the buffer is inline; the daemon keeps its
-/// 128 KiB buffer on the heap, once, so that configs and agents stay small on the stack.
+/// 128 KiB buffer on the heap, allocated when the config has the document, so that configs
+/// and agents stay small on the stack and an absent document costs nothing.
 #[derive(Clone)]
 pub struct Doc<const N: usize> {
     len: usize,
@@ -72,7 +73,7 @@ impl<const N: usize> Doc<N> {
     pub fn new() -> Self {
         Doc {
             len: 0,
-            buf: std::vec![0; N].into_boxed_slice(),
+            buf: std::boxed::Box::default(),
         }
     }
     /// The compact JSON.
@@ -86,6 +87,10 @@ impl<const N: usize> Doc<N> {
     /// The buffer and the length of its content, for the config reader: one copy of its code
     /// for every capacity.
     pub(crate) fn parts_mut(&mut self) -> (&mut [u8], &mut usize) {
+        #[cfg(feature = "std")]
+        if self.buf.is_empty() {
+            self.buf = std::vec![0; N].into_boxed_slice();
+        }
         (&mut self.buf[..], &mut self.len)
     }
 }
