@@ -144,7 +144,13 @@ struct Walk<'q, 'o> {
     /// `…Port` members are numbers) rather than serving the stored copy.
     load: Option<bool>,
     depth: usize,
+    /// Loading an `instance`: where the compact copy of the first value of each of its
+    /// [`REQUIRED`] members starts (`usize::MAX`: absent), for their shape.
+    required: [usize; 2],
 }
+
+/// The members an `instance` must have, as objects.
+const REQUIRED: [&str; 2] = ["compute", "network"];
 
 impl Walk<'_, '_> {
     fn fail<E: de::Error>(&mut self, miss: Miss) -> E {
@@ -205,6 +211,7 @@ impl<'q, 'o> Walk<'q, 'o> {
             stopped: false,
             load,
             depth: 0,
+            required: [usize::MAX; 2],
         }
     }
 }
@@ -253,7 +260,24 @@ pub(crate) fn load<'de, D: de::Deserializer<'de>>(
             }
         }
         (Ok(()), None) if w.sink.out.first() != Some(&b'{') => "must be an object",
-        (Ok(()), None) => return Ok(Ok(w.sink.total())),
+        (Ok(()), None) => {
+            // An `instance` has `compute` and `network` objects (or arrays: what the serving
+            // walker finds below them), each at its first occurrence.
+            let out = &w.sink.out;
+            let wrong = REQUIRED
+                .iter()
+                .zip(w.required)
+                .find(|(_, at)| !ports && !matches!(out.get(*at), Some(b'{' | b'[')));
+            let Some((key, at)) = wrong else {
+                return Ok(Ok(w.sink.total()));
+            };
+            let _ = w.gate.path.push_str(key);
+            if at == usize::MAX {
+                "is required"
+            } else {
+                "must be an object"
+            }
+        }
     };
     Ok(Err(Invalid {
         path: w.gate.path,
@@ -402,6 +426,11 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
                 w.sink.put(b":");
                 let sep = if w.gate.path.is_empty() { "" } else { "." };
                 let mark = w.gate.push(sep, key);
+                if w.load == Some(false) && w.depth == 1 {
+                    if let Some(i) = REQUIRED.iter().position(|r| *r == key) {
+                        w.required[i] = w.required[i].min(w.sink.total());
+                    }
+                }
                 if w.load == Some(true) && key.ends_with("Port") {
                     map.next_value_seed(Port(&mut *w))?;
                 } else {
