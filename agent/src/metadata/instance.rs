@@ -138,7 +138,8 @@ struct Walk<'q, 'o> {
     gate: Gate,
     miss: Option<Miss>,
     kind: Kind,
-    /// The window is full: the walk stopped early (not an error).
+    /// The window is full, or the sub-path's node was written: the walk stopped early (not an
+    /// error).
     stopped: bool,
     /// Reading a config document into its stored copy (`Some(ports)`: `loadbalancer`, whose
     /// `…Port` members are numbers) rather than serving the stored copy.
@@ -165,6 +166,12 @@ impl Walk<'_, '_> {
             )));
         }
         Ok(())
+    }
+    /// The node a sub-path names was written: the rest of the document cannot change the
+    /// answer (a later duplicate key is ignored), so the walk ends here.
+    fn done<E: de::Error>(&mut self) -> E {
+        self.stopped = true;
+        E::custom("")
     }
     fn stop<E: de::Error>(&mut self) -> Result<(), E> {
         if self.load.is_none() && self.sink.full() {
@@ -454,28 +461,20 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
             return Ok(());
         };
         let (seg, rest) = split(path);
-        let mut found = false;
         while let Some(key) = map.next_key::<&str>()? {
-            if !found && key == seg && w.gate.child_visible(key) {
-                found = true;
+            if key == seg && w.gate.child_visible(key) {
                 let sep = if w.gate.path.is_empty() { "" } else { "." };
-                let mark = w.gate.push(sep, key);
+                w.gate.push(sep, key);
                 map.next_value_seed(Step {
                     w: &mut *w,
                     rest: Some(rest),
                     target: false,
                 })?;
-                w.gate.pop(mark);
-            } else {
-                map.next_value::<IgnoredAny>()?;
+                return Err(w.done());
             }
+            map.next_value::<IgnoredAny>()?;
         }
-        if found {
-            w.depth -= 1;
-            Ok(())
-        } else {
-            Err(w.fail(Miss::NotFound))
-        }
+        Err(w.fail(Miss::NotFound))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let w = self.w;
@@ -489,7 +488,6 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
         }
         let mark = w.gate.push("", "[]");
         let mut i = 0usize;
-        let mut found = false;
         loop {
             let more = match wanted {
                 // Writing: every element, `,` before all but the first (written by the seed
@@ -501,14 +499,17 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
                     })?
                     .is_some(),
                 Some((Some(n), rest)) if n == i => {
-                    found = seq
+                    if seq
                         .next_element_seed(Step {
                             w: &mut *w,
                             rest: Some(rest),
                             target: false,
                         })?
-                        .is_some();
-                    found
+                        .is_some()
+                    {
+                        return Err(w.done());
+                    }
+                    false
                 }
                 Some(_) => seq.next_element::<IgnoredAny>()?.is_some(),
             };
@@ -527,7 +528,6 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
                 w.sink.put(b"]");
                 Ok(())
             }
-            Some(_) if found => Ok(()),
             Some(_) => Err(w.fail(Miss::NotFound)),
         }
     }
