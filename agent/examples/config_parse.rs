@@ -1,5 +1,5 @@
 //! `cargo run --release -p imds-agent --example config_parse [-- CONFIG [N]]`: what
-//! `Config::parse` costs on the host, in µs per parse (N parses, default 2000, the fastest of 10 rounds), with the
+//! `Config::parse` costs on the host, in µs per parse (N parses, default 10000, the fastest of 10 rounds), with the
 //! signing key's share shown apart (issue 11: the unikernel boots through this parse).
 //!
 //! CONFIG defaults to `target/demo/config.json`, the default image's config as `cargo xtask
@@ -33,7 +33,7 @@ fn main() {
     });
     let n: u32 = args
         .next()
-        .map_or(2000, |s| s.parse().expect("N: a number"));
+        .map_or(10000, |s| s.parse().expect("N: a number"));
     let text = std::fs::read(&path).unwrap_or_else(|e| {
         panic!("{path}: {e} (write one: cargo xtask config --demo --no-attestation --out {path})")
     });
