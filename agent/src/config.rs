@@ -811,9 +811,10 @@ impl<'de> Visitor<'de> for RawSeed<'_, '_> {
                     raw.metadata.loadbalancer.parts_mut(),
                 )?,
                 "identities" => {
-                    let (list, overflow) = map.next_value_seed(IdentitiesSeed(t))?;
-                    raw.identities = Some(list);
-                    raw.identities_overflow = overflow;
+                    // A repeated key: the last list counts, as a whole.
+                    raw.identities_overflow = false;
+                    let list = raw.identities.insert(heapless::Vec::new());
+                    map.next_value_seed(IdentitiesSeed(t, list, &mut raw.identities_overflow))?;
                 }
                 // Documentation fields are allowed anywhere a human might want them.
                 k if k.starts_with('_') || k.starts_with('#') => {
@@ -1142,31 +1143,36 @@ impl<'de> Visitor<'de> for AuthoritySeed<'_> {
     }
 }
 
-struct IdentitiesSeed<'t>(&'t Tracker);
+/// Reads `identities` into the raw document's list in place (33 raw identities are KiBs: not
+/// moved through results), noting whether there were more than fit.
+struct IdentitiesSeed<'t, 'r>(
+    &'t Tracker,
+    &'r mut heapless::Vec<RawIdentity, MAX_IDENTITIES>,
+    &'r mut bool,
+);
 
-impl<'de> DeserializeSeed<'de> for IdentitiesSeed<'_> {
-    type Value = (heapless::Vec<RawIdentity, MAX_IDENTITIES>, bool);
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+impl<'de> DeserializeSeed<'de> for IdentitiesSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for IdentitiesSeed<'_> {
-    type Value = (heapless::Vec<RawIdentity, MAX_IDENTITIES>, bool);
+impl<'de> Visitor<'de> for IdentitiesSeed<'_, '_> {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a list of identities")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut list = heapless::Vec::new();
-        let mut overflow = false;
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let IdentitiesSeed(t, list, overflow) = self;
         let mut index = 0;
-        while let Some(item) = seq.next_element_seed(IdentitySeed(self.0, index))? {
+        while let Some(item) = seq.next_element_seed(IdentitySeed(t, index))? {
             if list.push(item).is_err() {
-                overflow = true;
+                *overflow = true;
             }
             index += 1;
         }
-        Ok((list, overflow))
+        Ok(())
     }
 }
 
