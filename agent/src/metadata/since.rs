@@ -156,14 +156,19 @@ pub fn all_visible(at: usize) -> bool {
 
 /// Whether the field at `path` exists at the api-version of [`index`] `at`.
 pub fn visible(path: &str, at: usize) -> bool {
-    for line in SINCE.split_terminator('\n') {
-        let (since, entry) = (line.as_bytes()[0], &line[1..]);
-        let matches = match entry.strip_prefix('.') {
-            Some(sub) => path.strip_prefix("compute.").is_some_and(|p| p == sub),
-            None => path == entry,
+    // The table as bytes (no UTF-8 or char searching per line), `compute.` stripped once.
+    let (path, sub) = (
+        path.as_bytes(),
+        path.strip_prefix("compute.").map(str::as_bytes),
+    );
+    for line in SINCE.as_bytes().split(|b| *b == b'\n') {
+        let matches = match line {
+            [_, b'.', entry @ ..] => sub == Some(entry),
+            [_, entry @ ..] => path == entry,
+            [] => false,
         };
         if matches {
-            return letter_index(since) <= at;
+            return letter_index(line[0]) <= at;
         }
     }
     true
