@@ -154,14 +154,42 @@ pub fn all_visible(at: usize) -> bool {
     at >= ALL_VISIBLE_AT
 }
 
+/// How many lines [`SINCE`] has.
+const LINES: usize = {
+    let (s, mut i, mut n) = (SINCE.as_bytes(), 0, 0);
+    while i < s.len() {
+        if s[i] == b'\n' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+};
+
+/// Where each line of [`SINCE`] starts, then its length (computed when compiling): a lookup
+/// compares lengths first instead of scanning the table's bytes.
+const STARTS: [u16; LINES + 1] = {
+    assert!(SINCE.len() <= u16::MAX as usize);
+    let (s, mut i, mut starts, mut n) = (SINCE.as_bytes(), 0, [0u16; LINES + 1], 1);
+    while i < s.len() {
+        if s[i] == b'\n' {
+            starts[n] = i as u16 + 1;
+            n += 1;
+        }
+        i += 1;
+    }
+    starts
+};
+
 /// Whether the field at `path` exists at the api-version of [`index`] `at`.
 pub fn visible(path: &str, at: usize) -> bool {
-    // The table as bytes (no UTF-8 or char searching per line), `compute.` stripped once.
     let (path, sub) = (
         path.as_bytes(),
         path.strip_prefix("compute.").map(str::as_bytes),
     );
-    for line in SINCE.as_bytes().split(|b| *b == b'\n') {
+    for pair in STARTS.windows(2) {
+        // The line without its `\n`: the letter, then the entry.
+        let line = &SINCE.as_bytes()[usize::from(pair[0])..usize::from(pair[1]) - 1];
         let matches = match line {
             [_, b'.', entry @ ..] => sub == Some(entry),
             [_, entry @ ..] => path == entry,
