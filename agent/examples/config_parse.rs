@@ -1,11 +1,17 @@
 //! `cargo run --release -p imds-agent --example config_parse [-- CONFIG [N]]`: what
-//! `Config::parse` costs on the host, in µs per parse (N parses, default 10000, the fastest of 10 rounds), with the
-//! signing key's share shown apart (issue 11: the unikernel boots through this parse).
+//! `Config::parse` costs on the host, in µs per parse (N parses, default 10000, the fastest of
+//! 10 rounds), with the signing key's share and the `instance` document's shown apart (issue
+//! 11: the unikernel boots through this parse).
 //!
 //! CONFIG defaults to `target/demo/config.json`, the default image's config as `cargo xtask
 //! run` writes it (or `cargo xtask config --demo --no-attestation --out FILE`). Profile with
 //! `CARGO_PROFILE_RELEASE_DEBUG=true cargo build --release -p imds-agent --example
-//! config_parse` and `perf record -g target/release/examples/config_parse`.
+//! config_parse` and `perf record -g target/release/examples/config_parse`. Instructions
+//! (what QEMU's TCG pays for, and steady on a busy machine): `valgrind --tool=callgrind
+//! target/release/examples/config_parse CONFIG 20`, then `callgrind_annotate --inclusive=yes`
+//! on its output: the three calls of `time` in `main` (full parse, without `instance`, the key
+//! alone) over N. `--no-default-features --features std,broker` parses as the issuer image
+//! does (no attested document, no scheduled events).
 
 use imds_agent::config::Config;
 use std::hint::black_box;

@@ -6,7 +6,8 @@
 //!   at an offset is one chunk of a large reply;
 //! * loads (`load`): reads the config's `instance` / `loadbalancer` value and writes its
 //!   compact copy, refusing numbers, booleans and `null` (ports of a load balancer excepted)
-//!   with the path of the field.
+//!   with the path of the field, and an `instance` without `compute` and `network` objects.
+//!   Loading is at the newest api-version: no field is hidden, no version table is looked up.
 
 use super::since;
 use crate::limits::{CONFIG_STRING_MAX, METADATA_DEPTH_MAX, METADATA_FIELD_PATH_MAX};
