@@ -717,24 +717,24 @@ where
     Ok(())
 }
 
-struct RawSeed<'t>(&'t Tracker);
+/// Reads the top level into a `Raw` in place (it is tens of KiB: not moved through results).
+struct RawSeed<'t, 'r>(&'t Tracker, &'r mut Raw);
 
-impl<'de> DeserializeSeed<'de> for RawSeed<'_> {
-    type Value = Raw;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Raw, D::Error> {
+impl<'de> DeserializeSeed<'de> for RawSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for RawSeed<'_> {
-    type Value = Raw;
+impl<'de> Visitor<'de> for RawSeed<'_, '_> {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
     #[inline(never)]
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Raw, A::Error> {
-        let t = self.0;
-        let mut raw = Raw::default();
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let RawSeed(t, raw) = self;
         read_map(map, |key, map| {
             t.set(FieldPath::top(key));
             match key {
@@ -811,9 +811,10 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
                     raw.metadata.loadbalancer.parts_mut(),
                 )?,
                 "identities" => {
-                    let (list, overflow) = map.next_value_seed(IdentitiesSeed(t))?;
-                    raw.identities = Some(list);
-                    raw.identities_overflow = overflow;
+                    // A repeated key: the last list counts, as a whole.
+                    raw.identities_overflow = false;
+                    let list = raw.identities.insert(heapless::Vec::new());
+                    map.next_value_seed(IdentitiesSeed(t, list, &mut raw.identities_overflow))?;
                 }
                 // Documentation fields are allowed anywhere a human might want them.
                 k if k.starts_with('_') || k.starts_with('#') => {
@@ -824,7 +825,7 @@ impl<'de> Visitor<'de> for RawSeed<'_> {
             Ok(())
         })?;
         t.at.borrow_mut().take();
-        Ok(raw)
+        Ok(())
     }
 }
 
@@ -1142,31 +1143,36 @@ impl<'de> Visitor<'de> for AuthoritySeed<'_> {
     }
 }
 
-struct IdentitiesSeed<'t>(&'t Tracker);
+/// Reads `identities` into the raw document's list in place (33 raw identities are KiBs: not
+/// moved through results), noting whether there were more than fit.
+struct IdentitiesSeed<'t, 'r>(
+    &'t Tracker,
+    &'r mut heapless::Vec<RawIdentity, MAX_IDENTITIES>,
+    &'r mut bool,
+);
 
-impl<'de> DeserializeSeed<'de> for IdentitiesSeed<'_> {
-    type Value = (heapless::Vec<RawIdentity, MAX_IDENTITIES>, bool);
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+impl<'de> DeserializeSeed<'de> for IdentitiesSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for IdentitiesSeed<'_> {
-    type Value = (heapless::Vec<RawIdentity, MAX_IDENTITIES>, bool);
+impl<'de> Visitor<'de> for IdentitiesSeed<'_, '_> {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a list of identities")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut list = heapless::Vec::new();
-        let mut overflow = false;
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let IdentitiesSeed(t, list, overflow) = self;
         let mut index = 0;
-        while let Some(item) = seq.next_element_seed(IdentitySeed(self.0, index))? {
+        while let Some(item) = seq.next_element_seed(IdentitySeed(t, index))? {
             if list.push(item).is_err() {
-                overflow = true;
+                *overflow = true;
             }
             index += 1;
         }
-        Ok((list, overflow))
+        Ok(())
     }
 }
 
@@ -1858,28 +1864,30 @@ impl Config {
             problem: RefCell::new(None),
         };
         let mut scratch = [0u8; CONFIG_STRING_MAX];
+        let mut raw = Raw::default();
         let parsed = {
             let mut de = serde_json_core::de::Deserializer::new(doc, Some(&mut scratch));
-            RawSeed(&tracker)
+            RawSeed(&tracker, &mut raw)
                 .deserialize(&mut de)
-                .and_then(|raw| de.end().map(|_| raw))
+                .and_then(|()| de.end())
         };
         scratch.zeroize();
         if let Some(problem) = tracker.problem.take() {
             return Err(problem);
         }
-        let raw = parsed.map_err(|e| ConfigError::Syntax {
+        parsed.map_err(|e| ConfigError::Syntax {
             at: tracker.at.borrow().clone(),
             detail: json_detail(&e),
         })?;
         if let Some(u) = tracker.unknown.into_inner() {
             return Err(ConfigError::Unknown(u));
         }
-        Self::validate(&raw)
+        Self::validate(&mut raw)
     }
 
+    /// `raw`'s documents are moved into the config (not copied).
     #[inline(never)]
-    fn validate(raw: &Raw) -> Result<Config, ConfigError> {
+    fn validate(raw: &mut Raw) -> Result<Config, ConfigError> {
         let tenant_id = guid(raw.tenant_id.as_ref(), FieldPath::top("tenant_id"))?;
         let issuer = match &raw.issuer {
             Some(i) => {
@@ -2036,7 +2044,7 @@ impl Config {
             allow,
             allow_hosts,
             limits,
-            metadata: raw.metadata.clone(),
+            metadata: core::mem::take(&mut raw.metadata),
         })
     }
 }

@@ -6,7 +6,8 @@
 //!   at an offset is one chunk of a large reply;
 //! * loads (`load`): reads the config's `instance` / `loadbalancer` value and writes its
 //!   compact copy, refusing numbers, booleans and `null` (ports of a load balancer excepted)
-//!   with the path of the field.
+//!   with the path of the field, and an `instance` without `compute` and `network` objects.
+//!   Loading is at the newest api-version: no field is hidden, no version table is looked up.
 
 use super::since;
 use crate::limits::{CONFIG_STRING_MAX, METADATA_DEPTH_MAX, METADATA_FIELD_PATH_MAX};
@@ -92,6 +93,9 @@ impl<'o> Sink<'o> {
 /// The field path of the current node, for [`since::visible`] (`compute.publicKeys[]`).
 struct Gate {
     path: heapless::String<METADATA_FIELD_PATH_MAX>,
+    /// The api-version's [`since::index`]: every field is visible at most of them (at the
+    /// newest, which the config reader loads at), and then no path is looked up.
+    at: usize,
     /// The path did not fit: nothing below is in the table (all its paths are shorter).
     overflow: usize,
 }
@@ -115,14 +119,15 @@ impl Gate {
             self.path.truncate(mark);
         }
     }
-    /// Whether the child `key` of the current object exists at `version`.
-    fn child_visible(&mut self, key: &str, version: &str) -> bool {
-        if self.overflow > 0 {
+    /// Whether the child `key` of the current object exists at the api-version.
+    #[inline(never)]
+    fn child_visible(&mut self, key: &str) -> bool {
+        if self.overflow > 0 || since::all_visible(self.at) {
             return true;
         }
         let sep = if self.path.is_empty() { "" } else { "." };
         let mark = self.push(sep, key);
-        let v = self.overflow > 0 || since::visible(&self.path, version);
+        let v = self.overflow > 0 || since::visible(&self.path, self.at);
         self.pop(mark);
         v
     }
@@ -134,13 +139,20 @@ struct Walk<'q, 'o> {
     gate: Gate,
     miss: Option<Miss>,
     kind: Kind,
-    /// The window is full: the walk stopped early (not an error).
+    /// The window is full, or the sub-path's node was written: the walk stopped early (not an
+    /// error).
     stopped: bool,
     /// Reading a config document into its stored copy (`Some(ports)`: `loadbalancer`, whose
     /// `…Port` members are numbers) rather than serving the stored copy.
     load: Option<bool>,
     depth: usize,
+    /// Loading an `instance`: where the compact copy of the first value of each of its
+    /// [`REQUIRED`] members starts (`usize::MAX`: absent), for their shape.
+    required: [usize; 2],
 }
+
+/// The members an `instance` must have, as objects.
+const REQUIRED: [&str; 2] = ["compute", "network"];
 
 impl Walk<'_, '_> {
     fn fail<E: de::Error>(&mut self, miss: Miss) -> E {
@@ -155,6 +167,12 @@ impl Walk<'_, '_> {
             )));
         }
         Ok(())
+    }
+    /// The node a sub-path names was written: the rest of the document cannot change the
+    /// answer (a later duplicate key is ignored), so the walk ends here.
+    fn done<E: de::Error>(&mut self) -> E {
+        self.stopped = true;
+        E::custom("")
     }
     fn stop<E: de::Error>(&mut self) -> Result<(), E> {
         if self.load.is_none() && self.sink.full() {
@@ -193,6 +211,7 @@ impl<'q, 'o> Walk<'q, 'o> {
             sink,
             gate: Gate {
                 path: heapless::String::new(),
+                at: since::index(q.version),
                 overflow: 0,
             },
             miss: None,
@@ -200,6 +219,7 @@ impl<'q, 'o> Walk<'q, 'o> {
             stopped: false,
             load,
             depth: 0,
+            required: [usize::MAX; 2],
         }
     }
 }
@@ -248,7 +268,24 @@ pub(crate) fn load<'de, D: de::Deserializer<'de>>(
             }
         }
         (Ok(()), None) if w.sink.out.first() != Some(&b'{') => "must be an object",
-        (Ok(()), None) => return Ok(Ok(w.sink.total())),
+        (Ok(()), None) => {
+            // An `instance` has `compute` and `network` objects (or arrays: what the serving
+            // walker finds below them), each at its first occurrence.
+            let out = &w.sink.out;
+            let wrong = REQUIRED
+                .iter()
+                .zip(w.required)
+                .find(|(_, at)| !ports && !matches!(out.get(*at), Some(b'{' | b'[')));
+            let Some((key, at)) = wrong else {
+                return Ok(Ok(w.sink.total()));
+            };
+            let _ = w.gate.path.push_str(key);
+            if at == usize::MAX {
+                "is required"
+            } else {
+                "must be an object"
+            }
+        }
     };
     Ok(Err(Invalid {
         path: w.gate.path,
@@ -385,7 +422,7 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
             w.sink.put(b"{");
             let mut first = true;
             while let Some(key) = map.next_key::<&str>()? {
-                if !w.gate.child_visible(key, w.q.version) {
+                if !w.gate.child_visible(key) {
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
@@ -397,6 +434,11 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
                 w.sink.put(b":");
                 let sep = if w.gate.path.is_empty() { "" } else { "." };
                 let mark = w.gate.push(sep, key);
+                if w.load == Some(false) && w.depth == 1 {
+                    if let Some(i) = REQUIRED.iter().position(|r| *r == key) {
+                        w.required[i] = w.required[i].min(w.sink.total());
+                    }
+                }
                 if w.load == Some(true) && key.ends_with("Port") {
                     map.next_value_seed(Port(&mut *w))?;
                 } else {
@@ -420,28 +462,20 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
             return Ok(());
         };
         let (seg, rest) = split(path);
-        let mut found = false;
         while let Some(key) = map.next_key::<&str>()? {
-            if !found && key == seg && w.gate.child_visible(key, w.q.version) {
-                found = true;
+            if key == seg && w.gate.child_visible(key) {
                 let sep = if w.gate.path.is_empty() { "" } else { "." };
-                let mark = w.gate.push(sep, key);
+                w.gate.push(sep, key);
                 map.next_value_seed(Step {
                     w: &mut *w,
                     rest: Some(rest),
                     target: false,
                 })?;
-                w.gate.pop(mark);
-            } else {
-                map.next_value::<IgnoredAny>()?;
+                return Err(w.done());
             }
+            map.next_value::<IgnoredAny>()?;
         }
-        if found {
-            w.depth -= 1;
-            Ok(())
-        } else {
-            Err(w.fail(Miss::NotFound))
-        }
+        Err(w.fail(Miss::NotFound))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let w = self.w;
@@ -455,7 +489,6 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
         }
         let mark = w.gate.push("", "[]");
         let mut i = 0usize;
-        let mut found = false;
         loop {
             let more = match wanted {
                 // Writing: every element, `,` before all but the first (written by the seed
@@ -467,14 +500,17 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
                     })?
                     .is_some(),
                 Some((Some(n), rest)) if n == i => {
-                    found = seq
+                    if seq
                         .next_element_seed(Step {
                             w: &mut *w,
                             rest: Some(rest),
                             target: false,
                         })?
-                        .is_some();
-                    found
+                        .is_some()
+                    {
+                        return Err(w.done());
+                    }
+                    false
                 }
                 Some(_) => seq.next_element::<IgnoredAny>()?.is_some(),
             };
@@ -493,7 +529,6 @@ impl<'de> Visitor<'de> for Step<'_, '_, '_> {
                 w.sink.put(b"]");
                 Ok(())
             }
-            Some(_) if found => Ok(()),
             Some(_) => Err(w.fail(Miss::NotFound)),
         }
     }

@@ -48,7 +48,8 @@ pub use crate::limits::INSTANCE_MAX;
 
 /// A JSON document kept as compact JSON in a fixed buffer of `N` bytes (empty: not
 /// configured). Without `std` (the unikernel) the buffer is inline; the daemon keeps its
-/// 128 KiB buffer on the heap, once, so that configs and agents stay small on the stack.
+/// 128 KiB buffer on the heap, allocated when the config has the document, so that configs
+/// and agents stay small on the stack and an absent document costs nothing.
 #[derive(Clone)]
 pub struct Doc<const N: usize> {
     len: usize,
@@ -72,7 +73,7 @@ impl<const N: usize> Doc<N> {
     pub fn new() -> Self {
         Doc {
             len: 0,
-            buf: std::vec![0; N].into_boxed_slice(),
+            buf: std::boxed::Box::default(),
         }
     }
     /// The compact JSON.
@@ -86,6 +87,10 @@ impl<const N: usize> Doc<N> {
     /// The buffer and the length of its content, for the config reader: one copy of its code
     /// for every capacity.
     pub(crate) fn parts_mut(&mut self) -> (&mut [u8], &mut usize) {
+        #[cfg(feature = "std")]
+        if self.buf.is_empty() {
+            self.buf = std::vec![0; N].into_boxed_slice();
+        }
         (&mut self.buf[..], &mut self.len)
     }
 }
@@ -125,7 +130,7 @@ pub(crate) fn transcode<'de, A: MapAccess<'de>>(
     ports: bool,
 ) -> Result<Result<(), Problem>, A::Error> {
     let r = map.next_value_seed(Top(buf, ports))?;
-    Ok(check(buf, len, r, ports))
+    Ok(check(len, r))
 }
 
 /// Transcode a whole JSON document (an `instance`, or with `loadbalancer` a load balancer
@@ -147,38 +152,13 @@ pub fn load<const N: usize>(
         Ok(Err(p)) => Err(p),
         Err(_) => Err(invalid()),
     };
-    check(buf, len, r, loadbalancer)
+    check(len, r)
 }
 
-/// Keep what was loaded into `out` if it has the required shape: an `instance` has `compute`
-/// and `network` objects (checked with the serving walker: a counting walk finds them).
-fn check(
-    buf: &[u8],
-    out_len: &mut usize,
-    loaded: Result<usize, Problem>,
-    ports: bool,
-) -> Result<(), Problem> {
+/// Keep what was loaded into `out` (its shape was checked while loading).
+fn check(out_len: &mut usize, loaded: Result<usize, Problem>) -> Result<(), Problem> {
     *out_len = 0;
-    let len = loaded?;
-    if !ports && len > 0 {
-        for key in ["compute", "network"] {
-            let q = instance::Query {
-                path: key,
-                version: since::NEWEST[0],
-                text: false,
-                extended: false,
-            };
-            let why = match instance::render(&buf[..len], q, instance::Sink::new(0, &mut [])) {
-                Ok(_) => continue,
-                Err(instance::Miss::NotFound) => "is required",
-                Err(_) => "must be an object",
-            };
-            let mut path = heapless::String::new();
-            let _ = path.push_str(key);
-            return Err(Problem { path, why });
-        }
-    }
-    *out_len = len;
+    *out_len = loaded?;
     Ok(())
 }
 

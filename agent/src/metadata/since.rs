@@ -117,27 +117,86 @@ pub fn supported_versions() -> impl Iterator<Item = &'static str> {
 
 /// `version` as its entry of [`SUPPORTED`] (`None`: not supported).
 pub fn supported(version: &str) -> Option<&'static str> {
-    supported_versions().find(|v| *v == version)
+    supported_versions().nth(index(version))
 }
 
 /// The index into [`SUPPORTED`] a letter of [`SINCE`] stands for.
-fn letter_index(c: u8) -> usize {
-    usize::from(if c >= b'a' { c - b'a' + 26 } else { c - b'A' })
+const fn letter_index(c: u8) -> usize {
+    (if c >= b'a' { c - b'a' + 26 } else { c - b'A' }) as usize
 }
 
-/// Whether the field at `path` exists at `version` (a supported api-version).
-pub fn visible(path: &str, version: &str) -> bool {
-    let Some(at) = supported_versions().position(|v| v == version) else {
-        return true;
-    };
-    for line in SINCE.split_terminator('\n') {
-        let (since, entry) = (line.as_bytes()[0], &line[1..]);
-        let matches = match entry.strip_prefix('.') {
-            Some(sub) => path.strip_prefix("compute.").is_some_and(|p| p == sub),
-            None => path == entry,
+/// The index into [`SUPPORTED`] of the newest api-version a field of [`SINCE`] appeared in:
+/// from it on, every field is visible (computed when compiling).
+const ALL_VISIBLE_AT: usize = {
+    let s = SINCE.as_bytes();
+    let (mut i, mut newest, mut line_start) = (0, 0, true);
+    while i < s.len() {
+        if line_start && letter_index(s[i]) > newest {
+            newest = letter_index(s[i]);
+        }
+        line_start = s[i] == b'\n';
+        i += 1;
+    }
+    newest
+};
+
+/// `version`'s index into [`SUPPORTED`], for [`visible`] (an unsupported one: past the last,
+/// where every field is visible).
+pub fn index(version: &str) -> usize {
+    supported_versions()
+        .position(|v| v == version)
+        .unwrap_or(usize::MAX)
+}
+
+/// Whether nothing is hidden at the api-version of [`index`] `at` (the newest ones, and the
+/// config reader's loads): [`visible`] is then always true and need not be asked.
+pub fn all_visible(at: usize) -> bool {
+    at >= ALL_VISIBLE_AT
+}
+
+/// How many lines [`SINCE`] has.
+const LINES: usize = {
+    let (s, mut i, mut n) = (SINCE.as_bytes(), 0, 0);
+    while i < s.len() {
+        if s[i] == b'\n' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+};
+
+/// Where each line of [`SINCE`] starts, then its length (computed when compiling): a lookup
+/// compares lengths first instead of scanning the table's bytes.
+const STARTS: [u16; LINES + 1] = {
+    assert!(SINCE.len() <= u16::MAX as usize);
+    let (s, mut i, mut starts, mut n) = (SINCE.as_bytes(), 0, [0u16; LINES + 1], 1);
+    while i < s.len() {
+        if s[i] == b'\n' {
+            starts[n] = i as u16 + 1;
+            n += 1;
+        }
+        i += 1;
+    }
+    starts
+};
+
+/// Whether the field at `path` exists at the api-version of [`index`] `at`.
+pub fn visible(path: &str, at: usize) -> bool {
+    let (path, sub) = (
+        path.as_bytes(),
+        path.strip_prefix("compute.").map(str::as_bytes),
+    );
+    for pair in STARTS.windows(2) {
+        // The line without its `\n`: the letter, then the entry.
+        let line = &SINCE.as_bytes()[usize::from(pair[0])..usize::from(pair[1]) - 1];
+        let matches = match line {
+            [_, b'.', entry @ ..] => sub == Some(entry),
+            [_, entry @ ..] => path == entry,
+            [] => false,
         };
         if matches {
-            return letter_index(since) <= at;
+            return letter_index(line[0]) <= at;
         }
     }
     true
@@ -198,6 +257,7 @@ mod tests {
 
     #[test]
     fn gating() {
+        let visible = |path: &str, version: &str| visible(path, index(version));
         assert!(visible("compute.vmId", "2017-04-02"));
         assert!(!visible("compute.userData", "2017-08-01"));
         assert!(visible("compute.userData", "2021-01-01"));
@@ -207,6 +267,16 @@ mod tests {
             "compute.storageProfile.dataDisks[].isUltraDisk",
             "2021-02-01"
         ));
+        assert!(visible("compute.physicalZone", "2023-11-15"));
+        assert!(!visible("compute.physicalZone", "2023-07-01"));
+        // From the newest field's api-version on, nothing is hidden (no lookup is needed).
+        assert_eq!(supported_versions().nth(ALL_VISIBLE_AT), Some("2023-11-15"));
+        assert!(!all_visible(index("2023-07-01")));
+        assert!(all_visible(index("2023-11-15")) && all_visible(index(NEWEST[0])));
+        assert!(
+            all_visible(index("2022-02-01")),
+            "unsupported: nothing hidden"
+        );
         assert_eq!(supported("2021-02-01"), Some("2021-02-01"));
         assert_eq!(supported("2025-04-07"), Some("2025-04-07"));
         assert_eq!(supported("2017-03-01"), Some("2017-03-01"));

@@ -422,6 +422,31 @@ fn config_fields() {
         "config: field `instance.compute`: must be an object"
     );
     assert_eq!(
+        config_error(r#""instance":{"network":"y","compute":"x"},"#),
+        "config: field `instance.compute`: must be an object"
+    );
+    assert_eq!(
+        config_error(r#""instance":{"compute":{},"network":"y","network":{"compute":"x"}},"#),
+        "config: field `instance.network`: must be an object",
+        "the first occurrence of a member counts, at the top level only"
+    );
+    assert_eq!(
+        config_error(r#""instance":{"network":{},"x":{"compute":{}}},"#),
+        "config: field `instance.compute`: is required"
+    );
+    let c = Config::parse(
+        doc(
+            r#""instance":{"network":[],"compute":{},"compute":"x"},"#,
+            SYS,
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.metadata.instance.bytes(),
+        br#"{"network":[],"compute":{},"compute":"x"}"#
+    );
+    assert_eq!(
         config_error(r#""instance":"x","#),
         "config: field `instance`: must be an object"
     );
