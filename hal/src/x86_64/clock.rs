@@ -279,8 +279,9 @@ pub struct TscClock {
 impl TscClock {
     /// Start the clock (monotonic time counts from here), find where the TSC frequency comes
     /// from (see the module's order) and read the wall clock; on the PIT path, open a
-    /// calibration window and return at once: the PIT counts while the caller works (the image reads and parses its
-    /// config), and [`ClockStart::finish`] reads it instead of a busy wait.
+    /// calibration window and return at once: the PIT counts while the caller works (the image
+    /// reads and parses its config), and [`ClockStart::finish`] reads it instead of a busy
+    /// wait.
     pub fn start() -> ClockStart {
         let tsc_at_boot = rdtsc();
         let kvmclock = Kvmclock::init();
