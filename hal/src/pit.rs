@@ -3,7 +3,8 @@
 //! with a TSC read on each side of the PIT read — at its ends: the channel counts down once
 //! from 0xFFFF (mode 0), so the PIT ticks in the window are the start count minus the end count
 //! as long as the channel has not reached its terminal count (its OUT pin, in the status the
-//! PIT's read-back command gives, says so), and the TSC ticks the PIT reads took bound the window's error.
+//! PIT's read-back command gives, says so), and the TSC ticks the PIT reads took bound the
+//! window's error.
 
 /// PIT input clock, Hz.
 pub const PIT_HZ: u64 = 1_193_182;
