@@ -642,12 +642,7 @@ fn monitor(sock: &Path, command: &str) -> Result<String> {
 
 /// Boot once with a monitor, ask for tokens and the other documents (a cache miss per
 /// identity and resource, a cache hit, errors), then dump the stack: its high-water mark.
-fn stack_high_water(
-    image: &Path,
-    cfg: &Path,
-    opts: QemuOpts,
-    timeout: Duration,
-) -> Result<(u64, u64)> {
+fn stack_high_water(image: &Path, cfg: &Path, opts: QemuOpts, timeout: Duration) -> Result<Probe> {
     let dir = target_dir().join("bench");
     let sock = dir.join("boot-monitor.sock");
     let dump = dir.join("boot-stack.bin");
@@ -665,6 +660,7 @@ fn stack_high_water(
         .push(format!("unix:{},server=on,wait=off", sock.display()).into());
     let mut guest = qemu::Guest::spawn(image, &opts).map_err(|e| format!("QEMU: {e}"))?;
     guest.wait_ready(timeout)?;
+    let blocks_ready = monitor(&sock, "info jit").ok().and_then(|t| jit_blocks(&t));
     let (base, size) = stack_region(&guest.output())?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let doc: Value = serde_json::from_slice(&std::fs::read(cfg).map_err(|e| e.to_string())?)
@@ -686,7 +682,11 @@ fn stack_high_water(
             targets.push(format!("{TOKEN_TARGET}&client_id={c}"));
         }
     }
-    for t in &targets {
+    let mut blocks_token = None;
+    for (i, t) in targets.iter().enumerate() {
+        if i == 1 {
+            blocks_token = monitor(&sock, "info jit").ok().and_then(|t| jit_blocks(&t));
+        }
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
             .map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -707,7 +707,32 @@ fn stack_high_water(
         return Err(format!("pmemsave wrote {} of {size} bytes", bytes.len()));
     }
     drop(guest);
-    Ok((stack_used(&bytes), size))
+    Ok(Probe {
+        stack_used: stack_used(&bytes),
+        stack_size: size,
+        blocks_ready,
+        blocks_token,
+    })
+}
+
+/// What the probe boot measured: the stack's high-water mark and size, and how many
+/// translation blocks QEMU had made when the ready line was read and after the first token
+/// (TCG only: under TCG translating code the first time it runs is most of a boot).
+struct Probe {
+    stack_used: u64,
+    stack_size: u64,
+    blocks_ready: Option<u64>,
+    blocks_token: Option<u64>,
+}
+
+/// The `TB count` of HMP `info jit` (TCG's translation blocks so far); `None` without one
+/// (KVM has no JIT).
+pub fn jit_blocks(info_jit: &str) -> Option<u64> {
+    info_jit.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("TB count")
+            .and_then(|n| n.trim().parse().ok())
+    })
 }
 
 /// `cargo xtask bench boot`.
@@ -811,8 +836,12 @@ pub fn bench(args: &[String]) -> Result {
     );
 
     let mut report = json!({
-        "stack_used_bytes": stack.as_ref().ok().map(|s| s.0),
-        "stack_bytes": stack.as_ref().ok().map(|s| s.1),
+        "stack_used_bytes": stack.as_ref().ok().map(|s| s.stack_used),
+        "stack_bytes": stack.as_ref().ok().map(|s| s.stack_size),
+        "blocks_translated": {
+            "ready": stack.as_ref().ok().and_then(|s| s.blocks_ready),
+            "first_token": stack.as_ref().ok().and_then(|s| s.blocks_token),
+        },
         "arch": arch_name(arch),
         "machine": format!("{machine:?}").to_lowercase(),
         "accel": format!("{accel:?}").to_lowercase(),
@@ -914,11 +943,18 @@ pub fn bench(args: &[String]) -> Result {
         None => println!("no -m up to {max_mem} MiB served a token"),
     }
     match &stack {
-        Ok((used, size)) => println!(
-            "stack high-water mark (boot; tokens for each identity, cached and bypassed; documents; errors): {} KiB of the {} KiB stack",
-            used.div_ceil(1024),
-            size / 1024
-        ),
+        Ok(p) => {
+            println!(
+                "stack high-water mark (boot; tokens for each identity, cached and bypassed; documents; errors): {} KiB of the {} KiB stack",
+                p.stack_used.div_ceil(1024),
+                p.stack_size / 1024
+            );
+            if let (Some(ready), Some(token)) = (p.blocks_ready, p.blocks_token) {
+                println!(
+                    "translation blocks QEMU made (HMP info jit; most of a boot under TCG): {ready} up to the ready line, {token} up to the first token"
+                );
+            }
+        }
         Err(e) => println!("stack high-water mark: not measured: {e}"),
     }
     for p in &probes {
@@ -1079,6 +1115,13 @@ mod tests {
         };
         let ms = floor_once(&floor, &opts, Duration::from_secs(20)).unwrap();
         assert!(ms > 0.0);
+    }
+
+    #[test]
+    fn the_block_count_of_info_jit() {
+        let text = "info jit\r\nTranslation buffer state:\r\ngen code size       1848291/1073736704\r\nTB count            3342\r\nTB avg target size  17 max=513 bytes\r\n";
+        assert_eq!(jit_blocks(text), Some(3342));
+        assert_eq!(jit_blocks("JIT not enabled"), None);
     }
 
     #[test]
