@@ -461,7 +461,7 @@ pub fn x86_floor_elf() -> Vec<u8> {
         // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
         elf.extend_from_slice(&(half as u16).to_le_bytes());
     }
-    // PT_LOAD: the whole file at BASE, read/write/execute.
+    // A program header: type, flags, the file's bytes from `offset` loaded at BASE + offset.
     let mut phdr = |kind: u32, flags: u32, offset: u64, len: u64, align: u64| {
         elf.extend_from_slice(&kind.to_le_bytes());
         elf.extend_from_slice(&flags.to_le_bytes());
@@ -472,6 +472,7 @@ pub fn x86_floor_elf() -> Vec<u8> {
         elf.extend_from_slice(&len.to_le_bytes()); // p_memsz
         elf.extend_from_slice(&align.to_le_bytes());
     };
+    // PT_LOAD: the whole file at BASE, read/write/execute.
     phdr(1, 7, 0, size, 0x1000);
     // PT_NOTE: the Xen note.
     phdr(4, 4, NOTE_AT as u64, NOTE as u64, 4);
@@ -641,7 +642,8 @@ fn monitor(sock: &Path, command: &str) -> Result<String> {
 }
 
 /// Boot once with a monitor, ask for tokens and the other documents (a cache miss per
-/// identity and resource, a cache hit, errors), then dump the stack: its high-water mark.
+/// identity and resource, a cache hit, errors), then dump the stack: its high-water mark. Also
+/// the translation blocks QEMU made by the ready line and by the first token ([`Probe`]).
 fn stack_high_water(image: &Path, cfg: &Path, opts: QemuOpts, timeout: Duration) -> Result<Probe> {
     let dir = target_dir().join("bench");
     let sock = dir.join("boot-monitor.sock");
