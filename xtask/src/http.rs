@@ -39,7 +39,15 @@ pub fn read_response(stream: &mut impl Read, head_only: bool) -> std::io::Result
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte)? == 0 {
+        // A read on a socket with a timeout returns EINTR when the process is stopped and
+        // resumed (signal(7)), even without a signal handler: read again, as `read_exact` does.
+        let n = loop {
+            match stream.read(&mut byte) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 format!("connection closed after {} bytes", buf.len()),
@@ -94,4 +102,38 @@ pub fn pct(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gives its bytes one read at a time, each after an `Interrupted` error.
+    struct Interrupting<'a> {
+        data: &'a [u8],
+        interrupt: bool,
+    }
+
+    impl Read for Interrupting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(self.data.len()).min(1);
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_response_is_read_through_interrupted_reads() {
+        let mut s = Interrupting {
+            data: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            interrupt: false,
+        };
+        let r = read_response(&mut s, false).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    }
 }
