@@ -1077,14 +1077,19 @@ mod tests {
 
     #[test]
     fn the_aarch64_floor_kernel_prints_one_byte_under_qemu() {
-        let floor = write_floor(Arch::Aarch64).unwrap();
+        floor_prints(Arch::Aarch64, Machine::Virt, 60);
+    }
+
+    /// The floor kernel of `arch` prints its byte on `machine` within `timeout_s`.
+    fn floor_prints(arch: Arch, machine: Machine, timeout_s: u64) {
+        let floor = write_floor(arch).unwrap();
         let opts = QemuOpts {
-            arch: Arch::Aarch64,
-            machine: Machine::Virt,
+            arch,
+            machine,
             network: Network::None,
             ..QemuOpts::default()
         };
-        let ms = floor_once(&floor, &opts, Duration::from_secs(60)).unwrap();
+        let ms = floor_once(&floor, &opts, Duration::from_secs(timeout_s)).unwrap();
         assert!(ms > 0.0);
     }
 
@@ -1110,13 +1115,7 @@ mod tests {
 
     #[test]
     fn the_x86_floor_kernel_prints_one_byte_under_qemu() {
-        let floor = write_floor(Arch::X86_64).unwrap();
-        let opts = QemuOpts {
-            network: Network::None,
-            ..QemuOpts::default()
-        };
-        let ms = floor_once(&floor, &opts, Duration::from_secs(20)).unwrap();
-        assert!(ms > 0.0);
+        floor_prints(Arch::X86_64, Machine::Microvm, 20);
     }
 
     #[test]
