@@ -55,6 +55,15 @@ impl Nic {
     }
 }
 
+/// The aarch64 image booted with `opts`, past its ready line.
+fn boot_ready(opts: &QemuOpts) -> Guest {
+    let mut guest = Guest::spawn(&image(), opts).expect("spawn QEMU");
+    guest
+        .wait_ready(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    guest
+}
+
 /// The aarch64 options: `nic`, the config passed `via`, user networking.
 fn aarch64_opts(nic: Nic, via: ConfigVia, network: Network) -> QemuOpts {
     QemuOpts {
@@ -97,10 +106,7 @@ fn boot(name: &str, nic: Nic, via: ConfigVia) -> Running {
             },
         )
     };
-    let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
-    guest
-        .wait_ready(BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let guest = boot_ready(&opts);
     // The variant is what it claims to be: QEMU was given that NIC and that config source.
     let cmd = &guest.command;
     assert!(cmd.starts_with("qemu-system-aarch64 "), "{cmd}");
@@ -361,10 +367,7 @@ fn virtio_rng_when_the_cpu_has_no_rndr() {
             },
         )
     };
-    let mut guest = Guest::spawn(&image(), &opts).expect("spawn QEMU");
-    guest
-        .wait_ready(BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let guest = boot_ready(&opts);
     let out = guest.output();
     assert!(out.contains("imds-agent: entropy: virtio-rng"), "{out}");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
