@@ -29,6 +29,7 @@ pub mod pit;
 pub mod pvclock;
 pub mod pvh;
 pub mod rtc;
+pub mod ticks;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod aarch64;

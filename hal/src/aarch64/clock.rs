@@ -98,7 +98,7 @@ impl GenericClock {
     }
 
     fn ticks_to_us(&self, ticks: u64) -> u64 {
-        (u128::from(ticks) * 1_000_000 / u128::from(self.hz)) as u64
+        crate::ticks::ticks_to_us(ticks, self.hz)
     }
 }
 
