@@ -25,6 +25,7 @@ pub mod text;
 // compiled: unit-tested on the host).
 mod bytes;
 pub mod cmdline;
+pub mod dtb;
 pub mod pit;
 pub mod pvclock;
 pub mod pvh;

@@ -1,11 +1,10 @@
 //! The device tree the boot loader (QEMU, Firecracker, Cloud Hypervisor) hands the image in
-//! `x0`, read with the `fdt` crate (no allocation; it is re-parsed where needed, which costs
+//! `x0`, read with [`crate::dtb`] (no allocation; it is re-read where needed, which costs
 //! microseconds). QEMU's documentation: "guest code must look in the DTB" for device addresses.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use fdt::node::FdtNode;
-use fdt::Fdt;
+use crate::dtb::{Dtb, Node};
 
 static DTB: AtomicU64 = AtomicU64::new(0);
 
@@ -18,6 +17,19 @@ pub enum DtError {
     Invalid,
 }
 
+/// The device tree at `dtb`, if its header says it is one.
+///
+/// # Safety
+/// `dtb` must be 8-aligned and readable for 8 bytes, and for the `totalsize` its header gives
+/// when that header is a device tree's (at most [`crate::dtb::MAX_SIZE`]).
+unsafe fn at(dtb: u64) -> Option<Dtb<'static>> {
+    // SAFETY: readable for the 8 header bytes (the caller's promise).
+    let header = unsafe { core::slice::from_raw_parts(dtb as *const u8, 8) };
+    let size = Dtb::total_size(header)?;
+    // SAFETY: readable for `totalsize` bytes, as the header says (the caller's promise).
+    Dtb::new(unsafe { core::slice::from_raw_parts(dtb as *const u8, size) })
+}
+
 /// Remember the device tree at `dtb` (from `x0` at entry) and check it parses.
 ///
 /// # Safety
@@ -27,55 +39,44 @@ pub unsafe fn init(dtb: u64) -> Result<(), DtError> {
     if dtb == 0 || !dtb.is_multiple_of(8) {
         return Err(DtError::Missing);
     }
-    // SAFETY: the caller vouches for `dtb`; `from_ptr` reads the header, checks the magic and
-    // then reads only within the size the header gives.
-    unsafe { Fdt::from_ptr(dtb as *const u8) }.map_err(|_| DtError::Invalid)?;
+    // SAFETY: the caller vouches for `dtb` (the boot loader's device tree, which the arm64
+    // boot protocol places 8-aligned in RAM, whole).
+    unsafe { at(dtb) }.ok_or(DtError::Invalid)?;
     DTB.store(dtb, Ordering::Relaxed);
     Ok(())
 }
 
 /// The device tree, once [`init`] accepted it.
-pub fn fdt() -> Option<Fdt<'static>> {
+pub fn fdt() -> Option<Dtb<'static>> {
     let dtb = DTB.load(Ordering::Relaxed);
     if dtb == 0 {
         return None;
     }
     // SAFETY: `init` checked that a valid device tree is at `dtb`, in memory that stays
     // untouched for the whole run (its caller's promise).
-    unsafe { Fdt::from_ptr(dtb as *const u8) }.ok()
+    unsafe { at(dtb) }
 }
 
 /// The first `reg` window `(base, size)` of `node`.
-pub fn reg(node: FdtNode<'_, '_>) -> Option<(u64, u64)> {
-    let r = node.reg()?.next()?;
-    Some((r.starting_address as u64, r.size.unwrap_or(0) as u64))
+pub fn reg(node: Node<'_>) -> Option<(u64, u64)> {
+    node.reg(0)
 }
 
 /// The first `reg` window of the first node compatible with one of `with`.
 pub fn find_reg(with: &[&str]) -> Option<(u64, u64)> {
-    let fdt = fdt()?;
-    let node = fdt.find_compatible(with)?;
-    reg(node)
+    fdt()?.find_compatible(with)?.reg(0)
 }
 
 /// Whether `node` is compatible with `with` and not disabled.
-pub fn is_compatible(node: FdtNode<'_, '_>, with: &str) -> bool {
-    let enabled = node
-        .property("status")
-        .and_then(|p| p.as_str())
-        .is_none_or(|s| s == "okay" || s == "ok");
-    enabled
-        && node
-            .compatible()
-            .is_some_and(|c| c.all().any(|c| c == with))
+pub fn is_compatible(node: Node<'_>, with: &str) -> bool {
+    node.is_enabled() && node.is_compatible_with(with)
 }
 
 /// The initrd `(start, end)` from `/chosen` `linux,initrd-start` / `linux,initrd-end`.
 pub fn initrd() -> Option<(u64, u64)> {
-    let fdt = fdt()?;
-    let chosen = fdt.find_node("/chosen")?;
-    let start = chosen.property("linux,initrd-start")?.as_usize()? as u64;
-    let end = chosen.property("linux,initrd-end")?.as_usize()? as u64;
+    let chosen = fdt()?.chosen()?;
+    let start = chosen.uint_property("linux,initrd-start")?;
+    let end = chosen.uint_property("linux,initrd-end")?;
     (end >= start).then_some((start, end))
 }
 
@@ -92,9 +93,9 @@ pub enum PsciConduit {
 pub fn psci() -> Option<PsciConduit> {
     let fdt = fdt()?;
     let node = fdt.find_compatible(&["arm,psci-1.0", "arm,psci-0.2", "arm,psci"])?;
-    match node.property("method")?.as_str()? {
-        "hvc" => Some(PsciConduit::Hvc),
-        "smc" => Some(PsciConduit::Smc),
+    match node.str_property("method")? {
+        b"hvc" => Some(PsciConduit::Hvc),
+        b"smc" => Some(PsciConduit::Smc),
         _ => None,
     }
 }
@@ -119,7 +120,7 @@ const SPACE_MEM32: u32 = 2;
 pub fn ecam_host() -> Option<EcamHost> {
     let fdt = fdt()?;
     let node = fdt
-        .all_nodes()
+        .nodes()
         .find(|n| is_compatible(*n, "pci-host-ecam-generic"))?;
     let ecam = reg(node)?;
     let mut host = EcamHost {
@@ -129,9 +130,9 @@ pub fn ecam_host() -> Option<EcamHost> {
     };
     // Each entry: PCI address (3 cells), CPU address (the bridge's parent's #address-cells,
     // 2 on every VMM here), size (the bridge's #size-cells, 2).
-    let parent_cells = fdt.root().cell_sizes().address_cells;
-    let size_cells = node.cell_sizes().size_cells;
-    let ranges = node.property("ranges")?.value;
+    let parent_cells = fdt.root()?.cells().0 as usize;
+    let size_cells = node.cells().1 as usize;
+    let ranges = node.property("ranges")?;
     let entry = 4 * (3 + parent_cells + size_cells);
     let cells = |b: &[u8]| {
         b.chunks_exact(4).fold(0u64, |acc, c| {

@@ -71,19 +71,12 @@ fn gic_v3_setup() -> bool {
         return false;
     }
     let Some(fdt) = dt::fdt() else { return false };
-    let Some(node) = fdt
-        .all_nodes()
-        .find(|n| dt::is_compatible(*n, "arm,gic-v3"))
-    else {
+    let Some(node) = fdt.nodes().find(|n| dt::is_compatible(*n, "arm,gic-v3")) else {
         return false;
     };
-    let Some(mut regs) = node.reg() else {
+    let (Some((dist, _)), Some((rd, _))) = (node.reg(0), node.reg(1)) else {
         return false;
     };
-    let (Some(dist), Some(redist)) = (regs.next(), regs.next()) else {
-        return false;
-    };
-    let (dist, rd) = (dist.starting_address as u64, redist.starting_address as u64);
     if dist >= 1 << 30 || rd >= 1 << 30 {
         return false; // outside the device window the boot code maps
     }
@@ -130,18 +123,14 @@ fn gic_v3_setup() -> bool {
 /// Route the virtual timer's interrupt through the GICv2 the device tree names, if any.
 fn gic_v2_setup() -> bool {
     let Some(fdt) = dt::fdt() else { return false };
-    let Some(node) = fdt.all_nodes().find(|n| {
+    let Some(node) = fdt.nodes().find(|n| {
         dt::is_compatible(*n, "arm,cortex-a15-gic") || dt::is_compatible(*n, "arm,gic-400")
     }) else {
         return false;
     };
-    let Some(mut regs) = node.reg() else {
+    let (Some((dist, _)), Some((cpu, _))) = (node.reg(0), node.reg(1)) else {
         return false;
     };
-    let (Some(dist), Some(cpu)) = (regs.next(), regs.next()) else {
-        return false;
-    };
-    let (dist, cpu) = (dist.starting_address as u64, cpu.starting_address as u64);
     if dist >= 1 << 30 || cpu >= 1 << 30 {
         return false; // outside the device window the boot code maps
     }

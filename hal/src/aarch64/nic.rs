@@ -17,7 +17,7 @@ use crate::virtio_net::{mmio_device_at, pci_net, NicError, VirtioNet};
 pub fn virtio_mmio_find(kind: DeviceType) -> Option<MmioTransport<'static>> {
     let fdt = dt::fdt()?;
     let found = fdt
-        .all_nodes()
+        .nodes()
         .filter(|n| dt::is_compatible(*n, "virtio,mmio"))
         .filter_map(dt::reg)
         // SAFETY: the device tree names `addr` a virtio-mmio window, which the boot code maps
