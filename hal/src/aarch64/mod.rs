@@ -1,7 +1,7 @@
 //! Bare-metal aarch64 backends (QEMU `virt`, booted as a Linux arm64 Image with the device tree
 //! address in `x0`; later Firecracker and Cloud Hypervisor on Arm, which boot the same way):
 //!
-//! * [`dt`] — the device tree (the `fdt` crate): where every device below is;
+//! * [`dt`] — the device tree (read with [`crate::dtb`]): where every device below is;
 //! * [`pl011`] — the PL011 UART console ([`pl011::Pl011`], a `core::fmt::Write`);
 //! * [`clock`] — the generic timer (`CNTVCT_EL0`/`CNTFRQ_EL0`) for the monotonic clock, the
 //!   PL031 RTC for the wall clock ([`clock::GenericClock`], a [`crate::Clock`]);
