@@ -201,6 +201,12 @@ def metadata_seeds():
     }
 
 
+def dtb_seeds():
+    """The QEMU `virt` device trees the reader's unit tests use (hal/testdata/)."""
+    testdata = FUZZ.parent / "hal" / "testdata"
+    return {p.stem: p.read_bytes() for p in sorted(testdata.glob("*.dtb"))}
+
+
 def write(target, seeds):
     d = CORPUS / target
     d.mkdir(parents=True, exist_ok=True)
@@ -218,6 +224,7 @@ def main():
     write("connection", CONNECTION)
     write("scheduled_events_post", START_REQUESTS)
     write("metadata_walk", metadata_seeds())
+    write("dtb", dtb_seeds())
 
 
 if __name__ == "__main__":
