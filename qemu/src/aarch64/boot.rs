@@ -12,13 +12,14 @@
 //! 2. lets EL1 use FP/SIMD (`CPACR_EL1`; the softfloat target does not emit such instructions,
 //!    but nothing traps if a dependency does);
 //! 3. turns the MMU on with an identity map from tables it writes (`imds_boot_l1`, 1 GiB blocks:
-//!    device memory for the first GiB — GIC, UART, RTC, fw_cfg, virtio-mmio, the PCIe windows
-//!    and ECAM — and for the high ECAM at 256 GiB; normal write-back memory for RAM from
-//!    2 GiB to 4 GiB; `imds_boot_l2`, 2 MiB blocks of normal memory for the first GiB of RAM,
-//!    where the image lies, less the 2 MiB guard block under the stack), with caches on:
-//!    atomics and coherent virtqueues need them;
-//! 4. zeroes `.bss` and the stack (`linker-aarch64.ld`: 1 MiB above the unmapped guard, so an
-//!    overflow faults instead of overwriting the tables), sets `sp` and `VBAR_EL1` (every
+//!    device memory for the high ECAM at 256 GiB, normal write-back memory for RAM from 2 GiB
+//!    to 4 GiB; `imds_boot_l2`, 2 MiB blocks: device memory for the first GiB — GIC, UART,
+//!    RTC, fw_cfg, virtio-mmio, the PCIe windows and ECAM — and normal memory for the first
+//!    GiB of RAM, where the image lies; less the 2 MiB guard block under the stack), with
+//!    caches on: atomics and coherent virtqueues need them;
+//! 4. zeroes `.bss` and the stack (`linker-aarch64.ld`: 512 KiB of the RAM below the image,
+//!    above the unmapped guard — the top 2 MiB of the ECAM window, just below RAM — so an
+//!    overflow faults instead of writing elsewhere), sets `sp` and `VBAR_EL1` (every
 //!    exception is reported on the console by `imds_exception`, on its own small stack, and
 //!    stops the machine with `exit_code::CPU_EXCEPTION`);
 //! 5. calls `imds_boot_main(dtb)`.
@@ -109,7 +110,7 @@ imds_entry:
     msr     cpacr_el1, x1
     isb
 
-    /* The translation tables (not in the file: 8 KiB less to load), written with the MMU
+    /* The translation tables (not in the file: 12 KiB less to load), written with the MMU
        off. Level 1: every entry, then the five used. */
     adrp    x1, imds_boot_l1
     adrp    x2, imds_boot_l2
@@ -120,19 +121,21 @@ imds_entry:
     b.lo    7b
     movz    x3, #{device_lo}
     movk    x3, #{device_hi}, lsl #48
-    str     x3, [x1]                    /* 0..1 GiB: devices, PCIe windows, ECAM */
     movk    x3, #0x40, lsl #32
     str     x3, [x1, #2048]             /* 256..257 GiB: high PCIe ECAM */
     orr     x3, x2, #3
+    str     x3, [x1]                    /* 0..1 GiB: devices, PCIe windows, ECAM (table) */
+    add     x3, x3, #4096
     str     x3, [x1, #8]                /* 1..2 GiB: RAM, 2 MiB blocks (table descriptor) */
     movz    x3, #{normal}
     movk    x3, #0x8000, lsl #16
     str     x3, [x1, #16]               /* 2..3 GiB: RAM */
     movk    x3, #0xC000, lsl #16
     str     x3, [x1, #24]               /* 3..4 GiB: RAM */
-    /* Level 2: 512 blocks of 2 MiB from 0x4000_0000. */
-    movz    x3, #{normal}
-    movk    x3, #0x4000, lsl #16
+    /* Level 2, the two tables one after the other: 512 device blocks of 2 MiB from 0, then
+       512 normal ones from 0x4000_0000. */
+    movz    x3, #{device_lo}
+    movk    x3, #{device_hi}, lsl #48
     mov     x4, x2
     add     x5, x2, #4096
 8:
@@ -140,9 +143,18 @@ imds_entry:
     add     x3, x3, #0x200000
     cmp     x4, x5
     b.lo    8b
-    /* Unmap the 2 MiB block under the stack. */
+    movz    x3, #{normal}
+    movk    x3, #0x4000, lsl #16
+    add     x5, x5, #4096
+10:
+    str     x3, [x4], #8
+    add     x3, x3, #0x200000
+    cmp     x4, x5
+    b.lo    10b
+    /* Unmap the 2 MiB block under the stack: below RAM (the top of the ECAM window) or, in
+       an unoptimised build, in RAM (entry 0..1023 of the two tables). */
     adrp    x3, __stack_guard
-    ubfx    x3, x3, #21, #9
+    ubfx    x3, x3, #21, #10
     str     xzr, [x2, x3, lsl #3]
     /* Drop any stale cache line of the tables: the table walks that follow are cacheable. */
     mrs     x6, ctr_el0
@@ -249,7 +261,8 @@ imds_vector_common:
     b       6b
 
     /* The translation tables: level 1 (512 entries of 1 GiB), then level 2 for the first
-       GiB of RAM (512 of 2 MiB), written by the code above; not zeroed with .bss. */
+       GiB (devices) and for the first GiB of RAM (512 of 2 MiB each), written by the code
+       above; not zeroed with .bss. */
     .section .pagetables, "aw", %nobits
     .p2align 12
     .global imds_boot_l1
@@ -257,7 +270,7 @@ imds_boot_l1:
     .skip   4096
     .global imds_boot_l2
 imds_boot_l2:
-    .skip   4096
+    .skip   8192
 
     .section .bss.imds_exception_stack, "aw", %nobits
     .p2align 4
