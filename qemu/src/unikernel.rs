@@ -227,15 +227,35 @@ fn nap_when_quiet(
 }
 
 /// Test hook: an fw_cfg file [`PANIC_TEST_FILE`] makes the image fail on purpose: with the
-/// content `ud2`, by a CPU exception (invalid opcode); with anything else, by a Rust panic.
+/// content `ud2`, by a CPU exception (invalid opcode); on aarch64 with `stack-overflow`, by
+/// overflowing the stack into its guard block; with anything else, by a Rust panic.
 fn crash_test() {
     let mut buf = [0u8; 16];
     match arch::test_file(PANIC_TEST_FILE, &mut buf) {
         Err(ConfigSourceError::Missing) => {}
         Ok(content) if content.starts_with(b"ud2") => arch::raise_cpu_exception(),
+        #[cfg(target_arch = "aarch64")]
+        Ok(content) if content.starts_with(b"stack-overflow") => overflow_the_stack(),
         // A plain string: the panic handler prints it without formatting.
         _ => panic!("requested by fw_cfg file opt/imds-agent/panic-test"),
     }
+}
+
+/// Test hook (aarch64, whose stack lies above an unmapped guard block): recurse, 1 KiB a
+/// frame, until the stack runs into the guard; the exception reporter stops the machine.
+#[cfg(target_arch = "aarch64")]
+fn overflow_the_stack() -> ! {
+    fn down(depth: u64) -> u64 {
+        let mut frame = [0u8; 1024];
+        frame[0] = depth as u8;
+        core::hint::black_box(&mut frame);
+        if core::hint::black_box(depth) == u64::MAX {
+            return 0;
+        }
+        down(depth + 1) + u64::from(frame[1])
+    }
+    core::hint::black_box(down(0));
+    exit(exit_code::PANIC)
 }
 
 /// Read and parse the configuration, or stop the machine saying why.

@@ -315,6 +315,43 @@ fn cpu_exception_is_reported() {
     assert!(out.contains("(undefined instruction)) at pc 0x"), "{out}");
 }
 
+/// The stack lies above an unmapped 2 MiB guard block (the top of the ECAM window, just below
+/// RAM): an overflow is a data abort in the guard, reported, not a silent write elsewhere.
+#[test]
+fn stack_overflow_is_reported() {
+    let opts = QemuOpts {
+        fw_cfg: vec![(
+            qemu::PANIC_TEST_FW_CFG.into(),
+            imds_tests::test_file("aarch64-stack-overflow-test", "stack-overflow"),
+        )],
+        ..no_network(None)
+    };
+    let out = expect_exit(
+        opts,
+        exit::CPU_EXCEPTION,
+        "imds-agent: fatal: CPU exception (synchronous, class 0x25 data abort) at pc 0x",
+    );
+    let field = |name: &str| {
+        out.split(&format!(", {name} 0x"))
+            .nth(1)
+            .and_then(|rest| u64::from_str_radix(rest.split(',').next()?, 16).ok())
+            .unwrap_or_else(|| panic!("no {name}: {out}"))
+    };
+    let far = field("far");
+    assert!(
+        (0x3FE0_0000..0x4000_0000).contains(&far),
+        "the fault is not in the guard block below RAM: {far:#x}\n{out}"
+    );
+    // A translation fault (ESR DFSC 0b0001xx): the block is unmapped. (Mapped, as the rest
+    // of the ECAM window is, the write would end in an external abort from QEMU instead.)
+    let esr = field("esr");
+    assert_eq!(
+        esr & 0x3C,
+        0x04,
+        "not a translation fault: esr {esr:#x}\n{out}"
+    );
+}
+
 #[test]
 fn panic_addresses_resolve_to_the_panicking_code() {
     let opts = QemuOpts {
