@@ -281,15 +281,21 @@ fn no_nic_stops_the_machine() {
     );
 }
 
-#[test]
-fn panic_prints_the_message_and_exits() {
-    let opts = QemuOpts {
+/// No NIC, and the image's crash test hook (fw_cfg `PANIC_TEST_FW_CFG`) set to `content`
+/// (written to the test file `name`).
+fn crash_test(name: &str, content: &str) -> QemuOpts {
+    QemuOpts {
         fw_cfg: vec![(
             qemu::PANIC_TEST_FW_CFG.into(),
-            imds_tests::test_file("aarch64-panic-test", "panic"),
+            imds_tests::test_file(name, content),
         )],
         ..no_network(None)
-    };
+    }
+}
+
+#[test]
+fn panic_prints_the_message_and_exits() {
+    let opts = crash_test("aarch64-panic-test", "panic");
     expect_exit(
         opts,
         exit::PANIC,
@@ -299,13 +305,7 @@ fn panic_prints_the_message_and_exits() {
 
 #[test]
 fn cpu_exception_is_reported() {
-    let opts = QemuOpts {
-        fw_cfg: vec![(
-            qemu::PANIC_TEST_FW_CFG.into(),
-            imds_tests::test_file("aarch64-ud2-test", "ud2"),
-        )],
-        ..no_network(None)
-    };
+    let opts = crash_test("aarch64-ud2-test", "ud2");
     let out = expect_exit(
         opts,
         exit::CPU_EXCEPTION,
@@ -319,13 +319,7 @@ fn cpu_exception_is_reported() {
 /// RAM): an overflow is a data abort in the guard, reported, not a silent write elsewhere.
 #[test]
 fn stack_overflow_is_reported() {
-    let opts = QemuOpts {
-        fw_cfg: vec![(
-            qemu::PANIC_TEST_FW_CFG.into(),
-            imds_tests::test_file("aarch64-stack-overflow-test", "stack-overflow"),
-        )],
-        ..no_network(None)
-    };
+    let opts = crash_test("aarch64-stack-overflow-test", "stack-overflow");
     let out = expect_exit(
         opts,
         exit::CPU_EXCEPTION,
@@ -354,13 +348,7 @@ fn stack_overflow_is_reported() {
 
 #[test]
 fn panic_addresses_resolve_to_the_panicking_code() {
-    let opts = QemuOpts {
-        fw_cfg: vec![(
-            qemu::PANIC_TEST_FW_CFG.into(),
-            imds_tests::test_file("aarch64-panic-test-line", "panic"),
-        )],
-        ..no_network(None)
-    };
+    let opts = crash_test("aarch64-panic-test-line", "panic");
     let out = expect_exit(opts, exit::PANIC, "imds-agent: panic: ");
     let line = out
         .lines()
