@@ -1,10 +1,11 @@
 //! Checks shared by the broker-mode tests of the daemon (`tests/broker.rs`) and of the
 //! unikernel (`tests/unikernel_broker.rs`): the same answers are expected from both.
 
-use crate::authority::{Alg, Authority, ClientKey};
+use crate::authority::{Alg, Authority, ClientKey, Style};
 use crate::contract::assert_imds_token_shape;
 use crate::{DemoConfig, Response};
 use serde_json::Value;
+use std::ops::RangeInclusive;
 
 /// A client key whose `kid` is what the agent puts in its assertions (the key's RFC 7638
 /// thumbprint), to register with the authority.
@@ -25,16 +26,29 @@ pub fn fetched(authority: &Authority) -> usize {
         .count()
 }
 
+/// The range of `expires_on` minus the token's `exp` for an agent on the host's clock: v1
+/// answers carry `expires_on`, so exactly 0; for v2 the agent counts `expires_in` from when it
+/// sent the request, so it may be early by the seconds the authority took to answer (a few on
+/// a busy machine), never late.
+pub fn host_clock_skew(style: Style) -> RangeInclusive<i64> {
+    match style {
+        Style::V1 => 0..=0,
+        Style::V2 => -5..=0,
+    }
+}
+
 /// A brokered token answer: 200, Azure's field shapes, the token verifies against the
-/// authority's JWKS with this client id, and `expires_on` is the token's `exp` within
-/// `exp_skew_s` (the unikernel computes it for v2 answers with its own clock). `context` is
-/// printed on failure (the agent's log, the guest's console).
+/// authority's JWKS with this client id, and `expires_on` minus the token's `exp` is in
+/// `exp_skew_s` (seconds: `0..=0` where the authority sends `expires_on`; for v2 answers the
+/// agent computes it from `expires_in` and the time it sent the request, so it may be a little
+/// early but never late on the host's clock, and either way on a guest's own clock). `context`
+/// is printed on failure (the agent's log, the guest's console).
 pub fn assert_brokered(
     authority: &Authority,
     resp: &Response,
     resource: &str,
     client_id: &str,
-    exp_skew_s: u64,
+    exp_skew_s: RangeInclusive<i64>,
     context: impl Fn() -> String,
 ) -> Value {
     assert_eq!(resp.status, 200, "{}\n{}", resp.text(), context());
@@ -46,11 +60,11 @@ pub fn assert_brokered(
         .verify_access_token(j["access_token"].as_str().unwrap(), resource)
         .expect("the brokered token verifies against the authority's JWKS");
     assert_eq!(claims["client_id"], client_id);
-    let exp: u64 = j["expires_on"].as_str().unwrap().parse().unwrap();
-    let token_exp = claims["exp"].as_u64().unwrap();
+    let exp: i64 = j["expires_on"].as_str().unwrap().parse().unwrap();
+    let token_exp = claims["exp"].as_i64().unwrap();
     assert!(
-        exp.abs_diff(token_exp) <= exp_skew_s,
-        "expires_on {exp} is the token's exp {token_exp}"
+        exp_skew_s.contains(&(exp - token_exp)),
+        "expires_on {exp} is the token's exp {token_exp} within {exp_skew_s:?}"
     );
     j
 }

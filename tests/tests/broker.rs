@@ -17,6 +17,7 @@ const VAULT: &str = "https://vault.azure.net";
 
 /// A daemon in broker mode against an authority that knows its identities.
 struct Rig {
+    style: Style,
     authority: Authority,
     daemon: Daemon,
     cfg: DemoConfig,
@@ -56,6 +57,7 @@ fn rig_with(
     let cfg = DemoConfig::from_json("broker", json);
     let daemon = Daemon::start(&cfg);
     Rig {
+        style,
         authority,
         daemon,
         cfg,
@@ -71,7 +73,8 @@ fn token(r: &Rig, resource: &str, extra: &str) -> Response {
 }
 
 fn assert_brokered(r: &Rig, resp: &Response, resource: &str, client_id: &str) -> Value {
-    brokered::assert_brokered(&r.authority, resp, resource, client_id, 0, || {
+    let skew = brokered::host_clock_skew(r.style);
+    brokered::assert_brokered(&r.authority, resp, resource, client_id, skew, || {
         format!("agent log:\n{}", r.daemon.log_text())
     })
 }
@@ -104,6 +107,19 @@ fn v2_scope_style_and_json_numbers() {
         |resp, resource, client_id| assert_brokered(&r, resp, resource, client_id),
         10,
     );
+}
+
+#[test]
+fn a_v2_lifetime_counts_from_the_request_not_the_answer() {
+    // The token is issued, then its answer takes 2 s to arrive: expires_on (computed from
+    // expires_in) must not be later than the token's exp, so the agent never serves a token
+    // as valid after it has expired.
+    let r = rig(Style::V2);
+    r.authority
+        .set_fault(Fault::DelayAnswer(Duration::from_secs(2)));
+    let sys = r.cfg.system.clone().unwrap();
+    assert_brokered(&r, &token(&r, MGMT, ""), MGMT, &sys.client_id);
+    assert_eq!(r.authority.requests()[0]["fault"], "delay_answer");
 }
 
 #[test]
@@ -372,6 +388,7 @@ fn rsa_server_certificate_and_ps256_rs256_assertions() {
     let cfg = DemoConfig::from_json("broker-rsa", json.clone());
     let daemon = Daemon::start(&cfg);
     let r = Rig {
+        style: Style::V2,
         authority,
         daemon,
         cfg,

@@ -612,6 +612,9 @@ pub enum Fault {
     None,
     /// Answer normally, after this long.
     Delay(Duration),
+    /// Issue the token at once, and send the answer this much later (a slow way back: the
+    /// token's clock started before the agent received it).
+    DelayAnswer(Duration),
     /// This HTTP status (500, 503, …) with a JSON OAuth error body.
     Status(u16),
     /// 429 with `Retry-After: retry_after` (seconds).
@@ -631,6 +634,9 @@ impl Fault {
         match self {
             Fault::None => json!({"kind": "none"}),
             Fault::Delay(d) => json!({"kind": "delay", "ms": d.as_millis() as u64}),
+            Fault::DelayAnswer(d) => {
+                json!({"kind": "delay_answer", "ms": d.as_millis() as u64})
+            }
             Fault::Status(s) => json!({"kind": "status", "status": s}),
             Fault::TooMany { retry_after } => {
                 json!({"kind": "too_many", "retry_after": retry_after})

@@ -395,6 +395,8 @@ async fn attempt<C: Clock, E: Entropy>(
         wipe(&mut bufs.request);
         return Err(AttemptError::Http(ResponseError::Malformed));
     }
+    // A v2 answer's lifetime counts from here (see `parse_token_body`).
+    let sent_at = clock.unix_time_s();
     let sent = write_all(&mut tls, bufs.request.as_bytes()).await;
     wipe(&mut bufs.request);
     sent?;
@@ -418,18 +420,16 @@ async fn attempt<C: Clock, E: Entropy>(
             Err(ResponseError::Incomplete) if !eof => continue,
             Err(e) => break Err(AttemptError::Http(e)),
             Ok(answer) => {
-                let now = clock.unix_time_s();
                 break match answer.status {
-                    200 => {
-                        upstream::parse_token_body(answer.body, now).map_err(AttemptError::Token)
-                    }
+                    200 => upstream::parse_token_body(answer.body, sent_at)
+                        .map_err(AttemptError::Token),
                     429 | 500..=599 => Err(AttemptError::Status {
                         status: answer.status,
                         retry_after_s: answer.retry_after_s,
                     }),
                     status => Err(AttemptError::Refused {
                         status,
-                        answer: match upstream::parse_token_body(answer.body, now) {
+                        answer: match upstream::parse_token_body(answer.body, sent_at) {
                             Err(e) => e,
                             Ok(_) => TokenAnswerError::Malformed("a token with an error status"),
                         },

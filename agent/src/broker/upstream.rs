@@ -335,7 +335,9 @@ fn lenient_number(body: &[u8], name: &str, scratch: &mut [u8]) -> Option<u64> {
     }
 }
 
-/// Read a token answer (v1 or v2) received at `now`.
+/// Read a token answer (v1 or v2) to a request sent at `now` (Unix seconds). A v2 answer's
+/// `expires_on` is `now + expires_in`: counted from when the request left, it is never later
+/// than the token's `exp` (the authority's clock had passed `now` when it issued the token).
 #[allow(clippy::result_large_err)]
 pub fn parse_token_body(body: &[u8], now: u64) -> Result<TokenAnswer, TokenAnswerError> {
     let mut scratch = [0u8; TOKEN_MAX];

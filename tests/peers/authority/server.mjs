@@ -225,6 +225,10 @@ provider.use(async (ctx, next) => {
       access_token: b.access_token,
     };
   }
+  // The answer is ready (the token issued, its exp fixed): hold it back if asked.
+  if (ctx.req.imdsAnswerDelay) {
+    await new Promise((resolve) => setTimeout(resolve, ctx.req.imdsAnswerDelay));
+  }
 });
 
 // The reason behind an error response, for the request log (oidc-provider answers
@@ -406,6 +410,7 @@ function logRequest(req, path, body) {
 // Applies the current fault to a token request. Returns true when it answered the request.
 //   {kind: 'none'}
 //   {kind: 'delay', ms}                     answer normally after ms
+//   {kind: 'delay_answer', ms}              issue the token now, send the answer ms later
 //   {kind: 'status', status}                e.g. 500 / 503, JSON error body
 //   {kind: 'too_many', retry_after}         429 with Retry-After: retry_after (seconds)
 //   {kind: 'malformed'}                     200, Content-Type JSON, truncated JSON body
@@ -425,6 +430,10 @@ async function applyFault(req, res, entry) {
     }
   }
   entry.fault = f.kind;
+  if (f.kind === 'delay_answer') {
+    req.imdsAnswerDelay = f.ms;
+    return false;
+  }
   const wait = f.kind === 'delay' ? f.ms : f.delay_ms;
   if (wait) {
     await new Promise((resolve) => setTimeout(resolve, wait));
@@ -475,7 +484,7 @@ async function applyFault(req, res, entry) {
 
 // ---- admin API ----
 
-const FAULT_KINDS = new Set(['none', 'delay', 'status', 'too_many', 'malformed', 'invalid_client', 'drop']);
+const FAULT_KINDS = new Set(['none', 'delay', 'delay_answer', 'status', 'too_many', 'malformed', 'invalid_client', 'drop']);
 
 async function admin(req, res) {
   const path = req.url.split('?')[0];
