@@ -214,13 +214,15 @@ provider.use(async (ctx, next) => {
   await next();
   const b = ctx.body;
   if (ctx.req.imdsStyle === 'v1' && ctx.status === 200 && b && typeof b === 'object' && b.access_token) {
-    const now = Math.floor(Date.now() / 1000);
+    // expires_on and not_before are the token's own exp and iat (as Entra's are): read from
+    // the JWT, not from the clock again, which may have passed a second boundary since.
+    const claims = JSON.parse(Buffer.from(b.access_token.split('.')[1], 'base64url').toString());
     ctx.body = {
       token_type: b.token_type,
       expires_in: String(b.expires_in),
       ext_expires_in: String(b.expires_in),
-      expires_on: String(now + b.expires_in),
-      not_before: String(now),
+      expires_on: String(claims.exp),
+      not_before: String(claims.iat),
       resource: String(ctx.oidc?.params?.resource ?? ''),
       access_token: b.access_token,
     };
