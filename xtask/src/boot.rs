@@ -35,6 +35,12 @@
 //! can beat; the ratio reported is the median over those pairs of the image's spawn -> first
 //! token over the floor kernel's (issue 11's ratio). `--print-cmd` prints the QEMU command lines
 //! of the image and of the floor kernel, and stops.
+//!
+//! The **network floor image** (the image's cargo feature `net-floor`, `qemu/src/net_floor.rs`)
+//! is timed the same way, after a floor kernel each, with DHCP: the same boot code, virtio-net
+//! driver and smoltcp as the agent's image, no config, no clock calibration, no agent, one fixed
+//! `200` to every request. Its ratio is the least any image built on those crates reaches on
+//! this machine and accelerator; the bench also prints how many translation blocks it needs.
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -726,6 +732,39 @@ fn stack_high_water(image: &Path, cfg: &Path, opts: QemuOpts, timeout: Duration)
     })
 }
 
+/// Boot `image` with a monitor: the translation blocks QEMU had made when its ready line was
+/// read and after its answer to one token request (for the network floor image; the agent's
+/// image gets these from [`stack_high_water`]).
+fn jit_blocks_to_answer(image: &Path, opts: QemuOpts, timeout: Duration) -> Result<(u64, u64)> {
+    let sock = target_dir().join("bench").join("boot-jit.sock");
+    let _ = std::fs::remove_file(&sock);
+    let Network::User {
+        hostfwd_port: Some(port),
+    } = opts.network
+    else {
+        return Err("the probe needs user networking with hostfwd".into());
+    };
+    let mut opts = opts;
+    opts.extra.push("-monitor".into());
+    opts.extra
+        .push(format!("unix:{},server=on,wait=off", sock.display()).into());
+    let mut guest = qemu::Guest::spawn(image, &opts).map_err(|e| format!("QEMU: {e}"))?;
+    guest.wait_ready(timeout)?;
+    let blocks = || {
+        monitor(&sock, "info jit")
+            .ok()
+            .and_then(|t| jit_blocks(&t))
+            .ok_or_else(|| "no TB count in HMP info jit (not TCG?)".to_string())
+    };
+    let ready = blocks()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    match token_status(addr, TOKEN_TARGET) {
+        Ok(200) => Ok((ready, blocks()?)),
+        Ok(status) => Err(format!("status {status}")),
+        Err(e) => Err(format!("token request: {e}")),
+    }
+}
+
 /// What the probe boot measured: the stack's high-water mark and size, and how many
 /// translation blocks QEMU had made when the ready line was read and after the first token
 /// (TCG only: under TCG translating code the first time it runs is most of a boot).
@@ -766,6 +805,9 @@ pub fn bench(args: &[String]) -> Result {
     });
 
     let (image, _) = build_image_for(arch, &[])?;
+    // The network floor image: the same boot code, NIC driver and smoltcp, no agent
+    // (`qemu/src/net_floor.rs`). Built before any boot is timed.
+    let (net_floor_image, _) = build_image_for(arch, &["net-floor"])?;
     let image_bytes = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
     let dir = target_dir().join("bench");
     let opts_for =
@@ -801,6 +843,19 @@ pub fn bench(args: &[String]) -> Result {
         }
         setups.push((name, cfg, samples));
         floors.push(floor_ms);
+    }
+
+    eprintln!(
+        "bench boot: {runs} boots of the network floor image (DHCP), each after one of the floor kernel ..."
+    );
+    let mut net_floor = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let opts = opts_for(&setups[0].1, qemu::DEFAULT_MEM_MB);
+        let ms = floor_once(&floor, &opts, timeout)
+            .map_err(|e| format!("net-floor: floor kernel boot {}: {e}", i + 1))?;
+        let s = boot_once(&net_floor_image, &opts, timeout)
+            .map_err(|e| format!("net-floor image boot {}: {e}", i + 1))?;
+        net_floor.push((s, ms));
     }
 
     // Smallest -m that serves a token (DHCP config), MiB by MiB from 1.
@@ -959,6 +1014,37 @@ pub fn bench(args: &[String]) -> Result {
         }
         report[*name]["first_request_ms"] = spread(&first);
         report[*name]["warm_token_ms"] = (!warm.is_empty()).then(|| spread(&warm)).into();
+    }
+    {
+        let tk = sorted(net_floor.iter().map(|(s, _)| s.first_token_ms));
+        let rd = sorted(net_floor.iter().map(|(s, _)| s.ready_ms));
+        let fl = sorted(net_floor.iter().map(|(_, f)| *f));
+        let ratio = load::median(&sorted(net_floor.iter().map(|(s, f)| s.first_token_ms / f)));
+        println!(
+            "network floor image (the same boot code, virtio-net driver and smoltcp, DHCP, one fixed answer; no config, clock calibration, agent or crypto): ready line {:.1} ms, first answer {:.1} ms; over the floor kernel's first byte ({:.1} ms): {:.2}x (median of the per-pair ratios): no image built on these crates answers sooner here",
+            load::median(&rd),
+            load::median(&tk),
+            load::median(&fl),
+            ratio
+        );
+        let blocks = jit_blocks_to_answer(
+            &net_floor_image,
+            opts_for(&setups[0].1, qemu::DEFAULT_MEM_MB),
+            timeout,
+        );
+        match &blocks {
+            Ok((ready, answer)) => println!(
+                "  translation blocks QEMU made for it: {ready} up to the ready line, {answer} up to the first answer"
+            ),
+            Err(e) => println!("  translation blocks: not measured: {e}"),
+        }
+        report["net_floor"] = json!({
+            "blocks_translated": blocks.as_ref().ok().map(|(r, a)| json!({ "ready": r, "first_answer": a })),
+            "ready_ms": spread(&rd),
+            "first_answer_ms": spread(&tk),
+            "floor_first_byte_ms": spread(&fl),
+            "ratio_first_answer_over_floor": (ratio * 100.0).round() / 100.0,
+        });
     }
     match min_mem {
         Some(m) => println!("smallest -m that serves a token: {m} MiB (target 2)"),
@@ -1136,6 +1222,29 @@ mod tests {
     #[test]
     fn the_x86_floor_kernel_prints_one_byte_under_qemu() {
         floor_prints(Arch::X86_64, Machine::Microvm, 20);
+    }
+
+    /// The bench's comparison point works: the network floor image boots, takes an address by
+    /// DHCP, answers a token request with its fixed `200`, and QEMU's block count is read.
+    #[test]
+    fn the_network_floor_image_answers_under_qemu() {
+        let (image, _) = build_image_for(Arch::X86_64, &["net-floor"]).unwrap();
+        let cfg = bench_config(&target_dir().join("bench"), false).unwrap();
+        let opts = || {
+            bench_opts(
+                Arch::X86_64,
+                Accel::Tcg,
+                Machine::Microvm,
+                &cfg,
+                qemu::DEFAULT_MEM_MB,
+                qemu::free_port(),
+            )
+        };
+        let boot = boot_once(&image, &opts(), Duration::from_secs(60)).unwrap();
+        assert!(boot.first_token_ms > boot.ready_ms);
+        let (ready, answer) =
+            jit_blocks_to_answer(&image, opts(), Duration::from_secs(60)).unwrap();
+        assert!(0 < ready && ready < answer, "{ready} then {answer}");
     }
 
     #[test]

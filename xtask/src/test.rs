@@ -62,9 +62,14 @@ pub fn run(args: &[String]) -> Result {
         status(c)?;
     }
 
-    step("clippy (the image, x86_64 and aarch64: issuer, with the broker feature, with attested + scheduled-events; x86_64 with virtio-rng)");
+    step("clippy (the image, x86_64 and aarch64: issuer, with the broker feature, with attested + scheduled-events, the network floor image of bench boot; x86_64 with virtio-rng)");
     for target in TARGETS {
-        let mut variants = vec![None, Some("broker"), Some("attested,scheduled-events")];
+        let mut variants = vec![
+            None,
+            Some("broker"),
+            Some("attested,scheduled-events"),
+            Some("net-floor"),
+        ];
         if target == TARGETS[0] {
             // The x86 image's fallback entropy source (aarch64's image always has it).
             variants.push(Some("virtio-rng"));

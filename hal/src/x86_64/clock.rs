@@ -180,13 +180,28 @@ impl ClockStart {
     /// if less has passed). A window that outlived the PIT's count (~55 ms) or whose reads were
     /// not tight is replaced by windows measured here (5 ms each, at most 4).
     pub fn finish(self) -> TscClock {
-        let (tsc_hz, calibration) = match self.source {
+        let found = match self.source {
             Ok(known) => known,
             Err(mark) => calibrate_tsc(mark)
                 .map_or((FALLBACK_TSC_HZ, Calibration::Fallback), |hz| {
                     (hz, Calibration::Pit)
                 }),
         };
+        self.finish_at(found)
+    }
+
+    /// The clock without measuring the TSC: the VMM's frequency if it gave one, else
+    /// [`FALLBACK_TSC_HZ`] ([`Calibration::Fallback`]) at once, with no PIT window. Only for
+    /// images that measure what the rest of a boot costs (the network floor image of `cargo
+    /// xtask bench boot`): time on this clock is off by the guess's error.
+    pub fn finish_uncalibrated(self) -> TscClock {
+        let found = self
+            .source
+            .unwrap_or((FALLBACK_TSC_HZ, Calibration::Fallback));
+        self.finish_at(found)
+    }
+
+    fn finish_at(self, (tsc_hz, calibration): (u64, Calibration)) -> TscClock {
         let clock = TscClock {
             tsc_hz,
             us_per_tick_q32: ((1_000_000 << 32) + tsc_hz / 2) / tsc_hz.max(1),

@@ -143,6 +143,13 @@ pub fn clock(start: ClockStart, _log: &mut Console) -> MachineClock {
     start.0
 }
 
+/// The clock [`clock_start`] found (the generic timer needs no calibration), for the network
+/// floor image ([`crate::net_floor`]) as on x86.
+#[cfg(feature = "net-floor")]
+pub fn clock_uncalibrated(start: ClockStart) -> MachineClock {
+    start.0
+}
+
 /// The clock (generic timer; wall time from the PL031), announced at once; or stop the machine
 /// when there is no wall time (tokens carry it).
 pub fn clock_start(log: &mut Console) -> ClockStart {

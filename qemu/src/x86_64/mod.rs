@@ -235,6 +235,13 @@ pub fn clock(start: ClockStart, log: &mut Console) -> MachineClock {
     clock
 }
 
+/// The clock [`clock_start`] started, without measuring the TSC (no PIT window: see
+/// [`ClockStart::finish_uncalibrated`]), for the network floor image only ([`crate::net_floor`]).
+#[cfg(feature = "net-floor")]
+pub fn clock_uncalibrated(start: ClockStart) -> MachineClock {
+    start.finish_uncalibrated()
+}
+
 /// The configuration document, into `buf`: fw_cfg file [`imds_hal::fw_cfg::CONFIG_FILE`],
 /// else the first PVH module (`-initrd`, Firecracker's `initrd_path`, Cloud Hypervisor's
 /// `--initramfs`); the console says which. Or stop the machine saying why.

@@ -1,0 +1,105 @@
+//! The network floor image (cargo feature `net-floor`; `cargo xtask bench boot` builds and times
+//! it, nothing ships it): the same boot code, virtio-net driver and smoltcp as the agent's
+//! image, and nothing else. No config is read, the TSC is not calibrated, no key is loaded and
+//! no token is minted: the image takes an address by DHCP, prints a ready line and answers every
+//! HTTP request on port 80 with the same `200` and an empty JSON object.
+//!
+//! What it measures: under TCG most of a boot is QEMU translating the code that runs for the
+//! first time, so the time this image takes from QEMU's spawn to its first answer is the least
+//! any image built on these crates can take, whatever the agent does. Its ratio over the floor
+//! kernel is the bound the boot target of the agent's image is up against.
+
+use imds_hal::text::Text;
+use imds_hal::Clock;
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::socket::{dhcpv4, tcp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+
+use crate::arch::{self, exit};
+use crate::{exit_code, unikernel};
+
+/// Listening sockets: a closing connection does not leave the port without a listener.
+const LISTENERS: usize = 2;
+/// Receive and send buffer of each listener (a token request's head fits).
+const BUFFER: usize = 2048;
+/// The answer to every request.
+const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+
+/// Boot on from the started clock: NIC, DHCP, answers, forever.
+pub fn run(clock: arch::ClockStart, log: &mut arch::Console) -> ! {
+    let clock = arch::clock_uncalibrated(clock);
+    let Ok(mut nic) = arch::nic() else {
+        log.put("imds-agent: fatal: network").end();
+        exit(exit_code::NIC);
+    };
+    log.put("imds-agent: virtio-net up (")
+        .dec(clock.monotonic_us() / 1000)
+        .put(" ms since boot; net-floor image)")
+        .end();
+    let timer = arch::idle(&clock);
+    let now = || Instant::from_micros(clock.monotonic_us() as i64);
+
+    let mac = nic.mac();
+    let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+    let mut iface = Interface::new(config, &mut nic, now());
+    let mut storage = [SocketStorage::EMPTY; 1 + LISTENERS];
+    let mut buffers = [[0u8; BUFFER]; 2 * LISTENERS];
+    let mut sockets = SocketSet::new(&mut storage[..]);
+    let dhcp = sockets.add(dhcpv4::Socket::new());
+    let mut listeners = [None::<SocketHandle>; LISTENERS];
+    for (slot, pair) in listeners.iter_mut().zip(buffers.chunks_mut(2)) {
+        let (rx, tx) = pair.split_at_mut(1);
+        *slot = Some(sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut rx[0][..]),
+            tcp::SocketBuffer::new(&mut tx[0][..]),
+        )));
+    }
+
+    let mut last_busy_us = clock.monotonic_us();
+    loop {
+        let mut busy = iface.poll(now(), &mut nic, &mut sockets) != PollResult::None;
+        if let Some(dhcpv4::Event::Configured(lease)) =
+            sockets.get_mut::<dhcpv4::Socket>(dhcp).poll()
+        {
+            iface.update_ip_addrs(|addrs| {
+                addrs.clear();
+                let _ = addrs.push(IpCidr::Ipv4(lease.address));
+            });
+            if let Some(router) = lease.router {
+                let _ = iface.routes_mut().add_default_ipv4_route(router);
+            }
+            log.put("imds-agent: ready: http://")
+                .ipv4(lease.address.address().octets())
+                .put("/ (net-floor image: one fixed answer, no agent)")
+                .end();
+        }
+        for handle in listeners.iter().flatten() {
+            let socket = sockets.get_mut::<tcp::Socket>(*handle);
+            if !socket.is_open() {
+                let _ = socket.listen(80);
+            }
+            if socket.can_recv() && head_complete(socket) {
+                let _ = socket.recv(|b| (b.len(), ()));
+                let _ = socket.send_slice(ANSWER);
+                socket.close();
+                busy = true;
+            }
+        }
+        let now_us = clock.monotonic_us();
+        if busy {
+            last_busy_us = now_us;
+            continue;
+        }
+        let next = iface.poll_delay(now(), &sockets);
+        unikernel::nap_when_quiet(timer.as_ref(), now_us, last_busy_us, next);
+    }
+}
+
+/// Whether the socket's receive buffer holds a whole request head (ends with an empty line);
+/// a head that fills the buffer counts as whole.
+fn head_complete(socket: &mut tcp::Socket<'_>) -> bool {
+    socket
+        .peek(BUFFER)
+        .is_ok_and(|b| b.len() == BUFFER || b.windows(4).any(|w| w == b"\r\n\r\n"))
+}
