@@ -41,6 +41,9 @@
 //! driver and smoltcp as the agent's image, no config, no clock calibration, no agent, one fixed
 //! `200` to every request. Its ratio is the least any image built on those crates reaches on
 //! this machine and accelerator; the bench also prints how many translation blocks it needs.
+//! Under TCG one more boot of each, with QEMU's `-d in_asm`, counts the blocks translated up to
+//! the ready line and from there to the first token by source file or crate ([`jit`]): what
+//! each part of the code costs a boot there.
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -51,7 +54,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use xtask::qemu::{self, Accel, Arch, ConfigVia, Machine, Network, QemuOpts};
 use xtask::watchdog::Watchdog;
-use xtask::{config, http, load, root, target_dir};
+use xtask::{config, http, jit, load, root, target_dir};
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -765,6 +768,57 @@ fn jit_blocks_to_answer(image: &Path, opts: QemuOpts, timeout: Duration) -> Resu
     }
 }
 
+/// The blocks QEMU translated for `image` by source ([`jit::by_source`] on `symbols`, the same
+/// code with its line tables): up to its ready line, and from there to its answer to one token
+/// request. One boot with `-d in_asm` (the log switched to a second file on the ready line, by
+/// HMP `logfile`).
+fn blocks_by_source(
+    image: &Path,
+    symbols: &Path,
+    opts: QemuOpts,
+    timeout: Duration,
+) -> Result<[Vec<(String, usize)>; 2]> {
+    let dir = target_dir().join("bench");
+    let sock = dir.join("boot-in_asm.sock");
+    let logs = [
+        dir.join("boot-in_asm-ready.log"),
+        dir.join("boot-in_asm-token.log"),
+    ];
+    for f in std::iter::once(&sock).chain(&logs) {
+        let _ = std::fs::remove_file(f);
+    }
+    let Network::User {
+        hostfwd_port: Some(port),
+    } = opts.network
+    else {
+        return Err("the probe needs user networking with hostfwd".into());
+    };
+    let mut opts = opts;
+    opts.extra.extend([
+        "-d".into(),
+        "in_asm".into(),
+        "-D".into(),
+        logs[0].clone().into_os_string(),
+        "-monitor".into(),
+        format!("unix:{},server=on,wait=off", sock.display()).into(),
+    ]);
+    let mut guest = qemu::Guest::spawn(image, &opts).map_err(|e| format!("QEMU: {e}"))?;
+    guest.wait_ready(timeout)?;
+    monitor(&sock, &format!("logfile {}", logs[1].display()))?;
+    match token_status(SocketAddr::from(([127, 0, 0, 1], port)), TOKEN_TARGET) {
+        Ok(200) => {}
+        Ok(status) => return Err(format!("status {status}")),
+        Err(e) => return Err(format!("token request: {e}")),
+    }
+    // Closes the second log (QEMU writes each block's lines as it translates it).
+    drop(guest);
+    let count = |log: &Path| {
+        let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        jit::by_source(symbols, &jit::block_addresses(&text))
+    };
+    Ok([count(&logs[0])?, count(&logs[1])?])
+}
+
 /// What the probe boot measured: the stack's high-water mark and size, and how many
 /// translation blocks QEMU had made when the ready line was read and after the first token
 /// (TCG only: under TCG translating code the first time it runs is most of a boot).
@@ -804,10 +858,10 @@ pub fn bench(args: &[String]) -> Result {
         _ => 20,
     });
 
-    let (image, _) = build_image_for(arch, &[])?;
+    let (image, image_symbols) = build_image_for(arch, &[])?;
     // The network floor image: the same boot code, NIC driver and smoltcp, no agent
     // (`qemu/src/net_floor.rs`). Built before any boot is timed.
-    let (net_floor_image, _) = build_image_for(arch, &["net-floor"])?;
+    let (net_floor_image, net_floor_symbols) = build_image_for(arch, &["net-floor"])?;
     let image_bytes = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
     let dir = target_dir().join("bench");
     let opts_for =
@@ -1045,6 +1099,28 @@ pub fn bench(args: &[String]) -> Result {
             "floor_first_byte_ms": spread(&fl),
             "ratio_first_answer_over_floor": (ratio * 100.0).round() / 100.0,
         });
+    }
+    if accel == Accel::Tcg {
+        let mut by_source = json!({});
+        for (name, image, symbols) in [
+            ("image", &image, &image_symbols),
+            ("net_floor", &net_floor_image, &net_floor_symbols),
+        ] {
+            let opts = opts_for(&setups[0].1, qemu::DEFAULT_MEM_MB);
+            match blocks_by_source(image, symbols, opts, timeout) {
+                Ok([ready, token]) => {
+                    println!(
+                        "translated blocks by source ({}; QEMU -d in_asm, addr2line; a block counts for the innermost frame outside Rust's core library):\n  up to the ready line: {}\n  ready line -> first token: {}",
+                        if name == "image" { "the image" } else { "the network floor image" },
+                        jit::summary(&ready, 12),
+                        jit::summary(&token, 12)
+                    );
+                    by_source[name] = json!({ "ready": ready, "first_token": token });
+                }
+                Err(e) => println!("translated blocks by source ({name}): not measured: {e}"),
+            }
+        }
+        report["blocks_by_source"] = by_source;
     }
     match min_mem {
         Some(m) => println!("smallest -m that serves a token: {m} MiB (target 2)"),

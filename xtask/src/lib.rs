@@ -6,6 +6,7 @@ pub mod config;
 pub mod cycles;
 pub mod deb;
 pub mod http;
+pub mod jit;
 pub mod load;
 pub mod qemu;
 pub mod setup;
