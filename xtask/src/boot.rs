@@ -37,7 +37,7 @@
 //! of the image and of the floor kernel, and stops.
 //!
 //! The **network floor image** (the image's cargo feature `net-floor`, `qemu/src/net_floor.rs`)
-//! is timed the same way, after a floor kernel each, with DHCP: the same boot code, virtio-net
+//! is timed the same way, after a floor kernel each, for each setup: the same boot code, virtio-net
 //! driver and smoltcp as the agent's image, no config, no clock calibration, no agent, one fixed
 //! `200` to every request. Its ratio is the least any image built on those crates reaches on
 //! this machine and accelerator; the bench also prints how many translation blocks it needs.
@@ -899,17 +899,23 @@ pub fn bench(args: &[String]) -> Result {
         floors.push(floor_ms);
     }
 
-    eprintln!(
-        "bench boot: {runs} boots of the network floor image (DHCP), each after one of the floor kernel ..."
-    );
-    let mut net_floor = Vec::with_capacity(runs);
-    for i in 0..runs {
-        let opts = opts_for(&setups[0].1, qemu::DEFAULT_MEM_MB);
-        let ms = floor_once(&floor, &opts, timeout)
-            .map_err(|e| format!("net-floor: floor kernel boot {}: {e}", i + 1))?;
-        let s = boot_once(&net_floor_image, &opts, timeout)
-            .map_err(|e| format!("net-floor image boot {}: {e}", i + 1))?;
-        net_floor.push((s, ms));
+    // The network floor image, for each setup (`net_floors[i]` goes with `setups[i]`): pairs of
+    // (its sample, the floor kernel's first byte before it).
+    let mut net_floors = Vec::new();
+    for (name, cfg, _) in &setups {
+        eprintln!(
+            "bench boot: {runs} boots of the network floor image, {name} address, each after one of the floor kernel ..."
+        );
+        let mut pairs = Vec::with_capacity(runs);
+        for i in 0..runs {
+            let opts = opts_for(cfg, qemu::DEFAULT_MEM_MB);
+            let ms = floor_once(&floor, &opts, timeout)
+                .map_err(|e| format!("net-floor {name}: floor kernel boot {}: {e}", i + 1))?;
+            let s = boot_once(&net_floor_image, &opts, timeout)
+                .map_err(|e| format!("net-floor image {name} boot {}: {e}", i + 1))?;
+            pairs.push((s, ms));
+        }
+        net_floors.push(pairs);
     }
 
     // Smallest -m that serves a token (DHCP config), MiB by MiB from 1.
@@ -1069,13 +1075,14 @@ pub fn bench(args: &[String]) -> Result {
         report[*name]["first_request_ms"] = spread(&first);
         report[*name]["warm_token_ms"] = (!warm.is_empty()).then(|| spread(&warm)).into();
     }
-    {
-        let tk = sorted(net_floor.iter().map(|(s, _)| s.first_token_ms));
-        let rd = sorted(net_floor.iter().map(|(s, _)| s.ready_ms));
-        let fl = sorted(net_floor.iter().map(|(_, f)| *f));
-        let ratio = load::median(&sorted(net_floor.iter().map(|(s, f)| s.first_token_ms / f)));
+    report["net_floor"] = json!({});
+    for ((name, cfg, _), pairs) in setups.iter().zip(&net_floors) {
+        let tk = sorted(pairs.iter().map(|(s, _)| s.first_token_ms));
+        let rd = sorted(pairs.iter().map(|(s, _)| s.ready_ms));
+        let fl = sorted(pairs.iter().map(|(_, f)| *f));
+        let ratio = load::median(&sorted(pairs.iter().map(|(s, f)| s.first_token_ms / f)));
         println!(
-            "network floor image (the same boot code, virtio-net driver and smoltcp, DHCP, one fixed answer; no config, clock calibration, agent or crypto): ready line {:.1} ms, first answer {:.1} ms; over the floor kernel's first byte ({:.1} ms): {:.2}x (median of the per-pair ratios): no image built on these crates answers sooner here",
+            "network floor image ({name}; the same boot code, virtio-net driver and smoltcp, one fixed answer; no config parsed, no clock calibration, agent or crypto): ready line {:.1} ms, first answer {:.1} ms; over the floor kernel's first byte ({:.1} ms): {:.2}x (median of the per-pair ratios): no image built on these crates answers sooner here",
             load::median(&rd),
             load::median(&tk),
             load::median(&fl),
@@ -1083,7 +1090,7 @@ pub fn bench(args: &[String]) -> Result {
         );
         let blocks = jit_blocks_to_answer(
             &net_floor_image,
-            opts_for(&setups[0].1, qemu::DEFAULT_MEM_MB),
+            opts_for(cfg, qemu::DEFAULT_MEM_MB),
             timeout,
         );
         match &blocks {
@@ -1092,7 +1099,7 @@ pub fn bench(args: &[String]) -> Result {
             ),
             Err(e) => println!("  translation blocks: not measured: {e}"),
         }
-        report["net_floor"] = json!({
+        report["net_floor"][*name] = json!({
             "blocks_translated": blocks.as_ref().ok().map(|(r, a)| json!({ "ready": r, "first_answer": a })),
             "ready_ms": spread(&rd),
             "first_answer_ms": spread(&tk),
@@ -1300,27 +1307,30 @@ mod tests {
         floor_prints(Arch::X86_64, Machine::Microvm, 20);
     }
 
-    /// The bench's comparison point works: the network floor image boots, takes an address by
-    /// DHCP, answers a token request with its fixed `200`, and QEMU's block count is read.
+    /// The bench's comparison point works: the network floor image boots, takes an address (by
+    /// DHCP; the static one with the static config), answers a token request with its fixed
+    /// `200`, and QEMU's block count is read.
     #[test]
     fn the_network_floor_image_answers_under_qemu() {
         let (image, _) = build_image_for(Arch::X86_64, &["net-floor"]).unwrap();
-        let cfg = bench_config(&target_dir().join("bench"), false).unwrap();
-        let opts = || {
-            bench_opts(
-                Arch::X86_64,
-                Accel::Tcg,
-                Machine::Microvm,
-                &cfg,
-                qemu::DEFAULT_MEM_MB,
-                qemu::free_port(),
-            )
-        };
-        let boot = boot_once(&image, &opts(), Duration::from_secs(60)).unwrap();
-        assert!(boot.first_token_ms > boot.ready_ms);
-        let (ready, answer) =
-            jit_blocks_to_answer(&image, opts(), Duration::from_secs(60)).unwrap();
-        assert!(0 < ready && ready < answer, "{ready} then {answer}");
+        for static_net in [false, true] {
+            let cfg = bench_config(&target_dir().join("bench"), static_net).unwrap();
+            let opts = || {
+                bench_opts(
+                    Arch::X86_64,
+                    Accel::Tcg,
+                    Machine::Microvm,
+                    &cfg,
+                    qemu::DEFAULT_MEM_MB,
+                    qemu::free_port(),
+                )
+            };
+            let boot = boot_once(&image, &opts(), Duration::from_secs(60)).unwrap();
+            assert!(boot.first_token_ms > boot.ready_ms);
+            let (ready, answer) =
+                jit_blocks_to_answer(&image, opts(), Duration::from_secs(60)).unwrap();
+            assert!(0 < ready && ready < answer, "{ready} then {answer}");
+        }
     }
 
     #[test]
