@@ -659,30 +659,51 @@ fn monitor(sock: &Path, command: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&text).into_owned())
 }
 
-/// Boot once with a monitor, ask for tokens and the other documents (a cache miss per
-/// identity and resource, a cache hit, errors), then dump the stack: its high-water mark. Also
-/// the translation blocks QEMU made by the ready line and by the first token ([`Probe`]).
-fn stack_high_water(image: &Path, cfg: &Path, opts: QemuOpts, timeout: Duration) -> Result<Probe> {
-    let dir = target_dir().join("bench");
-    let sock = dir.join("boot-monitor.sock");
-    let dump = dir.join("boot-stack.bin");
+/// A probe boot: `image` booted with `opts` plus `extra` QEMU arguments and an HMP monitor on
+/// the unix socket `target/bench/{name}.sock`, waited for until its ready line. The guest
+/// (QEMU is killed when it is dropped), the monitor's socket and the guest's hostfwd address.
+fn probe_boot(
+    image: &Path,
+    mut opts: QemuOpts,
+    name: &str,
+    extra: Vec<std::ffi::OsString>,
+    timeout: Duration,
+) -> Result<(qemu::Guest, PathBuf, SocketAddr)> {
+    let sock = target_dir().join("bench").join(format!("{name}.sock"));
     let _ = std::fs::remove_file(&sock);
-    let _ = std::fs::remove_file(&dump);
     let Network::User {
         hostfwd_port: Some(port),
     } = opts.network
     else {
-        return Err("the stack probe needs user networking with hostfwd".into());
+        return Err("a probe boot needs user networking with hostfwd".into());
     };
-    let mut opts = opts;
+    opts.extra.extend(extra);
     opts.extra.push("-monitor".into());
     opts.extra
         .push(format!("unix:{},server=on,wait=off", sock.display()).into());
     let mut guest = qemu::Guest::spawn(image, &opts).map_err(|e| format!("QEMU: {e}"))?;
     guest.wait_ready(timeout)?;
+    Ok((guest, sock, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+/// One token request that must be answered `200`.
+fn token_ok(addr: SocketAddr) -> Result {
+    match token_status(addr, TOKEN_TARGET) {
+        Ok(200) => Ok(()),
+        Ok(status) => Err(format!("token request: status {status}")),
+        Err(e) => Err(format!("token request: {e}")),
+    }
+}
+
+/// Boot once with a monitor, ask for tokens and the other documents (a cache miss per
+/// identity and resource, a cache hit, errors), then dump the stack: its high-water mark. Also
+/// the translation blocks QEMU made by the ready line and by the first token ([`Probe`]).
+fn stack_high_water(image: &Path, cfg: &Path, opts: QemuOpts, timeout: Duration) -> Result<Probe> {
+    let dump = target_dir().join("bench").join("boot-stack.bin");
+    let _ = std::fs::remove_file(&dump);
+    let (guest, sock, addr) = probe_boot(image, opts, "boot-monitor", Vec::new(), timeout)?;
     let blocks_ready = monitor(&sock, "info jit").ok().and_then(|t| jit_blocks(&t));
     let (base, size) = stack_region(&guest.output())?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let doc: Value = serde_json::from_slice(&std::fs::read(cfg).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     let mut targets = vec![
@@ -739,20 +760,7 @@ fn stack_high_water(image: &Path, cfg: &Path, opts: QemuOpts, timeout: Duration)
 /// read and after its answer to one token request (for the network floor image; the agent's
 /// image gets these from [`stack_high_water`]).
 fn jit_blocks_to_answer(image: &Path, opts: QemuOpts, timeout: Duration) -> Result<(u64, u64)> {
-    let sock = target_dir().join("bench").join("boot-jit.sock");
-    let _ = std::fs::remove_file(&sock);
-    let Network::User {
-        hostfwd_port: Some(port),
-    } = opts.network
-    else {
-        return Err("the probe needs user networking with hostfwd".into());
-    };
-    let mut opts = opts;
-    opts.extra.push("-monitor".into());
-    opts.extra
-        .push(format!("unix:{},server=on,wait=off", sock.display()).into());
-    let mut guest = qemu::Guest::spawn(image, &opts).map_err(|e| format!("QEMU: {e}"))?;
-    guest.wait_ready(timeout)?;
+    let (_guest, sock, addr) = probe_boot(image, opts, "boot-jit", Vec::new(), timeout)?;
     let blocks = || {
         monitor(&sock, "info jit")
             .ok()
@@ -760,12 +768,8 @@ fn jit_blocks_to_answer(image: &Path, opts: QemuOpts, timeout: Duration) -> Resu
             .ok_or_else(|| "no TB count in HMP info jit (not TCG?)".to_string())
     };
     let ready = blocks()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    match token_status(addr, TOKEN_TARGET) {
-        Ok(200) => Ok((ready, blocks()?)),
-        Ok(status) => Err(format!("status {status}")),
-        Err(e) => Err(format!("token request: {e}")),
-    }
+    token_ok(addr)?;
+    Ok((ready, blocks()?))
 }
 
 /// The blocks QEMU translated for `image` by source ([`jit::by_source`] on `symbols`, the same
@@ -779,37 +783,22 @@ fn blocks_by_source(
     timeout: Duration,
 ) -> Result<[Vec<(String, usize)>; 2]> {
     let dir = target_dir().join("bench");
-    let sock = dir.join("boot-in_asm.sock");
     let logs = [
         dir.join("boot-in_asm-ready.log"),
         dir.join("boot-in_asm-token.log"),
     ];
-    for f in std::iter::once(&sock).chain(&logs) {
-        let _ = std::fs::remove_file(f);
+    for log in &logs {
+        let _ = std::fs::remove_file(log);
     }
-    let Network::User {
-        hostfwd_port: Some(port),
-    } = opts.network
-    else {
-        return Err("the probe needs user networking with hostfwd".into());
-    };
-    let mut opts = opts;
-    opts.extra.extend([
+    let extra = vec![
         "-d".into(),
         "in_asm".into(),
         "-D".into(),
-        logs[0].clone().into_os_string(),
-        "-monitor".into(),
-        format!("unix:{},server=on,wait=off", sock.display()).into(),
-    ]);
-    let mut guest = qemu::Guest::spawn(image, &opts).map_err(|e| format!("QEMU: {e}"))?;
-    guest.wait_ready(timeout)?;
+        logs[0].clone().into(),
+    ];
+    let (guest, sock, addr) = probe_boot(image, opts, "boot-in_asm", extra, timeout)?;
     monitor(&sock, &format!("logfile {}", logs[1].display()))?;
-    match token_status(SocketAddr::from(([127, 0, 0, 1], port)), TOKEN_TARGET) {
-        Ok(200) => {}
-        Ok(status) => return Err(format!("status {status}")),
-        Err(e) => return Err(format!("token request: {e}")),
-    }
+    token_ok(addr)?;
     // Closes the second log (QEMU writes each block's lines as it translates it).
     drop(guest);
     let count = |log: &Path| {
