@@ -118,8 +118,9 @@ impl std::str::FromStr for Machine {
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Accel {
-    /// Emulation. The default: on this project's machines `/dev/kvm` is a paravirtual variant
-    /// on which a plain guest runs slower than TCG.
+    /// Emulation. The default: on this project's machines `/dev/kvm` is the host's `kvm_pvm`
+    /// (a paravirtual KVM for PVM-aware Linux guests), on which QEMU 7.2 does not start a guest
+    /// and QEMU 10 runs the image hundreds of times slower than TCG.
     #[default]
     Tcg,
     /// Hardware virtualisation, for real KVM hosts.
