@@ -36,6 +36,8 @@ mod broker;
 mod exit_code;
 #[cfg(all(target_os = "none", feature = "rsa"))]
 mod heap;
+#[cfg(target_os = "none")]
+mod nap;
 #[cfg(all(target_os = "none", feature = "net-floor"))]
 mod net_floor;
 #[cfg(target_os = "none")]

@@ -19,7 +19,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 
 use crate::arch::{self, exit};
-use crate::{exit_code, unikernel};
+use crate::{exit_code, nap};
 
 /// Listening sockets: a closing connection does not leave the port without a listener.
 const LISTENERS: usize = 2;
@@ -112,7 +112,7 @@ pub fn run(clock: arch::ClockStart, log: &mut arch::Console) -> ! {
             continue;
         }
         let next = iface.poll_delay(now(), &sockets);
-        unikernel::nap_when_quiet(timer.as_ref(), now_us, last_busy_us, next);
+        nap::when_quiet(timer.as_ref(), now_us, last_busy_us, next);
     }
 }
 

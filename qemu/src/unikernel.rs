@@ -16,12 +16,7 @@ use imds_hal::{Clock, ConfigSourceError};
 use smoltcp::iface::SocketStorage;
 
 use crate::arch::{self, exit};
-use crate::exit_code;
-
-/// After the last frame, keep polling without pause this long (the rest of an exchange).
-const SPIN_AFTER_BUSY_US: u64 = 20_000;
-/// Longest sleep while idle: the worst added latency for the first frame of a new exchange.
-const IDLE_NAP_US: u64 = 1_000;
+use crate::{exit_code, nap};
 
 /// fw_cfg file whose presence makes the image crash right after boot (see [`crash_test`]).
 const PANIC_TEST_FILE: &str = "opt/imds-agent/panic-test";
@@ -215,24 +210,7 @@ fn serve(
             last_busy_us = now_us;
             continue;
         }
-        nap_when_quiet(timer, now_us, last_busy_us, status.next_in);
-    }
-}
-
-/// Quiet for [`SPIN_AFTER_BUSY_US`]: sleep a short nap (the NIC is polled, not
-/// interrupt-driven, so a nap delays the first frame of the next burst by at most
-/// [`IDLE_NAP_US`]), shorter if the network stack wants a turn sooner (`next_in`).
-pub(crate) fn nap_when_quiet(
-    timer: Option<&arch::Idle>,
-    now_us: u64,
-    last_busy_us: u64,
-    next_in: Option<smoltcp::time::Duration>,
-) {
-    if now_us.saturating_sub(last_busy_us) >= SPIN_AFTER_BUSY_US {
-        if let Some(timer) = timer {
-            let us = next_in.map_or(IDLE_NAP_US, |d| d.total_micros().min(IDLE_NAP_US));
-            arch::nap(timer, us);
-        }
+        nap::when_quiet(timer, now_us, last_busy_us, status.next_in);
     }
 }
 
