@@ -54,7 +54,7 @@ pub fn run(clock: arch::ClockStart, log: &mut arch::Console) -> ! {
     let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
     let mut iface = Interface::new(config, &mut nic, now());
     let mut storage = [SocketStorage::EMPTY; 1 + LISTENERS];
-    let mut buffers = [[0u8; BUFFER]; 2 * LISTENERS];
+    let mut buffers = [[[0u8; BUFFER]; 2]; LISTENERS];
     let mut sockets = SocketSet::new(&mut storage[..]);
     let dhcp = if static_address {
         let (address, prefix_len, gateway) = STATIC_ADDRESS;
@@ -70,13 +70,12 @@ pub fn run(clock: arch::ClockStart, log: &mut arch::Console) -> ! {
     } else {
         Some(sockets.add(dhcpv4::Socket::new()))
     };
-    let mut listeners = [None::<SocketHandle>; LISTENERS];
-    for (slot, pair) in listeners.iter_mut().zip(buffers.chunks_mut(2)) {
-        let (rx, tx) = pair.split_at_mut(1);
-        *slot = Some(sockets.add(tcp::Socket::new(
-            tcp::SocketBuffer::new(&mut rx[0][..]),
-            tcp::SocketBuffer::new(&mut tx[0][..]),
-        )));
+    let mut listeners = [SocketHandle::default(); LISTENERS];
+    for (handle, [rx, tx]) in listeners.iter_mut().zip(&mut buffers) {
+        *handle = sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut rx[..]),
+            tcp::SocketBuffer::new(&mut tx[..]),
+        ));
     }
 
     let mut last_busy_us = clock.monotonic_us();
@@ -94,8 +93,8 @@ pub fn run(clock: arch::ClockStart, log: &mut arch::Console) -> ! {
             }
             ready(log, lease.address.address().octets());
         }
-        for handle in listeners.iter().flatten() {
-            let socket = sockets.get_mut::<tcp::Socket>(*handle);
+        for &handle in &listeners {
+            let socket = sockets.get_mut::<tcp::Socket>(handle);
             if !socket.is_open() {
                 let _ = socket.listen(80);
             }

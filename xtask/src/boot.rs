@@ -828,6 +828,42 @@ pub fn jit_blocks(info_jit: &str) -> Option<u64> {
     })
 }
 
+/// `runs` boots of `image`, each right after a boot of the `floor` kernel on the same command
+/// line (`opts()`, a fresh port each), so that each pair sees the same load of the machine: the
+/// image's samples and the floor kernel's first-byte times, `[i]` with `[i]`.
+fn paired_boots(
+    image: &Path,
+    floor: &Path,
+    runs: usize,
+    name: &str,
+    opts: impl Fn() -> QemuOpts,
+    timeout: Duration,
+) -> Result<(Vec<Sample>, Vec<f64>)> {
+    let (mut samples, mut floor_ms) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for i in 0..runs {
+        let opts = opts();
+        floor_ms.push(
+            floor_once(floor, &opts, timeout)
+                .map_err(|e| format!("{name}: floor kernel boot {}: {e}", i + 1))?,
+        );
+        samples.push(
+            boot_once(image, &opts, timeout).map_err(|e| format!("{name} boot {}: {e}", i + 1))?,
+        );
+    }
+    Ok((samples, floor_ms))
+}
+
+/// The median over the pairs of [`paired_boots`] of first token (or answer) / the floor
+/// kernel's first byte: issue 11's ratio.
+fn median_pair_ratio(samples: &[Sample], floor_ms: &[f64]) -> f64 {
+    load::median(&sorted(
+        samples
+            .iter()
+            .zip(floor_ms)
+            .map(|(s, f)| s.first_token_ms / f),
+    ))
+}
+
 /// `cargo xtask bench boot`.
 pub fn bench(args: &[String]) -> Result {
     let f = Flags::parse(
@@ -873,38 +909,33 @@ pub fn bench(args: &[String]) -> Result {
         eprintln!(
             "bench boot: {runs} boots, {name} address, each after one of the floor kernel ..."
         );
-        let mut samples = Vec::with_capacity(runs);
-        let mut floor_ms = Vec::new();
-        for i in 0..runs {
-            let opts = opts_for(&cfg, qemu::DEFAULT_MEM_MB);
-            let ms = floor_once(&floor, &opts, timeout)
-                .map_err(|e| format!("{name}: floor kernel boot {}: {e}", i + 1))?;
-            floor_ms.push(ms);
-            let s = boot_once(&image, &opts, timeout)
-                .map_err(|e| format!("{name} boot {}: {e}", i + 1))?;
-            samples.push(s);
-        }
+        let (samples, floor_ms) = paired_boots(
+            &image,
+            &floor,
+            runs,
+            name,
+            || opts_for(&cfg, qemu::DEFAULT_MEM_MB),
+            timeout,
+        )?;
         setups.push((name, cfg, samples));
         floors.push(floor_ms);
     }
 
-    // The network floor image, for each setup (`net_floors[i]` goes with `setups[i]`): pairs of
-    // (its sample, the floor kernel's first byte before it).
+    // The network floor image, for each setup (`net_floors[i]` goes with `setups[i]`), paired
+    // with floor kernel boots like the image.
     let mut net_floors = Vec::new();
     for (name, cfg, _) in &setups {
         eprintln!(
             "bench boot: {runs} boots of the network floor image, {name} address, each after one of the floor kernel ..."
         );
-        let mut pairs = Vec::with_capacity(runs);
-        for i in 0..runs {
-            let opts = opts_for(cfg, qemu::DEFAULT_MEM_MB);
-            let ms = floor_once(&floor, &opts, timeout)
-                .map_err(|e| format!("net-floor {name}: floor kernel boot {}: {e}", i + 1))?;
-            let s = boot_once(&net_floor_image, &opts, timeout)
-                .map_err(|e| format!("net-floor image {name} boot {}: {e}", i + 1))?;
-            pairs.push((s, ms));
-        }
-        net_floors.push(pairs);
+        net_floors.push(paired_boots(
+            &net_floor_image,
+            &floor,
+            runs,
+            &format!("net-floor {name}"),
+            || opts_for(cfg, qemu::DEFAULT_MEM_MB),
+            timeout,
+        )?);
     }
 
     // Smallest -m that serves a token (DHCP config), MiB by MiB from 1.
@@ -1015,12 +1046,7 @@ pub fn bench(args: &[String]) -> Result {
     println!("\n(token / own first byte: median of the per-boot ratios; the target applies to the ratio over the floor kernel below)");
     for ((name, _, samples), floor_ms) in setups.iter().zip(&floors) {
         let fl = sorted(floor_ms.iter().copied());
-        let ratios = sorted(
-            samples
-                .iter()
-                .zip(floor_ms)
-                .map(|(s, f)| s.first_token_ms / f),
-        );
+        let ratio = median_pair_ratio(samples, floor_ms);
         println!(
             "{name}: floor kernel (one byte on {}, same command line, booted before each): first serial byte {:.1} [{:.1} .. {:.1}] ms; first token / floor kernel's first byte: {:.2}x (median of the per-pair ratios; target <= 1.5x)",
             match arch {
@@ -1030,11 +1056,10 @@ pub fn bench(args: &[String]) -> Result {
             load::median(&fl),
             fl[0],
             fl[fl.len() - 1],
-            load::median(&ratios)
+            ratio
         );
         report[*name]["floor_first_byte_ms"] = spread(&fl);
-        report[*name]["ratio_first_token_over_floor"] =
-            json!((load::median(&ratios) * 100.0).round() / 100.0);
+        report[*name]["ratio_first_token_over_floor"] = json!((ratio * 100.0).round() / 100.0);
     }
     for (name, _, samples) in &setups {
         let med = |f: fn(&Sample) -> Option<f64>| {
@@ -1065,11 +1090,11 @@ pub fn bench(args: &[String]) -> Result {
         report[*name]["warm_token_ms"] = (!warm.is_empty()).then(|| spread(&warm)).into();
     }
     report["net_floor"] = json!({});
-    for ((name, cfg, _), pairs) in setups.iter().zip(&net_floors) {
-        let tk = sorted(pairs.iter().map(|(s, _)| s.first_token_ms));
-        let rd = sorted(pairs.iter().map(|(s, _)| s.ready_ms));
-        let fl = sorted(pairs.iter().map(|(_, f)| *f));
-        let ratio = load::median(&sorted(pairs.iter().map(|(s, f)| s.first_token_ms / f)));
+    for ((name, cfg, _), (samples, floor_ms)) in setups.iter().zip(&net_floors) {
+        let tk = sorted(samples.iter().map(|s| s.first_token_ms));
+        let rd = sorted(samples.iter().map(|s| s.ready_ms));
+        let fl = sorted(floor_ms.iter().copied());
+        let ratio = median_pair_ratio(samples, floor_ms);
         println!(
             "network floor image ({name}; the same boot code, virtio-net driver and smoltcp, one fixed answer; no config parsed, no clock calibration, agent or crypto): ready line {:.1} ms, first answer {:.1} ms; over the floor kernel's first byte ({:.1} ms): {:.2}x (median of the per-pair ratios): no image built on these crates answers sooner here",
             load::median(&rd),
